@@ -1,0 +1,50 @@
+//! `L2Advertisement`: which pools are announced with ARP/NDP, from which nodes, on which interfaces.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Announce the IPs of some pools on the local network. A pool no advertisement selects is not
+/// announced at all, and its Services get a Warning Event saying so.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "herald.dev",
+    version = "v1alpha1",
+    kind = "L2Advertisement",
+    plural = "l2advertisements",
+    shortname = "l2adv",
+    category = "herald",
+    doc = "Announces the IPs of some pools on the local network with ARP and NDP.",
+    status = "L2AdvertisementStatus",
+    printcolumn = r#"{"name":"Pools","type":"string","jsonPath":".spec.ipPools"}"#,
+    printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".spec.interfaces"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AdvertisementSpec {
+    /// Pools announced, by name. With neither `ipPools` nor `ipPoolSelectors`, every pool is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pools: Vec<String>,
+
+    /// Pools announced, by label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pool_selectors: Vec<LabelSelector>,
+
+    /// Nodes that may announce. Empty: every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_selectors: Vec<LabelSelector>,
+
+    /// Interfaces to announce on. Empty: the interfaces whose subnets contain the IP, else the
+    /// interface of the default route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+}
+
+/// What Herald observed of an advertisement.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AdvertisementStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

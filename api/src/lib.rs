@@ -1,0 +1,19 @@
+//! Herald's API: the custom resources both binaries read (`IPPool`, `L2Advertisement`),
+//! the annotation and label keys Herald honours (its own and MetalLB's), the address
+//! entry syntax of a pool, and the rendering of the CRD manifests.
+
+pub mod address;
+pub mod crds;
+pub mod keys;
+pub mod l2;
+pub mod pool;
+mod schema;
+
+pub use address::{AddressEntry, AddressError, IpRange};
+pub use l2::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
+pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
+
+/// API group of every Herald resource.
+pub const GROUP: &str = "herald.dev";
+/// API version of every Herald resource.
+pub const VERSION: &str = "v1alpha1";

@@ -1,0 +1,100 @@
+//! `IPPool`: addresses Herald may give to LoadBalancer Services, and which Services may get them.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A pool of external addresses. Cluster-scoped: pools are infrastructure, not tenants' objects.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "herald.dev",
+    version = "v1alpha1",
+    kind = "IPPool",
+    plural = "ippools",
+    shortname = "ipp",
+    category = "herald",
+    doc = "A pool of external addresses Herald gives to LoadBalancer Services.",
+    status = "IPPoolStatus",
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses"}"#,
+    printcolumn = r#"{"name":"Auto-Assign","type":"boolean","jsonPath":".spec.autoAssign"}"#,
+    printcolumn = r#"{"name":"Assigned","type":"integer","jsonPath":".status.assigned"}"#,
+    printcolumn = r#"{"name":"Available","type":"string","jsonPath":".status.available"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolSpec {
+    /// CIDRs and inclusive `first-last` ranges, IPv4 and IPv6 (see `address.rs` for the syntax).
+    #[schemars(schema_with = "crate::schema::address_list")]
+    pub addresses: Vec<String>,
+
+    /// When false, the pool is used only by Services that ask for it by name or by IP.
+    #[serde(default = "default_true")]
+    pub auto_assign: bool,
+
+    /// Skip addresses ending in .0 and .255, which some old clients and routers mistreat.
+    #[serde(default, rename = "avoidBuggyIPs")]
+    pub avoid_buggy_ips: bool,
+
+    /// Which Services may be given addresses from this pool, and in which order pools are tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_allocation: Option<ServiceAllocation>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Restricts a pool to some Services and orders it against other pools.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAllocation {
+    /// Lower numbers are tried first; pools without a priority come after all that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub priority: Option<i32>,
+
+    /// Only Services in these namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+
+    /// Only Services in namespaces matching one of these selectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_selectors: Vec<LabelSelector>,
+
+    /// Only Services matching one of these selectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+/// Usage of one address family of a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FamilyUsage {
+    /// Addresses of this family given to Services.
+    pub assigned: i64,
+    /// Addresses of this family still free, in decimal: an IPv6 pool can exceed 64 bits.
+    pub available: String,
+}
+
+/// What the controller observed of a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolStatus {
+    /// Addresses of both families given to Services.
+    #[serde(default)]
+    pub assigned: i64,
+    /// Addresses of both families still free, in decimal.
+    #[serde(default)]
+    pub available: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<FamilyUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyUsage>,
+    /// `Ready`, `Invalid` (an entry the controller cannot use) and `Overlapping` (shares
+    /// addresses with another pool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

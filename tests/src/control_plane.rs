@@ -1,0 +1,338 @@
+//! A real etcd and kube-apiserver for one test: free ports, a private temp dir on tmpfs,
+//! generated certificates, an admin kubeconfig, Herald's CRDs installed. Dropping the
+//! `ControlPlane` stops both processes and removes every file, also when the test panics.
+
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+use tempfile::TempDir;
+
+use crate::bins::{go_binary, repo_root};
+use crate::pki::Pki;
+use crate::process::Process;
+
+/// How long a cold API server may take to become ready on a loaded 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Address the API server listens on. Loopback by default; network-namespace tests bind it
+    /// to an address of a management link the node namespaces can reach.
+    pub bind_address: IpAddr,
+    /// Install Herald's CRDs from `charts/herald/crds` once the server is ready.
+    pub install_crds: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            install_crds: std::env::var_os("HERALD_NO_CRDS").is_none(),
+        }
+    }
+}
+
+pub struct ControlPlane {
+    // Field order is drop order: the API server stops before etcd, the files go last.
+    apiserver: Process,
+    etcd: Process,
+    client: Client,
+    url: String,
+    kubeconfig: PathBuf,
+    dir: TempDir,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on loopback with Herald's CRDs installed.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Result<Self> {
+        let started = Instant::now();
+        // Ports are picked free and then bound by the child; another test may win the race
+        // in between, so a start whose process exited is retried with new ports.
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&options).await {
+                Ok(cp) => {
+                    tracing::info!(url = %cp.url, elapsed_ms = started.elapsed().as_millis() as u64, "control plane ready");
+                    return Ok(cp);
+                }
+                Err(StartError::Exited(e)) if attempt < 3 => {
+                    tracing::warn!("control plane process exited, retrying with new ports: {e}");
+                    attempt += 1;
+                }
+                Err(StartError::Exited(e)) => return Err(anyhow!(e)),
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_start(options: &Options) -> Result<Self, StartError> {
+        let dir = scratch_dir()?;
+        let root = dir.path();
+        let pki = Pki::generate(
+            root,
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST), options.bind_address],
+        )?;
+
+        let (etcd_client, etcd_peer) = (free_port()?, free_port()?);
+        let mut etcd = Command::new(go_binary("etcd")?);
+        etcd.args(["--name", "herald", "--data-dir"])
+            .arg(root.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{etcd_client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{etcd_client}"),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("herald=http://127.0.0.1:{etcd_peer}"),
+            ])
+            .args(["--unsafe-no-fsync", "--log-level", "warn"]);
+        let etcd = Process::spawn("etcd", etcd, &root.join("etcd.log"))?;
+
+        let port = free_port_on(options.bind_address)?;
+        let mut apiserver = Command::new(go_binary("kube-apiserver")?);
+        apiserver
+            .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_client}")])
+            .args(["--bind-address", &options.bind_address.to_string()])
+            .args(["--advertise-address", &options.bind_address.to_string()])
+            .args(["--secure-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&pki.serving_cert)
+            .arg("--tls-private-key-file")
+            .arg(&pki.serving_key)
+            .arg("--client-ca-file")
+            .arg(&pki.ca_cert)
+            .arg("--service-account-key-file")
+            .arg(&pki.service_account_public_key)
+            .arg("--service-account-signing-key-file")
+            .arg(&pki.service_account_key)
+            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
+            .args([
+                "--service-cluster-ip-range",
+                "10.96.0.0/16,fd00:10:96::/112",
+            ])
+            .args(["--authorization-mode", "RBAC"])
+            // No kubelet or kube-proxy reads the `kubernetes` endpoints here, and a loopback
+            // advertise address would make the reconciler log errors forever.
+            .args(["--endpoint-reconciler-type", "none"])
+            .args(["--allow-privileged", "--profiling=false", "--v", "0"])
+            .arg("--cert-dir")
+            .arg(root.join("certs"));
+        let apiserver = Process::spawn(
+            "kube-apiserver",
+            apiserver,
+            &root.join("kube-apiserver.log"),
+        )?;
+
+        let url = match options.bind_address {
+            IpAddr::V4(ip) => format!("https://{ip}:{port}"),
+            IpAddr::V6(ip) => format!("https://[{ip}]:{port}"),
+        };
+        let kubeconfig = root.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki))?;
+        let client = client_from(&kubeconfig).await?;
+
+        let mut cp = Self {
+            apiserver,
+            etcd,
+            client,
+            url,
+            kubeconfig,
+            dir,
+        };
+        cp.wait_ready().await?;
+        if options.install_crds {
+            cp.install_crds().await?;
+        }
+        Ok(cp)
+    }
+
+    /// An admin client (`system:masters`).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Path of an admin kubeconfig for `kubectl` and for Herald's binaries.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Private scratch directory of this control plane (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Last lines of the API server's log, for failure messages.
+    pub fn apiserver_log_tail(&self, lines: usize) -> String {
+        self.apiserver.log_tail(lines)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), StartError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        loop {
+            if let Some(exited) = self.apiserver.exited().or_else(|| self.etcd.exited()) {
+                return Err(StartError::Exited(exited));
+            }
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(anyhow::Error::from)?;
+            let ready = self
+                .client
+                .request_text(request)
+                .await
+                .is_ok_and(|body| body.trim() == "ok");
+            if ready && namespaces.get_opt("default").await.ok().flatten().is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StartError::Other(anyhow!(
+                    "kube-apiserver not ready after {READY_TIMEOUT:?}; last log lines:\n{}",
+                    self.apiserver.log_tail(30)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Applies every manifest in `charts/herald/crds` and waits until each is established.
+    pub async fn install_crds(&self) -> Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let dir = repo_root().join(herald_api::crds::CHART_CRD_DIR);
+        let mut names = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let crd: CustomResourceDefinition =
+                serde_yaml_ng::from_str(&std::fs::read_to_string(&file)?)
+                    .with_context(|| format!("parsing {}", file.display()))?;
+            let name = crd.metadata.name.clone().context("CRD without a name")?;
+            crds.patch(
+                &name,
+                &PatchParams::apply("herald-tests").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("applying {}", file.display()))?;
+            names.push(name);
+        }
+        for name in names {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                await_condition(crds.clone(), &name, conditions::is_crd_established()),
+            )
+            .await
+            .with_context(|| format!("CRD {name} not established within 60s"))??;
+        }
+        Ok(())
+    }
+}
+
+enum StartError {
+    /// etcd or kube-apiserver exited early, most likely because another process took its port.
+    Exited(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+/// The scratch directory lives on tmpfs when there is one: etcd's writes cost nothing there.
+fn scratch_dir() -> Result<TempDir> {
+    let builder = {
+        let mut b = tempfile::Builder::new();
+        b.prefix("herald-cp-");
+        b
+    };
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    };
+    Ok(dir?)
+}
+
+fn free_port() -> Result<u16> {
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn free_port_on(ip: IpAddr) -> Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+fn kubeconfig_yaml(url: &str, pki: &Pki) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: herald-test
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: herald-admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: herald-test
+  context: {{cluster: herald-test, user: herald-admin, namespace: default}}
+current-context: herald-test
+",
+        ca = pki.ca_cert.display(),
+        cert = pki.admin_cert.display(),
+        key = pki.admin_key.display(),
+    )
+}
+
+/// A client for the kubeconfig at `path`.
+pub async fn client_from(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    config.read_timeout = Some(Duration::from_secs(30));
+    Ok(Client::try_from(config)?)
+}

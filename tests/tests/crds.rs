@@ -1,0 +1,130 @@
+//! Herald's CRDs on a real kube-apiserver: they install, a valid pool is accepted as written,
+//! and the API server itself refuses bad address entries with a message that names them.
+
+use herald_api::{IPPool, IPPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use herald_tests::ControlPlane;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+fn pool(name: &str, addresses: &[&str]) -> IPPool {
+    IPPool {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: IPPoolSpec {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            service_allocation: None,
+        },
+        status: None,
+    }
+}
+
+#[tokio::test]
+async fn crds_install_and_accept_valid_objects() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let pools: Api<IPPool> = Api::all(cp.client());
+
+    let addresses = [
+        "192.0.2.0/24",
+        "198.51.100.10-198.51.100.20",
+        "198.51.100.30 - 198.51.100.30",
+        "203.0.113.9-203.0.113.10",
+        "2001:db8::/64",
+        "2001:db8:1::a-2001:db8:1::1:0",
+        "2001:db8:2::ff-2001:db8:2::100",
+        "2001:db8:3::/128",
+    ];
+    // autoAssign left out: the server applies the schema default.
+    let raw = serde_json::json!({
+        "apiVersion": "herald.dev/v1alpha1",
+        "kind": "IPPool",
+        "metadata": {"name": "lan"},
+        "spec": {"addresses": addresses},
+    });
+    let created = pools
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(raw).expect("pool json"),
+        )
+        .await
+        .expect("valid pool accepted");
+    assert_eq!(created.spec.addresses, addresses);
+    assert!(created.spec.auto_assign, "autoAssign defaults to true");
+    assert!(!created.spec.avoid_buggy_ips);
+
+    let l2: Api<L2Advertisement> = Api::all(cp.client());
+    let adv = L2Advertisement {
+        metadata: ObjectMeta {
+            name: Some("lan".into()),
+            ..Default::default()
+        },
+        spec: L2AdvertisementSpec {
+            ip_pools: vec!["lan".into()],
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        },
+        status: None,
+    };
+    let created = l2
+        .create(&PostParams::default(), &adv)
+        .await
+        .expect("L2Advertisement accepted");
+    assert_eq!(created.spec, adv.spec);
+}
+
+#[tokio::test]
+async fn bad_address_entries_are_refused_by_the_api_server() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let pools: Api<IPPool> = Api::all(cp.client());
+
+    let cases = [
+        ("192.0.2.0/33", "is neither a CIDR"),
+        ("192.0.2.300/24", "is neither a CIDR"),
+        ("10.0.0.1", "is neither a CIDR"),
+        ("garbage", "is neither a CIDR"),
+        ("192.0.2.1/24", "has host bits set"),
+        ("2001:db8::1/64", "has host bits set"),
+        ("192.0.2.20-192.0.2.10", "starts after it ends"),
+        ("192.0.2.100-192.0.2.99", "starts after it ends"),
+        ("192.0.3.0-192.0.2.255", "starts after it ends"),
+        ("2001:db8::1-192.0.2.1", "mixes IPv4 and IPv6"),
+        ("192.0.2.1-2001:db8::1", "mixes IPv4 and IPv6"),
+    ];
+    for (i, (bad, reason)) in cases.iter().enumerate() {
+        let err = pools
+            .create(
+                &PostParams::default(),
+                &pool(&format!("bad-{i}"), &["198.51.100.0/24", bad]),
+            )
+            .await
+            .expect_err(&format!("{bad} must be refused"));
+        let kube::Error::Api(status) = err else {
+            panic!("{bad}: not an API error: {err}")
+        };
+        assert_eq!(status.code, 422, "{bad}: {}", status.message);
+        assert!(
+            status.message.contains(&format!("\"{bad}\" {reason}")),
+            "{bad}: message does not say why: {}",
+            status.message
+        );
+        assert!(
+            status.message.contains("spec.addresses[1]"),
+            "{bad}: message does not point at the entry: {}",
+            status.message
+        );
+    }
+
+    // CEL cannot order IPv6 addresses within the API server's cost budget: a reversed IPv6
+    // range is stored and the controller reports it in the pool's status instead.
+    let empty = pools
+        .create(&PostParams::default(), &pool("empty", &[]))
+        .await;
+    assert!(empty.is_err(), "a pool without addresses is refused");
+
+    let left: Vec<_> = pools.list(&Default::default()).await.expect("list").items;
+    assert!(left.is_empty(), "no refused pool was stored: {left:?}");
+}
