@@ -1,5 +1,11 @@
 //! `herald-controller`: allocates external IPs to LoadBalancer Services. `main` only wires.
 
+mod allocator;
+mod pools;
+mod run;
+mod service;
+mod status;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -18,6 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Allocate IPs to LoadBalancer Services (uses the in-cluster config or KUBECONFIG).
+    Run {
+        /// `spec.loadBalancerClass` this controller serves.
+        #[arg(long, env = "HERALD_LOAD_BALANCER_CLASS", default_value = herald_api::keys::DEFAULT_LOAD_BALANCER_CLASS)]
+        load_balancer_class: String,
+        /// Leave Services without a `loadBalancerClass` to another load balancer.
+        #[arg(long, env = "HERALD_IGNORE_UNSET_CLASS")]
+        ignore_unset_class: bool,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "HERALD_LOG_JSON")]
+        log_json: bool,
+    },
     /// Write Herald's CRD manifests (generated from the Rust types).
     Crds {
         /// Directory to write them to; `-` prints them to stdout.
@@ -29,7 +47,54 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Crds { out } => write_crds(&out),
+        Command::Run {
+            load_balancer_class,
+            ignore_unset_class,
+            log_json,
+        } => {
+            init_tracing(log_json);
+            let config = service::ClassConfig {
+                class: load_balancer_class,
+                serve_unset: !ignore_unset_class,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let client = kube::Client::try_default()
+                        .await
+                        .context("connecting to the API server")?;
+                    tokio::select! {
+                        r = run::run(client, config) => r,
+                        _ = shutdown() => Ok(()),
+                    }
+                })
+        }
     }
+}
+
+fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn write_crds(out: &std::path::Path) -> Result<()> {

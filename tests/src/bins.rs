@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
 
 /// `$HERALD_BIN_DIR`, else `$HERALD_CACHE/bin`, else `~/.cache/herald/bin`.
 pub fn bin_dir() -> PathBuf {
@@ -37,4 +39,31 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// Path of one of Herald's own binaries, built first (once per test process) so a test never
+/// runs a stale one. Lives next to the test executable: `target/<profile>/<name>`.
+pub fn herald_binary(name: &str) -> Result<PathBuf> {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target dir")?;
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bin", name])
+            .current_dir(repo_root());
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().with_context(|| format!("building {name}"))?;
+        if !status.success() {
+            bail!("cargo build --bin {name} failed");
+        }
+        built.push(name.to_owned());
+    }
+    Ok(profile_dir.join(name))
 }

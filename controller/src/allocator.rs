@@ -1,0 +1,677 @@
+//! The `Allocator`: which Service holds which IP. Pure: no I/O, no clock, no hash-map order,
+//! so the same pools and the same sequence of requests always give the same IPs.
+//!
+//! Memory grows with the IPs in use, never with the size of a pool: free addresses are found
+//! with a per-range cursor (every address below it has been handed out at least once) plus the
+//! set of addresses below the cursor that were freed since.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use herald_api::IpRange;
+use herald_api::address::to_u128;
+
+/// `namespace/name` of a Service.
+pub type ServiceKey = String;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// A pool as the allocator sees it: valid ranges only (the caller reports invalid entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub ranges: Vec<IpRange>,
+    pub auto_assign: bool,
+    pub avoid_buggy_ips: bool,
+}
+
+impl Pool {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(ip)) && !(self.avoid_buggy_ips && is_buggy(ip))
+    }
+}
+
+/// A port a Service exposes, for deciding whether two Services can share an IP.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port {
+    pub protocol: String,
+    pub port: i32,
+}
+
+/// What a Service brings to a shared IP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sharing {
+    /// `herald.dev/sharing-key` (or MetalLB's); `None`: the Service shares with nobody.
+    pub key: Option<String>,
+    pub ports: BTreeSet<Port>,
+    /// For `externalTrafficPolicy: Local`: the pod selector, which sharers must have in common
+    /// (the IP is announced from one node, so it must be a node with endpoints of all of them).
+    pub local_selector: Option<BTreeMap<String, String>>,
+}
+
+impl Sharing {
+    /// Why `self` cannot share an IP with `other`, or `None` when it can.
+    fn conflict(&self, other: &Sharing, other_name: &str) -> Option<String> {
+        match (&self.key, &other.key) {
+            (Some(a), Some(b)) if a == b => {}
+            (_, None) => {
+                return Some(format!(
+                    "it is used by {other_name}, which does not allow sharing"
+                ));
+            }
+            (_, Some(_)) => {
+                return Some(format!(
+                    "it is used by {other_name} with a different sharing key"
+                ));
+            }
+        }
+        if let Some(port) = self.ports.intersection(&other.ports).next() {
+            return Some(format!(
+                "port {}/{} clashes with {other_name}",
+                port.port, port.protocol
+            ));
+        }
+        if (self.local_selector.is_some() || other.local_selector.is_some())
+            && self.local_selector != other.local_selector
+        {
+            return Some(format!(
+                "{other_name} selects other pods, and Services sharing an IP with externalTrafficPolicy Local must select the same pods"
+            ));
+        }
+        None
+    }
+}
+
+/// Which families a Service needs, in its preferred order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Families {
+    pub order: Vec<Family>,
+    /// RequireDualStack: all of `order` or nothing. Otherwise the first is required and the
+    /// second (PreferDualStack) is best effort.
+    pub all_required: bool,
+}
+
+impl Families {
+    pub fn single(family: Family) -> Self {
+        Self {
+            order: vec![family],
+            all_required: true,
+        }
+    }
+}
+
+/// What one Service asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub service: ServiceKey,
+    pub families: Families,
+    /// Specific IPs (at most one per family).
+    pub requested_ips: Vec<IpAddr>,
+    /// A pool asked for by name.
+    pub pool: Option<String>,
+    /// Pools whose selectors admit this Service, in the order to try them (priority, name).
+    pub eligible_pools: Vec<String>,
+    pub sharing: Sharing,
+}
+
+/// One IP given to a Service and the pool it came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Assigned {
+    pub ip: IpAddr,
+    /// `None` when the IP was found in the Service's status but is in no pool any more.
+    pub pool: Option<String>,
+}
+
+/// Why a Service got no IP. Variants double as metric labels (`reason()`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    #[error("requested IP {ip} is not in any IPPool")]
+    NotInPool { ip: IpAddr },
+    #[error("requested IP {ip} is in IPPool {pool}, but the Service asks for IPPool {requested}")]
+    WrongPool {
+        ip: IpAddr,
+        pool: String,
+        requested: String,
+    },
+    #[error("requested IP {ip} cannot be used: {why}")]
+    InUse { ip: IpAddr, why: String },
+    #[error(
+        "requested IPs {0} are of the same family: ask for at most one IPv4 and one IPv6 address"
+    )]
+    SameFamilyTwice(String),
+    #[error("IPPool {0} does not exist")]
+    NoSuchPool(String),
+    #[error("no IPPool with {family} addresses may serve this Service{detail}")]
+    NoPool { family: Family, detail: String },
+    #[error("no free {family} address in IPPool(s) {pools}")]
+    Exhausted { family: Family, pools: String },
+    #[error("the Service requires {0} and dual-stack allocation failed: {1}")]
+    DualStack(String, Box<AllocError>),
+}
+
+impl AllocError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AllocError::NotInPool { .. } => "NotInPool",
+            AllocError::WrongPool { .. } => "WrongPool",
+            AllocError::InUse { .. } => "IPInUse",
+            AllocError::SameFamilyTwice(_) => "InvalidRequest",
+            AllocError::NoSuchPool(_) => "NoSuchPool",
+            AllocError::NoPool { .. } => "NoEligiblePool",
+            AllocError::Exhausted { .. } => "PoolExhausted",
+            AllocError::DualStack(_, inner) => inner.reason(),
+        }
+    }
+}
+
+/// Per-range search state: every address below `next` was handed out at some point;
+/// `freed` holds the ones among them that are free again.
+#[derive(Debug, Clone, Default)]
+struct Cursor {
+    next: u128,
+    freed: BTreeSet<u128>,
+}
+
+#[derive(Debug, Default)]
+pub struct Allocator {
+    pools: BTreeMap<String, Pool>,
+    /// Aligned with each pool's `ranges`.
+    cursors: BTreeMap<String, Vec<Cursor>>,
+    /// Every IP in use, with the Services holding it (several only when shared).
+    used: BTreeMap<IpAddr, BTreeMap<ServiceKey, Sharing>>,
+    /// IPs used by load balancers other than Herald: never handed out.
+    foreign: BTreeSet<IpAddr>,
+    by_service: BTreeMap<ServiceKey, Vec<Assigned>>,
+}
+
+impl Allocator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the pool set. Assignments are kept, also of IPs no pool holds any more:
+    /// an IP in use is never silently taken from a Service.
+    pub fn set_pools(&mut self, pools: impl IntoIterator<Item = Pool>) {
+        let pools: BTreeMap<String, Pool> =
+            pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+        if pools == self.pools {
+            return;
+        }
+        self.cursors = pools
+            .iter()
+            .map(|(name, pool)| {
+                let cursors = pool.ranges.iter().map(|r| Cursor {
+                    next: to_u128(r.start()),
+                    freed: BTreeSet::new(),
+                });
+                (name.clone(), cursors.collect())
+            })
+            .collect();
+        self.pools = pools;
+        let assigned: Vec<(ServiceKey, Vec<Assigned>)> =
+            std::mem::take(&mut self.by_service).into_iter().collect();
+        for (service, ips) in assigned {
+            let ips = ips.into_iter().map(|a| Assigned {
+                ip: a.ip,
+                pool: self.pool_of(a.ip).map(|p| p.name.clone()),
+            });
+            self.by_service.insert(service, ips.collect());
+        }
+    }
+
+    #[cfg(test)]
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name)
+    }
+
+    /// The first pool (by name) holding `ip`.
+    pub fn pool_of(&self, ip: IpAddr) -> Option<&Pool> {
+        self.pools.values().find(|p| p.contains(ip))
+    }
+
+    pub fn assigned(&self, service: &str) -> &[Assigned] {
+        self.by_service
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Marks an IP taken by something that is not Herald's (another load balancer's status).
+    pub fn reserve_foreign(&mut self, ip: IpAddr) {
+        self.foreign.insert(ip);
+        self.take_from_cursor(ip);
+    }
+
+    /// Records what the API already says a Service holds (state rebuilt after a restart).
+    /// Nothing is checked but double use: the first holder recorded keeps an unshareable IP.
+    pub fn restore(
+        &mut self,
+        service: &str,
+        ips: &[IpAddr],
+        sharing: &Sharing,
+    ) -> Result<(), AllocError> {
+        for &ip in ips {
+            if let Some(why) = self.why_unusable(ip, service, sharing) {
+                return Err(AllocError::InUse { ip, why });
+            }
+        }
+        self.release(service);
+        for &ip in ips {
+            self.take(service, ip, sharing);
+        }
+        Ok(())
+    }
+
+    /// Gives the Service its IPs: the ones it holds when they still fit the request, else new
+    /// ones. On error the Service holds nothing.
+    pub fn allocate(&mut self, req: &Request) -> Result<Vec<Assigned>, AllocError> {
+        if self.current_fits(req) {
+            let ips: Vec<IpAddr> = self.assigned(&req.service).iter().map(|a| a.ip).collect();
+            // Refresh what the Service brings to its IPs (ports may have changed).
+            for ip in ips {
+                if let Some(holders) = self.used.get_mut(&ip) {
+                    holders.insert(req.service.clone(), req.sharing.clone());
+                }
+            }
+            return Ok(self.assigned(&req.service).to_vec());
+        }
+        self.release(&req.service);
+        let picked = self.pick(req)?;
+        for a in &picked {
+            self.take(&req.service, a.ip, &req.sharing);
+        }
+        self.by_service.insert(req.service.clone(), picked.clone());
+        Ok(picked)
+    }
+
+    /// Frees every IP the Service holds; returns them.
+    pub fn release(&mut self, service: &str) -> Vec<IpAddr> {
+        let Some(assigned) = self.by_service.remove(service) else {
+            return Vec::new();
+        };
+        let mut freed = Vec::new();
+        for a in assigned {
+            let now_free = match self.used.get_mut(&a.ip) {
+                Some(holders) => {
+                    holders.remove(service);
+                    holders.is_empty()
+                }
+                None => false,
+            };
+            if now_free {
+                self.used.remove(&a.ip);
+                if !self.foreign.contains(&a.ip) {
+                    self.return_to_cursor(a.ip);
+                }
+                freed.push(a.ip);
+            }
+        }
+        freed
+    }
+
+    /// IPs of `family` in use inside `pool`.
+    pub fn assigned_in(&self, pool: &Pool, family: Family) -> u128 {
+        let mut seen = BTreeSet::new();
+        for r in pool
+            .ranges
+            .iter()
+            .filter(|r| Family::of(r.start()) == family)
+        {
+            let in_range = self.used.range(r.start()..=r.end()).map(|(ip, _)| *ip);
+            let foreign = self.foreign.range(r.start()..=r.end()).copied();
+            seen.extend(in_range.chain(foreign).filter(|ip| pool.contains(*ip)));
+        }
+        seen.len() as u128
+    }
+
+    /// Addresses of `family` the pool can hand out at all (ranges merged, buggy ones skipped).
+    pub fn capacity(pool: &Pool, family: Family) -> u128 {
+        let mut ranges: Vec<(u128, u128)> = pool
+            .ranges
+            .iter()
+            .filter(|r| Family::of(r.start()) == family)
+            .map(|r| (to_u128(r.start()), to_u128(r.end())))
+            .collect();
+        ranges.sort();
+        let mut total: u128 = 0;
+        let mut covered_to: Option<u128> = None;
+        for (start, end) in ranges {
+            let start = match covered_to {
+                Some(c) if c >= end => continue,
+                Some(c) if c >= start => c + 1,
+                _ => start,
+            };
+            let mut n = (end - start).saturating_add(1);
+            if pool.avoid_buggy_ips && family == Family::V4 {
+                n -= buggy_between(start, end);
+            }
+            total = total.saturating_add(n);
+            covered_to = Some(end);
+        }
+        total
+    }
+
+    fn current_fits(&self, req: &Request) -> bool {
+        let current = self.assigned(&req.service);
+        if current.is_empty() {
+            return false;
+        }
+        let families: Vec<Family> = current.iter().map(|a| Family::of(a.ip)).collect();
+        let wanted_ok = if req.requested_ips.is_empty() {
+            let required = if req.families.all_required {
+                req.families.order.len()
+            } else {
+                1
+            };
+            families.len() >= required
+                && families.iter().all(|f| req.families.order.contains(f))
+                && families.first() == req.families.order.first()
+                && current.iter().all(|a| match (&req.pool, &a.pool) {
+                    (Some(want), Some(have)) => want == have,
+                    (None, Some(_)) => true,
+                    // Its pool no longer holds the IP: move the Service to one that does.
+                    (_, None) => false,
+                })
+        } else {
+            let mut have: Vec<IpAddr> = current.iter().map(|a| a.ip).collect();
+            let mut want = req.requested_ips.clone();
+            have.sort();
+            want.sort();
+            have == want
+        };
+        wanted_ok
+            && current.iter().all(|a| {
+                self.why_unusable(a.ip, &req.service, &req.sharing)
+                    .is_none()
+            })
+    }
+
+    fn pick(&self, req: &Request) -> Result<Vec<Assigned>, AllocError> {
+        if !req.requested_ips.is_empty() {
+            return self.pick_requested(req);
+        }
+        let pools: Vec<&Pool> = match &req.pool {
+            Some(name) => vec![
+                self.pools
+                    .get(name)
+                    .ok_or_else(|| AllocError::NoSuchPool(name.clone()))?,
+            ],
+            None => req
+                .eligible_pools
+                .iter()
+                .filter_map(|n| self.pools.get(n))
+                .filter(|p| p.auto_assign)
+                .collect(),
+        };
+        let mut picked = Vec::new();
+        for (i, &family) in req.families.order.iter().enumerate() {
+            let required = i == 0 || req.families.all_required;
+            match self.pick_family(req, &pools, family) {
+                Ok(a) => picked.push(a),
+                // PreferDualStack: the second family is best effort.
+                Err(_) if !required => {}
+                Err(e) if req.families.order.len() > 1 && req.families.all_required => {
+                    return Err(AllocError::DualStack(
+                        "RequireDualStack".into(),
+                        Box::new(e),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(picked)
+    }
+
+    fn pick_family(
+        &self,
+        req: &Request,
+        pools: &[&Pool],
+        family: Family,
+    ) -> Result<Assigned, AllocError> {
+        let with_family: Vec<&Pool> = pools
+            .iter()
+            .copied()
+            .filter(|p| p.ranges.iter().any(|r| Family::of(r.start()) == family))
+            .collect();
+        if with_family.is_empty() {
+            let detail = match &req.pool {
+                Some(p) => format!(" (IPPool {p} has none)"),
+                None if self.pools.is_empty() => " (there are no IPPools)".to_owned(),
+                None => " (check the pools' autoAssign and serviceAllocation)".to_owned(),
+            };
+            return Err(AllocError::NoPool { family, detail });
+        }
+        // Join a compatible IP of the same sharing key first, so sharers end up together.
+        if req.sharing.key.is_some() {
+            for pool in &with_family {
+                let shared = self.used.iter().find(|(ip, holders)| {
+                    Family::of(**ip) == family
+                        && pool.contains(**ip)
+                        && !holders.is_empty()
+                        && holders.values().any(|s| s.key == req.sharing.key)
+                        && self
+                            .why_unusable(**ip, &req.service, &req.sharing)
+                            .is_none()
+                });
+                if let Some((ip, _)) = shared {
+                    return Ok(Assigned {
+                        ip: *ip,
+                        pool: Some(pool.name.clone()),
+                    });
+                }
+            }
+        }
+        for pool in &with_family {
+            if let Some(ip) = self.first_free(pool, family) {
+                return Ok(Assigned {
+                    ip,
+                    pool: Some(pool.name.clone()),
+                });
+            }
+        }
+        Err(AllocError::Exhausted {
+            family,
+            pools: with_family
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    fn pick_requested(&self, req: &Request) -> Result<Vec<Assigned>, AllocError> {
+        let mut families = BTreeSet::new();
+        if !req
+            .requested_ips
+            .iter()
+            .all(|ip| families.insert(Family::of(*ip)))
+        {
+            let list: Vec<String> = req.requested_ips.iter().map(IpAddr::to_string).collect();
+            return Err(AllocError::SameFamilyTwice(list.join(", ")));
+        }
+        let mut picked = Vec::new();
+        for &ip in &req.requested_ips {
+            let pool = match &req.pool {
+                Some(name) => {
+                    let pool = self
+                        .pools
+                        .get(name)
+                        .ok_or_else(|| AllocError::NoSuchPool(name.clone()))?;
+                    if !pool.contains(ip) {
+                        let other = self.pool_of(ip).ok_or(AllocError::NotInPool { ip })?;
+                        return Err(AllocError::WrongPool {
+                            ip,
+                            pool: other.name.clone(),
+                            requested: name.clone(),
+                        });
+                    }
+                    pool
+                }
+                None => self.pool_of(ip).ok_or(AllocError::NotInPool { ip })?,
+            };
+            if let Some(why) = self.why_unusable(ip, &req.service, &req.sharing) {
+                return Err(AllocError::InUse { ip, why });
+            }
+            picked.push(Assigned {
+                ip,
+                pool: Some(pool.name.clone()),
+            });
+        }
+        Ok(picked)
+    }
+
+    /// Why `service` may not hold `ip` next to its current holders, or `None`.
+    fn why_unusable(&self, ip: IpAddr, service: &str, sharing: &Sharing) -> Option<String> {
+        if self.foreign.contains(&ip) {
+            return Some("it is in the status of a Service another load balancer serves".into());
+        }
+        let holders = self.used.get(&ip)?;
+        holders
+            .iter()
+            .filter(|(k, _)| k.as_str() != service)
+            .find_map(|(k, s)| sharing.conflict(s, k))
+    }
+
+    fn is_free(&self, ip: IpAddr) -> bool {
+        !self.used.contains_key(&ip) && !self.foreign.contains(&ip)
+    }
+
+    /// Lowest free address of `family` in `pool`. Below a cursor only `freed` needs looking
+    /// at; above it the scan walks only over taken addresses, so it is bounded by the IPs in
+    /// use, never by the size of the pool.
+    fn first_free(&self, pool: &Pool, family: Family) -> Option<IpAddr> {
+        let cursors = self.cursors.get(&pool.name)?;
+        for (range, cursor) in pool.ranges.iter().zip(cursors) {
+            if Family::of(range.start()) != family {
+                continue;
+            }
+            let ip_of = |v| from_u128(v, family);
+            if let Some(v) = cursor
+                .freed
+                .iter()
+                .find(|v| self.is_free(ip_of(**v)) && pool.contains(ip_of(**v)))
+            {
+                return Some(ip_of(*v));
+            }
+            let (mut v, end) = (
+                cursor.next.max(to_u128(range.start())),
+                to_u128(range.end()),
+            );
+            while v <= end {
+                let ip = ip_of(v);
+                if self.is_free(ip) && pool.contains(ip) {
+                    return Some(ip);
+                }
+                let Some(n) = v.checked_add(1) else { break };
+                v = n;
+            }
+        }
+        None
+    }
+
+    fn take(&mut self, service: &str, ip: IpAddr, sharing: &Sharing) {
+        self.used
+            .entry(ip)
+            .or_default()
+            .insert(service.to_owned(), sharing.clone());
+        let pool = self.pool_of(ip).map(|p| p.name.clone());
+        let entry = self.by_service.entry(service.to_owned()).or_default();
+        if !entry.iter().any(|a| a.ip == ip) {
+            entry.push(Assigned { ip, pool });
+        }
+        self.take_from_cursor(ip);
+    }
+
+    /// Keeps every cursor's invariant (below it, every address is taken, skipped or in
+    /// `freed`) after `ip` is taken.
+    fn take_from_cursor(&mut self, ip: IpAddr) {
+        let value = to_u128(ip);
+        let family = Family::of(ip);
+        for (name, cursors) in self.cursors.iter_mut() {
+            let Some(pool) = self.pools.get(name) else {
+                continue;
+            };
+            for (range, cursor) in pool.ranges.iter().zip(cursors.iter_mut()) {
+                if !range.contains(ip) {
+                    continue;
+                }
+                cursor.freed.remove(&value);
+                // Advance past the run of taken or skipped addresses so later scans stay short.
+                let end = to_u128(range.end());
+                while cursor.next <= end {
+                    let next = from_u128(cursor.next, family);
+                    let taken = self.used.contains_key(&next) || self.foreign.contains(&next);
+                    let skipped = pool.avoid_buggy_ips && is_buggy(next);
+                    if !(taken || skipped) {
+                        break;
+                    }
+                    let Some(n) = cursor.next.checked_add(1) else {
+                        break;
+                    };
+                    cursor.next = n;
+                }
+            }
+        }
+    }
+
+    fn return_to_cursor(&mut self, ip: IpAddr) {
+        let value = to_u128(ip);
+        for (name, cursors) in self.cursors.iter_mut() {
+            let Some(pool) = self.pools.get(name) else {
+                continue;
+            };
+            for (range, cursor) in pool.ranges.iter().zip(cursors.iter_mut()) {
+                if range.contains(ip) && value < cursor.next {
+                    cursor.freed.insert(value);
+                }
+            }
+        }
+    }
+}
+
+/// Addresses ending in .0 or .255, which `avoidBuggyIPs` skips.
+pub fn is_buggy(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if matches!(v4.octets()[3], 0 | 255))
+}
+
+/// How many of `start..=end` (IPv4 values) end in .0 or .255.
+fn buggy_between(start: u128, end: u128) -> u128 {
+    let count = |residue: u128| {
+        let first = start + (residue + 256 - start % 256) % 256;
+        if first > end {
+            0
+        } else {
+            (end - first) / 256 + 1
+        }
+    };
+    count(0) + count(255)
+}
+
+fn from_u128(value: u128, family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4((value as u32).into()),
+        Family::V6 => IpAddr::V6(value.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

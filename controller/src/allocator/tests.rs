@@ -1,0 +1,329 @@
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use herald_api::AddressEntry;
+use proptest::prelude::*;
+
+use super::*;
+
+fn pool(name: &str, entries: &[&str]) -> Pool {
+    Pool {
+        name: name.into(),
+        ranges: entries
+            .iter()
+            .map(|e| AddressEntry::parse(e).expect("entry").range)
+            .collect(),
+        auto_assign: true,
+        avoid_buggy_ips: false,
+    }
+}
+
+fn request(service: &str, pools: &[&str]) -> Request {
+    Request {
+        service: service.into(),
+        families: Families::single(Family::V4),
+        requested_ips: vec![],
+        pool: None,
+        eligible_pools: pools.iter().map(|p| p.to_string()).collect(),
+        sharing: Sharing::default(),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn ips(a: &[Assigned]) -> Vec<String> {
+    a.iter().map(|a| a.ip.to_string()).collect()
+}
+
+#[test]
+fn lowest_free_address_first_and_reused_after_release() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.10-192.0.2.12"])]);
+    assert_eq!(
+        ips(&a.allocate(&request("ns/a", &["lan"])).unwrap()),
+        ["192.0.2.10"]
+    );
+    assert_eq!(
+        ips(&a.allocate(&request("ns/b", &["lan"])).unwrap()),
+        ["192.0.2.11"]
+    );
+    assert_eq!(
+        ips(&a.allocate(&request("ns/c", &["lan"])).unwrap()),
+        ["192.0.2.12"]
+    );
+    let err = a.allocate(&request("ns/d", &["lan"])).unwrap_err();
+    assert_eq!(err.reason(), "PoolExhausted");
+    assert_eq!(a.release("ns/b"), vec![ip("192.0.2.11")]);
+    assert_eq!(
+        ips(&a.allocate(&request("ns/d", &["lan"])).unwrap()),
+        ["192.0.2.11"]
+    );
+    // Asking again changes nothing.
+    assert_eq!(
+        ips(&a.allocate(&request("ns/a", &["lan"])).unwrap()),
+        ["192.0.2.10"]
+    );
+}
+
+#[test]
+fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
+    let mut a = Allocator::new();
+    let mut p = pool("lan", &["192.0.2.254-192.0.3.1"]);
+    p.avoid_buggy_ips = true;
+    a.set_pools([p.clone()]);
+    let got: Vec<_> = (0..3)
+        .filter_map(|i| a.allocate(&request(&format!("ns/s{i}"), &["lan"])).ok())
+        .collect();
+    assert_eq!(
+        got.iter().flat_map(|g| ips(g)).collect::<Vec<_>>(),
+        ["192.0.2.254", "192.0.3.1"]
+    );
+    assert_eq!(Allocator::capacity(&p, Family::V4), 2);
+}
+
+#[test]
+fn requested_ips_are_checked() {
+    let mut a = Allocator::new();
+    a.set_pools([
+        pool("lan", &["192.0.2.0/24"]),
+        pool("dmz", &["198.51.100.0/24"]),
+    ]);
+    let mut r = request("ns/a", &["lan"]);
+    r.requested_ips = vec![ip("192.0.2.50")];
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.50"]);
+
+    let mut b = request("ns/b", &["lan"]);
+    b.requested_ips = vec![ip("192.0.2.50")];
+    let err = a.allocate(&b).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("used by ns/a, which does not allow sharing"),
+        "{err}"
+    );
+
+    b.requested_ips = vec![ip("203.0.113.1")];
+    assert_eq!(
+        a.allocate(&b).unwrap_err().to_string(),
+        "requested IP 203.0.113.1 is not in any IPPool"
+    );
+
+    b.requested_ips = vec![ip("198.51.100.1")];
+    b.pool = Some("lan".into());
+    assert!(
+        a.allocate(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("is in IPPool dmz, but the Service asks for IPPool lan")
+    );
+    // A failed request leaves nothing behind, and the holder is unaffected.
+    assert!(a.assigned("ns/b").is_empty());
+    assert_eq!(ips(a.assigned("ns/a")), ["192.0.2.50"]);
+}
+
+#[test]
+fn pools_in_the_given_order_and_auto_assign_false_only_on_request() {
+    let mut a = Allocator::new();
+    let mut manual = pool("manual", &["192.0.2.0/30"]);
+    manual.auto_assign = false;
+    a.set_pools([manual, pool("second", &["198.51.100.0/30"])]);
+    let got = a.allocate(&request("ns/a", &["manual", "second"])).unwrap();
+    assert_eq!(got[0].pool.as_deref(), Some("second"));
+    let mut r = request("ns/b", &["manual", "second"]);
+    r.pool = Some("manual".into());
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.0"]);
+    r.pool = Some("missing".into());
+    assert_eq!(a.allocate(&r).unwrap_err().reason(), "NoSuchPool");
+}
+
+#[test]
+fn dual_stack_policies() {
+    let mut a = Allocator::new();
+    a.set_pools([
+        pool("v4", &["192.0.2.1/32"]),
+        pool("v6", &["2001:db8::/120"]),
+    ]);
+    let mut r = request("ns/dual", &["v4", "v6"]);
+    r.families = Families {
+        order: vec![Family::V6, Family::V4],
+        all_required: true,
+    };
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["2001:db8::", "192.0.2.1"]);
+    // IPv4 is exhausted now: RequireDualStack gets nothing, PreferDualStack gets IPv6 only.
+    let mut r2 = request("ns/req", &["v4", "v6"]);
+    r2.families = Families {
+        order: vec![Family::V6, Family::V4],
+        all_required: true,
+    };
+    let err = a.allocate(&r2).unwrap_err();
+    assert!(err.to_string().contains("RequireDualStack"), "{err}");
+    assert!(a.assigned("ns/req").is_empty());
+    r2.families.all_required = false;
+    assert_eq!(ips(&a.allocate(&r2).unwrap()), ["2001:db8::1"]);
+    let mut v6only = request("ns/six", &["v4"]);
+    v6only.families = Families::single(Family::V6);
+    assert_eq!(a.allocate(&v6only).unwrap_err().reason(), "NoEligiblePool");
+}
+
+#[test]
+fn sharing_needs_the_same_key_and_distinct_ports() {
+    let port = |p: i32| Port {
+        protocol: "TCP".into(),
+        port: p,
+    };
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.0/24"])]);
+    let mut web = request("ns/web", &["lan"]);
+    web.sharing = Sharing {
+        key: Some("k".into()),
+        ports: [port(80)].into(),
+        local_selector: None,
+    };
+    let mut dns = request("ns/dns", &["lan"]);
+    dns.sharing = Sharing {
+        key: Some("k".into()),
+        ports: [port(53)].into(),
+        local_selector: None,
+    };
+    let mut clash = request("ns/clash", &["lan"]);
+    clash.sharing = Sharing {
+        key: Some("k".into()),
+        ports: [port(80)].into(),
+        local_selector: None,
+    };
+    assert_eq!(ips(&a.allocate(&web).unwrap()), ["192.0.2.0"]);
+    assert_eq!(
+        ips(&a.allocate(&dns).unwrap()),
+        ["192.0.2.0"],
+        "same key, other port: shared"
+    );
+    assert_eq!(
+        ips(&a.allocate(&clash).unwrap()),
+        ["192.0.2.1"],
+        "port clash: an IP of its own"
+    );
+    clash.requested_ips = vec![ip("192.0.2.0")];
+    let err = a.allocate(&clash).unwrap_err();
+    assert!(
+        err.to_string().contains("port 80/TCP clashes with ns/web"),
+        "{err}"
+    );
+    // The shared IP is free only when both sharers are gone.
+    assert!(a.release("ns/web").is_empty());
+    assert_eq!(a.release("ns/dns"), vec![ip("192.0.2.0")]);
+}
+
+#[test]
+fn foreign_and_restored_ips_are_never_handed_out() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.0/30"])]);
+    a.reserve_foreign(ip("192.0.2.0"));
+    a.restore("ns/old", &[ip("192.0.2.2")], &Sharing::default())
+        .unwrap();
+    assert!(
+        a.restore("ns/dup", &[ip("192.0.2.2")], &Sharing::default())
+            .is_err()
+    );
+    let got: Vec<_> = (0..4)
+        .filter_map(|i| a.allocate(&request(&format!("ns/n{i}"), &["lan"])).ok())
+        .collect();
+    assert_eq!(
+        got.iter().flat_map(|g| ips(g)).collect::<Vec<_>>(),
+        ["192.0.2.1", "192.0.2.3"]
+    );
+}
+
+#[test]
+fn shrinking_a_pool_keeps_the_assignment_but_not_the_pool() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.0/30"])]);
+    a.allocate(&request("ns/a", &["lan"])).unwrap();
+    a.set_pools([pool("lan", &["192.0.2.2/31"])]);
+    assert_eq!(
+        a.assigned("ns/a"),
+        [Assigned {
+            ip: ip("192.0.2.0"),
+            pool: None
+        }]
+    );
+    // Asking again moves the Service into the pool it may use.
+    assert_eq!(
+        ips(&a.allocate(&request("ns/a", &["lan"])).unwrap()),
+        ["192.0.2.2"]
+    );
+}
+
+#[test]
+fn huge_ipv6_pools_cost_nothing_until_used() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("big", &["2001:db8::/64", "2001:db8:1::/48"])]);
+    let p = a.pool("big").unwrap().clone();
+    assert_eq!(
+        Allocator::capacity(&p, Family::V6),
+        (1u128 << 64) + (1u128 << 80)
+    );
+    let mut r = request("ns/a", &["big"]);
+    r.families = Families::single(Family::V6);
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["2001:db8::"]);
+    assert_eq!(a.assigned_in(&p, Family::V6), 1);
+    let all = pool("all", &["::/0"]);
+    assert_eq!(Allocator::capacity(&all, Family::V6), u128::MAX);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc(u8, bool, Option<u8>),
+    Release(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..40, any::<bool>(), proptest::option::of(any::<u8>())).prop_map(|(s, v6, want)| Op::Alloc(s, v6, want)),
+        1 => (0u8..40).prop_map(Op::Release),
+    ]
+}
+
+proptest! {
+    /// Whatever the sequence of requests and releases: every IP handed out is in its pool,
+    /// no IP is held by two Services, and a free address is reused before the pool is declared
+    /// exhausted.
+    #[test]
+    fn never_outside_the_pool_never_twice(ops in proptest::collection::vec(op(), 1..200), buggy in any::<bool>()) {
+        let mut a = Allocator::new();
+        let mut p4 = pool("p", &["192.0.2.250-192.0.3.4", "198.51.100.0/29", "2001:db8::/64", "2001:db8:1::/120"]);
+        p4.avoid_buggy_ips = buggy;
+        a.set_pools([p4.clone()]);
+        for op in ops {
+            match op {
+                Op::Alloc(s, v6, want) => {
+                    let mut r = request(&format!("ns/s{s}"), &["p"]);
+                    if v6 { r.families = Families::single(Family::V6); }
+                    if let Some(w) = want.filter(|w| w % 4 == 0) {
+                        r.requested_ips = vec![if v6 { ip(&format!("2001:db8::{w:x}")) } else { ip(&format!("198.51.100.{}", w % 8)) }];
+                    }
+                    match a.allocate(&r) {
+                        Ok(got) => {
+                            prop_assert_eq!(got.len(), 1);
+                            prop_assert!(p4.contains(got[0].ip), "{} outside the pool", got[0].ip);
+                            prop_assert_eq!(Family::of(got[0].ip), if v6 { Family::V6 } else { Family::V4 });
+                        }
+                        Err(AllocError::Exhausted { .. }) => {
+                            let used = a.assigned_in(&p4, Family::V4);
+                            prop_assert_eq!(used, Allocator::capacity(&p4, Family::V4), "exhausted with free addresses left");
+                        }
+                        Err(AllocError::NotInPool { ip }) => prop_assert!(buggy && is_buggy(ip), "{ip} is in the pool"),
+                        Err(e) => prop_assert!(matches!(e, AllocError::InUse { .. }), "{e}"),
+                    }
+                }
+                Op::Release(s) => { a.release(&format!("ns/s{s}")); }
+            }
+            let mut seen = BTreeSet::new();
+            for s in 0..40u8 {
+                for got in a.assigned(&format!("ns/s{s}")) {
+                    prop_assert!(seen.insert(got.ip), "{} held twice", got.ip);
+                }
+            }
+        }
+    }
+}

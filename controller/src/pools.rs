@@ -1,0 +1,193 @@
+//! From `IPPool` objects to the allocator's `Pool`s, and which pools may serve a Service. Pure.
+
+use std::collections::BTreeMap;
+
+use herald_api::{AddressEntry, IPPool};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::allocator::Pool;
+
+/// A pool as configured, with the entries the controller could not use.
+#[derive(Debug, Clone)]
+pub struct ParsedPool {
+    pub pool: Pool,
+    pub invalid: Vec<String>,
+    /// Other pools sharing addresses with this one.
+    pub overlaps: Vec<String>,
+}
+
+pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
+    let mut parsed: Vec<ParsedPool> = pools
+        .iter()
+        .map(|p| {
+            let mut invalid = Vec::new();
+            let mut ranges = Vec::new();
+            for entry in &p.spec.addresses {
+                match AddressEntry::parse(entry) {
+                    Ok(e) => ranges.push(e.range),
+                    Err(e) => invalid.push(e.to_string()),
+                }
+            }
+            let pool = Pool {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                ranges,
+                auto_assign: p.spec.auto_assign,
+                avoid_buggy_ips: p.spec.avoid_buggy_ips,
+            };
+            ParsedPool {
+                pool,
+                invalid,
+                overlaps: Vec::new(),
+            }
+        })
+        .collect();
+    parsed.sort_by(|a, b| a.pool.name.cmp(&b.pool.name));
+    for i in 0..parsed.len() {
+        for j in 0..parsed.len() {
+            let overlap = i != j
+                && parsed[i]
+                    .pool
+                    .ranges
+                    .iter()
+                    .any(|a| parsed[j].pool.ranges.iter().any(|b| a.overlaps(b)));
+            if overlap {
+                let other = parsed[j].pool.name.clone();
+                parsed[i].overlaps.push(other);
+            }
+        }
+    }
+    parsed
+}
+
+/// Names of the pools whose `serviceAllocation` admits the Service, in the order to try them:
+/// by priority (lower first; none last), then by name.
+pub fn eligible(
+    pools: &[IPPool],
+    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
+    service_labels: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut admitted: Vec<(i64, String)> = pools
+        .iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let Some(alloc) = &p.spec.service_allocation else {
+                return Some((i64::MAX, name));
+            };
+            let ns_ok = (alloc.namespaces.is_empty() && alloc.namespace_selectors.is_empty())
+                || alloc.namespaces.iter().any(|n| n == namespace)
+                || alloc
+                    .namespace_selectors
+                    .iter()
+                    .any(|s| matches(s, namespace_labels));
+            let svc_ok = alloc.service_selectors.is_empty()
+                || alloc
+                    .service_selectors
+                    .iter()
+                    .any(|s| matches(s, service_labels));
+            (ns_ok && svc_ok).then(|| (alloc.priority.map(i64::from).unwrap_or(i64::MAX), name))
+        })
+        .collect();
+    admitted.sort();
+    admitted.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Kubernetes label-selector semantics; an unknown operator matches nothing.
+pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(yaml: &str) -> Vec<IPPool> {
+        serde_yaml_ng::Deserializer::from_str(yaml)
+            .map(|d| serde_json::from_value(serde::Deserialize::deserialize(d).unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn eligibility_and_order() {
+        let p = pools(
+            r#"
+apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {name: zz-default}
+spec: {addresses: [192.0.2.0/24]}
+---
+apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {name: team}
+spec:
+  addresses: [198.51.100.0/24]
+  serviceAllocation: {priority: 10, namespaces: [team-a], serviceSelectors: [{matchLabels: {tier: web}}]}
+---
+apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {name: prod}
+spec:
+  addresses: [203.0.113.0/24]
+  serviceAllocation: {priority: 5, namespaceSelectors: [{matchExpressions: [{key: env, operator: In, values: [prod]}]}]}
+"#,
+        );
+        let labels = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            eligible(&p, "team-a", &labels(&[]), &labels(&[("tier", "web")])),
+            ["team", "zz-default"]
+        );
+        assert_eq!(
+            eligible(&p, "team-a", &labels(&[]), &labels(&[])),
+            ["zz-default"]
+        );
+        assert_eq!(
+            eligible(&p, "x", &labels(&[("env", "prod")]), &labels(&[])),
+            ["prod", "zz-default"]
+        );
+    }
+
+    #[test]
+    fn invalid_entries_and_overlaps_are_reported() {
+        let p = pools(
+            r#"
+apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {name: a}
+spec: {addresses: [192.0.2.0/24, "2001:db8::9-2001:db8::1"]}
+---
+apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {name: b}
+spec: {addresses: [192.0.2.128/25]}
+"#,
+        );
+        let parsed = parse(&p);
+        assert_eq!(
+            parsed[0].invalid,
+            ["\"2001:db8::9-2001:db8::1\" starts after it ends"]
+        );
+        assert_eq!(parsed[0].pool.ranges.len(), 1);
+        assert_eq!(parsed[0].overlaps, ["b"]);
+        assert_eq!(parsed[1].overlaps, ["a"]);
+    }
+}

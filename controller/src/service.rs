@@ -1,0 +1,274 @@
+//! What a Service asks of Herald, read from its spec and annotations. Pure.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use herald_api::keys;
+use k8s_openapi::api::core::v1::Service;
+
+use crate::allocator::{Families, Family, Port, Sharing};
+
+/// Which Services this controller serves.
+#[derive(Debug, Clone)]
+pub struct ClassConfig {
+    /// `spec.loadBalancerClass` served.
+    pub class: String,
+    /// Whether Services without a class are served.
+    pub serve_unset: bool,
+}
+
+/// What the controller should do with a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// Not a LoadBalancer, or another load balancer's: release anything held, clear our status.
+    NotOurs,
+    Wants(Wants),
+    /// The Service asks for something malformed; the message says what.
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wants {
+    pub families: Families,
+    pub requested_ips: Vec<IpAddr>,
+    pub pool: Option<String>,
+    pub sharing: Sharing,
+}
+
+pub fn key(svc: &Service) -> String {
+    format!(
+        "{}/{}",
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        svc.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// First annotation of `keys` that is set (Herald's key wins over MetalLB's).
+fn annotation<'a>(svc: &'a Service, keys: &[&str]) -> Option<&'a str> {
+    let annotations = svc.metadata.annotations.as_ref()?;
+    keys.iter()
+        .find_map(|k| annotations.get(*k))
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
+    let Some(spec) = &svc.spec else {
+        return Intent::NotOurs;
+    };
+    if spec.type_.as_deref() != Some("LoadBalancer") || svc.metadata.deletion_timestamp.is_some() {
+        return Intent::NotOurs;
+    }
+    match spec.load_balancer_class.as_deref() {
+        Some(class) if class != config.class => return Intent::NotOurs,
+        None if !config.serve_unset => return Intent::NotOurs,
+        _ => {}
+    }
+
+    let requested = match annotation(svc, &keys::IPS_KEYS) {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| (s, s.parse::<IpAddr>()))
+            .collect(),
+        None => spec
+            .load_balancer_ip
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| vec![(s, s.parse::<IpAddr>())])
+            .unwrap_or_default(),
+    };
+    let mut requested_ips = Vec::new();
+    for (text, parsed) in requested {
+        match parsed {
+            Ok(ip) => requested_ips.push(ip),
+            Err(_) => {
+                return Intent::Invalid(format!("requested IP {text:?} is not an IP address"));
+            }
+        }
+    }
+
+    let family = |name: &str| {
+        if name == "IPv6" {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    };
+    let mut order: Vec<Family> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .map(|f| family(f))
+        .collect();
+    if order.is_empty() {
+        order = requested_ips.iter().map(|ip| Family::of(*ip)).collect();
+    }
+    if order.is_empty() {
+        order.push(Family::V4);
+    }
+    let families = match spec.ip_family_policy.as_deref() {
+        Some("RequireDualStack") => {
+            let other = if order[0] == Family::V4 {
+                Family::V6
+            } else {
+                Family::V4
+            };
+            if order.len() < 2 {
+                order.push(other);
+            }
+            Families {
+                order,
+                all_required: true,
+            }
+        }
+        Some("PreferDualStack") => Families {
+            order,
+            all_required: false,
+        },
+        _ => Families::single(order[0]),
+    };
+
+    let ports: BTreeSet<Port> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| Port {
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            port: p.port,
+        })
+        .collect();
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let sharing = Sharing {
+        key: annotation(svc, &keys::SHARING_KEYS).map(str::to_owned),
+        ports,
+        local_selector: local.then(|| spec.selector.clone().unwrap_or_default()),
+    };
+
+    Intent::Wants(Wants {
+        families,
+        requested_ips,
+        pool: annotation(svc, &keys::POOL_KEYS).map(str::to_owned),
+        sharing,
+    })
+}
+
+/// IPs in the Service's `status.loadBalancer.ingress`.
+pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    ingress
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+/// Whether Herald wrote this Service's status (its condition is there).
+pub fn status_is_ours(svc: &Service) -> bool {
+    let conditions = svc.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == crate::status::CONDITION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(yaml: &str) -> Service {
+        serde_json::from_value(serde_yaml_ng::from_str::<serde_json::Value>(yaml).unwrap()).unwrap()
+    }
+
+    fn config() -> ClassConfig {
+        ClassConfig {
+            class: "herald.dev/l2".into(),
+            serve_unset: true,
+        }
+    }
+
+    #[test]
+    fn only_load_balancers_of_our_class() {
+        let base = "metadata: {name: a, namespace: n}\nspec: {type: LoadBalancer}";
+        assert!(matches!(intent(&svc(base), &config()), Intent::Wants(_)));
+        let cluster_ip = svc("metadata: {name: a, namespace: n}\nspec: {type: ClusterIP}");
+        assert_eq!(intent(&cluster_ip, &config()), Intent::NotOurs);
+        let other = svc(
+            "metadata: {name: a, namespace: n}\nspec: {type: LoadBalancer, loadBalancerClass: other.io/lb}",
+        );
+        assert_eq!(intent(&other, &config()), Intent::NotOurs);
+        let no_unset = ClassConfig {
+            serve_unset: false,
+            ..config()
+        };
+        assert_eq!(intent(&svc(base), &no_unset), Intent::NotOurs);
+        let ours = svc(
+            "metadata: {name: a, namespace: n}\nspec: {type: LoadBalancer, loadBalancerClass: herald.dev/l2}",
+        );
+        assert!(matches!(intent(&ours, &no_unset), Intent::Wants(_)));
+    }
+
+    #[test]
+    fn requested_ips_pool_and_sharing_from_ours_or_metallb_keys() {
+        let s = svc(r#"
+metadata:
+  name: a
+  namespace: n
+  annotations:
+    metallb.io/loadBalancerIPs: "192.0.2.5, 2001:db8::5"
+    metallb.universe.tf/address-pool: legacy
+    metallb.io/allow-shared-ip: k
+spec: {type: LoadBalancer, loadBalancerIP: 198.51.100.1, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6],
+       externalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80}, {port: 53, protocol: UDP}]}
+"#);
+        let Intent::Wants(w) = intent(&s, &config()) else {
+            panic!()
+        };
+        assert_eq!(
+            w.requested_ips,
+            [
+                "192.0.2.5".parse::<IpAddr>().unwrap(),
+                "2001:db8::5".parse().unwrap()
+            ]
+        );
+        assert_eq!(w.pool.as_deref(), Some("legacy"));
+        assert_eq!(w.sharing.key.as_deref(), Some("k"));
+        assert_eq!(w.sharing.ports.len(), 2);
+        assert_eq!(
+            w.sharing
+                .local_selector
+                .unwrap()
+                .get("app")
+                .map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            w.families,
+            Families {
+                order: vec![Family::V4, Family::V6],
+                all_required: true
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_requested_ip_is_invalid() {
+        let s = svc(
+            "metadata: {name: a, namespace: n, annotations: {herald.dev/ips: 192.0.2.300}}\nspec: {type: LoadBalancer}",
+        );
+        assert_eq!(
+            intent(&s, &config()),
+            Intent::Invalid("requested IP \"192.0.2.300\" is not an IP address".into())
+        );
+        let s = svc(
+            "metadata: {name: a, namespace: n}\nspec: {type: LoadBalancer, loadBalancerIP: nope}",
+        );
+        assert!(matches!(intent(&s, &config()), Intent::Invalid(_)));
+    }
+}

@@ -1,0 +1,325 @@
+//! The controller on a real kube-apiserver: LoadBalancer Services get IPs from IPPools, with
+//! Events and a status condition; IPs are released and reused; bad requests are explained.
+
+use std::process::Command;
+use std::time::Duration;
+
+use herald_tests::{ControlPlane, Process};
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn controller(cp: &ControlPlane) -> Process {
+    let mut cmd = Command::new(
+        herald_tests::bins::herald_binary("herald-controller").expect("controller binary"),
+    );
+    cmd.arg("run")
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("RUST_LOG", "info,kube=warn");
+    Process::spawn("herald-controller", cmd, &cp.dir().join("controller.log"))
+        .expect("start controller")
+}
+
+async fn apply(client: &Client, yaml: &str) {
+    for doc in yaml.split("\n---\n") {
+        let value: serde_json::Value = serde_yaml_ng::from_str(doc).expect("yaml");
+        let kind = value["kind"].as_str().expect("kind");
+        let name = value["metadata"]["name"].as_str().expect("name").to_owned();
+        let pp = PatchParams::apply("test").force();
+        match kind {
+            "IPPool" => {
+                Api::<herald_api::IPPool>::all(client.clone())
+                    .patch(&name, &pp, &Patch::Apply(&value))
+                    .await
+                    .expect("pool");
+            }
+            "Service" => {
+                let ns = value["metadata"]["namespace"].as_str().unwrap_or("default");
+                Api::<Service>::namespaced(client.clone(), ns)
+                    .patch(&name, &pp, &Patch::Apply(&value))
+                    .await
+                    .expect("service");
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+}
+
+fn lb(name: &str, extra_meta: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default{extra_meta}}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]{extra_spec}}}"
+    )
+}
+
+/// Waits until `check` returns `Some`, polling the Service.
+async fn wait_for<T>(
+    api: &Api<Service>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Service) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(svc) = api.get(name).await
+            && let Some(v) = check(&svc)
+        {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ingress(svc: &Service) -> Vec<(String, Option<String>)> {
+    let lb = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.clone());
+    lb.unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| Some((i.ip?, i.ip_mode)))
+        .collect()
+}
+
+fn condition(svc: &Service) -> Option<(String, String, String)> {
+    let c = svc
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "herald.dev/IPAllocated")?
+        .clone();
+    Some((c.status, c.reason, c.message))
+}
+
+async fn events(client: &Client, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    let list = api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("events");
+    list.items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn services_get_ips_release_them_and_wait_when_exhausted() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    let _controller = controller(&cp);
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.10-192.0.2.11]}").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+
+    apply(&client, &lb("a", "", "")).await;
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: plain, namespace: default}\nspec: {ports: [{port: 80}]}").await;
+    let a = wait_for(&services, "a", "an IP", |s| ingress(s).first().cloned()).await;
+    assert_eq!(a, ("192.0.2.10".into(), Some("VIP".into())));
+    let svc = services.get("a").await.unwrap();
+    assert_eq!(condition(&svc).unwrap().0, "True");
+    let ev = events(&client, "a").await;
+    assert!(
+        ev.iter().any(|(t, r, m)| t == "Normal"
+            && r == "IPAllocated"
+            && m == "assigned 192.0.2.10 from IPPool lan"),
+        "{ev:?}"
+    );
+
+    apply(&client, &lb("b", "", "")).await;
+    wait_for(&services, "b", "an IP", |s| {
+        ingress(s).first().filter(|i| i.0 == "192.0.2.11").cloned()
+    })
+    .await;
+
+    // The pool is exhausted: c waits with a Warning Event and a condition saying why.
+    apply(&client, &lb("c", "", "")).await;
+    let why = wait_for(&services, "c", "a failure condition", |s| {
+        condition(s).filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(why.1, "PoolExhausted");
+    assert!(
+        why.2.contains("no free IPv4 address in IPPool(s) lan"),
+        "{why:?}"
+    );
+    assert!(ingress(&services.get("c").await.unwrap()).is_empty());
+    let ev = events(&client, "c").await;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "PoolExhausted"),
+        "{ev:?}"
+    );
+
+    // Deleting a frees its IP, and c gets it by itself.
+    services
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("delete a");
+    wait_for(&services, "c", "the freed IP", |s| {
+        ingress(s).first().filter(|i| i.0 == "192.0.2.10").cloned()
+    })
+    .await;
+
+    // Changing b away from LoadBalancer releases its IP and clears the status Herald wrote.
+    let patch = serde_json::json!({"spec": {"type": "ClusterIP"}});
+    services
+        .patch("b", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("to ClusterIP");
+    wait_for(&services, "b", "a cleared status", |s| {
+        (ingress(s).is_empty() && condition(s).is_none()).then_some(())
+    })
+    .await;
+    apply(&client, &lb("d", "", "")).await;
+    wait_for(&services, "d", "b's old IP", |s| {
+        ingress(s).first().filter(|i| i.0 == "192.0.2.11").cloned()
+    })
+    .await;
+
+    // The Service that was never a LoadBalancer was never touched.
+    let plain = services.get("plain").await.unwrap();
+    assert!(
+        plain
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_none()
+    );
+    assert!(ingress(&plain).is_empty());
+    assert!(events(&client, "plain").await.is_empty());
+
+    // Pool status counts what is in use.
+    let pool = Api::<herald_api::IPPool>::all(client.clone())
+        .get("lan")
+        .await
+        .unwrap();
+    let status = pool.status.unwrap_or_default();
+    assert_eq!(
+        (status.assigned, status.available.as_str()),
+        (2, "0"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn impossible_requests_are_explained_and_fixed_without_restart() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    let _controller = controller(&cp);
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.0/28]}").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+
+    apply(
+        &client,
+        &lb(
+            "owner",
+            ", annotations: {metallb.io/loadBalancerIPs: 192.0.2.5}",
+            "",
+        ),
+    )
+    .await;
+    apply(
+        &client,
+        &lb(
+            "malformed",
+            ", annotations: {herald.dev/ips: 192.0.2.500}",
+            "",
+        ),
+    )
+    .await;
+    apply(&client, &lb("outside", "", ", loadBalancerIP: 203.0.113.7")).await;
+    apply(
+        &client,
+        &lb("taken", ", annotations: {herald.dev/ips: 192.0.2.5}", ""),
+    )
+    .await;
+    apply(&client, &lb("fine", "", "")).await;
+
+    wait_for(&services, "owner", "its requested IP", |s| {
+        ingress(s).first().filter(|i| i.0 == "192.0.2.5").cloned()
+    })
+    .await;
+    let cases = [
+        (
+            "malformed",
+            "InvalidRequest",
+            "requested IP \"192.0.2.500\" is not an IP address",
+        ),
+        (
+            "outside",
+            "NotInPool",
+            "requested IP 203.0.113.7 is not in any IPPool",
+        ),
+        (
+            "taken",
+            "IPInUse",
+            "requested IP 192.0.2.5 cannot be used: it is used by default/owner, which does not allow sharing",
+        ),
+    ];
+    for (name, reason, message) in cases {
+        let c = wait_for(&services, name, "a failure condition", |s| {
+            condition(s).filter(|c| c.0 == "False")
+        })
+        .await;
+        assert_eq!((c.1.as_str(), c.2.as_str()), (reason, message), "{name}");
+        let ev = events(&client, name).await;
+        assert!(
+            ev.iter()
+                .any(|(t, r, m)| t == "Warning" && r == reason && m == message),
+            "{name}: {ev:?}"
+        );
+    }
+    // Other Services are unaffected.
+    wait_for(&services, "fine", "an IP", |s| {
+        ingress(s).first().filter(|i| i.0 == "192.0.2.0").cloned()
+    })
+    .await;
+
+    // Fixing the Service fixes it, no restart needed.
+    apply(
+        &client,
+        &lb(
+            "malformed",
+            ", annotations: {herald.dev/ips: 192.0.2.9}",
+            "",
+        ),
+    )
+    .await;
+    wait_for(&services, "malformed", "the fixed IP", |s| {
+        ingress(s).first().filter(|i| i.0 == "192.0.2.9").cloned()
+    })
+    .await;
+    let c = condition(&services.get("malformed").await.unwrap()).unwrap();
+    assert_eq!(c.0, "True");
+
+    // A Service of another class is never touched.
+    apply(
+        &client,
+        &lb("foreign", "", ", loadBalancerClass: other.example/lb"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let foreign = services.get("foreign").await.unwrap();
+    assert!(
+        ingress(&foreign).is_empty() && condition(&foreign).is_none(),
+        "{:?}",
+        foreign.status
+    );
+    assert_eq!(foreign.name_any(), "foreign");
+}
