@@ -13,7 +13,7 @@ use herald_api::keys::CONTROLLER_MANAGER;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
@@ -238,11 +238,8 @@ impl Controller {
     }
 
     async fn reconcile(&mut self, key: &str) {
-        let svc = self
-            .services
-            .state()
-            .into_iter()
-            .find(|s| service::key(s) == key);
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        let svc = self.services.get(&ObjectRef::new(name).within(ns));
         let Some(svc) = svc else {
             // Deleted: its IPs go back to the pool.
             let freed = self.allocator.release(key);
