@@ -1,5 +1,6 @@
 //! From `IPPool` objects to the allocator's `Pool`s, and which pools may serve a Service. Pure.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use herald_api::{AddressEntry, IPPool};
@@ -61,15 +62,16 @@ pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
 
 /// Names of the pools whose `serviceAllocation` admits the Service, in the order to try them:
 /// by priority (lower first; none last), then by name.
-pub fn eligible(
-    pools: &[IPPool],
+pub fn eligible<P: Borrow<IPPool>>(
+    pools: &[P],
     namespace: &str,
     namespace_labels: &BTreeMap<String, String>,
     service_labels: &BTreeMap<String, String>,
 ) -> Vec<String> {
     let mut admitted: Vec<(i64, String)> = pools
         .iter()
-        .filter_map(|p| {
+        .map(Borrow::borrow)
+        .filter_map(|p: &IPPool| {
             let name = p.metadata.name.clone()?;
             let Some(alloc) = &p.spec.service_allocation else {
                 return Some((i64::MAX, name));

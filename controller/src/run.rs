@@ -331,7 +331,7 @@ impl Controller {
             .find(|n| n.name_any() == ns)
             .map(|n| n.labels().clone())
             .unwrap_or_default();
-        pools::eligible(&self.pool_objects(), &ns, &ns_labels, svc.labels())
+        pools::eligible(&self.pools.state(), &ns, &ns_labels, svc.labels())
     }
 
     /// Whether applying `patch` would change what the Service shows (times aside).
