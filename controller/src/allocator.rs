@@ -24,6 +24,14 @@ impl Family {
     pub fn of(ip: IpAddr) -> Self {
         if ip.is_ipv4() { Family::V4 } else { Family::V6 }
     }
+
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
 }
 
 impl std::fmt::Display for Family {
@@ -246,6 +254,11 @@ impl Allocator {
     /// The first pool (by name) holding `ip`.
     pub fn pool_of(&self, ip: IpAddr) -> Option<&Pool> {
         self.pools.values().find(|p| p.contains(ip))
+    }
+
+    /// Every Service holding IPs.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.by_service.keys()
     }
 
     pub fn assigned(&self, service: &str) -> &[Assigned] {

@@ -1,12 +1,17 @@
 //! `herald-controller`: allocates external IPs to LoadBalancer Services. `main` only wires.
 
 mod allocator;
+mod events;
+mod leader;
+mod metrics;
 mod pools;
 mod run;
 mod service;
 mod status;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -35,6 +40,11 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long, env = "HERALD_LOG_JSON")]
         log_json: bool,
+        /// Where `/metrics`, `/healthz` and `/readyz` are served.
+        #[arg(long, env = "HERALD_METRICS_ADDRESS", default_value = "0.0.0.0:9472")]
+        metrics_address: SocketAddr,
+        #[command(flatten)]
+        leader: leader::LeaderArgs,
     },
     /// Write Herald's CRD manifests (generated from the Rust types).
     Crds {
@@ -51,6 +61,8 @@ fn main() -> Result<()> {
             load_balancer_class,
             ignore_unset_class,
             log_json,
+            metrics_address,
+            leader,
         } => {
             init_tracing(log_json);
             let config = service::ClassConfig {
@@ -61,17 +73,40 @@ fn main() -> Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?
-                .block_on(async {
-                    let client = kube::Client::try_default()
-                        .await
-                        .context("connecting to the API server")?;
-                    tokio::select! {
-                        r = run::run(client, config) => r,
-                        _ = shutdown() => Ok(()),
-                    }
-                })
+                .block_on(serve(config, metrics_address, leader))
         }
     }
+}
+
+async fn serve(
+    config: service::ClassConfig,
+    metrics_address: SocketAddr,
+    leader: leader::LeaderArgs,
+) -> Result<()> {
+    let registry = Arc::new(herald_telemetry::Registry::new());
+    metrics::describe(&registry);
+    let health = Arc::new(herald_telemetry::Health::new());
+    let bound = herald_telemetry::serve(metrics_address, registry.clone(), health.clone()).await?;
+    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let identity = leader.identity();
+    // A replica waiting for the Lease is ready: it serves its role (standing by), and a
+    // Deployment rollout must not stall on it.
+    let election = tokio::select! {
+        e = leader::Election::start(&client, &leader, &identity, &health) => e?,
+        _ = shutdown() => return Ok(()),
+    };
+    registry.set(metrics::LEADER, &[], 1.0);
+    let result = tokio::select! {
+        r = run::run(client, config, registry.clone(), identity) => r,
+        r = election.lost() => r,
+        _ = shutdown() => Ok(()),
+    };
+    // Released on every way out, so a standby takes over without waiting for expiry.
+    election.release().await;
+    result
 }
 
 fn init_tracing(json: bool) {

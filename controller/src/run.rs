@@ -1,26 +1,44 @@
 //! The controller's I/O: watch Services, IPPools and Namespaces, rebuild the allocator from
-//! what the API already says before the first allocation, then reconcile. Decisions are made
-//! in `allocator`, `service`, `pools` and `status`; this module only reads and writes.
+//! what the API already says before the first allocation, then reconcile in passes. A pass
+//! decides every write first (`decide`, no I/O) and then performs the writes concurrently,
+//! so one slow round trip does not hold up the next Service. Decisions are made in
+//! `allocator`, `service`, `pools`, `status` and `events`; this module only reads and writes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::{StreamExt, stream};
+use futures::{Stream, StreamExt, stream};
 use herald_api::IPPool;
 use herald_api::keys::CONTROLLER_MANAGER;
+use herald_telemetry::Registry;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::allocator::{Allocator, Request};
+use crate::allocator::{Allocator, Family, Request};
+use crate::events::{self, Note};
+use crate::pools::{self, ParsedPool};
 use crate::service::{self, ClassConfig, Intent};
-use crate::{pools, status};
+use crate::{metrics, status};
+
+/// Writes in flight at once. The API server handles these in parallel; more than this only
+/// queues inside it.
+const WRITE_CONCURRENCY: usize = 32;
+/// How often failed writes are retried when nothing else happens.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
+/// Annotations never read by Herald that can be large; dropped from the cache.
+const DROPPED_ANNOTATIONS: [&str; 1] = ["kubectl.kubernetes.io/last-applied-configuration"];
 
 enum Trigger {
     Service(String),
@@ -28,38 +46,61 @@ enum Trigger {
     All,
 }
 
-/// The Event last published per Service, so Events go out on change only.
-type LastEvent = (EventType, String, String);
+/// One API write a pass decided on.
+enum Write {
+    Status {
+        key: String,
+        namespace: String,
+        name: String,
+        patch: Value,
+    },
+    Event {
+        key: String,
+        note: Note,
+        event: Box<Event>,
+    },
+    PoolStatus {
+        name: String,
+        patch: Value,
+        /// The status without timestamps, remembered once written.
+        comparable: Value,
+    },
+}
 
 pub struct Controller {
     client: Client,
     config: ClassConfig,
+    instance: String,
+    registry: Arc<Registry>,
     services: Store<Service>,
     pools: Store<IPPool>,
     namespaces: Store<Namespace>,
+    parsed_pools: Vec<ParsedPool>,
     allocator: Allocator,
-    recorder: Recorder,
-    last_event: BTreeMap<String, LastEvent>,
-    /// Services that want an IP and have none: retried whenever an IP frees up or pools change.
+    /// The Event last published per Service, so Events go out on change only.
+    last_note: BTreeMap<String, Note>,
+    /// Services that want an IP and have none: looked at again when an IP frees up or pools
+    /// change.
     waiting: BTreeSet<String>,
-    last_pool_status: BTreeMap<String, serde_json::Value>,
+    /// Services whose last status write failed: looked at again on the next pass.
+    failed: BTreeSet<String>,
+    /// Set by `decide` when a Service gave IPs back during this pass.
+    freed: bool,
+    last_pool_status: BTreeMap<String, Value>,
 }
 
-pub async fn run(client: Client, config: ClassConfig) -> Result<()> {
+pub async fn run(
+    client: Client,
+    config: ClassConfig,
+    registry: Arc<Registry>,
+    instance: String,
+) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (services, svc_writer) = reflector::store();
     let (pool_store, pool_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
 
-    let svc_stream = reflector::reflector(
-        svc_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|e| match e {
+    let svc_stream = cached(client.clone(), svc_writer, slim_service).map(|e| match e {
         Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
             Some(Trigger::Service(service::key(&s)))
         }
@@ -70,23 +111,11 @@ pub async fn run(client: Client, config: ClassConfig) -> Result<()> {
             None
         }
     });
-    let pool_stream = reflector::reflector(
-        pool_writer,
-        watcher(
-            Api::<IPPool>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|e| trigger_all("IPPools", e));
-    let ns_stream = reflector::reflector(
-        ns_writer,
-        watcher(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
+    let pool_stream =
+        cached(client.clone(), pool_writer, |_| {}).map(|e| trigger_all("IPPools", e));
+    let ns_stream = cached(client.clone(), ns_writer, |n: &mut Namespace| {
+        n.metadata.managed_fields = None;
+    })
     .map(|e| trigger_all("Namespaces", e));
     let merged = stream::select(svc_stream, stream::select(pool_stream, ns_stream));
     tokio::spawn(async move {
@@ -110,20 +139,20 @@ pub async fn run(client: Client, config: ClassConfig) -> Result<()> {
         .await
         .context("Namespace watch")?;
 
-    let reporter = Reporter {
-        controller: CONTROLLER_MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
     let mut controller = Controller {
-        recorder: Recorder::new(client.clone(), reporter),
         client,
         config,
+        instance,
+        registry,
         services,
         pools: pool_store,
         namespaces,
+        parsed_pools: Vec::new(),
         allocator: Allocator::new(),
-        last_event: BTreeMap::new(),
+        last_note: BTreeMap::new(),
         waiting: BTreeSet::new(),
+        failed: BTreeSet::new(),
+        freed: false,
         last_pool_status: BTreeMap::new(),
     };
     controller.rebuild();
@@ -131,31 +160,58 @@ pub async fn run(client: Client, config: ClassConfig) -> Result<()> {
         services = controller.services.state().len(),
         "state rebuilt from the API; allocating"
     );
-    controller.reconcile_all().await;
+    controller.pass(Vec::new(), true).await;
 
-    while let Some(first) = rx.recv().await {
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            t = rx.recv() => match t {
+                Some(t) => Some(t),
+                None => anyhow::bail!("watch streams ended"),
+            },
+            _ = retry.tick() => None,
+        };
         // Drain what is queued so a burst of events is handled in one pass.
-        let mut keys = BTreeSet::new();
+        let mut keys = Vec::new();
         let mut all = false;
-        for t in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        for t in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
             match t {
-                Trigger::Service(k) => {
-                    keys.insert(k);
-                }
+                Trigger::Service(k) => keys.push(k),
                 Trigger::All => all = true,
             }
         }
-        if all {
-            controller.reconcile_all().await;
-        } else {
-            for key in keys {
-                controller.reconcile(&key).await;
-            }
-            controller.retry_waiting().await;
-            controller.write_pool_statuses().await;
+        controller.pass(keys, all).await;
+    }
+}
+
+/// A reflector-backed watch of every `K`, with `slim` applied before caching.
+fn cached<K>(
+    client: Client,
+    writer: Writer<K>,
+    slim: impl FnMut(&mut K) + Send + 'static,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    watcher(Api::<K>::all(client), watcher::Config::default())
+        .modify(slim)
+        .reflect(writer)
+        .default_backoff()
+}
+
+/// Drops what Herald never reads from a cached Service: memory at 10,000 Services.
+fn slim_service(s: &mut Service) {
+    s.metadata.managed_fields = None;
+    if let Some(annotations) = s.metadata.annotations.as_mut() {
+        for a in DROPPED_ANNOTATIONS {
+            annotations.remove(a);
         }
     }
-    anyhow::bail!("watch streams ended")
 }
 
 fn trigger_all<K>(what: &str, e: Result<watcher::Event<K>, watcher::Error>) -> Option<Trigger> {
@@ -168,6 +224,13 @@ fn trigger_all<K>(what: &str, e: Result<watcher::Event<K>, watcher::Error>) -> O
             tracing::warn!("watching {what}: {e}");
             None
         }
+    }
+}
+
+fn object_ref<K: Resource<DynamicType = ()>>(key: &str) -> ObjectRef<K> {
+    match key.split_once('/') {
+        Some((ns, name)) => ObjectRef::new(name).within(ns),
+        None => ObjectRef::new(key),
     }
 }
 
@@ -206,67 +269,82 @@ impl Controller {
     }
 
     fn sync_pools(&mut self) {
-        let parsed = pools::parse(&self.pool_objects());
-        self.allocator.set_pools(parsed.into_iter().map(|p| p.pool));
+        let objects: Vec<IPPool> = self.pools.state().iter().map(|p| (**p).clone()).collect();
+        self.parsed_pools = pools::parse(&objects);
+        self.allocator
+            .set_pools(self.parsed_pools.iter().map(|p| p.pool.clone()));
     }
 
-    fn pool_objects(&self) -> Vec<IPPool> {
-        self.pools.state().iter().map(|p| (**p).clone()).collect()
-    }
-
-    async fn reconcile_all(&mut self) {
-        self.sync_pools();
-        let mut keys: BTreeSet<String> = self
-            .sorted_services()
-            .iter()
-            .map(|s| service::key(s))
-            .collect();
-        // Services deleted while a watch was re-listing are known only to the allocator.
-        keys.extend(self.last_event.keys().cloned());
-        keys.extend(self.waiting.iter().cloned());
+    /// Looks at `keys` (or every Service), then at Services waiting for an IP if one freed
+    /// up, and performs the writes that follow.
+    async fn pass(&mut self, keys: Vec<String>, all: bool) {
+        let mut keys = keys;
+        if all {
+            self.sync_pools();
+            keys = self
+                .sorted_services()
+                .iter()
+                .map(|s| service::key(s))
+                .collect();
+            // Services deleted while a watch was re-listing are known only to the allocator.
+            keys.extend(self.allocator.services().cloned());
+            keys.extend(self.last_note.keys().cloned());
+        }
+        keys.extend(std::mem::take(&mut self.failed));
+        self.freed = false;
+        let mut seen = BTreeSet::new();
+        let mut writes = Vec::new();
         for key in keys {
-            self.reconcile(&key).await;
+            if seen.insert(key.clone()) {
+                writes.extend(self.decide(&key));
+            }
         }
-        self.write_pool_statuses().await;
+        if self.freed || all {
+            let waiting: Vec<String> = self.waiting.iter().cloned().collect();
+            for key in waiting {
+                if seen.insert(key.clone()) {
+                    writes.extend(self.decide(&key));
+                }
+            }
+        }
+        writes.extend(self.pool_status_writes());
+        self.registry
+            .set(metrics::SERVICES_WAITING, &[], self.waiting.len() as f64);
+        self.execute(writes).await;
     }
 
-    async fn retry_waiting(&mut self) {
-        let waiting: Vec<String> = self.waiting.iter().cloned().collect();
-        for key in waiting {
-            self.reconcile(&key).await;
-        }
-    }
-
-    async fn reconcile(&mut self, key: &str) {
-        let (ns, name) = key.split_once('/').unwrap_or(("", key));
-        let svc = self.services.get(&ObjectRef::new(name).within(ns));
-        let Some(svc) = svc else {
+    /// What the Service `key` needs written now. Updates the allocator; performs no I/O.
+    fn decide(&mut self, key: &str) -> Vec<Write> {
+        let Some(svc) = self.services.get(&object_ref(key)) else {
             // Deleted: its IPs go back to the pool.
             let freed = self.allocator.release(key);
             if !freed.is_empty() {
+                self.freed = true;
                 tracing::info!(service = %key, ?freed, "Service deleted; IPs released");
             }
-            self.last_event.remove(key);
+            self.last_note.remove(key);
             self.waiting.remove(key);
-            return;
+            return Vec::new();
         };
-        let result = match service::intent(&svc, &self.config) {
+        match service::intent(&svc, &self.config) {
             Intent::NotOurs => {
-                self.allocator.release(key);
+                self.freed |= !self.allocator.release(key).is_empty();
                 self.waiting.remove(key);
-                self.last_event.remove(key);
+                self.last_note.remove(key);
                 if service::status_is_ours(&svc) {
-                    self.patch_status(&svc, status::service_clear()).await
+                    vec![status_write(&svc, status::service_clear())]
                 } else {
                     self.track_foreign(&svc);
-                    Ok(())
+                    Vec::new()
                 }
             }
             Intent::Invalid(message) => {
-                self.allocator.release(key);
-                self.fail(&svc, "InvalidRequest", &message).await
+                self.freed |= !self.allocator.release(key).is_empty();
+                self.failure(&svc, "InvalidRequest", &message)
             }
             Intent::Wants(wants) => {
+                let before: Vec<IpAddr> =
+                    self.allocator.assigned(key).iter().map(|a| a.ip).collect();
                 let request = Request {
                     service: key.to_owned(),
                     families: wants.families,
@@ -278,27 +356,55 @@ impl Controller {
                 match self.allocator.allocate(&request) {
                     Ok(assigned) => {
                         self.waiting.remove(key);
-                        let message = format!("assigned {}", status::describe(&assigned));
+                        let mut writes = Vec::new();
                         let patch = status::service_patch(&assigned, None, svc.metadata.generation);
-                        let changed = self.status_differs(&svc, &patch);
-                        let result = if changed {
-                            self.patch_status(&svc, patch).await
-                        } else {
-                            Ok(())
-                        };
-                        if result.is_ok() {
-                            self.event(&svc, EventType::Normal, "IPAllocated", message)
-                                .await;
+                        if self.status_differs(&svc, &patch) {
+                            writes.push(status_write(&svc, patch));
                         }
-                        result
+                        let now: Vec<IpAddr> = assigned.iter().map(|a| a.ip).collect();
+                        if before != now {
+                            self.registry.inc(metrics::ALLOCATIONS, &[]);
+                            self.freed |= before.iter().any(|ip| !now.contains(ip));
+                            if let Some(note) = self.moved_note(&before, &now, &assigned) {
+                                writes.extend(self.note(&svc, note));
+                            }
+                        }
+                        let message = format!("assigned {}", status::describe(&assigned));
+                        writes.extend(self.note(&svc, Note::normal("IPAllocated", message)));
+                        writes
                     }
-                    Err(e) => self.fail(&svc, e.reason(), &e.to_string()).await,
+                    Err(e) => {
+                        self.freed |= !before.is_empty();
+                        self.failure(&svc, e.reason(), &e.to_string())
+                    }
                 }
             }
-        };
-        if let Err(e) = result {
-            tracing::warn!(service = %key, "writing status: {e:#}");
         }
+    }
+
+    /// A Service whose IP left every pool (a pool edit) is moved; say so loudly, since
+    /// clients of the old IP lose it.
+    fn moved_note(
+        &self,
+        before: &[IpAddr],
+        now: &[IpAddr],
+        assigned: &[crate::allocator::Assigned],
+    ) -> Option<Note> {
+        let gone: Vec<String> = before
+            .iter()
+            .filter(|ip| !now.contains(ip) && self.allocator.pool_of(**ip).is_none())
+            .map(ToString::to_string)
+            .collect();
+        (!gone.is_empty()).then(|| {
+            Note::warning(
+                "IPMoved",
+                format!(
+                    "{} is no longer in any IPPool (a pool was edited or deleted); the Service now has {}",
+                    gone.join(", "),
+                    status::describe(assigned)
+                ),
+            )
+        })
     }
 
     /// IPs another load balancer wrote stay reserved while they are in a status.
@@ -308,34 +414,46 @@ impl Controller {
         }
     }
 
-    async fn fail(&mut self, svc: &Service, reason: &str, message: &str) -> Result<()> {
+    fn failure(&mut self, svc: &Service, reason: &str, message: &str) -> Vec<Write> {
         let key = service::key(svc);
-        self.waiting.insert(key);
+        self.waiting.insert(key.clone());
+        let mut writes = Vec::new();
         let patch = status::service_patch(&[], Some((reason, message)), svc.metadata.generation);
-        let result = if self.status_differs(svc, &patch) {
-            self.patch_status(svc, patch).await
-        } else {
-            Ok(())
-        };
-        self.event(svc, EventType::Warning, reason, message.to_owned())
-            .await;
-        result
+        if self.status_differs(svc, &patch) {
+            writes.push(status_write(svc, patch));
+        }
+        let note = Note::warning(reason, message);
+        if self.last_note.get(&key) != Some(&note) {
+            self.registry
+                .inc(metrics::ALLOCATION_FAILURES, &[("reason", reason)]);
+        }
+        writes.extend(self.note(svc, note));
+        writes
+    }
+
+    /// An Event for `note`, unless it is what was last said about this Service.
+    fn note(&mut self, svc: &Service, note: Note) -> Option<Write> {
+        let key = service::key(svc);
+        if self.last_note.get(&key) == Some(&note) {
+            return None;
+        }
+        let event = Box::new(events::build(svc, &note, &self.instance));
+        self.last_note.insert(key.clone(), note.clone());
+        Some(Write::Event { key, note, event })
     }
 
     fn eligible_pools(&self, svc: &Service) -> Vec<String> {
         let ns = svc.namespace().unwrap_or_default();
         let ns_labels = self
             .namespaces
-            .state()
-            .into_iter()
-            .find(|n| n.name_any() == ns)
+            .get(&ObjectRef::new(&ns))
             .map(|n| n.labels().clone())
             .unwrap_or_default();
         pools::eligible(&self.pools.state(), &ns, &ns_labels, svc.labels())
     }
 
     /// Whether applying `patch` would change what the Service shows (times aside).
-    fn status_differs(&self, svc: &Service, patch: &serde_json::Value) -> bool {
+    fn status_differs(&self, svc: &Service, patch: &Value) -> bool {
         let want_ips: Vec<IpAddr> = patch["status"]["loadBalancer"]["ingress"]
             .as_array()
             .into_iter()
@@ -358,49 +476,44 @@ impl Controller {
         service::status_ips(svc) != want_ips || !same_condition
     }
 
-    async fn patch_status(&self, svc: &Service, patch: serde_json::Value) -> Result<()> {
-        let api: Api<Service> =
-            Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
-        api.patch_status(
-            &svc.name_any(),
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .context("patching Service status")?;
-        Ok(())
-    }
-
-    async fn event(&mut self, svc: &Service, type_: EventType, reason: &str, note: String) {
-        let key = service::key(svc);
-        let this = (type_, reason.to_owned(), note.clone());
-        if self.last_event.get(&key) == Some(&this) {
-            return;
-        }
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Allocate".into(),
-            secondary: None,
-        };
-        match self.recorder.publish(&event, &svc.object_ref(&())).await {
-            Ok(()) => {
-                self.last_event.insert(key, this);
+    /// Pool statuses that changed since they were last written; also refreshes the pool
+    /// gauges.
+    fn pool_status_writes(&mut self) -> Vec<Write> {
+        let mut writes = Vec::new();
+        let live: BTreeSet<&str> = self
+            .parsed_pools
+            .iter()
+            .map(|p| p.pool.name.as_str())
+            .collect();
+        let gone: Vec<String> = self
+            .last_pool_status
+            .keys()
+            .filter(|name| !live.contains(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.last_pool_status.remove(&name);
+            for family in metrics::POOL_GAUGES {
+                self.registry.remove_matching(family, "pool", &name);
             }
-            Err(e) => tracing::warn!(service = %key, "publishing event: {e}"),
         }
-    }
-
-    async fn write_pool_statuses(&mut self) {
-        let objects = self.pool_objects();
-        let api: Api<IPPool> = Api::all(self.client.clone());
-        for parsed in pools::parse(&objects) {
-            let generation = objects
-                .iter()
-                .find(|o| o.name_any() == parsed.pool.name)
+        for parsed in &self.parsed_pools {
+            let name = &parsed.pool.name;
+            let generation = self
+                .pools
+                .get(&ObjectRef::new(name))
                 .and_then(|o| o.metadata.generation);
-            let status = status::pool_status(&parsed, &self.allocator, generation);
+            let status = status::pool_status(parsed, &self.allocator, generation);
+            for (family, usage) in [(Family::V4, &status.ipv4), (Family::V6, &status.ipv6)] {
+                if let Some(u) = usage {
+                    let labels = [("pool", name.as_str()), ("family", family.label())];
+                    self.registry
+                        .set(metrics::POOL_ASSIGNED, &labels, u.assigned as f64);
+                    let available = u.available.parse::<f64>().unwrap_or(f64::INFINITY);
+                    self.registry
+                        .set(metrics::POOL_AVAILABLE, &labels, available);
+                }
+            }
             // Compare without timestamps so an unchanged pool is not written again.
             let mut comparable = serde_json::to_value(&status).unwrap_or_default();
             for c in comparable["conditions"]
@@ -408,26 +521,104 @@ impl Controller {
                 .into_iter()
                 .flatten()
             {
-                c["lastTransitionTime"] = serde_json::Value::Null;
+                c["lastTransitionTime"] = Value::Null;
             }
-            if self.last_pool_status.get(&parsed.pool.name) == Some(&comparable) {
+            if self.last_pool_status.get(name) == Some(&comparable) {
                 continue;
             }
             let patch = serde_json::json!({"apiVersion": "herald.dev/v1alpha1", "kind": "IPPool", "status": status});
-            match api
-                .patch_status(
-                    &parsed.pool.name,
-                    &PatchParams::apply(CONTROLLER_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-            {
-                Ok(_) => {
-                    self.last_pool_status
-                        .insert(parsed.pool.name.clone(), comparable);
+            writes.push(Write::PoolStatus {
+                name: name.clone(),
+                patch,
+                comparable,
+            });
+        }
+        writes
+    }
+
+    /// Performs the writes concurrently and records what failed so it is tried again.
+    async fn execute(&mut self, writes: Vec<Write>) {
+        if writes.is_empty() {
+            return;
+        }
+        let client = &self.client;
+        let results: Vec<(Write, Result<()>)> = stream::iter(writes)
+            .map(|w| async move {
+                let result = perform(client, &w).await;
+                (w, result)
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        for (write, result) in results {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            self.registry
+                .inc(metrics::API_WRITES, &[("result", outcome)]);
+            match (write, result) {
+                (
+                    Write::PoolStatus {
+                        name, comparable, ..
+                    },
+                    Ok(()),
+                ) => {
+                    self.last_pool_status.insert(name, comparable);
                 }
-                Err(e) => tracing::warn!(pool = %parsed.pool.name, "writing pool status: {e}"),
+                (_, Ok(())) => {}
+                (Write::Status { key, .. }, Err(e)) => {
+                    tracing::warn!(service = %key, "writing status: {e:#}");
+                    self.failed.insert(key);
+                }
+                (Write::Event { key, note, .. }, Err(e)) => {
+                    tracing::warn!(service = %key, "publishing event: {e:#}");
+                    if self.last_note.get(&key) == Some(&note) {
+                        self.last_note.remove(&key);
+                        self.failed.insert(key);
+                    }
+                }
+                (Write::PoolStatus { name, .. }, Err(e)) => {
+                    tracing::warn!(pool = %name, "writing pool status: {e:#}");
+                }
             }
         }
     }
+}
+
+fn status_write(svc: &Service, patch: Value) -> Write {
+    Write::Status {
+        key: service::key(svc),
+        namespace: svc.namespace().unwrap_or_default(),
+        name: svc.name_any(),
+        patch,
+    }
+}
+
+async fn perform(client: &Client, write: &Write) -> Result<()> {
+    let apply = PatchParams::apply(CONTROLLER_MANAGER).force();
+    match write {
+        Write::Status {
+            namespace,
+            name,
+            patch,
+            ..
+        } => {
+            Api::<Service>::namespaced(client.clone(), namespace)
+                .patch_status(name, &apply, &Patch::Apply(patch))
+                .await
+                .context("patching Service status")?;
+        }
+        Write::Event { event, .. } => {
+            let ns = event.metadata.namespace.as_deref().unwrap_or("default");
+            Api::<Event>::namespaced(client.clone(), ns)
+                .create(&PostParams::default(), event)
+                .await
+                .context("creating Event")?;
+        }
+        Write::PoolStatus { name, patch, .. } => {
+            Api::<IPPool>::all(client.clone())
+                .patch_status(name, &apply, &Patch::Apply(patch))
+                .await
+                .context("patching IPPool status")?;
+        }
+    }
+    Ok(())
 }

@@ -295,7 +295,7 @@ fn scratch_dir() -> Result<TempDir> {
     Ok(dir?)
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 

@@ -3,6 +3,8 @@
 
 pub mod bins;
 pub mod control_plane;
+pub mod controller;
+pub mod objects;
 mod pki;
 pub mod process;
 

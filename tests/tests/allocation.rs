@@ -1,128 +1,20 @@
 //! The controller on a real kube-apiserver: LoadBalancer Services get IPs from IPPools, with
 //! Events and a status condition; IPs are released and reused; bad requests are explained.
 
-use std::process::Command;
 use std::time::Duration;
 
-use herald_tests::{ControlPlane, Process};
-use k8s_openapi::api::core::v1::{Event, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn controller(cp: &ControlPlane) -> Process {
-    let mut cmd = Command::new(
-        herald_tests::bins::herald_binary("herald-controller").expect("controller binary"),
-    );
-    cmd.arg("run")
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env("RUST_LOG", "info,kube=warn");
-    Process::spawn("herald-controller", cmd, &cp.dir().join("controller.log"))
-        .expect("start controller")
-}
-
-async fn apply(client: &Client, yaml: &str) {
-    for doc in yaml.split("\n---\n") {
-        let value: serde_json::Value = serde_yaml_ng::from_str(doc).expect("yaml");
-        let kind = value["kind"].as_str().expect("kind");
-        let name = value["metadata"]["name"].as_str().expect("name").to_owned();
-        let pp = PatchParams::apply("test").force();
-        match kind {
-            "IPPool" => {
-                Api::<herald_api::IPPool>::all(client.clone())
-                    .patch(&name, &pp, &Patch::Apply(&value))
-                    .await
-                    .expect("pool");
-            }
-            "Service" => {
-                let ns = value["metadata"]["namespace"].as_str().unwrap_or("default");
-                Api::<Service>::namespaced(client.clone(), ns)
-                    .patch(&name, &pp, &Patch::Apply(&value))
-                    .await
-                    .expect("service");
-            }
-            other => panic!("unexpected kind {other}"),
-        }
-    }
-}
-
-fn lb(name: &str, extra_meta: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default{extra_meta}}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]{extra_spec}}}"
-    )
-}
-
-/// Waits until `check` returns `Some`, polling the Service.
-async fn wait_for<T>(
-    api: &Api<Service>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&Service) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(svc) = api.get(name).await
-            && let Some(v) = check(&svc)
-        {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}: timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn ingress(svc: &Service) -> Vec<(String, Option<String>)> {
-    let lb = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.clone());
-    lb.unwrap_or_default()
-        .into_iter()
-        .filter_map(|i| Some((i.ip?, i.ip_mode)))
-        .collect()
-}
-
-fn condition(svc: &Service) -> Option<(String, String, String)> {
-    let c = svc
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "herald.dev/IPAllocated")?
-        .clone();
-    Some((c.status, c.reason, c.message))
-}
-
-async fn events(client: &Client, name: &str) -> Vec<(String, String, String)> {
-    let api: Api<Event> = Api::namespaced(client.clone(), "default");
-    let list = api
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .expect("events");
-    list.items
-        .into_iter()
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
-        .collect()
-}
+use herald_tests::ControlPlane;
+use herald_tests::objects::{apply, condition, events, ingress, lb, wait_for};
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 #[tokio::test]
 async fn services_get_ips_release_them_and_wait_when_exhausted() {
     herald_tests::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = controller(&cp);
+    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.10-192.0.2.11]}").await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
 
@@ -221,7 +113,7 @@ async fn impossible_requests_are_explained_and_fixed_without_restart() {
     herald_tests::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = controller(&cp);
+    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.0/28]}").await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
 

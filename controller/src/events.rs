@@ -1,0 +1,118 @@
+//! Kubernetes Events (events.k8s.io/v1) about Services. Herald publishes an Event only when
+//! what it has to say about a Service changes, so there is no series bookkeeping here and
+//! nothing is cached per Event (kube-runtime's `Recorder` keeps every Event for minutes and
+//! scans that cache on each publish, which does not scale to 10,000 Services). Pure.
+
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+
+use herald_api::keys::CONTROLLER_MANAGER;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Normal,
+    Warning,
+}
+
+/// What Herald says about a Service; two equal notes are one Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub kind: Kind,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Note {
+    pub fn normal(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Normal,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Warning,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The Event object for `note` about `svc`, reported by `instance` (the pod name).
+pub fn build(svc: &Service, note: &Note, instance: &str) -> Event {
+    let now = Timestamp::now();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    Event {
+        action: Some("Allocate".into()),
+        reason: Some(note.reason.clone()),
+        note: Some(truncate(&note.message, 1024)),
+        type_: Some(
+            match note.kind {
+                Kind::Normal => "Normal",
+                Kind::Warning => "Warning",
+            }
+            .into(),
+        ),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: Some(name.clone()),
+            namespace: svc.metadata.namespace.clone(),
+            uid: svc.metadata.uid.clone(),
+            resource_version: svc.metadata.resource_version.clone(),
+            field_path: None,
+        }),
+        reporting_controller: Some(CONTROLLER_MANAGER.into()),
+        reporting_instance: Some(instance.into()),
+        metadata: ObjectMeta {
+            // Unique per Service and instant; the API server rejects duplicates anyway.
+            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+            namespace: svc.metadata.namespace.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The API server refuses an Event note over 1 kB.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_the_service_and_keeps_notes_under_the_api_limit() {
+        let mut svc = Service::default();
+        svc.metadata.name = Some("web".into());
+        svc.metadata.namespace = Some("shop".into());
+        svc.metadata.uid = Some("u1".into());
+        let long = "é".repeat(700);
+        let e = build(&svc, &Note::warning("PoolExhausted", long), "pod-1");
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
+        let regarding = e.regarding.expect("regarding");
+        assert_eq!(regarding.name.as_deref(), Some("web"));
+        assert_eq!(regarding.uid.as_deref(), Some("u1"));
+        let note = e.note.expect("note");
+        assert!(
+            note.len() <= 1024 && note.ends_with("..."),
+            "{}",
+            note.len()
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Leader election on a `coordination.k8s.io` Lease: only the replica holding the Lease
+//! allocates and writes. A replica that loses the Lease stops at once (the process exits and
+//! is restarted as a standby) rather than risk two writers.
+
+use anyhow::{Context, Result};
+use herald_telemetry::Health;
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LeaderArgs {
+    /// Hold a Lease so that only one replica allocates. Turn off only with one replica.
+    #[arg(long, env = "HERALD_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "HERALD_LEASE_NAME", default_value = "herald-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the chart sets the release namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Seconds a leader's Lease lasts without renewal: the longest a crashed leader's
+    /// replacement waits.
+    #[arg(long, env = "HERALD_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_duration: u64,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+impl LeaderArgs {
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    }
+}
+
+/// A held Lease. Dropping it releases the Lease so a standby takes over without waiting
+/// for it to expire.
+pub struct Election {
+    changes: Option<watch::Receiver<bool>>,
+    task: Option<
+        JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
+    >,
+}
+
+impl Election {
+    /// Waits until this replica leads (returns at once when election is off).
+    pub async fn start(
+        client: &Client,
+        args: &LeaderArgs,
+        identity: &str,
+        health: &Health,
+    ) -> Result<Self> {
+        health.set_ready(true);
+        if !args.leader_elect {
+            return Ok(Self {
+                changes: None,
+                task: None,
+            });
+        }
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(identity)
+            .with_duration(args.lease_duration)
+            // Renew when a third of the duration is left.
+            .with_grace((args.lease_duration / 3).max(1))
+            .build()
+            .await
+            .with_context(|| {
+                format!(
+                    "preparing Lease {}/{}",
+                    args.lease_namespace, args.lease_name
+                )
+            })?;
+        let (mut changes, task) = manager.watch().await;
+        tracing::info!(lease = %args.lease_name, %identity, "waiting to lead");
+        while !*changes.borrow_and_update() {
+            changes
+                .changed()
+                .await
+                .context("the Lease watcher stopped")?;
+        }
+        tracing::info!(%identity, "leading");
+        Ok(Self {
+            changes: Some(changes),
+            task: Some(task),
+        })
+    }
+
+    /// Resolves with an error when the Lease is lost; never when election is off.
+    pub async fn lost(&self) -> Result<()> {
+        let Some(changes) = &self.changes else {
+            return std::future::pending().await;
+        };
+        let mut changes = changes.clone();
+        loop {
+            if changes.changed().await.is_err() || !*changes.borrow_and_update() {
+                anyhow::bail!("lost the leader Lease; stopping so that only one replica writes");
+            }
+        }
+    }
+
+    /// Gives the Lease up (called on a clean shutdown).
+    pub async fn release(mut self) {
+        // Closing the channel makes the watcher release the Lease and end.
+        self.changes = None;
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(_)) => tracing::info!("Lease released"),
+                Ok(Err(e)) => tracing::warn!("releasing the Lease: {e}"),
+                Err(e) => tracing::warn!("releasing the Lease: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Creating Kubernetes objects from YAML and reading back what Herald wrote on them.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::ApiResource;
+
+/// How long a test waits for the controller to act before failing.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Server-side applies every document of `yaml` (namespaced objects default to `default`).
+pub async fn apply(client: &Client, yaml: &str) {
+    for doc in yaml.split("\n---\n") {
+        let value: serde_json::Value = serde_yaml_ng::from_str(doc).expect("yaml");
+        let kind = value["kind"].as_str().expect("kind").to_owned();
+        let api_version = value["apiVersion"].as_str().expect("apiVersion").to_owned();
+        let name = value["metadata"]["name"].as_str().expect("name").to_owned();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.clone(),
+            kind: kind.clone(),
+            plural: format!("{}s", kind.to_lowercase()),
+        };
+        let api: Api<DynamicObject> = if cluster_scoped(&kind) {
+            Api::all_with(client.clone(), &ar)
+        } else {
+            let ns = value["metadata"]["namespace"].as_str().unwrap_or("default");
+            Api::namespaced_with(client.clone(), ns, &ar)
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+    }
+}
+
+fn cluster_scoped(kind: &str) -> bool {
+    matches!(kind, "IPPool" | "L2Advertisement" | "Namespace" | "Node")
+}
+
+/// A LoadBalancer Service in `default` with port 80; `extra_meta` and `extra_spec` are
+/// appended to the flow mappings (start them with `, `).
+pub fn lb(name: &str, extra_meta: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default{extra_meta}}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]{extra_spec}}}"
+    )
+}
+
+/// Waits until `check` returns `Some`, polling the Service.
+pub async fn wait_for<T>(
+    api: &Api<Service>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Service) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(svc) = api.get(name).await
+            && let Some(v) = check(&svc)
+        {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `(ip, ipMode)` of each `status.loadBalancer.ingress` entry.
+pub fn ingress(svc: &Service) -> Vec<(String, Option<String>)> {
+    let lb = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.clone());
+    lb.unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| Some((i.ip?, i.ip_mode)))
+        .collect()
+}
+
+/// The IPs of `status.loadBalancer.ingress`.
+pub fn ips(svc: &Service) -> Vec<String> {
+    ingress(svc).into_iter().map(|(ip, _)| ip).collect()
+}
+
+/// Herald's condition `(status, reason, message)`.
+pub fn condition(svc: &Service) -> Option<(String, String, String)> {
+    let c = svc
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "herald.dev/IPAllocated")?
+        .clone();
+    Some((c.status, c.reason, c.message))
+}
+
+/// `(type, reason, message)` of the Events about the object `name` in `default`.
+pub async fn events(client: &Client, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    let list = api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("events");
+    list.items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until an Event about `name` matches.
+pub async fn wait_for_event(
+    client: &Client,
+    name: &str,
+    matches: impl Fn(&(String, String, String)) -> bool,
+) -> (String, String, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = events(client, name).await;
+        if let Some(e) = all.iter().find(|e| matches(e)) {
+            return e.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: timed out waiting for an Event; have {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
