@@ -85,6 +85,7 @@ async fn serve(
 ) -> Result<()> {
     let registry = Arc::new(herald_telemetry::Registry::new());
     metrics::describe(&registry);
+    registry.set(metrics::LEADER, &[], 0.0);
     let health = Arc::new(herald_telemetry::Health::new());
     let bound = herald_telemetry::serve(metrics_address, registry.clone(), health.clone()).await?;
     tracing::info!(%bound, "serving /metrics, /healthz and /readyz");

@@ -1,0 +1,211 @@
+//! The controller under crashes and with two replicas: state is rebuilt from the API, no IP
+//! is ever handed out twice, existing assignments never change, and only the Lease holder
+//! writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use herald_tests::ControlPlane;
+use herald_tests::controller::{http_get, spawn};
+use herald_tests::objects::{WAIT, apply, ips, lb};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+
+fn pool(addresses: &str) -> String {
+    format!(
+        "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: lan}}\nspec: {{addresses: [{addresses}]}}"
+    )
+}
+
+/// Creates `names` with 16 requests in flight, as `kubectl apply` of a large manifest would.
+async fn create_all(client: &Client, names: impl Iterator<Item = String>) {
+    stream::iter(names)
+        .for_each_concurrent(16, |name| async move {
+            let value: serde_json::Value = serde_yaml_ng::from_str(&lb(&name, "", "")).unwrap();
+            Api::<Service>::namespaced(client.clone(), "default")
+                .patch(&name, &PatchParams::apply("test"), &Patch::Apply(&value))
+                .await
+                .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+        })
+        .await;
+}
+
+/// name -> IPs of every Service in `default`.
+async fn assignments(client: &Client) -> BTreeMap<String, Vec<String>> {
+    Api::<Service>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), ips(s)))
+        .collect()
+}
+
+/// Waits until `count` Services hold one IP each; returns the assignments.
+async fn all_allocated(client: &Client, count: usize) -> BTreeMap<String, Vec<String>> {
+    let deadline = Instant::now() + WAIT * 4;
+    loop {
+        let now = assignments(client).await;
+        let done = now.values().filter(|ips| ips.len() == 1).count();
+        if done == count {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {count} Services allocated"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn assert_distinct(assigned: &BTreeMap<String, Vec<String>>) {
+    let mut holder: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, ips) in assigned {
+        for ip in ips {
+            if let Some(other) = holder.insert(ip, name) {
+                panic!("{ip} given to both {other} and {name}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_9_in_the_middle_of_500_creations_loses_and_moves_nothing() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(&client, &pool("198.51.100.0/24, 203.0.113.0/24")).await;
+    let mut first = spawn(&cp, "controller-1", &["--leader-elect=false"]);
+
+    // Kill the controller while Services are still being created and allocated.
+    let creating = tokio::spawn({
+        let client = client.clone();
+        async move { create_all(&client, (0..500).map(|i| format!("svc-{i:03}"))).await }
+    });
+    let deadline = Instant::now() + WAIT;
+    while assignments(&client)
+        .await
+        .values()
+        .filter(|i| !i.is_empty())
+        .count()
+        < 100
+    {
+        assert!(Instant::now() < deadline, "no allocations before the kill");
+        assert!(first.process.exited().is_none(), "controller died");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.process.kill();
+    let before_restart = assignments(&client).await;
+    let held = before_restart.values().filter(|i| !i.is_empty()).count();
+    tracing::info!(held, created = before_restart.len(), "controller killed");
+    assert_distinct(&before_restart);
+    creating.await.expect("creating");
+
+    let _second = spawn(&cp, "controller-2", &["--leader-elect=false"]);
+    let after = all_allocated(&client, 500).await;
+    assert_distinct(&after);
+    for (name, ips) in &before_restart {
+        if !ips.is_empty() {
+            assert_eq!(&after[name], ips, "{name}'s IP changed across the restart");
+        }
+    }
+    assert!(held < 500, "the kill came too late to prove anything");
+}
+
+async fn lease_holder(client: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "default")
+        .get_opt("herald-controller")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+#[tokio::test]
+async fn two_replicas_one_writer_and_the_standby_takes_over() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(&client, &pool("203.0.113.0/24")).await;
+    let lease = ["--lease-duration", "3"];
+    let mut replicas = BTreeMap::from([
+        ("replica-a".to_owned(), spawn(&cp, "replica-a", &lease)),
+        ("replica-b".to_owned(), spawn(&cp, "replica-b", &lease)),
+    ]);
+
+    // 200 Services at once: 200 distinct IPs.
+    create_all(&client, (0..200).map(|i| format!("burst-{i:03}"))).await;
+    let burst = all_allocated(&client, 200).await;
+    assert_distinct(&burst);
+
+    let leader = lease_holder(&client).await.expect("a Lease holder");
+    let standby = replicas
+        .keys()
+        .find(|k| **k != leader)
+        .cloned()
+        .expect("standby");
+    // Health and metrics: both ready; only the leader says it leads and counts allocations.
+    for (name, c) in &replicas {
+        let (code, _) = http_get(c.metrics_port, "/readyz").await.expect("readyz");
+        assert_eq!(code, 200, "{name} /readyz");
+        let (code, _) = http_get(c.metrics_port, "/healthz").await.expect("healthz");
+        assert_eq!(code, 200, "{name} /healthz");
+    }
+    let (_, metrics) = http_get(replicas[&leader].metrics_port, "/metrics")
+        .await
+        .expect("metrics");
+    for line in [
+        "herald_controller_leader 1",
+        "herald_controller_allocations_total 200",
+        "herald_pool_addresses_assigned{pool=\"lan\",family=\"ipv4\"} 200",
+        "herald_pool_addresses_available{pool=\"lan\",family=\"ipv4\"} 56",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
+    let (_, standby_metrics) = http_get(replicas[&standby].metrics_port, "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        standby_metrics
+            .lines()
+            .any(|l| l == "herald_controller_leader 0"),
+        "{standby_metrics}"
+    );
+    assert!(
+        !standby_metrics.contains("herald_controller_allocations_total 2"),
+        "the standby allocated: {standby_metrics}"
+    );
+
+    // Kill -9 the leader: the standby takes the Lease and serves new Services; nothing that
+    // was assigned changes.
+    let killed_at = Instant::now();
+    replicas.get_mut(&leader).expect("leader").process.kill();
+    create_all(&client, (0..10).map(|i| format!("after-{i}"))).await;
+    let after = all_allocated(&client, 210).await;
+    let took = killed_at.elapsed();
+    assert_eq!(
+        lease_holder(&client).await.as_deref(),
+        Some(standby.as_str())
+    );
+    tracing::info!(
+        ?took,
+        "standby took over and allocated after a kill -9 of the leader"
+    );
+    assert_distinct(&after);
+    for (name, ips) in &burst {
+        assert_eq!(&after[name], ips, "{name} changed owner's hands");
+    }
+    let new_ips: BTreeSet<&String> = after
+        .iter()
+        .filter(|(n, _)| n.starts_with("after-"))
+        .flat_map(|(_, ips)| ips)
+        .collect();
+    assert_eq!(new_ips.len(), 10);
+}
