@@ -1,8 +1,10 @@
-//! `herald-speaker`: will announce allocated IPs with ARP and NDP (issue #4). Until then it
-//! refuses to run rather than pretend to announce anything.
+//! `herald-speaker`: makes allocated IPs reachable on the LAN with ARP and NDP.
+
+mod election;
+mod interfaces;
+mod membership;
+mod packet;
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!(
-        "herald-speaker does not announce anything yet: ARP/NDP announcing is not implemented (issue #4)"
-    )
+    anyhow::bail!("herald-speaker: announcing is not implemented yet (issue #4)")
 }

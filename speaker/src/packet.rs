@@ -1,0 +1,248 @@
+//! ARP and NDP frames: parsing what arrives from the LAN (untrusted: every read is bounds
+//! checked, nothing here can panic on any input) and building what the speaker sends. Pure.
+//!
+//! Received ICMPv6 options are walked by hand: pnet_packet's `get_options()` can panic on
+//! hostile option lengths.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use pnet_packet::Packet;
+use pnet_packet::arp::{ArpHardwareTypes, ArpOperations, ArpPacket, MutableArpPacket};
+use pnet_packet::ethernet::{EtherTypes, EthernetPacket, MutableEthernetPacket};
+use pnet_packet::icmpv6::ndp::{MutableNeighborAdvertPacket, NdpOptionTypes, NeighborAdvertFlags};
+use pnet_packet::icmpv6::{Icmpv6Packet, Icmpv6Types};
+use pnet_packet::ip::IpNextHeaderProtocols;
+use pnet_packet::ipv6::MutableIpv6Packet;
+pub use pnet_base::MacAddr;
+
+const ETH_HEADER: usize = 14;
+const ARP_LEN: usize = 28;
+const IPV6_HEADER: usize = 40;
+/// Neighbor Advertisement with one Target Link-Layer Address option.
+const NA_LEN: usize = 24 + 8;
+const NS_MIN_LEN: usize = 24;
+const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+
+/// A question from the LAN the speaker may have to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// "Who has `target`? Tell `sender_ip`."
+    Arp {
+        sender_mac: MacAddr,
+        sender_ip: Ipv4Addr,
+        target: Ipv4Addr,
+    },
+    /// A Neighbor Solicitation for `target`, multicast (address resolution) or unicast
+    /// (reachability check). `source_ip` is `::` for duplicate address detection.
+    NeighborSolicit {
+        reply_mac: MacAddr,
+        source_ip: Ipv6Addr,
+        target: Ipv6Addr,
+    },
+}
+
+impl Query {
+    pub fn target(&self) -> std::net::IpAddr {
+        match self {
+            Query::Arp { target, .. } => (*target).into(),
+            Query::NeighborSolicit { target, .. } => (*target).into(),
+        }
+    }
+}
+
+/// Reads an ARP request or a Neighbor Solicitation out of an Ethernet frame. Anything else,
+/// or anything malformed, is `None`.
+pub fn parse(frame: &[u8]) -> Option<Query> {
+    let eth = EthernetPacket::new(frame)?;
+    match eth.get_ethertype() {
+        EtherTypes::Arp => parse_arp(eth.payload()),
+        EtherTypes::Ipv6 => parse_ns(eth.get_source(), eth.payload()),
+        _ => None,
+    }
+}
+
+fn parse_arp(payload: &[u8]) -> Option<Query> {
+    let arp = ArpPacket::new(payload)?;
+    let well_formed = arp.get_hardware_type() == ArpHardwareTypes::Ethernet
+        && arp.get_protocol_type() == EtherTypes::Ipv4
+        && arp.get_hw_addr_len() == 6
+        && arp.get_proto_addr_len() == 4
+        && arp.get_operation() == ArpOperations::Request;
+    well_formed.then(|| Query::Arp {
+        sender_mac: arp.get_sender_hw_addr(),
+        sender_ip: arp.get_sender_proto_addr(),
+        target: arp.get_target_proto_addr(),
+    })
+}
+
+fn parse_ns(eth_source: MacAddr, payload: &[u8]) -> Option<Query> {
+    let header = payload.get(..IPV6_HEADER)?;
+    // Version 6, next header ICMPv6 (no extension headers in NDP), hop limit 255 (RFC 4861
+    // 7.1.1: anything else was forwarded by a router and must be dropped).
+    if header[0] >> 4 != 6 || header[6] != 58 || header[7] != 255 {
+        return None;
+    }
+    let declared = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let body = payload.get(IPV6_HEADER..)?;
+    let icmp = body.get(..declared.min(body.len()))?;
+    let source_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(8..24)?).ok()?);
+    if icmp.len() < NS_MIN_LEN || icmp[0] != ICMPV6_NEIGHBOR_SOLICIT || icmp[1] != 0 {
+        return None;
+    }
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(icmp.get(8..24)?).ok()?);
+    if target.is_multicast() {
+        return None;
+    }
+    let mut reply_mac = eth_source;
+    let mut options = icmp.get(NS_MIN_LEN..)?;
+    while options.len() >= 2 {
+        let (kind, units) = (options[0], usize::from(options[1]));
+        // A zero-length option is invalid (RFC 4861 4.6) and would loop forever.
+        if units == 0 {
+            return None;
+        }
+        let option = options.get(..units * 8)?;
+        if kind == 1 {
+            // Source Link-Layer Address: where the answer must go.
+            let mac = option.get(2..8)?;
+            reply_mac = MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+        }
+        options = options.get(units * 8..)?;
+    }
+    // Duplicate address detection carries no source link-layer option (RFC 4861 7.1.1).
+    Some(Query::NeighborSolicit {
+        reply_mac,
+        source_ip,
+        target,
+    })
+}
+
+/// The answer to an ARP request for `ip`, which this node owns.
+pub fn arp_reply(our_mac: MacAddr, ip: Ipv4Addr, to_mac: MacAddr, to_ip: Ipv4Addr) -> Vec<u8> {
+    arp_frame(ArpOperations::Reply, our_mac, ip, to_mac, to_ip, to_mac)
+}
+
+/// A gratuitous ARP (a request for our own address, broadcast): switches learn the port,
+/// neighbours update their caches. Requests are understood by more stacks than replies.
+pub fn gratuitous_arp(our_mac: MacAddr, ip: Ipv4Addr) -> Vec<u8> {
+    arp_frame(
+        ArpOperations::Request,
+        our_mac,
+        ip,
+        MacAddr::zero(),
+        ip,
+        MacAddr::broadcast(),
+    )
+}
+
+fn arp_frame(
+    op: pnet_packet::arp::ArpOperation,
+    our_mac: MacAddr,
+    our_ip: Ipv4Addr,
+    target_mac: MacAddr,
+    target_ip: Ipv4Addr,
+    eth_dest: MacAddr,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; ETH_HEADER + ARP_LEN];
+    if let Some(mut eth) = MutableEthernetPacket::new(&mut buf) {
+        eth.set_destination(eth_dest);
+        eth.set_source(our_mac);
+        eth.set_ethertype(EtherTypes::Arp);
+    }
+    if let Some(mut arp) = MutableArpPacket::new(&mut buf[ETH_HEADER..]) {
+        arp.set_hardware_type(ArpHardwareTypes::Ethernet);
+        arp.set_protocol_type(EtherTypes::Ipv4);
+        arp.set_hw_addr_len(6);
+        arp.set_proto_addr_len(4);
+        arp.set_operation(op);
+        arp.set_sender_hw_addr(our_mac);
+        arp.set_sender_proto_addr(our_ip);
+        arp.set_target_hw_addr(target_mac);
+        arp.set_target_proto_addr(target_ip);
+    }
+    buf
+}
+
+/// A Neighbor Advertisement for `target` (ours) with the Override flag. `to` is `Some` for an
+/// answer to a solicitation (Solicited flag, unicast), `None` for an unsolicited one to all
+/// nodes.
+pub fn neighbor_advert(our_mac: MacAddr, target: Ipv6Addr, to: Option<(MacAddr, Ipv6Addr)>) -> Vec<u8> {
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let (dst_mac, dst_ip, flags) = match to {
+        // A DAD probe (from ::) is answered to all nodes, not solicited (RFC 4861 7.2.4).
+        Some((_, ip)) if ip.is_unspecified() => (
+            MacAddr::new(0x33, 0x33, 0, 0, 0, 1),
+            all_nodes,
+            NeighborAdvertFlags::Override,
+        ),
+        Some((mac, ip)) => (
+            mac,
+            ip,
+            NeighborAdvertFlags::Override | NeighborAdvertFlags::Solicited,
+        ),
+        None => (
+            MacAddr::new(0x33, 0x33, 0, 0, 0, 1),
+            all_nodes,
+            NeighborAdvertFlags::Override,
+        ),
+    };
+    let mut buf = vec![0u8; ETH_HEADER + IPV6_HEADER + NA_LEN];
+    if let Some(mut eth) = MutableEthernetPacket::new(&mut buf) {
+        eth.set_destination(dst_mac);
+        eth.set_source(our_mac);
+        eth.set_ethertype(EtherTypes::Ipv6);
+    }
+    if let Some(mut ip6) = MutableIpv6Packet::new(&mut buf[ETH_HEADER..]) {
+        ip6.set_version(6);
+        ip6.set_payload_length(NA_LEN as u16);
+        ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        ip6.set_hop_limit(255);
+        ip6.set_source(target);
+        ip6.set_destination(dst_ip);
+    }
+    let icmp_start = ETH_HEADER + IPV6_HEADER;
+    if let Some(mut na) = MutableNeighborAdvertPacket::new(&mut buf[icmp_start..]) {
+        na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
+        na.set_flags(flags);
+        na.set_target_addr(target);
+    }
+    // Target Link-Layer Address option, written by hand (type 2, one 8-byte unit).
+    let option = &mut buf[icmp_start + 24..];
+    option[0] = NdpOptionTypes::TargetLLAddr.0;
+    option[1] = 1;
+    option[2..8].copy_from_slice(&mac_bytes(our_mac));
+    let checksum = Icmpv6Packet::new(&buf[icmp_start..])
+        .map(|p| pnet_packet::icmpv6::checksum(&p, &target, &dst_ip))
+        .unwrap_or(0);
+    buf[icmp_start + 2..icmp_start + 4].copy_from_slice(&checksum.to_be_bytes());
+    buf
+}
+
+pub fn mac_bytes(mac: MacAddr) -> [u8; 6] {
+    [mac.0, mac.1, mac.2, mac.3, mac.4, mac.5]
+}
+
+/// The solicited-node multicast group of `ip` (ff02::1:ffXX:XXXX), which the speaker joins so
+/// that address-resolution solicitations for it reach the interface.
+pub fn solicited_node_group(ip: Ipv6Addr) -> Ipv6Addr {
+    let o = ip.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// The Ethernet multicast address of an IPv6 multicast group (33:33 + last 32 bits).
+pub fn multicast_mac(group: Ipv6Addr) -> MacAddr {
+    let o = group.octets();
+    MacAddr::new(0x33, 0x33, o[12], o[13], o[14], o[15])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+use super::*;
+use proptest::prelude::*;
+
+const CLIENT_MAC: MacAddr = MacAddr(0x02, 0, 0, 0, 0, 0x10);
+const OUR_MAC: MacAddr = MacAddr(0x02, 0, 0, 0, 0, 0x01);
+
+fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+    arp_frame(
+        ArpOperations::Request,
+        CLIENT_MAC,
+        Ipv4Addr::new(192, 0, 2, 100),
+        MacAddr::zero(),
+        target,
+        MacAddr::broadcast(),
+    )
+}
+
+/// A Neighbor Solicitation as a host sends it; `sll` adds the Source Link-Layer option.
+fn neighbor_solicit(source: Ipv6Addr, target: Ipv6Addr, sll: Option<MacAddr>) -> Vec<u8> {
+    let mut icmp = vec![ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    if let Some(mac) = sll {
+        icmp.extend_from_slice(&[1, 1]);
+        icmp.extend_from_slice(&mac_bytes(mac));
+    }
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&mac_bytes(multicast_mac(solicited_node_group(target))));
+    frame.extend_from_slice(&mac_bytes(CLIENT_MAC));
+    frame.extend_from_slice(&[0x86, 0xdd]);
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[58, 255]);
+    frame.extend_from_slice(&source.octets());
+    frame.extend_from_slice(&solicited_node_group(target).octets());
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("ipv6")
+}
+
+#[test]
+fn arp_request_is_read_and_answered_to_the_asker() {
+    let target = Ipv4Addr::new(192, 0, 2, 10);
+    let q = parse(&arp_request(target)).expect("an ARP query");
+    assert_eq!(
+        q,
+        Query::Arp {
+            sender_mac: CLIENT_MAC,
+            sender_ip: Ipv4Addr::new(192, 0, 2, 100),
+            target
+        }
+    );
+    let reply = arp_reply(OUR_MAC, target, CLIENT_MAC, Ipv4Addr::new(192, 0, 2, 100));
+    let eth = EthernetPacket::new(&reply).expect("eth");
+    assert_eq!(eth.get_destination(), CLIENT_MAC);
+    assert_eq!(eth.get_source(), OUR_MAC);
+    let arp = ArpPacket::new(eth.payload()).expect("arp");
+    assert_eq!(arp.get_operation(), ArpOperations::Reply);
+    assert_eq!(
+        (arp.get_sender_hw_addr(), arp.get_sender_proto_addr()),
+        (OUR_MAC, target)
+    );
+    assert_eq!(arp.get_target_proto_addr(), Ipv4Addr::new(192, 0, 2, 100));
+    // Replies (ours or anyone's) are not questions.
+    assert_eq!(parse(&reply), None);
+}
+
+#[test]
+fn gratuitous_arp_is_a_broadcast_request_for_our_own_address() {
+    let ip = Ipv4Addr::new(192, 0, 2, 10);
+    let frame = gratuitous_arp(OUR_MAC, ip);
+    let eth = EthernetPacket::new(&frame).expect("eth");
+    assert_eq!(eth.get_destination(), MacAddr::broadcast());
+    let arp = ArpPacket::new(eth.payload()).expect("arp");
+    assert_eq!(arp.get_sender_proto_addr(), ip);
+    assert_eq!(arp.get_target_proto_addr(), ip);
+    assert_eq!(arp.get_sender_hw_addr(), OUR_MAC);
+}
+
+#[test]
+fn neighbor_solicitations_multicast_unicast_and_dad() {
+    let target = v6("2001:db8::10");
+    let host = v6("2001:db8::100");
+    // Address resolution: the answer goes to the Source Link-Layer option's MAC.
+    let other = MacAddr(0x02, 0, 0, 0, 0, 0x99);
+    let q = parse(&neighbor_solicit(host, target, Some(other))).expect("NS");
+    assert_eq!(
+        q,
+        Query::NeighborSolicit {
+            reply_mac: other,
+            source_ip: host,
+            target
+        }
+    );
+    // Unicast reachability probe without the option: answer to the frame's source.
+    let q = parse(&neighbor_solicit(host, target, None)).expect("NS");
+    assert!(matches!(q, Query::NeighborSolicit { reply_mac, .. } if reply_mac == CLIENT_MAC));
+    // DAD comes from ::.
+    let q = parse(&neighbor_solicit(Ipv6Addr::UNSPECIFIED, target, None)).expect("DAD");
+    assert!(matches!(q, Query::NeighborSolicit { source_ip, .. } if source_ip.is_unspecified()));
+}
+
+#[test]
+fn neighbor_advert_is_valid_with_override_and_solicited_flags() {
+    let target = v6("2001:db8::10");
+    let host = v6("2001:db8::100");
+    let frame = neighbor_advert(OUR_MAC, target, Some((CLIENT_MAC, host)));
+    assert_eq!(frame.len(), 14 + 40 + 32);
+    let eth = EthernetPacket::new(&frame).expect("eth");
+    assert_eq!(eth.get_destination(), CLIENT_MAC);
+    let icmp = &frame[54..];
+    assert_eq!(icmp[0], 136);
+    assert_eq!(
+        icmp[4],
+        NeighborAdvertFlags::Override | NeighborAdvertFlags::Solicited
+    );
+    assert_eq!(&icmp[8..24], &target.octets());
+    assert_eq!(&icmp[24..32], &[2, 1, 0x02, 0, 0, 0, 0, 0x01]);
+    assert_eq!(frame[14 + 7], 255, "hop limit");
+    let packet = Icmpv6Packet::new(icmp).expect("icmp");
+    let expected = pnet_packet::icmpv6::checksum(&packet, &target, &host);
+    assert_eq!(u16::from_be_bytes([icmp[2], icmp[3]]), expected);
+    assert_ne!(expected, 0);
+
+    // Unsolicited: all nodes, Override only.
+    let frame = neighbor_advert(OUR_MAC, target, None);
+    assert_eq!(&frame[..6], &[0x33, 0x33, 0, 0, 0, 1]);
+    assert_eq!(frame[54 + 4], NeighborAdvertFlags::Override);
+    // An answer to DAD also goes to all nodes and is not "solicited".
+    let frame = neighbor_advert(OUR_MAC, target, Some((CLIENT_MAC, Ipv6Addr::UNSPECIFIED)));
+    assert_eq!(&frame[..6], &[0x33, 0x33, 0, 0, 0, 1]);
+    assert_eq!(frame[54 + 4], NeighborAdvertFlags::Override);
+}
+
+#[test]
+fn malformed_frames_are_ignored() {
+    let target = v6("2001:db8::10");
+    let good = neighbor_solicit(v6("2001:db8::100"), target, Some(CLIENT_MAC));
+    // Every truncation of valid frames: short ones are never questions.
+    for frame in [good.clone(), arp_request(Ipv4Addr::new(192, 0, 2, 1))] {
+        for len in 0..frame.len() - 8 {
+            assert_eq!(parse(&frame[..len]), None, "{len} bytes");
+        }
+    }
+    // Hop limit below 255: forwarded by a router, dropped.
+    let mut forwarded = good.clone();
+    forwarded[14 + 7] = 254;
+    assert_eq!(parse(&forwarded), None);
+    // A zero-length option must not loop or be trusted.
+    let opt = 14 + 40 + 24;
+    let mut zero = good.clone();
+    zero[opt + 1] = 0;
+    assert_eq!(parse(&zero), None);
+    // An option running past the end.
+    let mut long = good.clone();
+    long[opt + 1] = 200;
+    assert_eq!(parse(&long), None);
+    // A payload length larger than the frame is clamped, not trusted.
+    let mut lying = good.clone();
+    lying[14 + 4] = 0xff;
+    lying[14 + 5] = 0xff;
+    assert!(parse(&lying).is_some());
+    // Multicast targets are not solicitations anyone answers.
+    assert_eq!(
+        parse(&neighbor_solicit(v6("2001:db8::100"), v6("ff02::1"), None)),
+        None
+    );
+    // An ARP with the wrong address lengths.
+    let mut arp = arp_request(Ipv4Addr::new(192, 0, 2, 1));
+    arp[14 + 5] = 16;
+    assert_eq!(parse(&arp), None);
+}
+
+#[test]
+fn solicited_node_group_and_its_mac() {
+    let group = solicited_node_group(v6("2001:db8::1:2:abcd:ef01"));
+    assert_eq!(group, v6("ff02::1:ffcd:ef01"));
+    assert_eq!(
+        multicast_mac(group),
+        MacAddr(0x33, 0x33, 0xff, 0xcd, 0xef, 0x01)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    /// Random bytes never panic the parser.
+    #[test]
+    fn random_frames_never_panic(frame in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = parse(&frame);
+    }
+
+    /// Valid frames with random bytes changed, random bytes appended and a random
+    /// truncation never panic the parser.
+    #[test]
+    fn mutated_frames_never_panic(
+        v6_frame in any::<bool>(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let mut frame = if v6_frame {
+            neighbor_solicit(v6("2001:db8::100"), v6("2001:db8::10"), Some(CLIENT_MAC))
+        } else {
+            arp_request(Ipv4Addr::new(192, 0, 2, 1))
+        };
+        frame.extend_from_slice(&extra);
+        for (at, byte) in edits {
+            let i = at % frame.len();
+            frame[i] = byte;
+        }
+        frame.truncate(cut % (frame.len() + 1));
+        let _ = parse(&frame);
+    }
+}
