@@ -7,8 +7,6 @@ pub const POOL: &str = "herald.dev/pool";
 pub const IPS: &str = "herald.dev/ips";
 /// Services with the same key may share one IP when their ports do not clash.
 pub const SHARING_KEY: &str = "herald.dev/sharing-key";
-/// Written by the controller: the pool the Service's IPs came from.
-pub const ALLOCATED_FROM: &str = "herald.dev/allocated-pool";
 
 /// MetalLB's current keys, accepted as aliases.
 pub const METALLB_POOL: &str = "metallb.io/address-pool";
@@ -29,6 +27,10 @@ pub const EXCLUDE_FROM_LB_LABEL: &str = "node.kubernetes.io/exclude-from-externa
 
 /// `spec.loadBalancerClass` Herald serves by default.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "herald.dev/l2";
+
+/// Condition type Herald's controller owns in a Service's `status.conditions`; its presence
+/// marks the status as Herald's.
+pub const IP_ALLOCATED_CONDITION: &str = "herald.dev/IPAllocated";
 
 /// Field manager name for the controller's server-side apply writes.
 pub const CONTROLLER_MANAGER: &str = "herald-controller";

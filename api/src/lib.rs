@@ -4,10 +4,13 @@
 
 pub mod address;
 pub mod crds;
+pub mod events;
 pub mod keys;
 pub mod l2;
 pub mod pool;
 mod schema;
+pub mod selector;
+pub mod service_status;
 
 pub use address::{AddressEntry, AddressError, IpRange};
 pub use l2::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};

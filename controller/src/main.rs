@@ -1,7 +1,6 @@
 //! `herald-controller`: allocates external IPs to LoadBalancer Services. `main` only wires.
 
 mod allocator;
-mod events;
 mod leader;
 mod metrics;
 mod pools;

@@ -27,10 +27,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::allocator::{Allocator, Family, Request};
-use crate::events::{self, Note};
 use crate::pools::{self, ParsedPool};
 use crate::service::{self, ClassConfig, Intent};
 use crate::{metrics, status};
+use herald_api::events::{self, Note, Reporter};
 
 /// Writes in flight at once. The API server handles these in parallel; more than this only
 /// queues inside it.
@@ -70,7 +70,7 @@ enum Write {
 pub struct Controller {
     client: Client,
     config: ClassConfig,
-    instance: String,
+    reporter: Reporter,
     registry: Arc<Registry>,
     services: Store<Service>,
     pools: Store<IPPool>,
@@ -142,7 +142,11 @@ pub async fn run(
     let mut controller = Controller {
         client,
         config,
-        instance,
+        reporter: Reporter {
+            controller: CONTROLLER_MANAGER.into(),
+            instance,
+            action: "Allocate".into(),
+        },
         registry,
         services,
         pools: pool_store,
@@ -437,7 +441,7 @@ impl Controller {
         if self.last_note.get(&key) == Some(&note) {
             return None;
         }
-        let event = Box::new(events::build(svc, &note, &self.instance));
+        let event = Box::new(events::build(svc, &note, &self.reporter));
         self.last_note.insert(key.clone(), note.clone());
         Some(Write::Event { key, note, event })
     }

@@ -155,28 +155,7 @@ pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
     })
 }
 
-/// IPs in the Service's `status.loadBalancer.ingress`.
-pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
-    ingress
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
-}
-
-/// Whether Herald wrote this Service's status (its condition is there).
-pub fn status_is_ours(svc: &Service) -> bool {
-    let conditions = svc.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == crate::status::CONDITION)
-}
+pub use herald_api::service_status::{status_ips, status_is_ours};
 
 #[cfg(test)]
 mod tests {

@@ -9,9 +9,7 @@ use serde_json::{Value, json};
 use crate::allocator::{Allocator, Assigned, Family};
 use crate::pools::ParsedPool;
 
-/// Condition type Herald owns in a Service's `status.conditions`; its presence marks the
-/// status as Herald's.
-pub const CONDITION: &str = "herald.dev/IPAllocated";
+pub use herald_api::keys::IP_ALLOCATED_CONDITION as CONDITION;
 
 /// Status of a Service Herald serves: the IPs (or none) and Herald's condition.
 pub fn service_patch(

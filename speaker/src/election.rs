@@ -36,7 +36,12 @@ pub fn weight(node: &str, ip: IpAddr) -> u64 {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
-    for b in node.as_bytes().iter().chain([0u8].iter()).chain(ip_bytes.iter()) {
+    for b in node
+        .as_bytes()
+        .iter()
+        .chain([0u8].iter())
+        .chain(ip_bytes.iter())
+    {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -152,11 +157,14 @@ mod tests {
     #[test]
     fn a_leaving_node_moves_only_its_own_ips_and_spreads_them() {
         let all = candidates(&["node-a", "node-b", "node-c", "node-d"]);
-        let without_a: Vec<Candidate> = all.iter().filter(|c| c.node != "node-a").cloned().collect();
+        let without_a: Vec<Candidate> =
+            all.iter().filter(|c| c.node != "node-a").cloned().collect();
         let mut moved_to = BTreeSet::new();
         let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
         for i in 0..1000u32 {
-            let ip = IpAddr::V6(std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i)));
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                0x2001_0db8_u128 << 96 | u128::from(i),
+            ));
             let before = owner(ip, &all).expect("owner");
             let after = owner(ip, &without_a).expect("owner");
             *per_node.entry(before).or_default() += 1;
@@ -178,22 +186,40 @@ mod tests {
         for i in 0..50u8 {
             let ip = ip(&format!("192.0.2.{i}"));
             let mixed = [
-                Candidate { node: "far-1", on_subnet: false },
-                Candidate { node: "near", on_subnet: true },
-                Candidate { node: "far-2", on_subnet: false },
+                Candidate {
+                    node: "far-1",
+                    on_subnet: false,
+                },
+                Candidate {
+                    node: "near",
+                    on_subnet: true,
+                },
+                Candidate {
+                    node: "far-2",
+                    on_subnet: false,
+                },
             ];
             assert_eq!(owner(ip, &mixed), Some("near"));
         }
         // Nobody on the subnet: an off-subnet node still announces (a forced interface).
-        let far = [Candidate { node: "far", on_subnet: false }];
+        let far = [Candidate {
+            node: "far",
+            on_subnet: false,
+        }];
         assert_eq!(owner(ip("192.0.2.1"), &far), Some("far"));
     }
 
     #[test]
     fn weights_are_stable_across_builds() {
         // Pinned values: a change here breaks agreement between speaker versions.
-        assert_ne!(weight("node-a", ip("192.0.2.10")), weight("node-b", ip("192.0.2.10")));
-        assert_eq!(weight("node-a", ip("192.0.2.10")), 10_032_305_604_240_994_480);
+        assert_ne!(
+            weight("node-a", ip("192.0.2.10")),
+            weight("node-b", ip("192.0.2.10"))
+        );
+        assert_eq!(
+            weight("node-a", ip("192.0.2.10")),
+            10_032_305_604_240_994_480
+        );
     }
 
     fn node(ready: bool, excluded: bool, live: bool, zone: &str) -> NodeFacts {

@@ -144,9 +144,7 @@ pub async fn snapshot(handle: &Handle) -> Result<Snapshot> {
         });
         if let (Some(ip), Some(iface)) = (
             ip,
-            interfaces
-                .iter_mut()
-                .find(|i| i.index == msg.header.index),
+            interfaces.iter_mut().find(|i| i.index == msg.header.index),
         ) && let Ok(net) = IpNetwork::new(ip, msg.header.prefix_len)
         {
             iface.networks.push(net);
@@ -281,7 +279,12 @@ mod tests {
         let subnets: Vec<String> = s.subnets().iter().map(ToString::to_string).collect();
         assert_eq!(
             subnets,
-            ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/64"]
+            [
+                "192.0.2.0/24",
+                "198.51.100.0/24",
+                "203.0.113.0/24",
+                "2001:db8::/64"
+            ]
         );
     }
 }

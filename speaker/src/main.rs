@@ -1,10 +1,116 @@
-//! `herald-speaker`: makes allocated IPs reachable on the LAN with ARP and NDP.
+//! `herald-speaker`: makes allocated IPs reachable on the LAN with ARP and NDP. `main` only
+//! wires.
 
+mod announcer;
 mod election;
+mod gossip;
 mod interfaces;
+mod link_socket;
 mod membership;
+mod metrics;
 mod packet;
+mod plan;
+mod run;
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("herald-speaker: announcing is not implemented yet (issue #4)")
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "herald-speaker",
+    version,
+    about = "Herald's speaker: answers ARP and NDP for allocated IPs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Announce the IPs this node owns (uses the in-cluster config or KUBECONFIG).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This node's name (the chart passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// UDP port of the speakers' heartbeats.
+    #[arg(long, env = "HERALD_GOSSIP_PORT", default_value_t = 7946)]
+    gossip_port: u16,
+    /// Shared secret that authenticates heartbeats (the chart fills it from a Secret).
+    #[arg(long, env = "HERALD_GOSSIP_KEY", hide_env_values = true)]
+    gossip_key: String,
+    /// Milliseconds between heartbeats.
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    heartbeat_ms: u64,
+    /// Milliseconds of silence after which a speaker counts as dead and its IPs move.
+    #[arg(long, env = "HERALD_FAILURE_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    failure_timeout_ms: u64,
+    /// Seconds between repeated gratuitous ARP / unsolicited NA for owned IPs (0: only when
+    /// an IP is gained).
+    #[arg(long, env = "HERALD_REFRESH_SECONDS", default_value_t = 30)]
+    refresh_seconds: u64,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (host network: pick a free port).
+    #[arg(long, env = "HERALD_METRICS_ADDRESS", default_value = "0.0.0.0:9473")]
+    metrics_address: SocketAddr,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "HERALD_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> Result<()> {
+    let Command::Run(args) = Cli::parse().command;
+    init_tracing(args.log_json);
+    if args.gossip_key.len() < 16 {
+        anyhow::bail!("--gossip-key must be at least 16 bytes (the chart generates 32)");
+    }
+    if args.failure_timeout_ms <= args.heartbeat_ms {
+        anyhow::bail!("--failure-timeout-ms must be larger than --heartbeat-ms");
+    }
+    let config = run::Config {
+        node: args.node_name,
+        gossip_port: args.gossip_port,
+        gossip_key: args.gossip_key.into_bytes(),
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        failure_timeout: Duration::from_millis(args.failure_timeout_ms),
+        refresh: Duration::from_secs(args.refresh_seconds),
+        metrics_address: args.metrics_address,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the API server")?;
+            run::run(client, config, shutdown()).await
+        })
+}
+
+fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -160,7 +160,6 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Clone)]
 struct Member {
     last_seen: Instant,
-    seq: u64,
     subnets: Vec<IpNetwork>,
 }
 
@@ -199,7 +198,6 @@ impl Members {
                     hb.node,
                     Member {
                         last_seen: now,
-                        seq: hb.seq,
                         subnets: hb.subnets,
                     },
                 );
@@ -233,13 +231,12 @@ impl Members {
             .unwrap_or(&[])
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.members.keys().map(String::as_str)
     }
 
-    #[cfg(test)]
-    fn seq(&self, node: &str) -> Option<u64> {
-        self.members.get(node).map(|m| m.seq)
+    pub fn len(&self) -> usize {
+        self.members.len()
     }
 }
 
@@ -273,7 +270,10 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[12] ^= 1;
         assert_eq!(Heartbeat::decode(&flipped, &key), Err(DecodeError::BadTag));
-        assert_eq!(Heartbeat::decode(b"GET / HTTP/1.1", &key), Err(DecodeError::NotOurs));
+        assert_eq!(
+            Heartbeat::decode(b"GET / HTTP/1.1", &key),
+            Err(DecodeError::NotOurs)
+        );
         for len in 0..bytes.len() {
             assert!(Heartbeat::decode(&bytes[..len], &key).is_err());
         }
@@ -285,9 +285,12 @@ mod tests {
         let ms = Duration::from_millis;
         let mut m = Members::new(ms(500));
         assert!(m.receive(hb("a", 10, Kind::Alive), t0));
-        assert!(!m.receive(hb("a", 11, Kind::Alive), t0 + ms(100)), "no change");
+        assert!(
+            !m.receive(hb("a", 11, Kind::Alive), t0 + ms(100)),
+            "no change"
+        );
         assert!(m.receive(hb("b", 1, Kind::Alive), t0 + ms(100)));
-        assert_eq!(m.seq("a"), Some(11));
+        assert_eq!(m.high_water.get("a"), Some(&11));
         // a falls silent: dead after the timeout, not before.
         assert!(m.expire(t0 + ms(550)).is_empty());
         m.receive(hb("b", 2, Kind::Alive), t0 + ms(550));

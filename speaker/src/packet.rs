@@ -6,6 +6,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use pnet_base::MacAddr;
 use pnet_packet::Packet;
 use pnet_packet::arp::{ArpHardwareTypes, ArpOperations, ArpPacket, MutableArpPacket};
 use pnet_packet::ethernet::{EtherTypes, EthernetPacket, MutableEthernetPacket};
@@ -13,7 +14,6 @@ use pnet_packet::icmpv6::ndp::{MutableNeighborAdvertPacket, NdpOptionTypes, Neig
 use pnet_packet::icmpv6::{Icmpv6Packet, Icmpv6Types};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv6::MutableIpv6Packet;
-pub use pnet_base::MacAddr;
 
 const ETH_HEADER: usize = 14;
 const ARP_LEN: usize = 28;
@@ -166,7 +166,11 @@ fn arp_frame(
 /// A Neighbor Advertisement for `target` (ours) with the Override flag. `to` is `Some` for an
 /// answer to a solicitation (Solicited flag, unicast), `None` for an unsolicited one to all
 /// nodes.
-pub fn neighbor_advert(our_mac: MacAddr, target: Ipv6Addr, to: Option<(MacAddr, Ipv6Addr)>) -> Vec<u8> {
+pub fn neighbor_advert(
+    our_mac: MacAddr,
+    target: Ipv6Addr,
+    to: Option<(MacAddr, Ipv6Addr)>,
+) -> Vec<u8> {
     let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
     let (dst_mac, dst_ip, flags) = match to {
         // A DAD probe (from ::) is answered to all nodes, not solicited (RFC 4861 7.2.4).

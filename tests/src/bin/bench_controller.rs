@@ -20,9 +20,9 @@ use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt, stream};
 use herald_tests::{ControlPlane, Process};
 use k8s_openapi::api::core::v1::Service;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::Client;
 
 const CONCURRENCY: usize = 32;
 const LATENCY_SAMPLES: usize = 200;
@@ -103,13 +103,21 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
-async fn wait_seen(seen: &Mutex<HashMap<String, Instant>>, names: &[String], limit: Duration) -> Result<Instant> {
+async fn wait_seen(
+    seen: &Mutex<HashMap<String, Instant>>,
+    names: &[String],
+    limit: Duration,
+) -> Result<Instant> {
     let deadline = Instant::now() + limit;
     loop {
         {
             let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             if names.iter().all(|n| seen.contains_key(n)) {
-                return Ok(names.iter().map(|n| seen[n]).max().unwrap_or_else(Instant::now));
+                return Ok(names
+                    .iter()
+                    .map(|n| seen[n])
+                    .max()
+                    .unwrap_or_else(Instant::now));
             }
             if Instant::now() > deadline {
                 let done = names.iter().filter(|n| seen.contains_key(*n)).count();
@@ -139,9 +147,13 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         .map(|(i, name)| {
             let api = api.clone();
             async move {
-                api.patch_status(name, &PatchParams::apply("bench").force(), &Patch::Apply(status_patch(i)))
-                    .await
-                    .with_context(|| format!("patching {name}"))
+                api.patch_status(
+                    name,
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(status_patch(i)),
+                )
+                .await
+                .with_context(|| format!("patching {name}"))
             }
         })
         .buffer_unordered(CONCURRENCY)
@@ -151,8 +163,12 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
     let mut rtts = Vec::new();
     for (i, name) in foreign.iter().take(LATENCY_SAMPLES).enumerate() {
         let t = Instant::now();
-        api.patch_status(name, &PatchParams::apply("bench2").force(), &Patch::Apply(status_patch(i + 1)))
-            .await?;
+        api.patch_status(
+            name,
+            &PatchParams::apply("bench2").force(),
+            &Patch::Apply(status_patch(i + 1)),
+        )
+        .await?;
         rtts.push(t.elapsed());
     }
     rtts.sort();
@@ -162,9 +178,14 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
     let names: Vec<String> = (0..n).map(|i| format!("svc-{i}")).collect();
     create_many(&client, &names, None).await?;
     let mut cmd = Command::new(controller_bin);
-    cmd.args(["run", "--leader-elect=false", "--metrics-address", "127.0.0.1:0"])
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env("RUST_LOG", "warn");
+    cmd.args([
+        "run",
+        "--leader-elect=false",
+        "--metrics-address",
+        "127.0.0.1:0",
+    ])
+    .env("KUBECONFIG", cp.kubeconfig())
+    .env("RUST_LOG", "warn");
     let started = Instant::now();
     let controller = Process::spawn("herald-controller", cmd, &cp.dir().join("controller.log"))?;
     let done = wait_seen(&seen, &names, Duration::from_secs(600)).await?;
@@ -174,7 +195,8 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
     let mut latencies = Vec::new();
     for i in 0..LATENCY_SAMPLES {
         let name = format!("lat-{i}");
-        api.create(&PostParams::default(), &service(&name, None)?).await?;
+        api.create(&PostParams::default(), &service(&name, None)?)
+            .await?;
         let created = Instant::now();
         let at = wait_seen(&seen, std::slice::from_ref(&name), Duration::from_secs(30)).await?;
         latencies.push(at.saturating_duration_since(created));
@@ -200,14 +222,21 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
 async fn main() -> Result<()> {
     herald_tests::init_tracing();
     let controller_bin = PathBuf::from(
-        std::env::var("HERALD_CONTROLLER_BIN").context("HERALD_CONTROLLER_BIN (bench/controller sets it)")?,
+        std::env::var("HERALD_CONTROLLER_BIN")
+            .context("HERALD_CONTROLLER_BIN (bench/controller sets it)")?,
     );
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().context("sizes are Service counts"))
         .collect::<Result<_>>()?;
-    let sizes = if sizes.is_empty() { vec![1_000, 10_000] } else { sizes };
-    println!("| Services | minimal client PATCH rate | Herald allocation rate (% of limit) | PATCH RTT p50 | PATCH RTT p99 | create-to-IP p50 | create-to-IP p99 (p50 / RTT p50) | controller peak RSS |");
+    let sizes = if sizes.is_empty() {
+        vec![1_000, 10_000]
+    } else {
+        sizes
+    };
+    println!(
+        "| Services | minimal client PATCH rate | Herald allocation rate (% of limit) | PATCH RTT p50 | PATCH RTT p99 | create-to-IP p50 | create-to-IP p99 (p50 / RTT p50) | controller peak RSS |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for n in sizes {
         println!("{}", run_size(n, &controller_bin).await?);

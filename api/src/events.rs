@@ -8,8 +8,6 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
-use herald_api::keys::CONTROLLER_MANAGER;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Normal,
@@ -42,12 +40,21 @@ impl Note {
     }
 }
 
-/// The Event object for `note` about `svc`, reported by `instance` (the pod name).
-pub fn build(svc: &Service, note: &Note, instance: &str) -> Event {
+/// Who reports an Event: the component (`herald-controller`, `herald-speaker`), its
+/// instance (pod or node name) and the action Events are about.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    pub controller: String,
+    pub instance: String,
+    pub action: String,
+}
+
+/// The Event object for `note` about `svc`.
+pub fn build(svc: &Service, note: &Note, reporter: &Reporter) -> Event {
     let now = Timestamp::now();
     let name = svc.metadata.name.clone().unwrap_or_default();
     Event {
-        action: Some("Allocate".into()),
+        action: Some(reporter.action.clone()),
         reason: Some(note.reason.clone()),
         note: Some(truncate(&note.message, 1024)),
         type_: Some(
@@ -67,8 +74,8 @@ pub fn build(svc: &Service, note: &Note, instance: &str) -> Event {
             resource_version: svc.metadata.resource_version.clone(),
             field_path: None,
         }),
-        reporting_controller: Some(CONTROLLER_MANAGER.into()),
-        reporting_instance: Some(instance.into()),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(reporter.instance.clone()),
         metadata: ObjectMeta {
             // Unique per Service and instant; the API server rejects duplicates anyway.
             name: Some(format!("{name}.{:x}", now.as_nanosecond())),
@@ -102,7 +109,13 @@ mod tests {
         svc.metadata.namespace = Some("shop".into());
         svc.metadata.uid = Some("u1".into());
         let long = "é".repeat(700);
-        let e = build(&svc, &Note::warning("PoolExhausted", long), "pod-1");
+        let reporter = Reporter {
+            controller: "herald-controller".into(),
+            instance: "pod-1".into(),
+            action: "Allocate".into(),
+        };
+        let e = build(&svc, &Note::warning("PoolExhausted", long), &reporter);
+        assert_eq!(e.reporting_instance.as_deref(), Some("pod-1"));
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
         let regarding = e.regarding.expect("regarding");

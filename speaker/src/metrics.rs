@@ -1,0 +1,37 @@
+//! The speaker's metric names, described once so `/metrics` always lists them.
+
+use herald_telemetry::{Kind, Registry};
+
+pub const IPS_ANNOUNCED: &str = "herald_speaker_ips_announced";
+pub const ANNOUNCEMENTS: &str = "herald_speaker_announcements_sent_total";
+pub const ANSWERS: &str = "herald_speaker_requests_answered_total";
+pub const MEMBERS: &str = "herald_speaker_members";
+pub const OWNERSHIP_CHANGES: &str = "herald_speaker_ownership_changes_total";
+
+pub fn describe(r: &Registry) {
+    r.describe(
+        IPS_ANNOUNCED,
+        Kind::Gauge,
+        "IPs this node answers for (per interface).",
+    );
+    r.describe(
+        ANNOUNCEMENTS,
+        Kind::Counter,
+        "Gratuitous ARP and unsolicited Neighbor Advertisements sent, by protocol.",
+    );
+    r.describe(
+        ANSWERS,
+        Kind::Counter,
+        "ARP requests and Neighbor Solicitations answered, by protocol.",
+    );
+    r.describe(
+        MEMBERS,
+        Kind::Gauge,
+        "Live speakers this one hears, itself included.",
+    );
+    r.describe(
+        OWNERSHIP_CHANGES,
+        Kind::Counter,
+        "IPs this node started or stopped announcing.",
+    );
+}

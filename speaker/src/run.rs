@@ -1,0 +1,439 @@
+//! The speaker's I/O: watch what decides ownership (Services, Nodes, EndpointSlices,
+//! IPPools, L2Advertisements), follow interfaces and gossip, and after every change
+//! recompute the owners (`plan::decide`) and hand this node's share to the `Announcer`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{Stream, StreamExt};
+use herald_api::events::{self, Note, Reporter};
+use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
+use herald_api::{IPPool, L2Advertisement};
+use herald_telemetry::{Health, Registry};
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+
+use crate::announcer::Announcer;
+use crate::election::NodeFacts;
+use crate::gossip::Gossip;
+use crate::interfaces::{self, Snapshot};
+use crate::membership::Key;
+use crate::metrics;
+use crate::plan::{self, Decision, View};
+
+pub struct Config {
+    pub node: String,
+    pub gossip_port: u16,
+    pub gossip_key: Vec<u8>,
+    pub heartbeat: Duration,
+    pub failure_timeout: Duration,
+    pub refresh: Duration,
+    pub metrics_address: SocketAddr,
+}
+
+struct Stores {
+    services: Store<Service>,
+    nodes: Store<Node>,
+    slices: Store<EndpointSlice>,
+    pools: Store<IPPool>,
+    ads: Store<L2Advertisement>,
+}
+
+pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let registry = Arc::new(Registry::new());
+    metrics::describe(&registry);
+    let health = Arc::new(Health::new());
+    let bound =
+        herald_telemetry::serve(config.metrics_address, registry.clone(), health.clone()).await?;
+    tracing::info!(%bound, node = %config.node, "serving /metrics, /healthz and /readyz");
+
+    let changed = Arc::new(Notify::new());
+    let stores = watch_all(&client, changed.clone());
+
+    let (iface_tx, mut iface_rx) = watch::channel(Snapshot::default());
+    tokio::spawn(async move {
+        if let Err(e) = interfaces::follow(iface_tx, Duration::from_secs(5)).await {
+            tracing::error!("following interfaces stopped: {e:#}");
+        }
+    });
+
+    let gossip = Gossip::bind(
+        config.gossip_port,
+        Key::new(&config.gossip_key),
+        config.node.clone(),
+        config.failure_timeout,
+    )
+    .await?;
+    let (peers_tx, peers_rx) = watch::channel(Vec::<IpAddr>::new());
+    let (subnets_tx, subnets_rx) = watch::channel(Vec::<IpNetwork>::new());
+    tokio::spawn(
+        gossip
+            .clone()
+            .run(config.heartbeat, peers_rx, subnets_rx, changed.clone()),
+    );
+
+    for (what, ready) in [
+        ("Services", stores.services.clone().wait_until_ready().await),
+        ("Nodes", stores.nodes.clone().wait_until_ready().await),
+    ] {
+        ready.with_context(|| format!("{what} watch"))?;
+    }
+    stores
+        .slices
+        .wait_until_ready()
+        .await
+        .context("EndpointSlice watch")?;
+    stores
+        .pools
+        .wait_until_ready()
+        .await
+        .context("IPPool watch")?;
+    stores
+        .ads
+        .wait_until_ready()
+        .await
+        .context("L2Advertisement watch")?;
+
+    let mut announcer = Announcer::new(config.refresh, registry.clone());
+    let mut notes = Notes::new(client.clone(), &config.node);
+    let mut last: Decision = Decision::default();
+    // Until the first heartbeats had time to arrive, this speaker would think it is alone
+    // and claim every IP: it listens for one failure timeout before it decides anything.
+    let settled_at = tokio::time::Instant::now() + config.failure_timeout + config.heartbeat;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A periodic pass covers anything a notification missed (and a first pass at once).
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let snapshot = iface_rx.borrow_and_update().clone();
+        subnets_tx.send_if_modified(|old| {
+            let new = snapshot.subnets();
+            let differs = *old != new;
+            *old = new;
+            differs
+        });
+        let peers = peer_addresses(&stores.nodes, &config.node);
+        peers_tx.send_if_modified(|old| {
+            let differs = *old != peers;
+            *old = peers.clone();
+            differs
+        });
+        let settling = tokio::time::Instant::now() < settled_at;
+        let decision = if settling {
+            Decision::default()
+        } else {
+            decide(&stores, &gossip, &config.node, &snapshot)
+        };
+        announcer.apply(&decision.plan, &snapshot.interfaces);
+        notes
+            .publish(&stores.services, &last, &decision, &gossip, &config.node)
+            .await;
+        for (ip, d) in &decision.ips {
+            let was = last.ips.get(ip).map(|l| &l.owner);
+            if was != Some(&d.owner)
+                && (d.owner.as_deref() == Ok(config.node.as_str())
+                    || was.is_some_and(|w| w.as_deref() == Ok(config.node.as_str())))
+            {
+                registry.inc(metrics::OWNERSHIP_CHANGES, &[]);
+            }
+        }
+        last = decision;
+        let live = gossip.members.lock().map(|m| m.len()).unwrap_or(0) + 1;
+        registry.set(metrics::MEMBERS, &[], live as f64);
+        health.set_ready(!settling);
+
+        tokio::select! {
+            _ = changed.notified() => {
+                // Let a burst of watch events settle into one pass.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ = iface_rx.changed() => {}
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(settled_at), if settling => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    // Leave first so the others take over at once, then stop answering.
+    tracing::info!("leaving: telling the other speakers, then stopping announcements");
+    let peers = peer_addresses(&stores.nodes, &config.node);
+    gossip.leave(&peers).await;
+    drop(announcer);
+    Ok(())
+}
+
+fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
+    let (services, w1) = reflector::store();
+    let (nodes, w2) = reflector::store();
+    let (slices, w3) = reflector::store();
+    let (pools, w4) = reflector::store();
+    let (ads, w5) = reflector::store();
+    spawn_watch(
+        cached(client.clone(), w1, |s: &mut Service| {
+            s.metadata.managed_fields = None
+        }),
+        changed.clone(),
+        "Services",
+    );
+    spawn_watch(
+        cached(client.clone(), w2, |n: &mut Node| {
+            n.metadata.managed_fields = None;
+            // Images and volumes change often and say nothing about eligibility.
+            if let Some(s) = n.status.as_mut() {
+                s.images = None;
+                s.volumes_attached = None;
+                s.volumes_in_use = None;
+            }
+        }),
+        changed.clone(),
+        "Nodes",
+    );
+    spawn_watch(
+        cached(client.clone(), w3, |e: &mut EndpointSlice| {
+            e.metadata.managed_fields = None
+        }),
+        changed.clone(),
+        "EndpointSlices",
+    );
+    spawn_watch(
+        cached(client.clone(), w4, |_: &mut IPPool| {}),
+        changed.clone(),
+        "IPPools",
+    );
+    spawn_watch(
+        cached(client.clone(), w5, |_: &mut L2Advertisement| {}),
+        changed,
+        "L2Advertisements",
+    );
+    Stores {
+        services,
+        nodes,
+        slices,
+        pools,
+        ads,
+    }
+}
+
+fn cached<K>(
+    client: Client,
+    writer: Writer<K>,
+    slim: impl FnMut(&mut K) + Send + 'static,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watcher(Api::<K>::all(client), watcher::Config::default())
+        .modify(slim)
+        .reflect(writer)
+        .default_backoff()
+}
+
+fn spawn_watch<K: Send + 'static>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    changed: Arc<Notify>,
+    what: &'static str,
+) {
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(e) = stream.next().await {
+            match e {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!("watching {what}: {e}"),
+            }
+        }
+    });
+}
+
+/// The other nodes' first InternalIP: where heartbeats go.
+fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
+    let mut peers: Vec<IpAddr> = nodes
+        .state()
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .filter_map(|n| {
+            n.status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")?
+                .address
+                .parse()
+                .ok()
+        })
+        .collect();
+    peers.sort();
+    peers
+}
+
+fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> Decision {
+    let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
+    let nodes: BTreeMap<String, NodeFacts> = stores
+        .nodes
+        .state()
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.clone()?;
+            let labels = n.metadata.labels.clone().unwrap_or_default();
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let facts = NodeFacts {
+                ready,
+                excluded: labels.contains_key(EXCLUDE_FROM_LB_LABEL),
+                live: name == me || members.is_live(&name),
+                labels,
+            };
+            Some((name, facts))
+        })
+        .collect();
+    let mut endpoints: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for slice in stores.slices.state() {
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        else {
+            continue;
+        };
+        let key = format!(
+            "{}/{service}",
+            slice.metadata.namespace.as_deref().unwrap_or_default()
+        );
+        let entry = endpoints.entry(key).or_default();
+        for ep in slice.endpoints.iter().flatten() {
+            let serving = ep
+                .conditions
+                .as_ref()
+                .is_none_or(|c| c.serving.unwrap_or(c.ready != Some(false)));
+            if let (true, Some(node)) = (serving, &ep.node_name) {
+                entry.insert(node.clone());
+            }
+        }
+    }
+    let services = stores.services.state();
+    let services: Vec<&Service> = services.iter().map(|s| &**s).collect();
+    let pools = stores.pools.state();
+    let pools: Vec<&IPPool> = pools.iter().map(|p| &**p).collect();
+    let ads = stores.ads.state();
+    let ads: Vec<&L2Advertisement> = ads.iter().map(|a| &**a).collect();
+    let own_subnets = snapshot.subnets();
+    let subnets = |node: &str| {
+        if node == me {
+            own_subnets.clone()
+        } else {
+            members.subnets(node).to_vec()
+        }
+    };
+    plan::decide(&View {
+        me,
+        services: &services,
+        nodes: &nodes,
+        subnets: &subnets,
+        pools: &pools,
+        advertisements: &ads,
+        endpoints: &endpoints,
+        interfaces: snapshot,
+    })
+}
+
+/// Events about announcing, published on change only: the new owner says it announces;
+/// the alphabetically first live speaker reports IPs nobody may announce (one Warning, not
+/// one per node).
+struct Notes {
+    client: Client,
+    reporter: Reporter,
+    last: BTreeMap<String, Note>,
+}
+
+impl Notes {
+    fn new(client: Client, node: &str) -> Self {
+        Self {
+            client,
+            reporter: Reporter {
+                controller: "herald-speaker".into(),
+                instance: node.into(),
+                action: "Announce".into(),
+            },
+            last: BTreeMap::new(),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        services: &Store<Service>,
+        before: &Decision,
+        now: &Decision,
+        gossip: &Gossip,
+        me: &str,
+    ) {
+        let reporter_of_warnings = gossip
+            .members
+            .lock()
+            .map(|m| m.names().all(|n| n > me))
+            .unwrap_or(true);
+        for (ip, d) in &now.ips {
+            let note = match &d.owner {
+                Ok(owner) if owner == me => {
+                    if before.ips.get(ip).map(|b| &b.owner) == Some(&d.owner) {
+                        continue;
+                    }
+                    Note::normal(
+                        "IPAnnounced",
+                        format!(
+                            "{ip} is announced by node {me} on {}",
+                            if d.interfaces.is_empty() {
+                                "no interface (none is up)".to_owned()
+                            } else {
+                                d.interfaces.join(", ")
+                            }
+                        ),
+                    )
+                }
+                Ok(_) => continue,
+                Err(e) => match e.reason() {
+                    Some(reason) if reporter_of_warnings => {
+                        Note::warning(reason, format!("{ip} is not announced: {e}"))
+                    }
+                    _ => continue,
+                },
+            };
+            for key in &d.services {
+                if self.last.get(key) == Some(&note) {
+                    continue;
+                }
+                let Some((ns, name)) = key.split_once('/') else {
+                    continue;
+                };
+                let Some(svc) = services.get(&reflector::ObjectRef::new(name).within(ns)) else {
+                    continue;
+                };
+                let event = events::build(&svc, &note, &self.reporter);
+                match Api::<Event>::namespaced(self.client.clone(), ns)
+                    .create(&PostParams::default(), &event)
+                    .await
+                {
+                    Ok(_) => {
+                        self.last.insert(key.clone(), note.clone());
+                    }
+                    Err(e) => tracing::warn!(service = %key, "publishing event: {e}"),
+                }
+            }
+        }
+    }
+}

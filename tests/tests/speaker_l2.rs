@@ -1,0 +1,181 @@
+//! The speaker on a real LAN of network namespaces with the real API server: exactly one node
+//! answers ARP and NDP for a Service IP, a client reaches it over TCP, and ownership moves
+//! when the owner's link is cut, its speaker is killed or stopped, or its endpoints move.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use herald_tests::netns::{self, Lan, command_in, http_get_in, resolve, tcp_hello};
+use herald_tests::objects::{apply, ips, wait_for, wait_for_event};
+use herald_tests::{ControlPlane, Process};
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+
+const KEY: &str = "test-gossip-key-0123456789";
+const PORT: u16 = 8080;
+
+async fn ready_node(client: &Client, name: &str, ip: &str, labels: &str) {
+    apply(
+        client,
+        &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{labels}}}}}"),
+    )
+    .await;
+    let status = serde_json::json!({"apiVersion": "v1", "kind": "Node", "status": {
+        "addresses": [{"type": "InternalIP", "address": ip}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    Api::<Node>::all(client.clone())
+        .patch_status(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .expect("node status");
+}
+
+fn speaker(cp: &ControlPlane, lan: &Lan, node: &str, key: &str, log: &str) -> Process {
+    let bin = herald_tests::bins::herald_binary("herald-speaker").expect("speaker binary");
+    let host = lan.node(node);
+    let mut cmd = command_in(&host.ns, &bin);
+    cmd.args([
+        "run",
+        "--node-name",
+        node,
+        "--metrics-address",
+        "127.0.0.1:9473",
+    ])
+    .env("HERALD_GOSSIP_KEY", key)
+    .env("KUBECONFIG", cp.kubeconfig())
+    .env("RUST_LOG", "info,kube=warn");
+    Process::spawn(log, cmd, &cp.dir().join(format!("{log}.log"))).expect("speaker")
+}
+
+/// Polls until exactly one node answers for `ip`; returns its name.
+fn owner(lan: &Lan, ip: IpAddr, not: Option<&str>, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = resolve(&lan.client, ip, Duration::from_millis(150)).expect("resolve");
+        if let [mac] = last.as_slice()
+            && let Some(node) = lan.node_of_mac(*mac)
+            && Some(node.as_str()) != not
+        {
+            return node;
+        }
+    }
+    panic!("no single answer for {ip} (not {not:?}) within {within:?}; last answers: {last:?}");
+}
+
+/// Makes every node accept traffic for `ips` the way kube-proxy does, without owning them as
+/// interface addresses: a local route, so the kernel itself never answers ARP or NDP for
+/// them (Linux answers Neighbor Solicitations for global addresses on any interface).
+fn accept_locally(lan: &Lan, ips: &[IpAddr]) {
+    for node in &lan.nodes {
+        for ip in ips {
+            let family = if ip.is_ipv4() { "-4" } else { "-6" };
+            netns::ip(&[
+                "-n",
+                &node.ns,
+                family,
+                "route",
+                "add",
+                "local",
+                &ip.to_string(),
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ])
+            .expect("local route");
+        }
+    }
+}
+
+async fn setup(nodes: usize) -> (ControlPlane, Lan, Process) {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let lan = Lan::create(nodes).expect("lan");
+    let port: u16 = cp
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    lan.forward_api(port).expect("forward");
+    lan.responders(PORT).expect("responders");
+    let client = cp.client();
+    for (i, host) in lan.nodes.iter().enumerate() {
+        ready_node(&client, &format!("n{}", i + 1), &host.v4.to_string(), "").await;
+    }
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.100-192.0.2.120, 2001:db8::100-2001:db8::120]}\n---\napiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [eth0]}").await;
+    let controller =
+        herald_tests::controller::spawn(&cp, "controller", &["--leader-elect=false"]).process;
+    (cp, lan, controller)
+}
+
+#[tokio::test]
+async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
+    let (cp, lan, _controller) = setup(3).await;
+    let client = cp.client();
+    let mut speakers: Vec<Process> = (1..=3)
+        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
+        .collect();
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6], ports: [{port: 8080}]}").await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let got = wait_for(&svcs, "web", "two IPs", |s| {
+        (ips(s).len() == 2).then(|| ips(s))
+    })
+    .await;
+    let v4: IpAddr = got[0].parse().unwrap();
+    let v6: IpAddr = got[1].parse().unwrap();
+    accept_locally(&lan, &[v4, v6]);
+
+    // Exactly one answer, from the owner, for ARP and for NDP; TCP reaches that node.
+    let first = owner(&lan, v4, None, Duration::from_secs(15));
+    assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), first);
+    let v6_owner = owner(&lan, v6, None, Duration::from_secs(15));
+    let answers = resolve(&lan.client, v6, Duration::from_millis(300)).expect("ndp");
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(tcp_hello(&lan.client, v6, PORT).expect("tcp v6"), v6_owner);
+    let (_, _, message) = wait_for_event(&client, "web", |e| {
+        e.1 == "IPAnnounced" && e.2.starts_with(&format!("{v4} "))
+    })
+    .await;
+    assert_eq!(
+        message,
+        format!("{v4} is announced by node {first} on eth0")
+    );
+    // Members: every speaker hears the other two.
+    let metrics = http_get_in(&lan.node(&first).ns, 9473, "/metrics").expect("metrics");
+    assert!(metrics.contains("herald_speaker_members 3"), "{metrics}");
+
+    // A cut link: the owner's speaker lives on but another node takes over.
+    let owner_ns = lan.node(&first).ns.clone();
+    netns::ip(&["-n", &owner_ns, "link", "set", "eth0", "down"]).expect("link down");
+    let cut = Instant::now();
+    let second = owner(&lan, v4, Some(&first), Duration::from_secs(10));
+    tracing::info!(took = ?cut.elapsed(), from = %first, to = %second, "failover after a cut link");
+    assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), second);
+    netns::ip(&["-n", &owner_ns, "link", "set", "eth0", "up"]).expect("link up");
+    // Back: rendezvous hashing gives the IP back to its first owner.
+    let back = owner(&lan, v4, Some(&second), Duration::from_secs(10));
+    assert_eq!(back, first);
+
+    // kill -9 the owner's speaker.
+    let idx = |n: &str| n.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    speakers[idx(&first)].kill();
+    let killed = Instant::now();
+    let after_kill = owner(&lan, v4, Some(&first), Duration::from_secs(10));
+    tracing::info!(took = ?killed.elapsed(), to = %after_kill, "failover after kill -9");
+    assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), after_kill);
+
+    // SIGTERM: the speaker leaves and the last node takes over.
+    speakers[idx(&after_kill)].signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    let last = owner(&lan, v4, Some(&after_kill), Duration::from_secs(10));
+    tracing::info!(took = ?stopped.elapsed(), to = %last, "handover after SIGTERM");
+    assert!(last != first && last != after_kill);
+    assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), last);
+}
