@@ -37,8 +37,6 @@ use herald_api::events::{self, Note, Reporter};
 const WRITE_CONCURRENCY: usize = 32;
 /// How often failed writes are retried when nothing else happens.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
-/// Annotations never read by Herald that can be large; dropped from the cache.
-const DROPPED_ANNOTATIONS: [&str; 1] = ["kubectl.kubernetes.io/last-applied-configuration"];
 
 enum Trigger {
     Service(String),
@@ -100,7 +98,7 @@ pub async fn run(
     let (pool_store, pool_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
 
-    let svc_stream = cached(client.clone(), svc_writer, slim_service).map(|e| match e {
+    let svc_stream = cached(client.clone(), svc_writer, service::slim).map(|e| match e {
         Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
             Some(Trigger::Service(service::key(&s)))
         }
@@ -111,12 +109,18 @@ pub async fn run(
             None
         }
     });
-    let pool_stream =
-        cached(client.clone(), pool_writer, |_| {}).map(|e| trigger_all("IPPools", e));
+    // The controller writes pool statuses itself: only spec changes (generation) of a pool,
+    // and label changes of a namespace, call for a full pass.
+    let pool_stream = cached(client.clone(), pool_writer, |_| {})
+        .map(trigger_on_change("IPPools", |p: &IPPool| {
+            format!("{:?}", p.metadata.generation)
+        }));
     let ns_stream = cached(client.clone(), ns_writer, |n: &mut Namespace| {
         n.metadata.managed_fields = None;
     })
-    .map(|e| trigger_all("Namespaces", e));
+    .map(trigger_on_change("Namespaces", |n: &Namespace| {
+        format!("{:?}", n.metadata.labels)
+    }));
     let merged = stream::select(svc_stream, stream::select(pool_stream, ns_stream));
     tokio::spawn(async move {
         let mut merged = std::pin::pin!(merged);
@@ -208,22 +212,28 @@ where
         .default_backoff()
 }
 
-/// Drops what Herald never reads from a cached Service: memory at 10,000 Services.
-fn slim_service(s: &mut Service) {
-    s.metadata.managed_fields = None;
-    if let Some(annotations) = s.metadata.annotations.as_mut() {
-        for a in DROPPED_ANNOTATIONS {
-            annotations.remove(a);
+/// Maps watch events to a full pass, but only when `fingerprint` (what the controller reads
+/// of the object) changed, or the object went away, or a watch (re)listed.
+fn trigger_on_change<K: Resource>(
+    what: &'static str,
+    fingerprint: fn(&K) -> String,
+) -> impl FnMut(Result<watcher::Event<K>, watcher::Error>) -> Option<Trigger> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    move |e| match e {
+        Ok(watcher::Event::Apply(o)) => {
+            let fp = fingerprint(&o);
+            (seen.insert(o.name_any(), fp.clone()) != Some(fp)).then_some(Trigger::All)
         }
-    }
-}
-
-fn trigger_all<K>(what: &str, e: Result<watcher::Event<K>, watcher::Error>) -> Option<Trigger> {
-    match e {
-        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+        Ok(watcher::Event::InitApply(o)) => {
+            seen.insert(o.name_any(), fingerprint(&o));
+            None
+        }
+        Ok(watcher::Event::Delete(o)) => {
+            seen.remove(&o.name_any());
             Some(Trigger::All)
         }
-        Ok(_) => None,
+        Ok(watcher::Event::InitDone) => Some(Trigger::All),
+        Ok(watcher::Event::Init) => None,
         Err(e) => {
             tracing::warn!("watching {what}: {e}");
             None

@@ -157,6 +157,59 @@ pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
 
 pub use herald_api::service_status::{status_ips, status_is_ours};
 
+/// Keeps only what the controller reads from a Service (intent, status, pool selection,
+/// Events), so that 10,000 cached Services cost little memory. `intent` and the status
+/// helpers give the same answers on the slim Service as on the full one.
+pub fn slim(svc: &mut Service) {
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec, ServiceStatus};
+    let meta = &mut svc.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.creation_timestamp = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| {
+            keys::POOL_KEYS.contains(&k.as_str())
+                || keys::IPS_KEYS.contains(&k.as_str())
+                || keys::SHARING_KEYS.contains(&k.as_str())
+        });
+    }
+    if let Some(spec) = svc.spec.take() {
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        svc.spec = Some(ServiceSpec {
+            type_: spec.type_,
+            load_balancer_class: spec.load_balancer_class,
+            load_balancer_ip: spec.load_balancer_ip,
+            ip_family_policy: spec.ip_family_policy,
+            ip_families: spec.ip_families,
+            external_traffic_policy: spec.external_traffic_policy,
+            selector: if local { spec.selector } else { None },
+            ports: spec.ports.map(|ports| {
+                ports
+                    .into_iter()
+                    .map(|p| ServicePort {
+                        port: p.port,
+                        protocol: p.protocol,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(status) = svc.status.take() {
+        let conditions = status.conditions.map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.type_ == crate::status::CONDITION)
+                .collect::<Vec<_>>()
+        });
+        svc.status = Some(ServiceStatus {
+            load_balancer: status.load_balancer,
+            conditions: conditions.filter(|c| !c.is_empty()),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +244,44 @@ mod tests {
             "metadata: {name: a, namespace: n}\nspec: {type: LoadBalancer, loadBalancerClass: herald.dev/l2}",
         );
         assert!(matches!(intent(&ours, &no_unset), Intent::Wants(_)));
+    }
+
+    #[test]
+    fn slim_services_mean_the_same() {
+        let full = svc(r#"
+metadata:
+  name: a
+  namespace: n
+  labels: {app: web}
+  annotations: {herald.dev/sharing-key: k, metallb.io/address-pool: p, kubectl.kubernetes.io/last-applied-configuration: "{...}"}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: [IPv6, IPv4]
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: UDP}]
+status:
+  loadBalancer: {ingress: [{ip: 192.0.2.1}]}
+  conditions:
+  - {type: herald.dev/IPAllocated, status: "True", reason: Allocated, message: m, lastTransitionTime: "2026-01-01T00:00:00Z"}
+  - {type: other.example/Thing, status: "True", reason: R, message: m, lastTransitionTime: "2026-01-01T00:00:00Z"}
+"#);
+        let mut slimmed = full.clone();
+        slim(&mut slimmed);
+        assert_eq!(intent(&slimmed, &config()), intent(&full, &config()));
+        assert_eq!(status_ips(&slimmed), status_ips(&full));
+        assert!(status_is_ours(&slimmed));
+        let annotations = slimmed.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.len(), 2, "{annotations:?}");
+        let spec = slimmed.spec.clone().unwrap_or_default();
+        assert_eq!(spec.cluster_ip, None);
+        assert_eq!(slimmed.status.unwrap().conditions.unwrap().len(), 1);
+        assert!(
+            serde_json::to_string(&slimmed.spec).unwrap().len()
+                < serde_json::to_string(&full.spec).unwrap().len()
+        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ async fn wait_seen(
     }
 }
 
-async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
+/// 1. The limit: a minimal client writing the same status, on its own API server.
+async fn limit(n: usize) -> Result<(f64, Vec<Duration>)> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
     let pool: serde_json::Value = serde_yaml_ng::from_str(
@@ -138,7 +139,6 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         .patch("bench", &PatchParams::apply("bench"), &Patch::Apply(&pool))
         .await?;
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
-
     // 1. The limit: a minimal client writing the same status.
     let foreign: Vec<String> = (0..n).map(|i| format!("limit-{i}")).collect();
     create_many(&client, &foreign, Some("bench.example/none")).await?;
@@ -172,6 +172,21 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         rtts.push(t.elapsed());
     }
     rtts.sort();
+    Ok((limit_rate, rtts))
+}
+
+async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
+    let (limit_rate, rtts) = limit(n).await?;
+    // A fresh API server for Herald, so that it holds exactly N Services.
+    let cp = ControlPlane::start().await?;
+    let client = cp.client();
+    let pool: serde_json::Value = serde_yaml_ng::from_str(
+        "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: bench}\nspec: {addresses: [198.18.0.0/15]}",
+    )?;
+    Api::<herald_api::IPPool>::all(client.clone())
+        .patch("bench", &PatchParams::apply("bench"), &Patch::Apply(&pool))
+        .await?;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
 
     // 2. Throughput: N Services waiting, then the controller starts.
     let seen = watch_allocations(&client);
