@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, watch};
 
-use crate::membership::{Heartbeat, Key, Kind, MAX_MESSAGE, Members};
+use crate::membership::{DecodeError, Heartbeat, Key, Kind, MAX_MESSAGE, Members};
 
 pub struct Gossip {
     socket: UdpSocket,
@@ -89,6 +89,7 @@ impl Gossip {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut last_rejection_logged: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -113,6 +114,13 @@ impl Gossip {
                                 }
                             }
                             Ok(_) => {}
+                            Err(e @ DecodeError::BadTag) => {
+                                // A misconfigured speaker is worth a warning, but not 10 a second.
+                                if last_rejection_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                                    tracing::warn!(%from, "rejected a heartbeat: {e}");
+                                    last_rejection_logged = Some(Instant::now());
+                                }
+                            }
                             Err(e) => tracing::debug!(%from, "ignoring datagram: {e}"),
                         }
                     }

@@ -138,7 +138,15 @@ impl Lan {
     /// namespace (the API server), so the same kubeconfig works inside.
     pub fn forward_api(&self, port: u16) -> Result<()> {
         for node in &self.nodes {
-            let listener = in_ns(&node.ns, move || TcpListener::bind(("127.0.0.1", port)))??;
+            self.forward_api_into(&node.ns, port)?;
+        }
+        Ok(())
+    }
+
+    /// The same for one namespace.
+    pub fn forward_api_into(&self, ns: &str, port: u16) -> Result<()> {
+        {
+            let listener = in_ns(ns, move || TcpListener::bind(("127.0.0.1", port)))??;
             let stop = self.stop.clone();
             std::thread::spawn(move || {
                 for conn in listener.incoming() {

@@ -179,3 +179,98 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
     assert!(last != first && last != after_kill);
     assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), last);
 }
+
+async fn endpoints_on(client: &Client, service: &str, nodes: &[(&str, bool)]) {
+    let endpoints: Vec<serde_json::Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (node, ready))| {
+            serde_json::json!({"addresses": [format!("10.244.0.{}", i + 1)], "nodeName": node,
+                "conditions": {"ready": ready, "serving": ready}})
+        })
+        .collect();
+    let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}]});
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    api.patch(
+        &format!("{service}-1"),
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&slice),
+    )
+    .await
+    .expect("endpoint slice");
+}
+
+/// Waits until nobody answers for `ip` (three empty rounds in a row).
+fn silent(lan: &Lan, ip: IpAddr, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut quiet = 0;
+    while Instant::now() < deadline {
+        let answers = resolve(&lan.client, ip, Duration::from_millis(150)).expect("resolve");
+        quiet = if answers.is_empty() { quiet + 1 } else { 0 };
+        if quiet == 3 {
+            return;
+        }
+    }
+    panic!("{ip} is still answered after {within:?}");
+}
+
+#[tokio::test]
+async fn local_policy_exclusions_and_the_gossip_key() {
+    let (cp, lan, _controller) = setup(3).await;
+    let client = cp.client();
+    // n3 is excluded from load balancers: it must never announce.
+    ready_node(
+        &client,
+        "n3",
+        &lan.node("n3").v4.to_string(),
+        "node.kubernetes.io/exclude-from-external-load-balancers: \"\"",
+    )
+    .await;
+    let _speakers: Vec<Process> = (1..=3)
+        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
+        .collect();
+    // A speaker with the wrong key (in the client namespace, as node "intruder"): it sends
+    // heartbeats to every node, and none of them counts it as a member.
+    let port: u16 = cp.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    lan.forward_api_into(&lan.client.ns, port).expect("forward");
+    let bin = herald_tests::bins::herald_binary("herald-speaker").expect("speaker binary");
+    let mut cmd = command_in(&lan.client.ns, &bin);
+    cmd.args(["run", "--node-name", "intruder", "--metrics-address", "127.0.0.1:9473"])
+        .env("HERALD_GOSSIP_KEY", "not-the-right-key-at-all")
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("RUST_LOG", "info,kube=warn");
+    let _intruder = Process::spawn("intruder", cmd, &cp.dir().join("intruder.log")).expect("intruder");
+
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: default}\nspec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 8080}]}").await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let ip: IpAddr = wait_for(&svcs, "local", "an IP", |s| ips(s).first().cloned())
+        .await
+        .parse()
+        .unwrap();
+    accept_locally(&lan, &[ip]);
+
+    // No endpoint anywhere: nobody answers.
+    silent(&lan, ip, Duration::from_secs(10));
+    // A ready endpoint on n2 only: n2 answers, whatever the hash prefers.
+    endpoints_on(&client, "local", &[("n2", true)]).await;
+    assert_eq!(owner(&lan, ip, None, Duration::from_secs(10)), "n2");
+    // It becomes not ready and n1 gets one: the IP moves to n1.
+    endpoints_on(&client, "local", &[("n2", false), ("n1", true)]).await;
+    assert_eq!(owner(&lan, ip, Some("n2"), Duration::from_secs(10)), "n1");
+    // Only the excluded node has an endpoint: nobody answers.
+    endpoints_on(&client, "local", &[("n3", true)]).await;
+    silent(&lan, ip, Duration::from_secs(10));
+    wait_for_event(&client, "local", |e| e.2 == format!("{ip} is announced by node n1 on eth0")).await;
+
+    // The intruder heard nobody it could authenticate and nobody counts it.
+    for ns in [&lan.node("n1").ns, &lan.node("n2").ns] {
+        let metrics = http_get_in(ns, 9473, "/metrics").expect("metrics");
+        assert!(metrics.contains("herald_speaker_members 3\n"), "{metrics}");
+    }
+    let metrics = http_get_in(&lan.client.ns, 9473, "/metrics").expect("metrics");
+    assert!(metrics.contains("herald_speaker_members 1\n"), "{metrics}");
+}
