@@ -3,7 +3,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::{IPPool, L2Advertisement};
+use crate::{IPPool, L2Advertisement, L2Announcement};
 
 /// Directory of the chart's CRDs, relative to the repository root.
 pub const CHART_CRD_DIR: &str = "charts/herald/crds";
@@ -21,7 +21,7 @@ pub struct RenderError {
 
 /// Every CRD Herald installs, as `(file name, YAML)`, in a fixed order.
 pub fn render() -> Result<Vec<(String, String)>, RenderError> {
-    [IPPool::crd(), L2Advertisement::crd()]
+    [IPPool::crd(), L2Advertisement::crd(), L2Announcement::crd()]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

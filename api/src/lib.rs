@@ -3,6 +3,7 @@
 //! entry syntax of a pool, and the rendering of the CRD manifests.
 
 pub mod address;
+pub mod announcement;
 pub mod crds;
 pub mod events;
 pub mod keys;
@@ -13,6 +14,7 @@ pub mod selector;
 pub mod service_status;
 
 pub use address::{AddressEntry, AddressError, IpRange};
+pub use announcement::{L2Announcement, L2AnnouncementSpec};
 pub use l2::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
 pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
 

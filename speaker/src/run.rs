@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
+use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{self, Note, Reporter};
 use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
 use herald_api::{IPPool, L2Advertisement};
@@ -17,7 +18,7 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -359,6 +360,8 @@ struct Notes {
     client: Client,
     reporter: Reporter,
     last: BTreeMap<String, Note>,
+    /// The L2Announcement last written per object (`namespace/name`).
+    announced: BTreeMap<String, L2AnnouncementSpec>,
 }
 
 impl Notes {
@@ -371,6 +374,40 @@ impl Notes {
                 action: "Announce".into(),
             },
             last: BTreeMap::new(),
+            announced: BTreeMap::new(),
+        }
+    }
+
+    /// Writes the L2Announcement of one Service IP (owned by the Service, so deleting the
+    /// Service deletes it), unless this speaker already wrote exactly that.
+    async fn record(&mut self, svc: &Service, ip: IpAddr, spec: L2AnnouncementSpec) {
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = announcement::name(&spec.service, ip);
+        let key = format!("{ns}/{name}");
+        if self.announced.get(&key) == Some(&spec) {
+            return;
+        }
+        let object = serde_json::json!({
+            "apiVersion": "herald.dev/v1alpha1",
+            "kind": "L2Announcement",
+            "metadata": {"name": name, "namespace": ns, "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Service",
+                "name": svc.metadata.name, "uid": svc.metadata.uid,
+            }]},
+            "spec": spec,
+        });
+        match Api::<L2Announcement>::namespaced(self.client.clone(), &ns)
+            .patch(
+                &name,
+                &PatchParams::apply("herald-speaker").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.announced.insert(key, spec);
+            }
+            Err(e) => tracing::warn!(announcement = %key, "writing L2Announcement: {e}"),
         }
     }
 
@@ -388,42 +425,65 @@ impl Notes {
             .map(|m| m.names().all(|n| n > me))
             .unwrap_or(true);
         for (ip, d) in &now.ips {
-            let note = match &d.owner {
-                Ok(owner) if owner == me => {
-                    if before.ips.get(ip).map(|b| &b.owner) == Some(&d.owner) {
-                        continue;
+            let changed = before.ips.get(ip).map(|b| &b.owner) != Some(&d.owner);
+            // The owner speaks for an announced IP; the first live speaker for an IP nobody
+            // may announce.
+            let speaks = match &d.owner {
+                Ok(owner) => owner == me,
+                Err(_) => reporter_of_warnings,
+            };
+            if !speaks {
+                // Someone else writes these now; forget what this speaker wrote, so it writes
+                // again when it speaks for the IP again.
+                for key in &d.services {
+                    if let Some((ns, name)) = key.split_once('/') {
+                        self.announced
+                            .remove(&format!("{ns}/{}", announcement::name(name, *ip)));
                     }
-                    Note::normal(
-                        "IPAnnounced",
-                        format!(
-                            "{ip} is announced by node {me} on {}",
-                            if d.interfaces.is_empty() {
-                                "no interface (none is up)".to_owned()
-                            } else {
-                                d.interfaces.join(", ")
-                            }
-                        ),
-                    )
                 }
-                Ok(_) => continue,
-                Err(e) => match e.reason() {
-                    Some(reason) if reporter_of_warnings => {
-                        Note::warning(reason, format!("{ip} is not announced: {e}"))
-                    }
-                    _ => continue,
-                },
+                continue;
+            }
+            let note = match &d.owner {
+                Ok(_) if !changed => None,
+                Ok(_) => Some(Note::normal(
+                    "IPAnnounced",
+                    format!(
+                        "{ip} is announced by node {me} on {}",
+                        if d.interfaces.is_empty() {
+                            "no interface (none is up)".to_owned()
+                        } else {
+                            d.interfaces.join(", ")
+                        }
+                    ),
+                )),
+                Err(e) => e
+                    .reason()
+                    .map(|reason| Note::warning(reason, format!("{ip} is not announced: {e}"))),
             };
             for key in &d.services {
-                if self.last.get(key) == Some(&note) {
-                    continue;
-                }
                 let Some((ns, name)) = key.split_once('/') else {
                     continue;
                 };
                 let Some(svc) = services.get(&reflector::ObjectRef::new(name).within(ns)) else {
                     continue;
                 };
-                let event = events::build(&svc, &note, &self.reporter);
+                let spec = L2AnnouncementSpec {
+                    service: name.to_owned(),
+                    ip: ip.to_string(),
+                    node: if d.owner.is_ok() {
+                        me.to_owned()
+                    } else {
+                        String::new()
+                    },
+                    interfaces: d.interfaces.clone(),
+                    reason: d.owner.as_ref().err().map(ToString::to_string),
+                };
+                self.record(&svc, *ip, spec).await;
+                let Some(note) = &note else { continue };
+                if self.last.get(key) == Some(note) {
+                    continue;
+                }
+                let event = events::build(&svc, note, &self.reporter);
                 match Api::<Event>::namespaced(self.client.clone(), ns)
                     .create(&PostParams::default(), &event)
                     .await

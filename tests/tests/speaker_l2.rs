@@ -147,6 +147,22 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
         message,
         format!("{v4} is announced by node {first} on eth0")
     );
+    // kubectl shows where each IP is announced.
+    let announcement = |ip: IpAddr| {
+        let api: Api<herald_api::L2Announcement> = Api::namespaced(client.clone(), "default");
+        let name = herald_api::announcement::name("web", ip);
+        async move {
+            api.get(&name)
+                .await
+                .ok()
+                .map(|a| (a.spec.node, a.spec.interfaces))
+        }
+    };
+    assert_eq!(
+        announcement(v4).await,
+        Some((first.clone(), vec!["eth0".to_owned()]))
+    );
+    assert_eq!(announcement(v6).await.map(|a| a.0), Some(v6_owner.clone()));
     // Members: every speaker hears the other two.
     let metrics = http_get_in(&lan.node(&first).ns, 9473, "/metrics").expect("metrics");
     assert!(metrics.contains("herald_speaker_members 3"), "{metrics}");
@@ -178,6 +194,15 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
     tracing::info!(took = ?stopped.elapsed(), to = %last, "handover after SIGTERM");
     assert!(last != first && last != after_kill);
     assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), last);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while announcement(v4).await.map(|a| a.0) != Some(last.clone()) {
+        assert!(
+            Instant::now() < deadline,
+            "the L2Announcement still names {:?}",
+            announcement(v4).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn endpoints_on(client: &Client, service: &str, nodes: &[(&str, bool)]) {
@@ -235,15 +260,27 @@ async fn local_policy_exclusions_and_the_gossip_key() {
         .collect();
     // A speaker with the wrong key (in the client namespace, as node "intruder"): it sends
     // heartbeats to every node, and none of them counts it as a member.
-    let port: u16 = cp.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let port: u16 = cp
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     lan.forward_api_into(&lan.client.ns, port).expect("forward");
     let bin = herald_tests::bins::herald_binary("herald-speaker").expect("speaker binary");
     let mut cmd = command_in(&lan.client.ns, &bin);
-    cmd.args(["run", "--node-name", "intruder", "--metrics-address", "127.0.0.1:9473"])
-        .env("HERALD_GOSSIP_KEY", "not-the-right-key-at-all")
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env("RUST_LOG", "info,kube=warn");
-    let _intruder = Process::spawn("intruder", cmd, &cp.dir().join("intruder.log")).expect("intruder");
+    cmd.args([
+        "run",
+        "--node-name",
+        "intruder",
+        "--metrics-address",
+        "127.0.0.1:9473",
+    ])
+    .env("HERALD_GOSSIP_KEY", "not-the-right-key-at-all")
+    .env("KUBECONFIG", cp.kubeconfig())
+    .env("RUST_LOG", "info,kube=warn");
+    let _intruder =
+        Process::spawn("intruder", cmd, &cp.dir().join("intruder.log")).expect("intruder");
 
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: default}\nspec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 8080}]}").await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
@@ -264,7 +301,10 @@ async fn local_policy_exclusions_and_the_gossip_key() {
     // Only the excluded node has an endpoint: nobody answers.
     endpoints_on(&client, "local", &[("n3", true)]).await;
     silent(&lan, ip, Duration::from_secs(10));
-    wait_for_event(&client, "local", |e| e.2 == format!("{ip} is announced by node n1 on eth0")).await;
+    wait_for_event(&client, "local", |e| {
+        e.2 == format!("{ip} is announced by node n1 on eth0")
+    })
+    .await;
 
     // The intruder heard nobody it could authenticate and nobody counts it.
     for ns in [&lan.node("n1").ns, &lan.node("n2").ns] {
