@@ -42,14 +42,15 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Path of one of Herald's own binaries, built first (once per test process) so a test never
-/// runs a stale one. Lives next to the test executable: `target/<profile>/<name>`.
+/// runs a stale one. Lives in the caller's profile directory, `target/<profile>/<name>`
+/// (tests run from `target/<profile>/deps/`, the benchmarks from `target/<profile>/`).
 pub fn herald_binary(name: &str) -> Result<PathBuf> {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target dir")?;
+    let mut profile_dir = exe.parent().context("executable has no directory")?;
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().context("no profile directory")?;
+    }
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

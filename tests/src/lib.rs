@@ -4,6 +4,7 @@
 pub mod bins;
 pub mod control_plane;
 pub mod controller;
+pub mod l2;
 pub mod netns;
 pub mod objects;
 mod pki;

@@ -286,6 +286,47 @@ fn query(client: &Host, target: IpAddr, wait: Duration) -> Result<Vec<[u8; 6]>> 
     Ok(answers)
 }
 
+/// Request-to-answer times of `count` ARP requests for `target` from the client, one at a
+/// time on one socket (requests without an answer within 500 ms are left out).
+pub fn arp_times(client: &Host, target: IpAddr, count: usize) -> Result<Vec<Duration>> {
+    let client = client.clone();
+    in_ns(&client.ns.clone(), move || -> Result<Vec<Duration>> {
+        let fd = raw_socket()?;
+        let IpAddr::V4(t) = target else {
+            bail!("ARP needs an IPv4 target");
+        };
+        let frame = arp_request(&client, t);
+        let mut out = Vec::with_capacity(count);
+        let mut buf = [0u8; 2048];
+        for _ in 0..count {
+            let start = Instant::now();
+            // SAFETY: frame is valid for its length.
+            if unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) } < 0 {
+                bail!("send: {}", std::io::Error::last_os_error());
+            }
+            while start.elapsed() < Duration::from_millis(500) {
+                // SAFETY: buf is valid for its length.
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 && answer_mac(&buf[..n as usize], target).is_some() {
+                    out.push(start.elapsed());
+                    break;
+                }
+                if n <= 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        Ok(out)
+    })?
+}
+
 fn raw_socket() -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain socket syscalls; the fd is owned right away.

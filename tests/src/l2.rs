@@ -1,0 +1,99 @@
+//! A Herald cluster on a LAN of network namespaces: Nodes registered on the real API server,
+//! an IPPool and L2Advertisement, the controller, and speakers inside the node namespaces.
+//! Shared by the speaker's end-to-end tests and its benchmark.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::netns::{self, Lan, command_in};
+use crate::objects::apply;
+use crate::{ControlPlane, Process};
+
+pub const KEY: &str = "test-gossip-key-0123456789";
+pub const PORT: u16 = 8080;
+
+pub async fn ready_node(client: &Client, name: &str, ip: &str, labels: &str) {
+    apply(
+        client,
+        &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{labels}}}}}"),
+    )
+    .await;
+    let status = serde_json::json!({"apiVersion": "v1", "kind": "Node", "status": {
+        "addresses": [{"type": "InternalIP", "address": ip}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    Api::<Node>::all(client.clone())
+        .patch_status(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .expect("node status");
+}
+
+pub fn speaker(cp: &ControlPlane, lan: &Lan, node: &str, key: &str, log: &str) -> Process {
+    let bin = crate::bins::herald_binary("herald-speaker").expect("speaker binary");
+    let host = lan.node(node);
+    let mut cmd = command_in(&host.ns, &bin);
+    cmd.args([
+        "run",
+        "--node-name",
+        node,
+        "--metrics-address",
+        "127.0.0.1:9473",
+    ])
+    .env("HERALD_GOSSIP_KEY", key)
+    .env("KUBECONFIG", cp.kubeconfig())
+    .env("RUST_LOG", "info,kube=warn");
+    Process::spawn(log, cmd, &cp.dir().join(format!("{log}.log"))).expect("speaker")
+}
+
+/// Makes every node accept traffic for `ips` the way kube-proxy does, without owning them as
+/// interface addresses: a local route, so the kernel itself never answers ARP or NDP for
+/// them (Linux answers Neighbor Solicitations for global addresses on any interface).
+pub fn accept_locally(lan: &Lan, ips: &[IpAddr]) {
+    for node in &lan.nodes {
+        for ip in ips {
+            let family = if ip.is_ipv4() { "-4" } else { "-6" };
+            netns::ip(&[
+                "-n",
+                &node.ns,
+                family,
+                "route",
+                "add",
+                "local",
+                &ip.to_string(),
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ])
+            .expect("local route");
+        }
+    }
+}
+
+pub async fn setup(nodes: usize) -> (ControlPlane, Lan, Process) {
+    crate::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let lan = Lan::create(nodes).expect("lan");
+    let port: u16 = cp
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    lan.forward_api(port).expect("forward");
+    lan.responders(PORT).expect("responders");
+    let client = cp.client();
+    for (i, host) in lan.nodes.iter().enumerate() {
+        ready_node(&client, &format!("n{}", i + 1), &host.v4.to_string(), "").await;
+    }
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.100-192.0.2.120, 2001:db8::100-2001:db8::120]}\n---\napiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [eth0]}").await;
+    let controller = crate::controller::spawn(&cp, "controller", &["--leader-elect=false"]).process;
+    (cp, lan, controller)
+}
