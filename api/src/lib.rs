@@ -12,6 +12,7 @@ pub mod pool;
 mod schema;
 pub mod selector;
 pub mod service_status;
+pub mod watch;
 
 pub use address::{AddressEntry, AddressError, IpRange};
 pub use announcement::{L2Announcement, L2AnnouncementSpec};

@@ -5,24 +5,22 @@
 //! `allocator`, `service`, `pools`, `status` and `events`; this module only reads and writes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::{Stream, StreamExt, stream};
+use futures::{StreamExt, stream};
 use herald_api::IPPool;
 use herald_api::keys::CONTROLLER_MANAGER;
+use herald_api::watch::cached;
 use herald_telemetry::Registry;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -194,22 +192,6 @@ pub async fn run(
         }
         controller.pass(keys, all).await;
     }
-}
-
-/// A reflector-backed watch of every `K`, with `slim` applied before caching.
-fn cached<K>(
-    client: Client,
-    writer: Writer<K>,
-    slim: impl FnMut(&mut K) + Send + 'static,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
-{
-    watcher(Api::<K>::all(client), watcher::Config::default())
-        .modify(slim)
-        .reflect(writer)
-        .default_backoff()
 }
 
 /// Maps watch events to a full pass, but only when `fingerprint` (what the controller reads

@@ -12,17 +12,17 @@ use futures::{Stream, StreamExt};
 use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{self, Note, Reporter};
 use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
+use herald_api::watch::cached;
 use herald_api::{IPPool, L2Advertisement};
 use herald_telemetry::{Health, Registry};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use crate::announcer::Announcer;
@@ -222,21 +222,6 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
         pools,
         ads,
     }
-}
-
-fn cached<K>(
-    client: Client,
-    writer: Writer<K>,
-    slim: impl FnMut(&mut K) + Send + 'static,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    watcher(Api::<K>::all(client), watcher::Config::default())
-        .modify(slim)
-        .reflect(writer)
-        .default_backoff()
 }
 
 fn spawn_watch<K: Send + 'static>(
