@@ -35,6 +35,8 @@ use herald_api::events::{self, Note, Reporter};
 const WRITE_CONCURRENCY: usize = 32;
 /// How often failed writes are retried when nothing else happens.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
+/// Writes decided before they are performed; bounds a pass's memory at 10,000 Services.
+const CHUNK: usize = 256;
 
 enum Trigger {
     Service(String),
@@ -50,11 +52,8 @@ enum Write {
         name: String,
         patch: Value,
     },
-    Event {
-        key: String,
-        note: Note,
-        event: Box<Event>,
-    },
+    /// Built when performed (from the cached Service), so a queued Event costs little.
+    Event { key: String, note: Note },
     PoolStatus {
         name: String,
         patch: Value,
@@ -289,24 +288,44 @@ impl Controller {
         keys.extend(std::mem::take(&mut self.failed));
         self.freed = false;
         let mut seen = BTreeSet::new();
-        let mut writes = Vec::new();
+        // Statuses go out in chunks while the pass goes on (memory stays bounded, the first
+        // Services get their IPs at once); Events, which only inform, after every status.
+        let mut statuses = Vec::new();
+        let mut events = Vec::new();
         for key in keys {
             if seen.insert(key.clone()) {
-                writes.extend(self.decide(&key));
+                self.decide_into(&key, &mut statuses, &mut events);
+                if statuses.len() >= CHUNK {
+                    self.execute(std::mem::take(&mut statuses)).await;
+                }
             }
         }
         if self.freed || all {
             let waiting: Vec<String> = self.waiting.iter().cloned().collect();
             for key in waiting {
                 if seen.insert(key.clone()) {
-                    writes.extend(self.decide(&key));
+                    self.decide_into(&key, &mut statuses, &mut events);
                 }
             }
         }
-        writes.extend(self.pool_status_writes());
+        statuses.extend(self.pool_status_writes());
         self.registry
             .set(metrics::SERVICES_WAITING, &[], self.waiting.len() as f64);
-        self.execute(writes).await;
+        self.execute(statuses).await;
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(CHUNK));
+            self.execute(events).await;
+            events = rest;
+        }
+    }
+
+    fn decide_into(&mut self, key: &str, statuses: &mut Vec<Write>, events: &mut Vec<Write>) {
+        for write in self.decide(key) {
+            match write {
+                Write::Event { .. } => events.push(write),
+                _ => statuses.push(write),
+            }
+        }
     }
 
     /// What the Service `key` needs written now. Updates the allocator; performs no I/O.
@@ -433,9 +452,8 @@ impl Controller {
         if self.last_note.get(&key) == Some(&note) {
             return None;
         }
-        let event = Box::new(events::build(svc, &note, &self.reporter));
         self.last_note.insert(key.clone(), note.clone());
-        Some(Write::Event { key, note, event })
+        Some(Write::Event { key, note })
     }
 
     fn eligible_pools(&self, svc: &Service) -> Vec<String> {
@@ -537,10 +555,10 @@ impl Controller {
         if writes.is_empty() {
             return;
         }
-        let client = &self.client;
+        let (client, services, reporter) = (&self.client, &self.services, &self.reporter);
         let results: Vec<(Write, Result<()>)> = stream::iter(writes)
             .map(|w| async move {
-                let result = perform(client, &w).await;
+                let result = perform(client, services, reporter, &w).await;
                 (w, result)
             })
             .buffer_unordered(WRITE_CONCURRENCY)
@@ -588,7 +606,12 @@ fn status_write(svc: &Service, patch: Value) -> Write {
     }
 }
 
-async fn perform(client: &Client, write: &Write) -> Result<()> {
+async fn perform(
+    client: &Client,
+    services: &Store<Service>,
+    reporter: &Reporter,
+    write: &Write,
+) -> Result<()> {
     let apply = PatchParams::apply(CONTROLLER_MANAGER).force();
     match write {
         Write::Status {
@@ -602,10 +625,15 @@ async fn perform(client: &Client, write: &Write) -> Result<()> {
                 .await
                 .context("patching Service status")?;
         }
-        Write::Event { event, .. } => {
+        Write::Event { key, note } => {
+            // A Service deleted meanwhile needs no Event.
+            let Some(svc) = services.get(&object_ref(key)) else {
+                return Ok(());
+            };
+            let event = events::build(&svc, note, reporter);
             let ns = event.metadata.namespace.as_deref().unwrap_or("default");
             Api::<Event>::namespaced(client.clone(), ns)
-                .create(&PostParams::default(), event)
+                .create(&PostParams::default(), &event)
                 .await
                 .context("creating Event")?;
         }

@@ -93,13 +93,13 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn peak_rss_mib(pid: u32) -> Result<f64> {
+fn peak_rss_mib(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmHWM")?;
+        .context("no such field")?;
     Ok(kib / 1024.0)
 }
 
@@ -217,11 +217,12 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         latencies.push(at.saturating_duration_since(created));
     }
     latencies.sort();
-    let rss = peak_rss_mib(controller.pid())?;
+    let rss = peak_rss_mib(controller.pid(), "VmHWM:")?;
+    let rss_now = peak_rss_mib(controller.pid(), "VmRSS:")?;
 
     let p50 = percentile(&latencies, 0.5);
     Ok(format!(
-        "| {n} | {:.0}/s | {:.0}/s ({:.0}%) | {} | {} | {} | {} ({:.1}x) | {rss:.1} MiB |",
+        "| {n} | {:.0}/s | {:.0}/s ({:.0}%) | {} | {} | {} | {} ({:.1}x) | {rss:.1} MiB (now {rss_now:.1}) |",
         limit_rate,
         herald_rate,
         100.0 * herald_rate / limit_rate,
