@@ -1,6 +1,7 @@
 //! `herald-controller`: allocates external IPs to LoadBalancer Services. `main` only wires.
 
 mod allocator;
+mod convert;
 mod leader;
 mod metrics;
 mod pools;
@@ -45,6 +46,8 @@ enum Command {
         #[command(flatten)]
         leader: leader::LeaderArgs,
     },
+    /// Convert MetalLB IPAddressPool / L2Advertisement YAML (stdin) to Herald's (stdout).
+    ConvertMetallb,
     /// Write Herald's CRD manifests (generated from the Rust types).
     Crds {
         /// Directory to write them to; `-` prints them to stdout.
@@ -56,6 +59,21 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Crds { out } => write_crds(&out),
+        Command::ConvertMetallb => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+                .context("reading stdin")?;
+            let (yaml, warnings) = convert::convert(&input)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if yaml.ends_with('\n') || yaml.is_empty() {
+                print!("{yaml}");
+            } else {
+                println!("{yaml}");
+            }
+            Ok(())
+        }
         Command::Run {
             load_balancer_class,
             ignore_unset_class,

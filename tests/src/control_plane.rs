@@ -30,6 +30,8 @@ pub struct Options {
     pub bind_address: IpAddr,
     /// Install Herald's CRDs from `charts/herald/crds` once the server is ready.
     pub install_crds: bool,
+    /// Write an audit log of every request (metadata level) to `audit_log()`.
+    pub audit: bool,
 }
 
 impl Default for Options {
@@ -37,6 +39,7 @@ impl Default for Options {
         Self {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             install_crds: std::env::var_os("HERALD_NO_CRDS").is_none(),
+            audit: false,
         }
     }
 }
@@ -139,9 +142,21 @@ impl ControlPlane {
             // No kubelet or kube-proxy reads the `kubernetes` endpoints here, and a loopback
             // advertise address would make the reconciler log errors forever.
             .args(["--endpoint-reconciler-type", "none"])
-            .args(["--allow-privileged", "--profiling=false", "--v", "0"])
-            .arg("--cert-dir")
-            .arg(root.join("certs"));
+            .args(["--allow-privileged", "--profiling=false", "--v", "0"]);
+        if options.audit {
+            let policy = root.join("audit-policy.yaml");
+            std::fs::write(
+                &policy,
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules: [{level: Metadata}]\n",
+            )?;
+            apiserver
+                .arg("--audit-policy-file")
+                .arg(&policy)
+                .arg("--audit-log-path")
+                .arg(root.join("audit.log"))
+                .args(["--audit-log-format", "json", "--audit-log-mode", "blocking"]);
+        }
+        apiserver.arg("--cert-dir").arg(root.join("certs"));
         let apiserver = Process::spawn(
             "kube-apiserver",
             apiserver,
@@ -169,6 +184,30 @@ impl ControlPlane {
             cp.install_crds().await?;
         }
         Ok(cp)
+    }
+
+    /// The audit log (with `Options::audit`), one JSON event per line.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// A kubeconfig that acts as `user` (impersonation by the admin), so RBAC applies.
+    pub fn kubeconfig_as(&self, user: &str) -> Result<PathBuf> {
+        let admin = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut out = String::new();
+        for line in admin.lines() {
+            out.push_str(line);
+            out.push('\n');
+            if line.trim_start().starts_with("client-key:") {
+                out.push_str(&format!("    as: {user}\n"));
+            }
+        }
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", user.replace(':', "-")));
+        std::fs::write(&path, out)?;
+        Ok(path)
     }
 
     /// An admin client (`system:masters`).
