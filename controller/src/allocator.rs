@@ -207,7 +207,8 @@ pub struct Allocator {
     /// Every IP in use, with the Services holding it (several only when shared).
     used: BTreeMap<IpAddr, BTreeMap<ServiceKey, Sharing>>,
     /// IPs used by load balancers other than Herald: never handed out.
-    foreign: BTreeSet<IpAddr>,
+    /// ... by the Service whose status holds them, so they free up when it changes or goes.
+    foreign: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
     by_service: BTreeMap<ServiceKey, Vec<Assigned>>,
 }
 
@@ -269,9 +270,47 @@ impl Allocator {
     }
 
     /// Marks an IP taken by something that is not Herald's (another load balancer's status).
-    pub fn reserve_foreign(&mut self, ip: IpAddr) {
-        self.foreign.insert(ip);
+    pub fn reserve_foreign(&mut self, service: &str, ip: IpAddr) {
+        self.foreign
+            .entry(ip)
+            .or_default()
+            .insert(service.to_owned());
         self.take_from_cursor(ip);
+    }
+
+    /// The IPs reserved for another load balancer's `service`, in order.
+    pub fn foreign_of(&self, service: &str) -> Vec<IpAddr> {
+        self.foreign
+            .iter()
+            .filter(|(_, holders)| holders.contains(service))
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
+    /// Drops the reservations of `service` (its status changed, it went away, or Herald
+    /// adopts its IPs); IPs nobody else holds become free. Returns whether any did.
+    pub fn release_foreign(&mut self, service: &str) -> bool {
+        let held: Vec<IpAddr> = self
+            .foreign
+            .iter()
+            .filter(|(_, holders)| holders.contains(service))
+            .map(|(ip, _)| *ip)
+            .collect();
+        let mut freed = false;
+        for ip in held {
+            let now_free = self.foreign.get_mut(&ip).is_some_and(|holders| {
+                holders.remove(service);
+                holders.is_empty()
+            });
+            if now_free {
+                self.foreign.remove(&ip);
+                if !self.used.contains_key(&ip) {
+                    self.return_to_cursor(ip);
+                    freed = true;
+                }
+            }
+        }
+        freed
     }
 
     /// Records what the API already says a Service holds (state rebuilt after a restart).
@@ -332,7 +371,7 @@ impl Allocator {
             };
             if now_free {
                 self.used.remove(&a.ip);
-                if !self.foreign.contains(&a.ip) {
+                if !self.foreign.contains_key(&a.ip) {
                     self.return_to_cursor(a.ip);
                 }
                 freed.push(a.ip);
@@ -350,7 +389,7 @@ impl Allocator {
             .filter(|r| Family::of(r.start()) == family)
         {
             let in_range = self.used.range(r.start()..=r.end()).map(|(ip, _)| *ip);
-            let foreign = self.foreign.range(r.start()..=r.end()).copied();
+            let foreign = self.foreign.range(r.start()..=r.end()).map(|(ip, _)| *ip);
             seen.extend(in_range.chain(foreign).filter(|ip| pool.contains(*ip)));
         }
         seen.len() as u128
@@ -554,7 +593,7 @@ impl Allocator {
 
     /// Why `service` may not hold `ip` next to its current holders, or `None`.
     fn why_unusable(&self, ip: IpAddr, service: &str, sharing: &Sharing) -> Option<String> {
-        if self.foreign.contains(&ip) {
+        if self.foreign.contains_key(&ip) {
             return Some("it is in the status of a Service another load balancer serves".into());
         }
         let holders = self.used.get(&ip)?;
@@ -565,7 +604,7 @@ impl Allocator {
     }
 
     fn is_free(&self, ip: IpAddr) -> bool {
-        !self.used.contains_key(&ip) && !self.foreign.contains(&ip)
+        !self.used.contains_key(&ip) && !self.foreign.contains_key(&ip)
     }
 
     /// Lowest free address of `family` in `pool`. Below a cursor only `freed` needs looking
@@ -632,7 +671,7 @@ impl Allocator {
                 let end = to_u128(range.end());
                 while cursor.next <= end {
                     let next = from_u128(cursor.next, family);
-                    let taken = self.used.contains_key(&next) || self.foreign.contains(&next);
+                    let taken = self.used.contains_key(&next) || self.foreign.contains_key(&next);
                     let skipped = pool.avoid_buggy_ips && is_buggy(next);
                     if !(taken || skipped) {
                         break;

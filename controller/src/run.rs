@@ -256,10 +256,24 @@ impl Controller {
                     }
                 }
                 (true, _) => {}
+                (false, Intent::Wants(w)) => self.adopt(&key, &ips, &w.sharing),
                 (false, _) => ips
                     .iter()
-                    .for_each(|ip| self.allocator.reserve_foreign(*ip)),
+                    .for_each(|ip| self.allocator.reserve_foreign(&key, *ip)),
             }
+        }
+    }
+
+    /// A Service Herald serves whose status another load balancer wrote (a migration): it
+    /// keeps its IPs when they are in Herald's pools and free, so nothing moves.
+    fn adopt(&mut self, key: &str, ips: &[IpAddr], sharing: &crate::allocator::Sharing) {
+        self.freed |= self.allocator.release_foreign(key);
+        let in_pools = ips.iter().all(|ip| self.allocator.pool_of(*ip).is_some());
+        match in_pools.then(|| self.allocator.restore(key, ips, sharing)) {
+            Some(Ok(())) => tracing::info!(service = %key, ?ips, "adopted the IPs in its status"),
+            _ => ips
+                .iter()
+                .for_each(|ip| self.allocator.reserve_foreign(key, *ip)),
         }
     }
 
@@ -332,6 +346,7 @@ impl Controller {
     fn decide(&mut self, key: &str) -> Vec<Write> {
         let Some(svc) = self.services.get(&object_ref(key)) else {
             // Deleted: its IPs go back to the pool.
+            self.freed |= self.allocator.release_foreign(key);
             let freed = self.allocator.release(key);
             if !freed.is_empty() {
                 self.freed = true;
@@ -424,8 +439,15 @@ impl Controller {
 
     /// IPs another load balancer wrote stay reserved while they are in a status.
     fn track_foreign(&mut self, svc: &Service) {
-        for ip in service::status_ips(svc) {
-            self.allocator.reserve_foreign(ip);
+        let key = service::key(svc);
+        let mut ips = service::status_ips(svc);
+        ips.sort();
+        if self.allocator.foreign_of(&key) == ips {
+            return;
+        }
+        self.freed |= self.allocator.release_foreign(&key);
+        for ip in &ips {
+            self.allocator.reserve_foreign(&key, *ip);
         }
     }
 

@@ -256,3 +256,54 @@ async fn a_pool_edit_moves_only_the_services_whose_ip_left_it() {
     assert!(ips(&svcs.get("second").await.unwrap()).is_empty());
     assert_eq!(ips(&svcs.get("first").await.unwrap()), ["192.0.2.66"]);
 }
+
+#[tokio::test]
+async fn ips_written_by_another_load_balancer_are_adopted_or_reserved_then_freed() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.0/30]}").await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    // Before Herald runs, as MetalLB left them: a Service Herald serves with 192.0.2.2, and one
+    // of another class holding 192.0.2.0.
+    apply(&client, &lb("migrated", "", "")).await;
+    apply(
+        &client,
+        &lb("theirs", "", ", loadBalancerClass: other.example/lb"),
+    )
+    .await;
+    for (name, ip) in [("migrated", "192.0.2.2"), ("theirs", "192.0.2.0")] {
+        let status = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        svcs.patch_status(
+            name,
+            &kube::api::PatchParams::apply("metallb").force(),
+            &kube::api::Patch::Apply(&status),
+        )
+        .await
+        .expect("status");
+    }
+    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    // Adopted: same IP, now with Herald's condition.
+    wait_for(&svcs, "migrated", "Herald's condition", |s| {
+        condition(s).filter(|c| c.0 == "True").map(|_| ())
+    })
+    .await;
+    assert_eq!(ips(&svcs.get("migrated").await.unwrap()), ["192.0.2.2"]);
+    // Reserved: new Services skip 192.0.2.0, and the other class's Service is untouched.
+    apply(&client, &lb("new-1", "", "")).await;
+    assert_eq!(allocated(&svcs, "new-1", 1).await, ["192.0.2.1"]);
+    apply(&client, &lb("new-2", "", "")).await;
+    assert_eq!(allocated(&svcs, "new-2", 1).await, ["192.0.2.3"]);
+    assert!(condition(&svcs.get("theirs").await.unwrap()).is_none());
+    // The other load balancer's Service goes away: its IP is free for Herald at once.
+    apply(&client, &lb("waiting", "", "")).await;
+    wait_for(&svcs, "waiting", "a failure", |s| {
+        condition(s).filter(|c| c.0 == "False")
+    })
+    .await;
+    svcs.delete("theirs", &Default::default())
+        .await
+        .expect("delete");
+    assert_eq!(allocated(&svcs, "waiting", 1).await, ["192.0.2.0"]);
+}

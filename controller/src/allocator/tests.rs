@@ -218,7 +218,7 @@ fn sharing_needs_the_same_key_and_distinct_ports() {
 fn foreign_and_restored_ips_are_never_handed_out() {
     let mut a = Allocator::new();
     a.set_pools([pool("lan", &["192.0.2.0/30"])]);
-    a.reserve_foreign(ip("192.0.2.0"));
+    a.reserve_foreign("other/lb", ip("192.0.2.0"));
     a.restore("ns/old", &[ip("192.0.2.2")], &Sharing::default())
         .unwrap();
     assert!(
@@ -232,6 +232,10 @@ fn foreign_and_restored_ips_are_never_handed_out() {
         got.iter().flat_map(|g| ips(g)).collect::<Vec<_>>(),
         ["192.0.2.1", "192.0.2.3"]
     );
+    // The other load balancer's Service goes away: its IP is Herald's to give again.
+    a.release_foreign("other/lb");
+    let next = a.allocate(&request("ns/next", &["lan"])).unwrap();
+    assert_eq!(ips(&next), ["192.0.2.0"]);
 }
 
 #[test]
