@@ -35,6 +35,8 @@ use herald_api::events::{self, Note, Reporter};
 const WRITE_CONCURRENCY: usize = 32;
 /// How often failed writes are retried when nothing else happens.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
+/// The most often pool statuses are written.
+const POOL_STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Writes decided before they are performed; bounds a pass's memory at 10,000 Services.
 const CHUNK: usize = 256;
 
@@ -73,7 +75,8 @@ pub struct Controller {
     parsed_pools: Vec<ParsedPool>,
     allocator: Allocator,
     /// The Event last published per Service, so Events go out on change only.
-    last_note: BTreeMap<String, Note>,
+    /// (A fingerprint of it: only change matters, and 10,000 messages would cost memory.)
+    last_note: BTreeMap<String, u64>,
     /// Services that want an IP and have none: looked at again when an IP frees up or pools
     /// change.
     waiting: BTreeSet<String>,
@@ -82,6 +85,10 @@ pub struct Controller {
     /// Set by `decide` when a Service gave IPs back during this pass.
     freed: bool,
     last_pool_status: BTreeMap<String, Value>,
+    /// Pool statuses are written at most once per `POOL_STATUS_EVERY`: a burst of
+    /// allocations becomes one write per pool, not one per Service.
+    pool_status_written: Option<tokio::time::Instant>,
+    pool_status_pending: bool,
 }
 
 pub async fn run(
@@ -159,6 +166,8 @@ pub async fn run(
         failed: BTreeSet::new(),
         freed: false,
         last_pool_status: BTreeMap::new(),
+        pool_status_written: None,
+        pool_status_pending: false,
     };
     controller.rebuild();
     tracing::info!(
@@ -176,6 +185,7 @@ pub async fn run(
                 None => anyhow::bail!("watch streams ended"),
             },
             _ = retry.tick() => None,
+            _ = tokio::time::sleep_until(controller.pool_status_due()), if controller.pool_status_pending => None,
         };
         // Drain what is queued so a burst of events is handled in one pass.
         let mut keys = Vec::new();
@@ -322,7 +332,13 @@ impl Controller {
                 }
             }
         }
-        statuses.extend(self.pool_status_writes());
+        if all || tokio::time::Instant::now() >= self.pool_status_due() {
+            statuses.extend(self.pool_status_writes());
+            self.pool_status_written = Some(tokio::time::Instant::now());
+            self.pool_status_pending = false;
+        } else {
+            self.pool_status_pending = true;
+        }
         self.registry
             .set(metrics::SERVICES_WAITING, &[], self.waiting.len() as f64);
         self.execute(statuses).await;
@@ -331,6 +347,20 @@ impl Controller {
             self.execute(events).await;
             events = rest;
         }
+        if seen.len() > CHUNK {
+            // A large pass (start-up, a pool change) allocates and frees a lot; give the
+            // freed pages back to the system instead of keeping them as heap.
+            // SAFETY: malloc_trim only releases free memory of glibc's allocator.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
+    fn pool_status_due(&self) -> tokio::time::Instant {
+        self.pool_status_written
+            .map(|t| t + POOL_STATUS_EVERY)
+            .unwrap_or_else(tokio::time::Instant::now)
     }
 
     fn decide_into(&mut self, key: &str, statuses: &mut Vec<Write>, events: &mut Vec<Write>) {
@@ -460,7 +490,7 @@ impl Controller {
             writes.push(status_write(svc, patch));
         }
         let note = Note::warning(reason, message);
-        if self.last_note.get(&key) != Some(&note) {
+        if self.last_note.get(&key) != Some(&fingerprint(&note)) {
             self.registry
                 .inc(metrics::ALLOCATION_FAILURES, &[("reason", reason)]);
         }
@@ -471,10 +501,10 @@ impl Controller {
     /// An Event for `note`, unless it is what was last said about this Service.
     fn note(&mut self, svc: &Service, note: Note) -> Option<Write> {
         let key = service::key(svc);
-        if self.last_note.get(&key) == Some(&note) {
+        if self.last_note.get(&key) == Some(&fingerprint(&note)) {
             return None;
         }
-        self.last_note.insert(key.clone(), note.clone());
+        self.last_note.insert(key.clone(), fingerprint(&note));
         Some(Write::Event { key, note })
     }
 
@@ -606,7 +636,7 @@ impl Controller {
                 }
                 (Write::Event { key, note, .. }, Err(e)) => {
                     tracing::warn!(service = %key, "publishing event: {e:#}");
-                    if self.last_note.get(&key) == Some(&note) {
+                    if self.last_note.get(&key) == Some(&fingerprint(&note)) {
                         self.last_note.remove(&key);
                         self.failed.insert(key);
                     }
@@ -617,6 +647,20 @@ impl Controller {
             }
         }
     }
+}
+
+/// A stable 64-bit fingerprint of a note (FNV-1a); equal notes, equal fingerprints.
+fn fingerprint(note: &Note) -> u64 {
+    let kind = match note.kind {
+        events::Kind::Normal => "N",
+        events::Kind::Warning => "W",
+    };
+    [kind, "\0", &note.reason, "\0", &note.message]
+        .iter()
+        .flat_map(|s| s.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 fn status_write(svc: &Service, patch: Value) -> Write {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use herald_tests::ControlPlane;
-use herald_tests::objects::{apply, condition, events, ingress, lb, wait_for};
+use herald_tests::objects::{apply, condition, events, ingress, lb, wait_for, wait_for_event};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -24,13 +24,10 @@ async fn services_get_ips_release_them_and_wait_when_exhausted() {
     assert_eq!(a, ("192.0.2.10".into(), Some("VIP".into())));
     let svc = services.get("a").await.unwrap();
     assert_eq!(condition(&svc).unwrap().0, "True");
-    let ev = events(&client, "a").await;
-    assert!(
-        ev.iter().any(|(t, r, m)| t == "Normal"
-            && r == "IPAllocated"
-            && m == "assigned 192.0.2.10 from IPPool lan"),
-        "{ev:?}"
-    );
+    wait_for_event(&client, "a", |(t, r, m)| {
+        t == "Normal" && r == "IPAllocated" && m == "assigned 192.0.2.10 from IPPool lan"
+    })
+    .await;
 
     apply(&client, &lb("b", "", "")).await;
     wait_for(&services, "b", "an IP", |s| {
@@ -50,12 +47,10 @@ async fn services_get_ips_release_them_and_wait_when_exhausted() {
         "{why:?}"
     );
     assert!(ingress(&services.get("c").await.unwrap()).is_empty());
-    let ev = events(&client, "c").await;
-    assert!(
-        ev.iter()
-            .any(|(t, r, _)| t == "Warning" && r == "PoolExhausted"),
-        "{ev:?}"
-    );
+    wait_for_event(&client, "c", |(t, r, _)| {
+        t == "Warning" && r == "PoolExhausted"
+    })
+    .await;
 
     // Deleting a frees its IP, and c gets it by itself.
     services
@@ -95,12 +90,14 @@ async fn services_get_ips_release_them_and_wait_when_exhausted() {
     assert!(ingress(&plain).is_empty());
     assert!(events(&client, "plain").await.is_empty());
 
-    // Pool status counts what is in use.
-    let pool = Api::<herald_api::IPPool>::all(client.clone())
-        .get("lan")
-        .await
-        .unwrap();
-    let status = pool.status.unwrap_or_default();
+    // Pool status counts what is in use (written at most once a second).
+    let pools = Api::<herald_api::IPPool>::all(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut status = pools.get("lan").await.unwrap().status.unwrap_or_default();
+    while status.assigned != 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = pools.get("lan").await.unwrap().status.unwrap_or_default();
+    }
     assert_eq!(
         (status.assigned, status.available.as_str()),
         (2, "0"),
@@ -170,12 +167,10 @@ async fn impossible_requests_are_explained_and_fixed_without_restart() {
         })
         .await;
         assert_eq!((c.1.as_str(), c.2.as_str()), (reason, message), "{name}");
-        let ev = events(&client, name).await;
-        assert!(
-            ev.iter()
-                .any(|(t, r, m)| t == "Warning" && r == reason && m == message),
-            "{name}: {ev:?}"
-        );
+        wait_for_event(&client, name, |(t, r, m)| {
+            t == "Warning" && r == reason && m == message
+        })
+        .await;
     }
     // Other Services are unaffected.
     wait_for(&services, "fine", "an IP", |s| {

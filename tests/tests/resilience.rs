@@ -155,19 +155,31 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
         let (code, _) = http_get(c.metrics_port, "/healthz").await.expect("healthz");
         assert_eq!(code, 200, "{name} /healthz");
     }
-    let (_, metrics) = http_get(replicas[&leader].metrics_port, "/metrics")
-        .await
-        .expect("metrics");
-    for line in [
+    // Pool gauges follow within a second (pool statuses are written at most once a second).
+    let expected = [
         "herald_controller_leader 1",
         "herald_controller_allocations_total 200",
         "herald_pool_addresses_assigned{pool=\"lan\",family=\"ipv4\"} 200",
         "herald_pool_addresses_available{pool=\"lan\",family=\"ipv4\"} 56",
-    ] {
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_get(replicas[&leader].metrics_port, "/metrics")
+            .await
+            .expect("metrics");
+        let missing: Vec<&str> = expected
+            .iter()
+            .copied()
+            .filter(|line| !metrics.lines().any(|l| l == *line))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            metrics.lines().any(|l| l == line),
-            "missing {line:?} in:\n{metrics}"
+            Instant::now() < deadline,
+            "missing {missing:?} in:\n{metrics}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (_, standby_metrics) = http_get(replicas[&standby].metrics_port, "/metrics")
         .await
