@@ -42,7 +42,16 @@ pub async fn apply(client: &Client, yaml: &str) {
 }
 
 fn cluster_scoped(kind: &str) -> bool {
-    matches!(kind, "IPPool" | "L2Advertisement" | "Namespace" | "Node")
+    matches!(
+        kind,
+        "IPPool"
+            | "L2Advertisement"
+            | "Namespace"
+            | "Node"
+            | "CustomResourceDefinition"
+            | "ClusterRole"
+            | "ClusterRoleBinding"
+    )
 }
 
 /// A LoadBalancer Service in `default` with port 80; `extra_meta` and `extra_spec` are
