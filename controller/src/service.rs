@@ -155,60 +155,7 @@ pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
     })
 }
 
-pub use herald_api::service_status::{status_ips, status_is_ours};
-
-/// Keeps only what the controller reads from a Service (intent, status, pool selection,
-/// Events), so that 10,000 cached Services cost little memory. `intent` and the status
-/// helpers give the same answers on the slim Service as on the full one.
-pub fn slim(svc: &mut Service) {
-    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec, ServiceStatus};
-    let meta = &mut svc.metadata;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.creation_timestamp = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| {
-            keys::POOL_KEYS.contains(&k.as_str())
-                || keys::IPS_KEYS.contains(&k.as_str())
-                || keys::SHARING_KEYS.contains(&k.as_str())
-        });
-    }
-    if let Some(spec) = svc.spec.take() {
-        let local = spec.external_traffic_policy.as_deref() == Some("Local");
-        svc.spec = Some(ServiceSpec {
-            type_: spec.type_,
-            load_balancer_class: spec.load_balancer_class,
-            load_balancer_ip: spec.load_balancer_ip,
-            ip_family_policy: spec.ip_family_policy,
-            ip_families: spec.ip_families,
-            external_traffic_policy: spec.external_traffic_policy,
-            selector: if local { spec.selector } else { None },
-            ports: spec.ports.map(|ports| {
-                ports
-                    .into_iter()
-                    .map(|p| ServicePort {
-                        port: p.port,
-                        protocol: p.protocol,
-                        ..Default::default()
-                    })
-                    .collect()
-            }),
-            ..Default::default()
-        });
-    }
-    if let Some(status) = svc.status.take() {
-        let conditions = status.conditions.map(|cs| {
-            cs.into_iter()
-                .filter(|c| c.type_ == crate::status::CONDITION)
-                .collect::<Vec<_>>()
-        });
-        svc.status = Some(ServiceStatus {
-            load_balancer: status.load_balancer,
-            conditions: conditions.filter(|c| !c.is_empty()),
-        });
-    }
-}
+pub use herald_api::service_status::{slim, status_ips, status_is_ours};
 
 #[cfg(test)]
 mod tests {

@@ -57,10 +57,25 @@ pub fn decide(view: &View) -> Decision {
             by_ip.entry(ip).or_default().push(svc);
         }
     }
+    // Parsed once per pass, not once per IP.
+    let pools: Vec<(&IPPool, Vec<herald_api::IpRange>)> = view
+        .pools
+        .iter()
+        .map(|p| {
+            let ranges = p
+                .spec
+                .addresses
+                .iter()
+                .filter_map(|a| AddressEntry::parse(a).ok())
+                .map(|e| e.range)
+                .collect();
+            (*p, ranges)
+        })
+        .collect();
     let mut decision = Decision::default();
     for (ip, services) in by_ip {
         let keys = services.iter().map(|s| key(s)).collect();
-        let (owner, forced) = match owner(view, ip, &services) {
+        let (owner, forced) = match owner(view, &pools, ip, &services) {
             Ok((owner, forced)) => (Ok(owner), forced),
             Err(e) => (Err(e), Vec::new()),
         };
@@ -92,17 +107,16 @@ fn key(svc: &Service) -> String {
 }
 
 /// The owner of `ip` and the interfaces forced by the advertisements that select its pool.
-fn owner(view: &View, ip: IpAddr, services: &[&Service]) -> Result<(String, Vec<String>), NoOwner> {
-    let pool = view
-        .pools
+fn owner(
+    view: &View,
+    pools: &[(&IPPool, Vec<herald_api::IpRange>)],
+    ip: IpAddr,
+    services: &[&Service],
+) -> Result<(String, Vec<String>), NoOwner> {
+    let pool = pools
         .iter()
-        .find(|p| {
-            p.spec
-                .addresses
-                .iter()
-                .filter_map(|a| AddressEntry::parse(a).ok())
-                .any(|e| e.range.contains(ip))
-        })
+        .find(|(_, ranges)| ranges.iter().any(|r| r.contains(ip)))
+        .map(|(p, _)| *p)
         .ok_or(NoOwner::NoPool(ip))?;
     let pool_name = pool.metadata.name.clone().unwrap_or_default();
     let pool_labels = pool.metadata.labels.clone().unwrap_or_default();

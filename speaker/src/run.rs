@@ -69,20 +69,44 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         }
     });
 
-    let gossip = Gossip::bind(
+    let (peers_tx, peers_rx) = watch::channel(Vec::<IpAddr>::new());
+    let (subnets_tx, subnets_rx) = watch::channel(Vec::<IpNetwork>::new());
+    // Heartbeats get a thread of their own: a long decision pass (10,000 Services) must never
+    // delay them, or the other speakers would count this one dead.
+    let (gossip_tx, gossip_rx) = tokio::sync::oneshot::channel();
+    let (port, key, node) = (
         config.gossip_port,
         Key::new(&config.gossip_key),
         config.node.clone(),
-        config.failure_timeout,
-    )
-    .await?;
-    let (peers_tx, peers_rx) = watch::channel(Vec::<IpAddr>::new());
-    let (subnets_tx, subnets_rx) = watch::channel(Vec::<IpNetwork>::new());
-    tokio::spawn(
-        gossip
-            .clone()
-            .run(config.heartbeat, peers_rx, subnets_rx, changed.clone()),
     );
+    let (timeout, heartbeat, notify) = (config.failure_timeout, config.heartbeat, changed.clone());
+    std::thread::Builder::new()
+        .name("gossip".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = gossip_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Gossip::bind(port, key, node, timeout).await {
+                    Ok(gossip) => {
+                        let _ = gossip_tx.send(Ok(gossip.clone()));
+                        gossip.run(heartbeat, peers_rx, subnets_rx, notify).await;
+                    }
+                    Err(e) => {
+                        let _ = gossip_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .context("starting the gossip thread")?;
+    let gossip = gossip_rx.await.context("the gossip thread ended")??;
 
     for (what, ready) in [
         ("Services", stores.services.clone().wait_until_ready().await),
@@ -113,8 +137,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // and claim every IP: it listens for one failure timeout before it decides anything.
     let settled_at = tokio::time::Instant::now() + config.failure_timeout + config.heartbeat;
     let mut shutdown = std::pin::pin!(shutdown);
-    // A periodic pass covers anything a notification missed (and a first pass at once).
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    // A periodic pass covers anything a notification missed (and a first pass at once);
+    // every change is notified, so this is a safety net, not the mechanism.
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         let snapshot = iface_rx.borrow_and_update().clone();
         subnets_tx.send_if_modified(|old| {

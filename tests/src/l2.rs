@@ -97,3 +97,28 @@ pub async fn setup(nodes: usize) -> (ControlPlane, Lan, Process) {
     let controller = crate::controller::spawn(&cp, "controller", &["--leader-elect=false"]).process;
     (cp, lan, controller)
 }
+
+/// Gives `service` (in `default`) one endpoint per `(node, ready)`, as an EndpointSlice.
+pub async fn endpoints_on(client: &Client, service: &str, nodes: &[(&str, bool)]) {
+    let endpoints: Vec<serde_json::Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (node, ready))| {
+            serde_json::json!({"addresses": [format!("10.244.0.{}", i + 1)], "nodeName": node,
+                "conditions": {"ready": ready, "serving": ready}})
+        })
+        .collect();
+    let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}]});
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    api.patch(
+        &format!("{service}-1"),
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&slice),
+    )
+    .await
+    .expect("endpoint slice");
+}

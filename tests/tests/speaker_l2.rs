@@ -9,10 +9,9 @@ use herald_tests::Process;
 use herald_tests::netns::{self, Lan, command_in, http_get_in, resolve, tcp_hello};
 use herald_tests::objects::{apply, ips, wait_for, wait_for_event};
 use k8s_openapi::api::core::v1::Service;
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 
-use herald_tests::l2::{KEY, PORT, accept_locally, ready_node, setup, speaker};
+use herald_tests::l2::{KEY, PORT, accept_locally, endpoints_on, ready_node, setup, speaker};
 
 /// Polls until exactly one node answers for `ip`; returns its name.
 fn owner(lan: &Lan, ip: IpAddr, not: Option<&str>, within: Duration) -> String {
@@ -118,30 +117,6 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn endpoints_on(client: &Client, service: &str, nodes: &[(&str, bool)]) {
-    let endpoints: Vec<serde_json::Value> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (node, ready))| {
-            serde_json::json!({"addresses": [format!("10.244.0.{}", i + 1)], "nodeName": node,
-                "conditions": {"ready": ready, "serving": ready}})
-        })
-        .collect();
-    let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-1"), "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4", "endpoints": endpoints, "ports": [{"port": 8080, "protocol": "TCP"}]});
-    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        Api::namespaced(client.clone(), "default");
-    api.patch(
-        &format!("{service}-1"),
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&slice),
-    )
-    .await
-    .expect("endpoint slice");
 }
 
 /// Waits until nobody answers for `ip` (three empty rounds in a row).

@@ -68,6 +68,13 @@ async fn main() -> Result<()> {
     );
 
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: hello, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
+    // Its endpoints: a responder on every node (what kube-proxy would forward to).
+    herald_tests::l2::endpoints_on(
+        &client,
+        "hello",
+        &[("n1", true), ("n2", true), ("n3", true)],
+    )
+    .await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let ip: IpAddr = wait_for(&svcs, "hello", "an IP", |s| ips(s).first().cloned())
         .await
