@@ -219,16 +219,19 @@ async fn main() -> Result<()> {
         .parse()?;
     accept_locally(&lan, &[ip]);
 
-    let kill = failover(&cp, &lan, &mut speakers, ip, libc::SIGKILL, rounds).await?;
-    println!(
-        "failover after kill -9 (client TCP reaches another node): {}",
-        summary(kill)
-    );
-    let term = failover(&cp, &lan, &mut speakers, ip, libc::SIGTERM, rounds).await?;
-    println!(
-        "handover after SIGTERM (client TCP reaches another node): {}",
-        summary(term)
-    );
+    // ROUNDS 0 skips the failover rounds (footprint only).
+    if rounds > 0 {
+        let kill = failover(&cp, &lan, &mut speakers, ip, libc::SIGKILL, rounds).await?;
+        println!(
+            "failover after kill -9 (client TCP reaches another node): {}",
+            summary(kill)
+        );
+        let term = failover(&cp, &lan, &mut speakers, ip, libc::SIGTERM, rounds).await?;
+        println!(
+            "handover after SIGTERM (client TCP reaches another node): {}",
+            summary(term)
+        );
+    }
     let mut arp = herald_tests::netns::arp_times(&lan.client, ip, 1000)?;
     arp.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
