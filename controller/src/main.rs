@@ -81,7 +81,7 @@ fn main() -> Result<()> {
             metrics_address,
             leader,
         } => {
-            init_tracing(log_json);
+            herald_telemetry::init_logging(log_json);
             let config = service::ClassConfig {
                 class: load_balancer_class,
                 serve_unset: !ignore_unset_class,
@@ -115,40 +115,17 @@ async fn serve(
     // Deployment rollout must not stall on it.
     let election = tokio::select! {
         e = leader::Election::start(&client, &leader, &identity, &health) => e?,
-        _ = shutdown() => return Ok(()),
+        _ = herald_telemetry::shutdown_signal() => return Ok(()),
     };
     registry.set(metrics::LEADER, &[], 1.0);
     let result = tokio::select! {
         r = run::run(client, config, registry.clone(), identity) => r,
         r = election.lost() => r,
-        _ = shutdown() => Ok(()),
+        _ = herald_telemetry::shutdown_signal() => Ok(()),
     };
     // Released on every way out, so a standby takes over without waiting for expiry.
     election.release().await;
     result
-}
-
-fn init_tracing(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
 
 fn write_crds(out: &std::path::Path) -> Result<()> {

@@ -66,7 +66,7 @@ struct RunArgs {
 
 fn main() -> Result<()> {
     let Command::Run(args) = Cli::parse().command;
-    init_tracing(args.log_json);
+    herald_telemetry::init_logging(args.log_json);
     if args.gossip_key.len() < 16 {
         anyhow::bail!("--gossip-key must be at least 16 bytes (the chart generates 32)");
     }
@@ -89,28 +89,6 @@ fn main() -> Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the API server")?;
-            run::run(client, config, shutdown()).await
+            run::run(client, config, herald_telemetry::shutdown_signal()).await
         })
-}
-
-fn init_tracing(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

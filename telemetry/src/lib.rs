@@ -4,7 +4,9 @@
 //! stack in two small binaries.
 
 mod http;
+mod process;
 mod registry;
 
 pub use http::{Health, ServeError, serve};
+pub use process::{init_logging, shutdown_signal};
 pub use registry::{Kind, Registry};
