@@ -184,7 +184,12 @@ pub async fn run(
                 Some(t) => Some(t),
                 None => anyhow::bail!("watch streams ended"),
             },
-            _ = retry.tick() => None,
+            _ = retry.tick() => {
+                // Safety net: Services waiting for an IP are looked at again even if the
+                // event that freed one was missed.
+                controller.freed = true;
+                None
+            }
             _ = tokio::time::sleep_until(controller.pool_status_due()), if controller.pool_status_pending => None,
         };
         // Drain what is queued so a burst of events is handled in one pass.
@@ -310,7 +315,8 @@ impl Controller {
             keys.extend(self.last_note.keys().cloned());
         }
         keys.extend(std::mem::take(&mut self.failed));
-        self.freed = false;
+        // Set by the retry tick; otherwise by this pass's decisions.
+        let retry_waiting = std::mem::take(&mut self.freed);
         let mut seen = BTreeSet::new();
         // Statuses go out in chunks while the pass goes on (memory stays bounded, the first
         // Services get their IPs at once); Events, which only inform, after every status.
@@ -324,7 +330,7 @@ impl Controller {
                 }
             }
         }
-        if self.freed || all {
+        if self.freed || retry_waiting || all {
             let waiting: Vec<String> = self.waiting.iter().cloned().collect();
             for key in waiting {
                 if seen.insert(key.clone()) {
