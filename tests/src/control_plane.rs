@@ -221,6 +221,15 @@ impl ControlPlane {
     }
 
     /// The API server's URL.
+    /// The API server's port.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default()
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -36,9 +36,13 @@ pub async fn ready_node(client: &Client, name: &str, ip: &str, labels: &str) {
 }
 
 pub fn speaker(cp: &ControlPlane, lan: &Lan, node: &str, key: &str, log: &str) -> Process {
+    speaker_in(cp, &lan.node(node).ns, node, key, log)
+}
+
+/// A speaker named `node` in the network namespace `ns` (any namespace of the LAN).
+pub fn speaker_in(cp: &ControlPlane, ns: &str, node: &str, key: &str, log: &str) -> Process {
     let bin = crate::bins::herald_binary("herald-speaker").expect("speaker binary");
-    let host = lan.node(node);
-    let mut cmd = command_in(&host.ns, &bin);
+    let mut cmd = command_in(ns, &bin);
     cmd.args([
         "run",
         "--node-name",
@@ -81,12 +85,7 @@ pub async fn setup(nodes: usize) -> (ControlPlane, Lan, Process) {
     crate::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let lan = Lan::create(nodes).expect("lan");
-    let port: u16 = cp
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = cp.port();
     lan.forward_api(port).expect("forward");
     lan.responders(PORT).expect("responders");
     let client = cp.client();

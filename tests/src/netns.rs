@@ -256,29 +256,15 @@ fn query(client: &Host, target: IpAddr, wait: Duration) -> Result<Vec<[u8; 6]>> 
         IpAddr::V4(t) => arp_request(client, t),
         IpAddr::V6(t) => neighbor_solicit(client, t),
     };
-    // SAFETY: frame is valid for its length; fd is a bound packet socket.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-    if sent < 0 {
-        bail!("send: {}", std::io::Error::last_os_error());
-    }
+    send_frame(&fd, &frame)?;
     let deadline = Instant::now() + wait;
     let mut answers = Vec::new();
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
+        let Some(f) = try_recv_frame(&fd, &mut buf) else {
             std::thread::sleep(Duration::from_millis(5));
             continue;
-        }
-        let f = &buf[..n as usize];
+        };
         if let Some(mac) = answer_mac(f, target) {
             answers.push(mac);
         }
@@ -300,31 +286,42 @@ pub fn arp_times(client: &Host, target: IpAddr, count: usize) -> Result<Vec<Dura
         let mut buf = [0u8; 2048];
         for _ in 0..count {
             let start = Instant::now();
-            // SAFETY: frame is valid for its length.
-            if unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) } < 0 {
-                bail!("send: {}", std::io::Error::last_os_error());
-            }
+            send_frame(&fd, &frame)?;
             while start.elapsed() < Duration::from_millis(500) {
-                // SAFETY: buf is valid for its length.
-                let n = unsafe {
-                    libc::recv(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n > 0 && answer_mac(&buf[..n as usize], target).is_some() {
-                    out.push(start.elapsed());
-                    break;
-                }
-                if n <= 0 {
-                    std::thread::yield_now();
+                match try_recv_frame(&fd, &mut buf) {
+                    Some(f) if answer_mac(f, target).is_some() => {
+                        out.push(start.elapsed());
+                        break;
+                    }
+                    Some(_) => {}
+                    None => std::thread::yield_now(),
                 }
             }
         }
         Ok(out)
     })?
+}
+
+fn send_frame(fd: &std::os::fd::OwnedFd, frame: &[u8]) -> Result<()> {
+    // SAFETY: `frame` is valid for its length; `fd` is a bound packet socket.
+    if unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) } < 0 {
+        bail!("send: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One frame if one is queued, without waiting.
+fn try_recv_frame<'a>(fd: &std::os::fd::OwnedFd, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // SAFETY: `buf` is valid for its length.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    (n > 0).then(|| &buf[..n as usize])
 }
 
 fn raw_socket() -> Result<std::os::fd::OwnedFd> {

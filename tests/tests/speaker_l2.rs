@@ -6,12 +6,14 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use herald_tests::Process;
-use herald_tests::netns::{self, Lan, command_in, http_get_in, resolve, tcp_hello};
+use herald_tests::netns::{self, Lan, http_get_in, resolve, tcp_hello};
 use herald_tests::objects::{apply, ips, wait_for, wait_for_event};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
-use herald_tests::l2::{KEY, PORT, accept_locally, endpoints_on, ready_node, setup, speaker};
+use herald_tests::l2::{
+    KEY, PORT, accept_locally, endpoints_on, ready_node, setup, speaker, speaker_in,
+};
 
 /// Polls until exactly one node answers for `ip`; returns its name.
 fn owner(lan: &Lan, ip: IpAddr, not: Option<&str>, within: Duration) -> String {
@@ -150,27 +152,15 @@ async fn local_policy_exclusions_and_the_gossip_key() {
         .collect();
     // A speaker with the wrong key (in the client namespace, as node "intruder"): it sends
     // heartbeats to every node, and none of them counts it as a member.
-    let port: u16 = cp
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = cp.port();
     lan.forward_api_into(&lan.client.ns, port).expect("forward");
-    let bin = herald_tests::bins::herald_binary("herald-speaker").expect("speaker binary");
-    let mut cmd = command_in(&lan.client.ns, &bin);
-    cmd.args([
-        "run",
-        "--node-name",
+    let _intruder = speaker_in(
+        &cp,
+        &lan.client.ns,
         "intruder",
-        "--metrics-address",
-        "127.0.0.1:9473",
-    ])
-    .env("HERALD_GOSSIP_KEY", "not-the-right-key-at-all")
-    .env("KUBECONFIG", cp.kubeconfig())
-    .env("RUST_LOG", "info,kube=warn");
-    let _intruder =
-        Process::spawn("intruder", cmd, &cp.dir().join("intruder.log")).expect("intruder");
+        "not-the-right-key-at-all",
+        "intruder",
+    );
 
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: default}\nspec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 8080}]}").await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");

@@ -128,8 +128,9 @@ async fn wait_seen(
     }
 }
 
-/// 1. The limit: a minimal client writing the same status, on its own API server.
-async fn limit(n: usize) -> Result<(f64, Vec<Duration>)> {
+/// A control plane with the benchmark's IPPool (198.18.0.0/15), an admin client and the
+/// `default` Services API.
+async fn bench_cluster() -> Result<(ControlPlane, kube::Client, Api<Service>)> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
     let pool: serde_json::Value = serde_yaml_ng::from_str(
@@ -139,7 +140,12 @@ async fn limit(n: usize) -> Result<(f64, Vec<Duration>)> {
         .patch("bench", &PatchParams::apply("bench"), &Patch::Apply(&pool))
         .await?;
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    // 1. The limit: a minimal client writing the same status.
+    Ok((cp, client, api))
+}
+
+/// 1. The limit: a minimal client writing the same status, on its own API server.
+async fn limit(n: usize) -> Result<(f64, Vec<Duration>)> {
+    let (_cp, client, api) = bench_cluster().await?;
     let foreign: Vec<String> = (0..n).map(|i| format!("limit-{i}")).collect();
     create_many(&client, &foreign, Some("bench.example/none")).await?;
     let started = Instant::now();
@@ -183,15 +189,7 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         limit(n).await?
     };
     // A fresh API server for Herald, so that it holds exactly N Services.
-    let cp = ControlPlane::start().await?;
-    let client = cp.client();
-    let pool: serde_json::Value = serde_yaml_ng::from_str(
-        "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: bench}\nspec: {addresses: [198.18.0.0/15]}",
-    )?;
-    Api::<herald_api::IPPool>::all(client.clone())
-        .patch("bench", &PatchParams::apply("bench"), &Patch::Apply(&pool))
-        .await?;
-    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let (cp, client, api) = bench_cluster().await?;
 
     // 2. Throughput: N Services waiting, then the controller starts.
     let seen = watch_allocations(&client);
