@@ -3,10 +3,12 @@
 //! nothing is cached per Event (kube-runtime's `Recorder` keeps every Event for minutes and
 //! scans that cache on each publish, which does not scale to 10,000 Services). Pure.
 
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
+
+use crate::LbService;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -50,7 +52,7 @@ pub struct Reporter {
 }
 
 /// The Event object for `note` about `svc`.
-pub fn build(svc: &Service, note: &Note, reporter: &Reporter) -> Event {
+pub fn build(svc: &LbService, note: &Note, reporter: &Reporter) -> Event {
     let now = Timestamp::now();
     let name = svc.metadata.name.clone().unwrap_or_default();
     Event {
@@ -104,7 +106,7 @@ mod tests {
 
     #[test]
     fn event_names_the_service_and_keeps_notes_under_the_api_limit() {
-        let mut svc = Service::default();
+        let mut svc = LbService::default();
         svc.metadata.name = Some("web".into());
         svc.metadata.namespace = Some("shop".into());
         svc.metadata.uid = Some("u1".into());

@@ -11,13 +11,14 @@ pub mod l2;
 pub mod pool;
 mod schema;
 pub mod selector;
-pub mod service_status;
+pub mod service;
 pub mod watch;
 
 pub use address::{AddressEntry, AddressError, IpRange};
 pub use announcement::{L2Announcement, L2AnnouncementSpec};
 pub use l2::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
 pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
+pub use service::LbService;
 
 /// API group of every Herald resource.
 pub const GROUP: &str = "herald.dev";

@@ -59,24 +59,37 @@ impl Pool {
 }
 
 /// A port a Service exposes, for deciding whether two Services can share an IP.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Port {
-    pub protocol: String,
-    pub port: i32,
-}
+pub use herald_api::service::LbPort as Port;
 
 /// What a Service brings to a shared IP.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sharing {
     /// `herald.dev/sharing-key` (or MetalLB's); `None`: the Service shares with nobody.
     pub key: Option<String>,
-    pub ports: BTreeSet<Port>,
+    /// Sorted, no duplicates (`Sharing::new` sorts). A `Vec`, not a `BTreeSet`: a set's node
+    /// costs hundreds of bytes even for one port, times every IP in use.
+    pub ports: Vec<Port>,
     /// For `externalTrafficPolicy: Local`: the pod selector, which sharers must have in common
     /// (the IP is announced from one node, so it must be a node with endpoints of all of them).
     pub local_selector: Option<BTreeMap<String, String>>,
 }
 
 impl Sharing {
+    pub fn new(
+        key: Option<String>,
+        ports: impl IntoIterator<Item = Port>,
+        local_selector: Option<BTreeMap<String, String>>,
+    ) -> Self {
+        let mut ports: Vec<Port> = ports.into_iter().collect();
+        ports.sort();
+        ports.dedup();
+        Self {
+            key,
+            ports,
+            local_selector,
+        }
+    }
+
     /// Why `self` cannot share an IP with `other`, or `None` when it can.
     fn conflict(&self, other: &Sharing, other_name: &str) -> Option<String> {
         match (&self.key, &other.key) {
@@ -92,7 +105,7 @@ impl Sharing {
                 ));
             }
         }
-        if let Some(port) = self.ports.intersection(&other.ports).next() {
+        if let Some(port) = self.ports.iter().find(|p| other.ports.contains(p)) {
             return Some(format!(
                 "port {}/{} clashes with {other_name}",
                 port.port, port.protocol
@@ -205,7 +218,7 @@ pub struct Allocator {
     /// Aligned with each pool's `ranges`.
     cursors: BTreeMap<String, Vec<Cursor>>,
     /// Every IP in use, with the Services holding it (several only when shared).
-    used: BTreeMap<IpAddr, BTreeMap<ServiceKey, Sharing>>,
+    used: BTreeMap<IpAddr, Holders>,
     /// IPs used by load balancers other than Herald: never handed out.
     /// ... by the Service whose status holds them, so they free up when it changes or goes.
     foreign: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
@@ -341,7 +354,7 @@ impl Allocator {
             // Refresh what the Service brings to its IPs (ports may have changed).
             for ip in ips {
                 if let Some(holders) = self.used.get_mut(&ip) {
-                    holders.insert(req.service.clone(), req.sharing.clone());
+                    holders.insert(&req.service, &req.sharing);
                 }
             }
             return Ok(self.assigned(&req.service).to_vec());
@@ -519,7 +532,7 @@ impl Allocator {
                     Family::of(**ip) == family
                         && pool.contains(**ip)
                         && !holders.is_empty()
-                        && holders.values().any(|s| s.key == req.sharing.key)
+                        && holders.iter().any(|(_, s)| s.key == req.sharing.key)
                         && self
                             .why_unusable(**ip, &req.service, &req.sharing)
                             .is_none()
@@ -641,10 +654,7 @@ impl Allocator {
     }
 
     fn take(&mut self, service: &str, ip: IpAddr, sharing: &Sharing) {
-        self.used
-            .entry(ip)
-            .or_default()
-            .insert(service.to_owned(), sharing.clone());
+        self.used.entry(ip).or_default().insert(service, sharing);
         let pool = self.pool_of(ip).map(|p| p.name.clone());
         let entry = self.by_service.entry(service.to_owned()).or_default();
         if !entry.iter().any(|a| a.ip == ip) {
@@ -697,6 +707,36 @@ impl Allocator {
                 }
             }
         }
+    }
+}
+
+/// The Services holding one IP with what each brings to it, sorted by Service. Almost always
+/// one entry: a `Vec` costs a fraction of a map's node per IP in use.
+#[derive(Debug, Default)]
+struct Holders(Vec<(ServiceKey, Sharing)>);
+
+impl Holders {
+    fn insert(&mut self, service: &str, sharing: &Sharing) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(service)) {
+            Ok(i) => self.0[i].1 = sharing.clone(),
+            Err(i) => {
+                // Exactly one more: `Vec` would otherwise round up to four holders per IP.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (service.to_owned(), sharing.clone()));
+            }
+        }
+    }
+
+    fn remove(&mut self, service: &str) {
+        self.0.retain(|(k, _)| k != service);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ServiceKey, &Sharing)> {
+        self.0.iter().map(|(k, s)| (k, s))
     }
 }
 

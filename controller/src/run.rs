@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
 use herald_api::IPPool;
+use herald_api::LbService;
 use herald_api::keys::CONTROLLER_MANAGER;
 use herald_api::watch::cached;
 use herald_telemetry::Registry;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -69,7 +70,7 @@ pub struct Controller {
     config: ClassConfig,
     reporter: Reporter,
     registry: Arc<Registry>,
-    services: Store<Service>,
+    services: Store<LbService>,
     pools: Store<IPPool>,
     namespaces: Store<Namespace>,
     parsed_pools: Vec<ParsedPool>,
@@ -102,7 +103,7 @@ pub async fn run(
     let (pool_store, pool_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
 
-    let svc_stream = cached(client.clone(), svc_writer, service::slim).map(|e| match e {
+    let svc_stream = cached(client.clone(), svc_writer, |_| {}).map(|e| match e {
         Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
             Some(Trigger::Service(service::key(&s)))
         }
@@ -245,7 +246,7 @@ fn object_ref<K: Resource<DynamicType = ()>>(key: &str) -> ObjectRef<K> {
 }
 
 impl Controller {
-    fn sorted_services(&self) -> Vec<Arc<Service>> {
+    fn sorted_services(&self) -> Vec<Arc<LbService>> {
         let mut all = self.services.state();
         all.sort_by_key(|s| service::key(s));
         all
@@ -257,14 +258,11 @@ impl Controller {
         self.sync_pools();
         for svc in self.sorted_services() {
             let key = service::key(&svc);
-            let ips = service::status_ips(&svc);
+            let ips = svc.status.ingress.clone();
             if ips.is_empty() {
                 continue;
             }
-            match (
-                service::status_is_ours(&svc),
-                service::intent(&svc, &self.config),
-            ) {
+            match (svc.status_is_ours(), service::intent(&svc, &self.config)) {
                 (true, Intent::Wants(w)) => {
                     if let Err(e) = self.allocator.restore(&key, &ips, &w.sharing) {
                         tracing::warn!(service = %key, "not restoring its IPs: {e}");
@@ -397,7 +395,7 @@ impl Controller {
                 self.freed |= !self.allocator.release(key).is_empty();
                 self.waiting.remove(key);
                 self.last_note.remove(key);
-                if service::status_is_ours(&svc) {
+                if svc.status_is_ours() {
                     vec![status_write(&svc, status::service_clear())]
                 } else {
                     self.track_foreign(&svc);
@@ -474,9 +472,9 @@ impl Controller {
     }
 
     /// IPs another load balancer wrote stay reserved while they are in a status.
-    fn track_foreign(&mut self, svc: &Service) {
+    fn track_foreign(&mut self, svc: &LbService) {
         let key = service::key(svc);
-        let mut ips = service::status_ips(svc);
+        let mut ips = svc.status.ingress.clone();
         ips.sort();
         if self.allocator.foreign_of(&key) == ips {
             return;
@@ -487,7 +485,7 @@ impl Controller {
         }
     }
 
-    fn failure(&mut self, svc: &Service, reason: &str, message: &str) -> Vec<Write> {
+    fn failure(&mut self, svc: &LbService, reason: &str, message: &str) -> Vec<Write> {
         let key = service::key(svc);
         self.waiting.insert(key.clone());
         let mut writes = Vec::new();
@@ -505,7 +503,7 @@ impl Controller {
     }
 
     /// An Event for `note`, unless it is what was last said about this Service.
-    fn note(&mut self, svc: &Service, note: Note) -> Option<Write> {
+    fn note(&mut self, svc: &LbService, note: Note) -> Option<Write> {
         let key = service::key(svc);
         if self.last_note.get(&key) == Some(&fingerprint(&note)) {
             return None;
@@ -514,7 +512,7 @@ impl Controller {
         Some(Write::Event { key, note })
     }
 
-    fn eligible_pools(&self, svc: &Service) -> Vec<String> {
+    fn eligible_pools(&self, svc: &LbService) -> Vec<String> {
         let ns = svc.namespace().unwrap_or_default();
         let ns_labels = self
             .namespaces
@@ -525,7 +523,7 @@ impl Controller {
     }
 
     /// Whether applying `patch` would change what the Service shows (times aside).
-    fn status_differs(&self, svc: &Service, patch: &Value) -> bool {
+    fn status_differs(&self, svc: &LbService, patch: &Value) -> bool {
         let want_ips: Vec<IpAddr> = patch["status"]["loadBalancer"]["ingress"]
             .as_array()
             .into_iter()
@@ -533,19 +531,12 @@ impl Controller {
             .filter_map(|i| i["ip"].as_str()?.parse().ok())
             .collect();
         let want = &patch["status"]["conditions"][0];
-        let have = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .find(|c| c.type_ == status::CONDITION);
-        let same_condition = have.is_some_and(|c| {
-            want["status"] == c.status.as_str()
+        let same_condition = svc.status.condition.as_ref().is_some_and(|c| {
+            want["status"] == if c.allocated { "True" } else { "False" }
                 && want["reason"] == c.reason.as_str()
                 && want["message"] == c.message.as_str()
         });
-        service::status_ips(svc) != want_ips || !same_condition
+        svc.status.ingress != want_ips || !same_condition
     }
 
     /// Pool statuses that changed since they were last written; also refreshes the pool
@@ -669,7 +660,7 @@ fn fingerprint(note: &Note) -> u64 {
         })
 }
 
-fn status_write(svc: &Service, patch: Value) -> Write {
+fn status_write(svc: &LbService, patch: Value) -> Write {
     Write::Status {
         key: service::key(svc),
         namespace: svc.namespace().unwrap_or_default(),
@@ -680,7 +671,7 @@ fn status_write(svc: &Service, patch: Value) -> Write {
 
 async fn perform(
     client: &Client,
-    services: &Store<Service>,
+    services: &Store<LbService>,
     reporter: &Reporter,
     write: &Write,
 ) -> Result<()> {
@@ -692,7 +683,7 @@ async fn perform(
             patch,
             ..
         } => {
-            Api::<Service>::namespaced(client.clone(), namespace)
+            Api::<LbService>::namespaced(client.clone(), namespace)
                 .patch_status(name, &apply, &Patch::Apply(patch))
                 .await
                 .context("patching Service status")?;

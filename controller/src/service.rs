@@ -1,12 +1,11 @@
 //! What a Service asks of Herald, read from its spec and annotations. Pure.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use herald_api::keys;
-use k8s_openapi::api::core::v1::Service;
+use herald_api::service::{FamilyPolicy, IpFamily, LbService};
 
-use crate::allocator::{Families, Family, Port, Sharing};
+use crate::allocator::{Families, Family, Sharing};
 
 /// Which Services this controller serves.
 #[derive(Debug, Clone)]
@@ -35,28 +34,13 @@ pub struct Wants {
     pub sharing: Sharing,
 }
 
-pub fn key(svc: &Service) -> String {
-    format!(
-        "{}/{}",
-        svc.metadata.namespace.as_deref().unwrap_or_default(),
-        svc.metadata.name.as_deref().unwrap_or_default()
-    )
+pub fn key(svc: &LbService) -> String {
+    svc.key()
 }
 
-/// First annotation of `keys` that is set (Herald's key wins over MetalLB's).
-fn annotation<'a>(svc: &'a Service, keys: &[&str]) -> Option<&'a str> {
-    let annotations = svc.metadata.annotations.as_ref()?;
-    keys.iter()
-        .find_map(|k| annotations.get(*k))
-        .map(|v| v.trim())
-        .filter(|v| !v.is_empty())
-}
-
-pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
-    let Some(spec) = &svc.spec else {
-        return Intent::NotOurs;
-    };
-    if spec.type_.as_deref() != Some("LoadBalancer") || svc.metadata.deletion_timestamp.is_some() {
+pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
+    let spec = &svc.spec;
+    if !spec.load_balancer || svc.metadata.deletion_timestamp.is_some() {
         return Intent::NotOurs;
     }
     match spec.load_balancer_class.as_deref() {
@@ -65,7 +49,7 @@ pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
         _ => {}
     }
 
-    let requested = match annotation(svc, &keys::IPS_KEYS) {
+    let requested = match svc.annotation(&keys::IPS_KEYS) {
         Some(list) => list
             .split(',')
             .map(str::trim)
@@ -90,18 +74,13 @@ pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
         }
     }
 
-    let family = |name: &str| {
-        if name == "IPv6" {
-            Family::V6
-        } else {
-            Family::V4
-        }
-    };
     let mut order: Vec<Family> = spec
         .ip_families
         .iter()
-        .flatten()
-        .map(|f| family(f))
+        .map(|f| match f {
+            IpFamily::V4 => Family::V4,
+            IpFamily::V6 => Family::V6,
+        })
         .collect();
     if order.is_empty() {
         order = requested_ips.iter().map(|ip| Family::of(*ip)).collect();
@@ -109,8 +88,8 @@ pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
     if order.is_empty() {
         order.push(Family::V4);
     }
-    let families = match spec.ip_family_policy.as_deref() {
-        Some("RequireDualStack") => {
+    let families = match spec.ip_family_policy {
+        FamilyPolicy::RequireDualStack => {
             let other = if order[0] == Family::V4 {
                 Family::V6
             } else {
@@ -124,45 +103,34 @@ pub fn intent(svc: &Service, config: &ClassConfig) -> Intent {
                 all_required: true,
             }
         }
-        Some("PreferDualStack") => Families {
+        FamilyPolicy::PreferDualStack => Families {
             order,
             all_required: false,
         },
-        _ => Families::single(order[0]),
+        FamilyPolicy::SingleStack => Families::single(order[0]),
     };
 
-    let ports: BTreeSet<Port> = spec
-        .ports
-        .iter()
-        .flatten()
-        .map(|p| Port {
-            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-            port: p.port,
-        })
-        .collect();
-    let local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let sharing = Sharing {
-        key: annotation(svc, &keys::SHARING_KEYS).map(str::to_owned),
-        ports,
-        local_selector: local.then(|| spec.selector.clone().unwrap_or_default()),
-    };
+    let sharing = Sharing::new(
+        svc.annotation(&keys::SHARING_KEYS).map(str::to_owned),
+        spec.ports.iter().copied(),
+        spec.local_traffic
+            .then(|| spec.selector.clone().unwrap_or_default()),
+    );
 
     Intent::Wants(Wants {
         families,
         requested_ips,
-        pool: annotation(svc, &keys::POOL_KEYS).map(str::to_owned),
+        pool: svc.annotation(&keys::POOL_KEYS).map(str::to_owned),
         sharing,
     })
 }
-
-pub use herald_api::service_status::{slim, status_ips, status_is_ours};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn svc(yaml: &str) -> Service {
-        serde_json::from_value(serde_yaml_ng::from_str::<serde_json::Value>(yaml).unwrap()).unwrap()
+    fn svc(yaml: &str) -> LbService {
+        serde_yaml_ng::from_str(yaml).unwrap()
     }
 
     fn config() -> ClassConfig {
@@ -191,44 +159,6 @@ mod tests {
             "metadata: {name: a, namespace: n}\nspec: {type: LoadBalancer, loadBalancerClass: herald.dev/l2}",
         );
         assert!(matches!(intent(&ours, &no_unset), Intent::Wants(_)));
-    }
-
-    #[test]
-    fn slim_services_mean_the_same() {
-        let full = svc(r#"
-metadata:
-  name: a
-  namespace: n
-  labels: {app: web}
-  annotations: {herald.dev/sharing-key: k, metallb.io/address-pool: p, kubectl.kubernetes.io/last-applied-configuration: "{...}"}
-spec:
-  type: LoadBalancer
-  externalTrafficPolicy: Local
-  selector: {app: web}
-  ipFamilyPolicy: PreferDualStack
-  ipFamilies: [IPv6, IPv4]
-  clusterIP: 10.96.0.10
-  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: UDP}]
-status:
-  loadBalancer: {ingress: [{ip: 192.0.2.1}]}
-  conditions:
-  - {type: herald.dev/IPAllocated, status: "True", reason: Allocated, message: m, lastTransitionTime: "2026-01-01T00:00:00Z"}
-  - {type: other.example/Thing, status: "True", reason: R, message: m, lastTransitionTime: "2026-01-01T00:00:00Z"}
-"#);
-        let mut slimmed = full.clone();
-        slim(&mut slimmed);
-        assert_eq!(intent(&slimmed, &config()), intent(&full, &config()));
-        assert_eq!(status_ips(&slimmed), status_ips(&full));
-        assert!(status_is_ours(&slimmed));
-        let annotations = slimmed.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(annotations.len(), 2, "{annotations:?}");
-        let spec = slimmed.spec.clone().unwrap_or_default();
-        assert_eq!(spec.cluster_ip, None);
-        assert_eq!(slimmed.status.unwrap().conditions.unwrap().len(), 1);
-        assert!(
-            serde_json::to_string(&slimmed.spec).unwrap().len()
-                < serde_json::to_string(&full.spec).unwrap().len()
-        );
     }
 
     #[test]

@@ -6,10 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use herald_api::selector::matches;
-use herald_api::service_status::{allocated_by_herald, status_ips};
-use herald_api::{AddressEntry, IPPool, L2Advertisement};
+use herald_api::{AddressEntry, IPPool, L2Advertisement, LbService};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Service;
 
 use crate::announcer::Plan;
 use crate::election::{self, Candidate, NoOwner, NodeFacts};
@@ -18,7 +16,7 @@ use crate::interfaces::Snapshot;
 /// Everything the decision depends on.
 pub struct View<'a> {
     pub me: &'a str,
-    pub services: &'a [&'a Service],
+    pub services: &'a [&'a LbService],
     pub nodes: &'a BTreeMap<String, NodeFacts>,
     /// Subnets each live speaker can announce on (from its heartbeats; this node's from
     /// its own interfaces).
@@ -47,13 +45,12 @@ pub struct Decision {
 }
 
 pub fn decide(view: &View) -> Decision {
-    let mut by_ip: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
+    let mut by_ip: BTreeMap<IpAddr, Vec<&LbService>> = BTreeMap::new();
     for svc in view.services {
-        let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-        if !is_lb || !allocated_by_herald(svc) {
+        if !svc.spec.load_balancer || !svc.allocated_by_herald() {
             continue;
         }
-        for ip in status_ips(svc) {
+        for &ip in &svc.status.ingress {
             by_ip.entry(ip).or_default().push(svc);
         }
     }
@@ -74,7 +71,7 @@ pub fn decide(view: &View) -> Decision {
         .collect();
     let mut decision = Decision::default();
     for (ip, services) in by_ip {
-        let keys = services.iter().map(|s| key(s)).collect();
+        let keys = services.iter().map(|s| s.key()).collect();
         let (owner, forced) = match owner(view, &pools, ip, &services) {
             Ok((owner, forced)) => (Ok(owner), forced),
             Err(e) => (Err(e), Vec::new()),
@@ -98,20 +95,12 @@ pub fn decide(view: &View) -> Decision {
     decision
 }
 
-fn key(svc: &Service) -> String {
-    format!(
-        "{}/{}",
-        svc.metadata.namespace.as_deref().unwrap_or_default(),
-        svc.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
 /// The owner of `ip` and the interfaces forced by the advertisements that select its pool.
 fn owner(
     view: &View,
     pools: &[(&IPPool, Vec<herald_api::IpRange>)],
     ip: IpAddr,
-    services: &[&Service],
+    services: &[&LbService],
 ) -> Result<(String, Vec<String>), NoOwner> {
     let pool = pools
         .iter()
@@ -147,13 +136,8 @@ fn owner(
     // for all; intersecting keeps this safe even if it did not.
     let mut local: Option<BTreeSet<String>> = None;
     for svc in services {
-        let is_local = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.external_traffic_policy.as_deref())
-            == Some("Local");
-        if is_local {
-            let eps = view.endpoints.get(&key(svc)).cloned().unwrap_or_default();
+        if svc.spec.local_traffic {
+            let eps = view.endpoints.get(&svc.key()).cloned().unwrap_or_default();
             local = Some(match local {
                 None => eps,
                 Some(prev) => prev.intersection(&eps).cloned().collect(),

@@ -13,10 +13,10 @@ use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{self, Note, Reporter};
 use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
 use herald_api::watch::cached;
-use herald_api::{IPPool, L2Advertisement};
+use herald_api::{IPPool, L2Advertisement, LbService};
 use herald_telemetry::{Health, Registry};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
@@ -44,7 +44,7 @@ pub struct Config {
 }
 
 struct Stores {
-    services: Store<Service>,
+    services: Store<LbService>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
     pools: Store<IPPool>,
@@ -204,8 +204,16 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
     spawn_watch(
-        cached(client.clone(), w1, |s: &mut Service| {
-            s.metadata.managed_fields = None
+        cached(client.clone(), w1, |s: &mut LbService| {
+            // The speaker reads type, traffic policy and status only.
+            s.metadata.labels = None;
+            s.metadata.annotations = None;
+            s.spec.selector = None;
+            s.spec.ports = Vec::new();
+            if let Some(c) = s.status.condition.as_mut() {
+                c.reason = String::new();
+                c.message = String::new();
+            }
         }),
         changed.clone(),
         "Services",
@@ -338,7 +346,7 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
         }
     }
     let services = stores.services.state();
-    let services: Vec<&Service> = services.iter().map(|s| &**s).collect();
+    let services: Vec<&LbService> = services.iter().map(|s| &**s).collect();
     let pools = stores.pools.state();
     let pools: Vec<&IPPool> = pools.iter().map(|p| &**p).collect();
     let ads = stores.ads.state();
@@ -390,7 +398,7 @@ impl Notes {
 
     /// Writes the L2Announcement of one Service IP (owned by the Service, so deleting the
     /// Service deletes it), unless this speaker already wrote exactly that.
-    async fn record(&mut self, svc: &Service, ip: IpAddr, spec: L2AnnouncementSpec) {
+    async fn record(&mut self, svc: &LbService, ip: IpAddr, spec: L2AnnouncementSpec) {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = announcement::name(&spec.service, ip);
         let key = format!("{ns}/{name}");
@@ -423,7 +431,7 @@ impl Notes {
 
     async fn publish(
         &mut self,
-        services: &Store<Service>,
+        services: &Store<LbService>,
         before: &Decision,
         now: &Decision,
         gossip: &Gossip,

@@ -41,7 +41,11 @@ pub fn speaker(cp: &ControlPlane, lan: &Lan, node: &str, key: &str, log: &str) -
 
 /// A speaker named `node` in the network namespace `ns` (any namespace of the LAN).
 pub fn speaker_in(cp: &ControlPlane, ns: &str, node: &str, key: &str, log: &str) -> Process {
-    let bin = crate::bins::herald_binary("herald-speaker").expect("speaker binary");
+    // HERALD_SPEAKER_BIN: another build or a wrapper (a heap profiler, docs/benchmarks.md).
+    let bin = match std::env::var_os("HERALD_SPEAKER_BIN") {
+        Some(bin) => bin.into(),
+        None => crate::bins::herald_binary("herald-speaker").expect("speaker binary"),
+    };
     let mut cmd = command_in(ns, &bin);
     cmd.args([
         "run",

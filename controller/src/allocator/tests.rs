@@ -169,7 +169,7 @@ fn dual_stack_policies() {
 #[test]
 fn sharing_needs_the_same_key_and_distinct_ports() {
     let port = |p: i32| Port {
-        protocol: "TCP".into(),
+        protocol: herald_api::service::Protocol::Tcp,
         port: p,
     };
     let mut a = Allocator::new();

@@ -5,7 +5,7 @@ fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
     serde_yaml_ng::from_str(s).expect("yaml")
 }
 
-fn service(name: &str, ip: &str, local: bool) -> Service {
+fn service(name: &str, ip: &str, local: bool) -> LbService {
     yaml(&format!(
         "metadata: {{name: {name}, namespace: default}}
 spec: {{type: LoadBalancer, externalTrafficPolicy: {}}}
@@ -41,7 +41,7 @@ fn snapshot() -> Snapshot {
 }
 
 struct Fixture {
-    services: Vec<Service>,
+    services: Vec<LbService>,
     nodes: BTreeMap<String, NodeFacts>,
     pools: Vec<IPPool>,
     ads: Vec<L2Advertisement>,
@@ -65,7 +65,7 @@ impl Fixture {
     }
 
     fn decide_as(&self, me: &str) -> Decision {
-        let services: Vec<&Service> = self.services.iter().collect();
+        let services: Vec<&LbService> = self.services.iter().collect();
         let pools: Vec<&IPPool> = self.pools.iter().collect();
         let ads: Vec<&L2Advertisement> = self.ads.iter().collect();
         let snap = snapshot();
@@ -112,10 +112,14 @@ fn exactly_one_node_plans_to_answer_and_all_agree_who() {
 fn only_herald_allocated_load_balancers_are_announced() {
     let mut f = Fixture::new();
     let mut foreign = service("other", "192.0.2.20", false);
-    foreign.status.as_mut().unwrap().conditions = None;
+    foreign.status.condition = None;
     let mut not_lb = service("clusterip", "192.0.2.21", false);
-    not_lb.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
-    f.services.extend([foreign, not_lb]);
+    not_lb.spec.load_balancer = false;
+    let mut failed = service("failed", "192.0.2.22", false);
+    if let Some(c) = failed.status.condition.as_mut() {
+        c.allocated = false;
+    }
+    f.services.extend([foreign, not_lb, failed]);
     assert_eq!(f.decide_as("a").ips.len(), 1);
 }
 

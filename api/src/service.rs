@@ -1,0 +1,438 @@
+//! `LbService`: a Service as both binaries cache it. Only the fields Herald reads, in compact
+//! form, deserialized straight from the API server's JSON (everything else is skipped by the
+//! parser, so a full Service is never built). With 10,000 Services this is what keeps the
+//! caches small: k8s-openapi's `Service` is 840 bytes before any field is set, and most of
+//! what the API server sends (managed fields, cluster IPs, node ports...) Herald never reads.
+//!
+//! It is a `kube::Resource` for the Service kind, so it is watched, cached and referenced like
+//! any other; it is never written (writes go through server-side apply patches).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::Resource;
+use serde::Deserialize;
+
+use crate::keys;
+
+/// A Service, reduced to what Herald reads.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "wire::Service")]
+pub struct LbService {
+    /// Name, namespace, uid, resourceVersion, generation, deletion time, labels, and only
+    /// Herald's and MetalLB's annotations.
+    pub metadata: ObjectMeta,
+    pub spec: LbSpec,
+    pub status: LbStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbSpec {
+    /// `type: LoadBalancer`.
+    pub load_balancer: bool,
+    pub load_balancer_class: Option<String>,
+    pub load_balancer_ip: Option<String>,
+    pub ip_family_policy: FamilyPolicy,
+    /// `ipFamilies`, in order (at most two).
+    pub ip_families: Vec<IpFamily>,
+    /// `externalTrafficPolicy: Local`.
+    pub local_traffic: bool,
+    /// The pod selector; kept only with `externalTrafficPolicy: Local` (Services sharing an
+    /// IP must then select the same pods).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub ports: Vec<LbPort>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FamilyPolicy {
+    #[default]
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LbPort {
+    pub port: i32,
+    pub protocol: Protocol,
+}
+
+/// A Service port's protocol (the API server accepts only these three).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbStatus {
+    /// The IPs of `status.loadBalancer.ingress`, in order; entries without a valid IP (a
+    /// hostname) are left out.
+    pub ingress: Vec<IpAddr>,
+    /// Herald's condition (`herald.dev/IPAllocated`), when the status has it.
+    pub condition: Option<LbCondition>,
+}
+
+/// Herald's condition as last written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbCondition {
+    /// `status: "True"`.
+    pub allocated: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl LbService {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Whether Herald wrote this Service's status (its condition is there).
+    pub fn status_is_ours(&self) -> bool {
+        self.status.condition.is_some()
+    }
+
+    /// Whether Herald's condition says the Service's IPs are allocated (the speaker announces
+    /// only those).
+    pub fn allocated_by_herald(&self) -> bool {
+        self.status.condition.as_ref().is_some_and(|c| c.allocated)
+    }
+
+    /// The first annotation of `keys` that is set and not blank, trimmed.
+    pub fn annotation(&self, keys: &[&str]) -> Option<&str> {
+        let annotations = self.metadata.annotations.as_ref()?;
+        keys.iter()
+            .find_map(|k| annotations.get(*k))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl Resource for LbService {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Service".into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        "services".into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The JSON shape, with only the fields read; serde skips the rest without allocating.
+mod wire {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct Service {
+        #[serde(default)]
+        metadata: Meta,
+        #[serde(default)]
+        spec: Spec,
+        #[serde(default)]
+        status: Status,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        generation: Option<i64>,
+        deletion_timestamp: Option<Time>,
+        labels: Option<BTreeMap<String, String>>,
+        annotations: Option<BTreeMap<String, String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Spec {
+        #[serde(rename = "type")]
+        type_: Option<String>,
+        load_balancer_class: Option<String>,
+        #[serde(rename = "loadBalancerIP")]
+        load_balancer_ip: Option<String>,
+        ip_family_policy: Option<String>,
+        ip_families: Option<Vec<String>>,
+        external_traffic_policy: Option<String>,
+        selector: Option<BTreeMap<String, String>>,
+        ports: Option<Vec<Port>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Port {
+        port: i32,
+        protocol: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Status {
+        load_balancer: Option<LoadBalancer>,
+        conditions: Option<Vec<Condition>>,
+    }
+
+    #[derive(Deserialize)]
+    struct LoadBalancer {
+        ingress: Option<Vec<Ingress>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Ingress {
+        ip: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct Condition {
+        #[serde(rename = "type")]
+        type_: String,
+        status: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        message: String,
+    }
+
+    impl From<Service> for LbService {
+        fn from(w: Service) -> Self {
+            let mut annotations = w.metadata.annotations;
+            if let Some(a) = annotations.as_mut() {
+                a.retain(|k, _| {
+                    let k = k.as_str();
+                    keys::POOL_KEYS.contains(&k)
+                        || keys::IPS_KEYS.contains(&k)
+                        || keys::SHARING_KEYS.contains(&k)
+                });
+            }
+            let spec = w.spec;
+            let local_traffic = spec.external_traffic_policy.as_deref() == Some("Local");
+            let condition = w
+                .status
+                .conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c.type_ == keys::IP_ALLOCATED_CONDITION)
+                .map(|c| LbCondition {
+                    allocated: c.status == "True",
+                    reason: c.reason,
+                    message: c.message,
+                });
+            let ingress = w
+                .status
+                .load_balancer
+                .and_then(|lb| lb.ingress)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip?.parse().ok())
+                .collect();
+            LbService {
+                metadata: ObjectMeta {
+                    name: w.metadata.name,
+                    namespace: w.metadata.namespace,
+                    uid: w.metadata.uid,
+                    resource_version: w.metadata.resource_version,
+                    generation: w.metadata.generation,
+                    deletion_timestamp: w.metadata.deletion_timestamp,
+                    labels: w.metadata.labels.filter(|l| !l.is_empty()),
+                    annotations: annotations.filter(|a| !a.is_empty()),
+                    ..ObjectMeta::default()
+                },
+                spec: LbSpec {
+                    load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
+                    load_balancer_class: spec.load_balancer_class,
+                    load_balancer_ip: spec.load_balancer_ip,
+                    ip_family_policy: match spec.ip_family_policy.as_deref() {
+                        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
+                        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
+                        _ => FamilyPolicy::SingleStack,
+                    },
+                    ip_families: spec
+                        .ip_families
+                        .into_iter()
+                        .flatten()
+                        .take(2)
+                        .map(|f| match f.as_str() {
+                            "IPv6" => IpFamily::V6,
+                            _ => IpFamily::V4,
+                        })
+                        .collect(),
+                    local_traffic,
+                    selector: spec.selector.filter(|_| local_traffic),
+                    ports: spec
+                        .ports
+                        .into_iter()
+                        .flatten()
+                        .map(|p| LbPort {
+                            port: p.port,
+                            protocol: match p.protocol.as_deref() {
+                                Some("UDP") => Protocol::Udp,
+                                Some("SCTP") => Protocol::Sctp,
+                                _ => Protocol::Tcp,
+                            },
+                        })
+                        .collect(),
+                },
+                status: LbStatus { ingress, condition },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  uid: 4a1c
+  resourceVersion: "42"
+  generation: 3
+  labels: {app: web}
+  annotations:
+    herald.dev/pool: lan
+    metallb.io/allow-shared-ip: k
+    kubectl.kubernetes.io/last-applied-configuration: "{...}"
+  managedFields: [{manager: kubectl, operation: Update, fieldsType: FieldsV1, fieldsV1: {f:spec: {}}}]
+spec:
+  type: LoadBalancer
+  loadBalancerClass: herald.dev/l2
+  loadBalancerIP: 192.0.2.7
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv6, IPv4]
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}, {port: 53, protocol: UDP}]
+status:
+  loadBalancer:
+    ingress: [{ip: 192.0.2.7, ipMode: VIP}, {hostname: lb.example}, {ip: "2001:db8::7"}]
+  conditions:
+  - {type: other.io/Thing, status: "True", reason: X, message: x, lastTransitionTime: "2026-01-01T00:00:00Z"}
+  - {type: herald.dev/IPAllocated, status: "True", reason: Allocated, message: "192.0.2.7 from IPPool lan", lastTransitionTime: "2026-01-01T00:00:00Z"}
+"#;
+
+    #[test]
+    fn keeps_what_herald_reads_from_a_full_service() {
+        let svc: LbService = serde_yaml_ng::from_str(FULL).unwrap();
+        assert_eq!(svc.key(), "shop/web");
+        assert_eq!(svc.metadata.uid.as_deref(), Some("4a1c"));
+        assert_eq!(svc.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(svc.metadata.generation, Some(3));
+        assert!(svc.metadata.managed_fields.is_none());
+        let annotations = svc.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["herald.dev/pool", "metallb.io/allow-shared-ip"]
+        );
+        assert_eq!(svc.annotation(&keys::POOL_KEYS), Some("lan"));
+        assert_eq!(svc.annotation(&keys::SHARING_KEYS), Some("k"));
+        let spec = &svc.spec;
+        assert!(spec.load_balancer && spec.local_traffic);
+        assert_eq!(spec.load_balancer_class.as_deref(), Some("herald.dev/l2"));
+        assert_eq!(spec.load_balancer_ip.as_deref(), Some("192.0.2.7"));
+        assert_eq!(spec.ip_family_policy, FamilyPolicy::RequireDualStack);
+        assert_eq!(spec.ip_families, [IpFamily::V6, IpFamily::V4]);
+        assert_eq!(spec.selector.as_ref().unwrap()["app"], "web");
+        assert_eq!(
+            spec.ports,
+            [
+                LbPort {
+                    port: 80,
+                    protocol: Protocol::Tcp
+                },
+                LbPort {
+                    port: 53,
+                    protocol: Protocol::Udp
+                }
+            ]
+        );
+        let ips: Vec<String> = svc.status.ingress.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["192.0.2.7", "2001:db8::7"]);
+        assert!(svc.status_is_ours() && svc.allocated_by_herald());
+        let c = svc.status.condition.as_ref().unwrap();
+        assert_eq!(
+            (c.reason.as_str(), c.message.as_str()),
+            ("Allocated", "192.0.2.7 from IPPool lan")
+        );
+    }
+
+    #[test]
+    fn minimal_and_foreign_services() {
+        let svc: LbService = serde_yaml_ng::from_str(
+            "metadata: {name: a, namespace: n}\nspec: {type: ClusterIP, selector: {app: a}}",
+        )
+        .unwrap();
+        assert!(!svc.spec.load_balancer);
+        assert_eq!(svc.spec.selector, None, "selector kept only for Local");
+        assert!(!svc.status_is_ours() && !svc.allocated_by_herald());
+        assert_eq!(svc.spec.ip_family_policy, FamilyPolicy::SingleStack);
+
+        let failed: LbService = serde_yaml_ng::from_str(
+            "metadata: {name: a}\nstatus: {conditions: [{type: herald.dev/IPAllocated, status: \"False\", reason: PoolExhausted, message: m}]}",
+        )
+        .unwrap();
+        assert!(failed.status_is_ours() && !failed.allocated_by_herald());
+        assert!(failed.status.ingress.is_empty());
+    }
+
+    #[test]
+    fn is_a_service_resource() {
+        assert_eq!(LbService::kind(&()), "Service");
+        assert_eq!(LbService::api_version(&()), "v1");
+        assert_eq!(
+            LbService::url_path(&(), Some("n")),
+            "/api/v1/namespaces/n/services"
+        );
+    }
+}
