@@ -73,7 +73,7 @@ pub fn build(svc: &LbService, note: &Note, reporter: &Reporter) -> Event {
             name: Some(name.clone()),
             namespace: svc.metadata.namespace.clone(),
             uid: svc.metadata.uid.clone(),
-            resource_version: svc.metadata.resource_version.clone(),
+            resource_version: None,
             field_path: None,
         }),
         reporting_controller: Some(reporter.controller.clone()),

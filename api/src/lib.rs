@@ -18,7 +18,7 @@ pub use address::{AddressEntry, AddressError, IpRange};
 pub use announcement::{L2Announcement, L2AnnouncementSpec};
 pub use l2::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
 pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
-pub use service::LbService;
+pub use service::{LbService, ServiceObject};
 
 /// API group of every Herald resource.
 pub const GROUP: &str = "herald.dev";

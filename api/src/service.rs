@@ -4,8 +4,9 @@
 //! caches small: k8s-openapi's `Service` is 840 bytes before any field is set, and most of
 //! what the API server sends (managed fields, cluster IPs, node ports...) Herald never reads.
 //!
-//! It is a `kube::Resource` for the Service kind, so it is watched, cached and referenced like
-//! any other; it is never written (writes go through server-side apply patches).
+//! `ServiceObject` is the `kube::Resource` that is watched (an `LbService` plus the metadata a
+//! watch needs); only its `LbService` is cached (`watch::projected`). Neither is ever written
+//! (writes are server-side apply patches).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -23,11 +24,32 @@ use crate::keys;
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(from = "wire::Service")]
 pub struct LbService {
-    /// Name, namespace, uid, resourceVersion, generation, deletion time, labels, and only
-    /// Herald's and MetalLB's annotations.
-    pub metadata: ObjectMeta,
+    pub metadata: LbMeta,
     pub spec: LbSpec,
     pub status: LbStatus,
+}
+
+/// The metadata Herald reads (field names as in `ObjectMeta`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    /// `deletionTimestamp` is set.
+    pub deleting: bool,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Herald's and MetalLB's annotations only.
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// What a Service watch delivers: the `LbService` plus the metadata the watch itself needs
+/// (resourceVersion to resume). Dropped once projected into a `watch::Cache`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "wire::Service")]
+pub struct ServiceObject {
+    pub metadata: ObjectMeta,
+    pub service: LbService,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,6 +136,12 @@ impl LbService {
         )
     }
 
+    /// The Service's labels (empty when it has none).
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.metadata.labels.as_ref().unwrap_or(&EMPTY)
+    }
+
     /// Whether Herald wrote this Service's status (its condition is there).
     pub fn status_is_ours(&self) -> bool {
         self.status.condition.is_some()
@@ -135,7 +163,7 @@ impl LbService {
     }
 }
 
-impl Resource for LbService {
+impl Resource for ServiceObject {
     type DynamicType = ();
     type Scope = NamespaceResourceScope;
 
@@ -242,6 +270,12 @@ mod wire {
 
     impl From<Service> for LbService {
         fn from(w: Service) -> Self {
+            ServiceObject::from(w).service
+        }
+    }
+
+    impl From<Service> for ServiceObject {
+        fn from(w: Service) -> Self {
             let mut annotations = w.metadata.annotations;
             if let Some(a) = annotations.as_mut() {
                 a.retain(|k, _| {
@@ -272,17 +306,21 @@ mod wire {
                 .flatten()
                 .filter_map(|i| i.ip?.parse().ok())
                 .collect();
-            LbService {
-                metadata: ObjectMeta {
+            let metadata = ObjectMeta {
+                name: w.metadata.name.clone(),
+                namespace: w.metadata.namespace.clone(),
+                resource_version: w.metadata.resource_version,
+                ..ObjectMeta::default()
+            };
+            let service = LbService {
+                metadata: LbMeta {
                     name: w.metadata.name,
                     namespace: w.metadata.namespace,
                     uid: w.metadata.uid,
-                    resource_version: w.metadata.resource_version,
                     generation: w.metadata.generation,
-                    deletion_timestamp: w.metadata.deletion_timestamp,
+                    deleting: w.metadata.deletion_timestamp.is_some(),
                     labels: w.metadata.labels.filter(|l| !l.is_empty()),
                     annotations: annotations.filter(|a| !a.is_empty()),
-                    ..ObjectMeta::default()
                 },
                 spec: LbSpec {
                     load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
@@ -320,7 +358,8 @@ mod wire {
                         .collect(),
                 },
                 status: LbStatus { ingress, condition },
-            }
+            };
+            ServiceObject { metadata, service }
         }
     }
 }
@@ -367,9 +406,13 @@ status:
         let svc: LbService = serde_yaml_ng::from_str(FULL).unwrap();
         assert_eq!(svc.key(), "shop/web");
         assert_eq!(svc.metadata.uid.as_deref(), Some("4a1c"));
-        assert_eq!(svc.metadata.resource_version.as_deref(), Some("42"));
         assert_eq!(svc.metadata.generation, Some(3));
-        assert!(svc.metadata.managed_fields.is_none());
+        assert!(!svc.metadata.deleting);
+        assert_eq!(svc.labels()["app"], "web");
+        let watched: ServiceObject = serde_yaml_ng::from_str(FULL).unwrap();
+        assert_eq!(watched.metadata.resource_version.as_deref(), Some("42"));
+        assert!(watched.metadata.managed_fields.is_none() && watched.metadata.labels.is_none());
+        assert_eq!(watched.service, svc);
         let annotations = svc.metadata.annotations.clone().unwrap();
         assert_eq!(
             annotations.keys().collect::<Vec<_>>(),
@@ -428,10 +471,10 @@ status:
 
     #[test]
     fn is_a_service_resource() {
-        assert_eq!(LbService::kind(&()), "Service");
-        assert_eq!(LbService::api_version(&()), "v1");
+        assert_eq!(ServiceObject::kind(&()), "Service");
+        assert_eq!(ServiceObject::api_version(&()), "v1");
         assert_eq!(
-            LbService::url_path(&(), Some("n")),
+            ServiceObject::url_path(&(), Some("n")),
             "/api/v1/namespaces/n/services"
         );
     }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
 use herald_api::IPPool;
-use herald_api::LbService;
 use herald_api::keys::CONTROLLER_MANAGER;
-use herald_api::watch::cached;
+use herald_api::watch::{Cache, Change, cached, projected};
+use herald_api::{LbService, ServiceObject};
 use herald_telemetry::Registry;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
@@ -70,7 +70,7 @@ pub struct Controller {
     config: ClassConfig,
     reporter: Reporter,
     registry: Arc<Registry>,
-    services: Store<LbService>,
+    services: Cache<LbService>,
     pools: Store<IPPool>,
     namespaces: Store<Namespace>,
     parsed_pools: Vec<ParsedPool>,
@@ -99,16 +99,13 @@ pub async fn run(
     instance: String,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (services, svc_writer) = reflector::store();
     let (pool_store, pool_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
 
-    let svc_stream = cached(client.clone(), svc_writer, |_| {}).map(|e| match e {
-        Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
-            Some(Trigger::Service(service::key(&s)))
-        }
-        Ok(watcher::Event::InitDone) => Some(Trigger::All),
-        Ok(_) => None,
+    let (services, svc_stream) = projected(client.clone(), |o: ServiceObject| o.service);
+    let svc_stream = svc_stream.map(|e| match e {
+        Ok(Change::Object(key)) => Some(Trigger::Service(key)),
+        Ok(Change::Relisted) => Some(Trigger::All),
         Err(e) => {
             tracing::warn!("watching Services: {e}");
             None
@@ -235,13 +232,6 @@ fn trigger_on_change<K: Resource>(
             tracing::warn!("watching {what}: {e}");
             None
         }
-    }
-}
-
-fn object_ref<K: Resource<DynamicType = ()>>(key: &str) -> ObjectRef<K> {
-    match key.split_once('/') {
-        Some((ns, name)) => ObjectRef::new(name).within(ns),
-        None => ObjectRef::new(key),
     }
 }
 
@@ -378,7 +368,7 @@ impl Controller {
 
     /// What the Service `key` needs written now. Updates the allocator; performs no I/O.
     fn decide(&mut self, key: &str) -> Vec<Write> {
-        let Some(svc) = self.services.get(&object_ref(key)) else {
+        let Some(svc) = self.services.get(key) else {
             // Deleted: its IPs go back to the pool.
             self.freed |= self.allocator.release_foreign(key);
             let freed = self.allocator.release(key);
@@ -513,7 +503,7 @@ impl Controller {
     }
 
     fn eligible_pools(&self, svc: &LbService) -> Vec<String> {
-        let ns = svc.namespace().unwrap_or_default();
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let ns_labels = self
             .namespaces
             .get(&ObjectRef::new(&ns))
@@ -663,15 +653,15 @@ fn fingerprint(note: &Note) -> u64 {
 fn status_write(svc: &LbService, patch: Value) -> Write {
     Write::Status {
         key: service::key(svc),
-        namespace: svc.namespace().unwrap_or_default(),
-        name: svc.name_any(),
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
         patch,
     }
 }
 
 async fn perform(
     client: &Client,
-    services: &Store<LbService>,
+    services: &Cache<LbService>,
     reporter: &Reporter,
     write: &Write,
 ) -> Result<()> {
@@ -683,14 +673,14 @@ async fn perform(
             patch,
             ..
         } => {
-            Api::<LbService>::namespaced(client.clone(), namespace)
+            Api::<ServiceObject>::namespaced(client.clone(), namespace)
                 .patch_status(name, &apply, &Patch::Apply(patch))
                 .await
                 .context("patching Service status")?;
         }
         Write::Event { key, note } => {
             // A Service deleted meanwhile needs no Event.
-            let Some(svc) = services.get(&object_ref(key)) else {
+            let Some(svc) = services.get(key) else {
                 return Ok(());
             };
             let event = events::build(&svc, note, reporter);

@@ -40,7 +40,7 @@ pub fn key(svc: &LbService) -> String {
 
 pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
     let spec = &svc.spec;
-    if !spec.load_balancer || svc.metadata.deletion_timestamp.is_some() {
+    if !spec.load_balancer || svc.metadata.deleting {
         return Intent::NotOurs;
     }
     match spec.load_balancer_class.as_deref() {

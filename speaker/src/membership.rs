@@ -220,6 +220,7 @@ impl Members {
         dead
     }
 
+    #[cfg(test)]
     pub fn is_live(&self, node: &str) -> bool {
         self.members.contains_key(node)
     }

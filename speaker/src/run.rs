@@ -12,8 +12,8 @@ use futures::{Stream, StreamExt};
 use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{self, Note, Reporter};
 use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
-use herald_api::watch::cached;
-use herald_api::{IPPool, L2Advertisement, LbService};
+use herald_api::watch::{Cache, cached, projected};
+use herald_api::{IPPool, L2Advertisement, LbService, ServiceObject};
 use herald_telemetry::{Health, Registry};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
@@ -43,8 +43,11 @@ pub struct Config {
     pub metrics_address: SocketAddr,
 }
 
+const MIN_COALESCE: Duration = Duration::from_millis(10);
+const MAX_COALESCE: Duration = Duration::from_millis(250);
+
 struct Stores {
-    services: Store<LbService>,
+    services: Cache<LbService>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
     pools: Store<IPPool>,
@@ -108,12 +111,16 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         .context("starting the gossip thread")?;
     let gossip = gossip_rx.await.context("the gossip thread ended")??;
 
-    for (what, ready) in [
-        ("Services", stores.services.clone().wait_until_ready().await),
-        ("Nodes", stores.nodes.clone().wait_until_ready().await),
-    ] {
-        ready.with_context(|| format!("{what} watch"))?;
-    }
+    stores
+        .services
+        .wait_until_ready()
+        .await
+        .context("Service watch")?;
+    stores
+        .nodes
+        .wait_until_ready()
+        .await
+        .context("Node watch")?;
     stores
         .slices
         .wait_until_ready()
@@ -131,8 +138,20 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         .context("L2Advertisement watch")?;
 
     let mut announcer = Announcer::new(config.refresh, registry.clone());
-    let mut notes = Notes::new(client.clone(), &config.node);
-    let mut last: Decision = Decision::default();
+    // Events and L2Announcements are written by a task of their own, from the latest
+    // decision: a burst of thousands of writes (a node died) never delays the next pass.
+    let (decision_tx, decision_rx) = watch::channel(Arc::new(Decision::default()));
+    tokio::spawn(Notes::new(client.clone(), &config.node).run(
+        stores.services.clone(),
+        decision_rx,
+        gossip.clone(),
+        config.node.clone(),
+    ));
+    let mut last = Arc::new(Decision::default());
+    // Passes over many Services cost milliseconds: bursts of watch events are coalesced for
+    // twice the last pass's time (at least 10 ms), so a speaker spends at most a third of a
+    // core deciding while thousands of Services change.
+    let mut coalesce;
     // Until the first heartbeats had time to arrive, this speaker would think it is alone
     // and claim every IP: it listens for one failure timeout before it decides anything.
     let settled_at = tokio::time::Instant::now() + config.failure_timeout + config.heartbeat;
@@ -155,15 +174,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             differs
         });
         let settling = tokio::time::Instant::now() < settled_at;
+        let started = tokio::time::Instant::now();
         let decision = if settling {
             Decision::default()
         } else {
             decide(&stores, &gossip, &config.node, &snapshot)
         };
         announcer.apply(&decision.plan, &snapshot.interfaces);
-        notes
-            .publish(&stores.services, &last, &decision, &gossip, &config.node)
-            .await;
+        coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
         for (ip, d) in &decision.ips {
             let was = last.ips.get(ip).map(|l| &l.owner);
             if was != Some(&d.owner)
@@ -173,7 +191,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                 registry.inc(metrics::OWNERSHIP_CHANGES, &[]);
             }
         }
-        last = decision;
+        last = Arc::new(decision);
+        decision_tx.send_replace(last.clone());
         let live = gossip.members.lock().map(|m| m.len()).unwrap_or(0) + 1;
         registry.set(metrics::MEMBERS, &[], live as f64);
         health.set_ready(!settling);
@@ -181,7 +200,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         tokio::select! {
             _ = changed.notified() => {
                 // Let a burst of watch events settle into one pass.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(coalesce).await;
             }
             _ = iface_rx.changed() => {}
             _ = tick.tick() => {}
@@ -198,26 +217,24 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 }
 
 fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
-    let (services, w1) = reflector::store();
     let (nodes, w2) = reflector::store();
     let (slices, w3) = reflector::store();
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
-    spawn_watch(
-        cached(client.clone(), w1, |s: &mut LbService| {
-            // The speaker reads type, traffic policy and status only.
-            s.metadata.labels = None;
-            s.metadata.annotations = None;
-            s.spec.selector = None;
-            s.spec.ports = Vec::new();
-            if let Some(c) = s.status.condition.as_mut() {
-                c.reason = String::new();
-                c.message = String::new();
-            }
-        }),
-        changed.clone(),
-        "Services",
-    );
+    let (services, service_changes) = projected(client.clone(), |o: ServiceObject| {
+        // The speaker reads type, traffic policy and status only.
+        let mut s = o.service;
+        s.metadata.labels = None;
+        s.metadata.annotations = None;
+        s.spec.selector = None;
+        s.spec.ports = Vec::new();
+        if let Some(c) = s.status.condition.as_mut() {
+            c.reason = String::new();
+            c.message = String::new();
+        }
+        s
+    });
+    spawn_watch(service_changes, changed.clone(), "Services");
     spawn_watch(
         cached(client.clone(), w2, |n: &mut Node| {
             n.metadata.managed_fields = None;
@@ -257,8 +274,8 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
     }
 }
 
-fn spawn_watch<K: Send + 'static>(
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+fn spawn_watch<E: Send + 'static>(
+    stream: impl Stream<Item = Result<E, watcher::Error>> + Send + 'static,
     changed: Arc<Notify>,
     what: &'static str,
 ) {
@@ -296,7 +313,17 @@ fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
 }
 
 fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> Decision {
-    let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
+    // What the heartbeats say, copied out: the gossip thread needs this lock for every
+    // heartbeat, and a pass over 10,000 Services must not hold it.
+    let (live, peer_subnets): (BTreeSet<String>, BTreeMap<String, Vec<IpNetwork>>) = {
+        let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
+        let live: BTreeSet<String> = members.names().map(str::to_owned).collect();
+        let subnets = live
+            .iter()
+            .map(|n| (n.clone(), members.subnets(n).to_vec()))
+            .collect();
+        (live, subnets)
+    };
     let nodes: BTreeMap<String, NodeFacts> = stores
         .nodes
         .state()
@@ -314,7 +341,7 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
             let facts = NodeFacts {
                 ready,
                 excluded: labels.contains_key(EXCLUDE_FROM_LB_LABEL),
-                live: name == me || members.is_live(&name),
+                live: name == me || live.contains(&name),
                 labels,
             };
             Some((name, facts))
@@ -356,7 +383,7 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
         if node == me {
             own_subnets.clone()
         } else {
-            members.subnets(node).to_vec()
+            peer_subnets.get(node).cloned().unwrap_or_default()
         }
     };
     plan::decide(&View {
@@ -429,9 +456,26 @@ impl Notes {
         }
     }
 
+    /// Publishes what changed between the decisions it sees (intermediate ones may be
+    /// skipped when writes lag: only the latest state matters).
+    async fn run(
+        mut self,
+        services: Cache<LbService>,
+        mut decisions: watch::Receiver<Arc<Decision>>,
+        gossip: Arc<Gossip>,
+        me: String,
+    ) {
+        let mut before = Arc::new(Decision::default());
+        while decisions.changed().await.is_ok() {
+            let now = decisions.borrow_and_update().clone();
+            self.publish(&services, &before, &now, &gossip, &me).await;
+            before = now;
+        }
+    }
+
     async fn publish(
         &mut self,
-        services: &Store<LbService>,
+        services: &Cache<LbService>,
         before: &Decision,
         now: &Decision,
         gossip: &Gossip,
@@ -482,7 +526,7 @@ impl Notes {
                 let Some((ns, name)) = key.split_once('/') else {
                     continue;
                 };
-                let Some(svc) = services.get(&reflector::ObjectRef::new(name).within(ns)) else {
+                let Some(svc) = services.get(key) else {
                     continue;
                 };
                 let spec = L2AnnouncementSpec {
