@@ -26,7 +26,7 @@ use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use crate::announcer::Announcer;
-use crate::election::NodeFacts;
+use crate::election::{NoOwner, NodeFacts};
 use crate::gossip::Gossip;
 use crate::interfaces::{self, Snapshot};
 use crate::membership::Key;
@@ -147,7 +147,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         gossip.clone(),
         config.node.clone(),
     ));
-    let mut last = Arc::new(Decision::default());
+    // IPs this node announced after the last pass (the ownership-change metric); not the
+    // whole last decision, which at 10,000 IPs is megabytes.
+    let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
     // Passes over many Services cost milliseconds: bursts of watch events are coalesced for
     // twice the last pass's time (at least 10 ms), so a speaker spends at most a third of a
     // core deciding while thousands of Services change.
@@ -182,17 +184,18 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         };
         announcer.apply(&decision.plan, &snapshot.interfaces);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
-        for (ip, d) in &decision.ips {
-            let was = last.ips.get(ip).map(|l| &l.owner);
-            if was != Some(&d.owner)
-                && (d.owner.as_deref() == Ok(config.node.as_str())
-                    || was.is_some_and(|w| w.as_deref() == Ok(config.node.as_str())))
-            {
-                registry.inc(metrics::OWNERSHIP_CHANGES, &[]);
-            }
+        let now_owned: BTreeSet<IpAddr> = decision
+            .ips
+            .iter()
+            .filter(|(_, d)| d.owner.as_deref() == Ok(config.node.as_str()))
+            .map(|(ip, _)| *ip)
+            .collect();
+        let changes = now_owned.symmetric_difference(&owned).count();
+        if changes > 0 {
+            registry.add(metrics::OWNERSHIP_CHANGES, &[], changes as f64);
         }
-        last = Arc::new(decision);
-        decision_tx.send_replace(last.clone());
+        owned = now_owned;
+        decision_tx.send_replace(Arc::new(decision));
         let live = gossip.members.lock().map(|m| m.len()).unwrap_or(0) + 1;
         registry.set(metrics::MEMBERS, &[], live as f64);
         health.set_ready(!settling);
@@ -405,6 +408,8 @@ struct Notes {
     client: Client,
     reporter: Reporter,
     last: BTreeMap<String, Note>,
+    /// The owner (or why none) of each IP this speaker spoke for in the last decision.
+    spoke: BTreeMap<IpAddr, Result<String, NoOwner>>,
     /// The L2Announcement last written per object (`namespace/name`).
     announced: BTreeMap<String, L2AnnouncementSpec>,
 }
@@ -419,6 +424,7 @@ impl Notes {
                 action: "Announce".into(),
             },
             last: BTreeMap::new(),
+            spoke: BTreeMap::new(),
             announced: BTreeMap::new(),
         }
     }
@@ -465,18 +471,15 @@ impl Notes {
         gossip: Arc<Gossip>,
         me: String,
     ) {
-        let mut before = Arc::new(Decision::default());
         while decisions.changed().await.is_ok() {
             let now = decisions.borrow_and_update().clone();
-            self.publish(&services, &before, &now, &gossip, &me).await;
-            before = now;
+            self.publish(&services, &now, &gossip, &me).await;
         }
     }
 
     async fn publish(
         &mut self,
         services: &Cache<LbService>,
-        before: &Decision,
         now: &Decision,
         gossip: &Gossip,
         me: &str,
@@ -486,8 +489,10 @@ impl Notes {
             .lock()
             .map(|m| m.names().all(|n| n > me))
             .unwrap_or(true);
+        let mut spoke = BTreeMap::new();
         for (ip, d) in &now.ips {
-            let changed = before.ips.get(ip).map(|b| &b.owner) != Some(&d.owner);
+            // An IP this speaker did not speak for before had another owner (or none).
+            let changed = self.spoke.get(ip) != Some(&d.owner);
             // The owner speaks for an announced IP; the first live speaker for an IP nobody
             // may announce.
             let speaks = match &d.owner {
@@ -505,6 +510,7 @@ impl Notes {
                 }
                 continue;
             }
+            spoke.insert(*ip, d.owner.clone());
             let note = match &d.owner {
                 Ok(_) if !changed => None,
                 Ok(_) => Some(Note::normal(
@@ -557,5 +563,6 @@ impl Notes {
                 }
             }
         }
+        self.spoke = spoke;
     }
 }
