@@ -83,6 +83,11 @@ pub struct Controller {
     waiting: BTreeSet<String>,
     /// Services whose last status write failed: looked at again on the next pass.
     failed: BTreeSet<String>,
+    /// Events go to a task of their own, so that a pass never waits for them (they only
+    /// inform) and the next Service's status is not queued behind them.
+    events_tx: mpsc::UnboundedSender<Vec<(String, Note)>>,
+    /// Events that could not be published, by Service and fingerprint.
+    event_failures: mpsc::UnboundedReceiver<(String, u64)>,
     /// Set by `decide` when a Service gave IPs back during this pass.
     freed: bool,
     last_pool_status: BTreeMap<String, Value>,
@@ -145,6 +150,20 @@ pub async fn run(
         .await
         .context("Namespace watch")?;
 
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (failures_tx, event_failures) = mpsc::unbounded_channel();
+    tokio::spawn(publish_events(
+        client.clone(),
+        services.clone(),
+        Reporter {
+            controller: CONTROLLER_MANAGER.into(),
+            instance: instance.clone(),
+            action: "Allocate".into(),
+        },
+        registry.clone(),
+        events_rx,
+        failures_tx,
+    ));
     let mut controller = Controller {
         client,
         config,
@@ -162,6 +181,8 @@ pub async fn run(
         last_note: BTreeMap::new(),
         waiting: BTreeSet::new(),
         failed: BTreeSet::new(),
+        events_tx,
+        event_failures,
         freed: false,
         last_pool_status: BTreeMap::new(),
         pool_status_written: None,
@@ -302,6 +323,13 @@ impl Controller {
             keys.extend(self.allocator.services().cloned());
             keys.extend(self.last_note.keys().cloned());
         }
+        while let Ok((key, fp)) = self.event_failures.try_recv() {
+            // Said again on this pass, unless something newer was said meanwhile.
+            if self.last_note.get(&key) == Some(&fp) {
+                self.last_note.remove(&key);
+                self.failed.insert(key);
+            }
+        }
         keys.extend(std::mem::take(&mut self.failed));
         // Set by the retry tick; otherwise by this pass's decisions.
         let retry_waiting = std::mem::take(&mut self.freed);
@@ -336,10 +364,15 @@ impl Controller {
         self.registry
             .set(metrics::SERVICES_WAITING, &[], self.waiting.len() as f64);
         self.execute(statuses).await;
-        while !events.is_empty() {
-            let rest = events.split_off(events.len().min(CHUNK));
-            self.execute(events).await;
-            events = rest;
+        let events: Vec<(String, Note)> = events
+            .into_iter()
+            .filter_map(|w| match w {
+                Write::Event { key, note } => Some((key, note)),
+                _ => None,
+            })
+            .collect();
+        if !events.is_empty() && self.events_tx.send(events).is_err() {
+            tracing::error!("the Event publisher stopped; Events are not published");
         }
         if seen.len() > CHUNK {
             // A large pass (start-up, a pool change) allocates and frees a lot; give the
@@ -631,6 +664,41 @@ impl Controller {
                 (Write::PoolStatus { name, .. }, Err(e)) => {
                     tracing::warn!(pool = %name, "writing pool status: {e:#}");
                 }
+            }
+        }
+    }
+}
+
+/// Publishes the Events of each pass, `WRITE_CONCURRENCY` at a time, built from the cached
+/// Service when sent; reports failures back so the next pass says them again.
+async fn publish_events(
+    client: Client,
+    services: Cache<LbService>,
+    reporter: Reporter,
+    registry: Arc<Registry>,
+    mut batches: mpsc::UnboundedReceiver<Vec<(String, Note)>>,
+    failures: mpsc::UnboundedSender<(String, u64)>,
+) {
+    while let Some(batch) = batches.recv().await {
+        let (client, services, reporter) = (&client, &services, &reporter);
+        let results: Vec<(String, u64, Result<()>)> = stream::iter(batch)
+            .map(|(key, note)| async move {
+                let fp = fingerprint(&note);
+                let write = Write::Event {
+                    key: key.clone(),
+                    note,
+                };
+                (key, fp, perform(client, services, reporter, &write).await)
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        for (key, fp, result) in results {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            registry.inc(metrics::API_WRITES, &[("result", outcome)]);
+            if let Err(e) = result {
+                tracing::warn!(service = %key, "publishing event: {e:#}");
+                let _ = failures.send((key, fp));
             }
         }
     }
