@@ -85,7 +85,7 @@ pub struct Controller {
     failed: BTreeSet<String>,
     /// Events go to a task of their own, so that a pass never waits for them (they only
     /// inform) and the next Service's status is not queued behind them.
-    events_tx: mpsc::UnboundedSender<Vec<(String, Note)>>,
+    events_tx: mpsc::UnboundedSender<Vec<Write>>,
     /// Events that could not be published, by Service and fingerprint.
     event_failures: mpsc::UnboundedReceiver<(String, u64)>,
     /// Set by `decide` when a Service gave IPs back during this pass.
@@ -190,7 +190,7 @@ pub async fn run(
     };
     controller.rebuild();
     tracing::info!(
-        services = controller.services.state().len(),
+        services = controller.services.len(),
         "state rebuilt from the API; allocating"
     );
     controller.pass(Vec::new(), true).await;
@@ -364,13 +364,6 @@ impl Controller {
         self.registry
             .set(metrics::SERVICES_WAITING, &[], self.waiting.len() as f64);
         self.execute(statuses).await;
-        let events: Vec<(String, Note)> = events
-            .into_iter()
-            .filter_map(|w| match w {
-                Write::Event { key, note } => Some((key, note)),
-                _ => None,
-            })
-            .collect();
         if !events.is_empty() && self.events_tx.send(events).is_err() {
             tracing::error!("the Event publisher stopped; Events are not published");
         }
@@ -654,13 +647,9 @@ impl Controller {
                     tracing::warn!(service = %key, "writing status: {e:#}");
                     self.failed.insert(key);
                 }
-                (Write::Event { key, note, .. }, Err(e)) => {
-                    tracing::warn!(service = %key, "publishing event: {e:#}");
-                    if self.last_note.get(&key) == Some(&fingerprint(&note)) {
-                        self.last_note.remove(&key);
-                        self.failed.insert(key);
-                    }
-                }
+                // Events never come here: `publish_events` performs them and reports
+                // failures back to the next pass.
+                (Write::Event { .. }, Err(_)) => {}
                 (Write::PoolStatus { name, .. }, Err(e)) => {
                     tracing::warn!(pool = %name, "writing pool status: {e:#}");
                 }
@@ -676,29 +665,25 @@ async fn publish_events(
     services: Cache<LbService>,
     reporter: Reporter,
     registry: Arc<Registry>,
-    mut batches: mpsc::UnboundedReceiver<Vec<(String, Note)>>,
+    mut batches: mpsc::UnboundedReceiver<Vec<Write>>,
     failures: mpsc::UnboundedSender<(String, u64)>,
 ) {
     while let Some(batch) = batches.recv().await {
         let (client, services, reporter) = (&client, &services, &reporter);
-        let results: Vec<(String, u64, Result<()>)> = stream::iter(batch)
-            .map(|(key, note)| async move {
-                let fp = fingerprint(&note);
-                let write = Write::Event {
-                    key: key.clone(),
-                    note,
-                };
-                (key, fp, perform(client, services, reporter, &write).await)
+        let results: Vec<(Write, Result<()>)> = stream::iter(batch)
+            .map(|w| async move {
+                let result = perform(client, services, reporter, &w).await;
+                (w, result)
             })
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect()
             .await;
-        for (key, fp, result) in results {
+        for (write, result) in results {
             let outcome = if result.is_ok() { "ok" } else { "error" };
             registry.inc(metrics::API_WRITES, &[("result", outcome)]);
-            if let Err(e) = result {
+            if let (Write::Event { key, note }, Err(e)) = (write, result) {
                 tracing::warn!(service = %key, "publishing event: {e:#}");
-                let _ = failures.send((key, fp));
+                let _ = failures.send((key, fingerprint(&note)));
             }
         }
     }
