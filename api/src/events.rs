@@ -8,8 +8,6 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::LbService;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Normal,
@@ -51,10 +49,22 @@ pub struct Reporter {
     pub action: String,
 }
 
-/// The Event object for `note` about `svc`.
-pub fn build(svc: &LbService, note: &Note, reporter: &Reporter) -> Event {
+/// The Service an Event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Regarding<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+}
+
+/// The Event object for `note` about the Service `regarding`.
+pub fn build(regarding: Regarding, note: &Note, reporter: &Reporter) -> Event {
     let now = Timestamp::now();
-    let name = svc.metadata.name.clone().unwrap_or_default();
+    let Regarding {
+        namespace,
+        name,
+        uid,
+    } = regarding;
     Event {
         action: Some(reporter.action.clone()),
         reason: Some(note.reason.clone()),
@@ -70,9 +80,9 @@ pub fn build(svc: &LbService, note: &Note, reporter: &Reporter) -> Event {
         regarding: Some(ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Service".into()),
-            name: Some(name.clone()),
-            namespace: svc.metadata.namespace.clone(),
-            uid: svc.metadata.uid.clone(),
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            uid: Some(uid.to_owned()),
             resource_version: None,
             field_path: None,
         }),
@@ -81,7 +91,7 @@ pub fn build(svc: &LbService, note: &Note, reporter: &Reporter) -> Event {
         metadata: ObjectMeta {
             // Unique per Service and instant; the API server rejects duplicates anyway.
             name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-            namespace: svc.metadata.namespace.clone(),
+            namespace: Some(namespace.to_owned()),
             ..Default::default()
         },
         ..Default::default()
@@ -106,17 +116,18 @@ mod tests {
 
     #[test]
     fn event_names_the_service_and_keeps_notes_under_the_api_limit() {
-        let mut svc = LbService::default();
-        svc.metadata.name = Some("web".into());
-        svc.metadata.namespace = Some("shop".into());
-        svc.metadata.uid = Some("u1".into());
+        let svc = Regarding {
+            namespace: "shop",
+            name: "web",
+            uid: "u1",
+        };
         let long = "é".repeat(700);
         let reporter = Reporter {
             controller: "herald-controller".into(),
             instance: "pod-1".into(),
             action: "Allocate".into(),
         };
-        let e = build(&svc, &Note::warning("PoolExhausted", long), &reporter);
+        let e = build(svc, &Note::warning("PoolExhausted", long), &reporter);
         assert_eq!(e.reporting_instance.as_deref(), Some("pod-1"));
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));

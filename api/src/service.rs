@@ -136,6 +136,15 @@ impl LbService {
         )
     }
 
+    /// The Service as an Event's subject.
+    pub fn regarding(&self) -> crate::events::Regarding<'_> {
+        crate::events::Regarding {
+            namespace: self.metadata.namespace.as_deref().unwrap_or_default(),
+            name: self.metadata.name.as_deref().unwrap_or_default(),
+            uid: self.metadata.uid.as_deref().unwrap_or_default(),
+        }
+    }
+
     /// The Service's labels (empty when it has none).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();

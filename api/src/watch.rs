@@ -56,6 +56,13 @@ impl<T> Cache<T> {
         self.read().values().cloned().collect()
     }
 
+    /// Every object with its `namespace/name`, read in place (no copy of the keys). The watch
+    /// cannot update the cache while the guard lives: keep it for one synchronous pass only.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<T>>> {
+        // A panic while holding the lock cannot leave the map half-written (single inserts).
+        self.objects.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }
@@ -67,11 +74,6 @@ impl<T> Cache<T> {
     /// Waits for the first complete list; an error when the watch ended before it.
     pub async fn wait_until_ready(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
         self.ready.clone().wait_for(|r| *r).await.map(|_| ())
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<T>>> {
-        // A panic while holding the lock cannot leave the map half-written (single inserts).
-        self.objects.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -85,10 +87,12 @@ pub enum Change {
 }
 
 /// Watches every `K`, keeps `project(object)` in the returned cache, and reports each change.
-/// Drive the stream: the cache is filled as it is polled.
+/// An object projected to `None` is not kept (as if it did not exist): a binary that reads only
+/// some objects of a kind pays nothing for the others. Drive the stream: the cache is filled
+/// as it is polled.
 pub fn projected<K, T>(
     client: Client,
-    project: impl Fn(K) -> T + Send + 'static,
+    project: impl Fn(K) -> Option<T> + Send + 'static,
 ) -> (
     Cache<T>,
     impl Stream<Item = Result<Change, watcher::Error>> + Send,
@@ -97,54 +101,197 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     T: Send + Sync + 'static,
 {
-    let objects = Arc::new(RwLock::new(HashMap::new()));
-    let (ready_tx, ready) = tokio::sync::watch::channel(false);
-    let cache = Cache {
-        objects: objects.clone(),
-        ready,
-    };
-    let key = |o: &K| {
-        format!(
-            "{}/{}",
-            o.meta().namespace.as_deref().unwrap_or_default(),
-            o.meta().name.as_deref().unwrap_or_default()
-        )
-    };
-    // A relist fills a new map, swapped in when complete, as a reflector does.
-    let mut relisting: Option<HashMap<String, Arc<T>>> = None;
+    let (cache, mut filler) = Filler::new(project);
     let stream = watcher(Api::<K>::all(client), watcher::Config::default())
         .default_backoff()
-        .map_ok(move |event| {
-            let write = || objects.write().unwrap_or_else(|p| p.into_inner());
-            match event {
-                watcher::Event::Init => {
-                    relisting = Some(HashMap::new());
-                    None
-                }
-                watcher::Event::InitApply(o) => {
-                    let k = key(&o);
-                    relisting
-                        .get_or_insert_with(HashMap::new)
-                        .insert(k, Arc::new(project(o)));
-                    None
-                }
-                watcher::Event::InitDone => {
-                    *write() = relisting.take().unwrap_or_default();
-                    ready_tx.send_replace(true);
-                    Some(Change::Relisted)
-                }
-                watcher::Event::Apply(o) => {
-                    let k = key(&o);
-                    write().insert(k.clone(), Arc::new(project(o)));
-                    Some(Change::Object(k))
-                }
-                watcher::Event::Delete(o) => {
-                    let k = key(&o);
-                    write().remove(&k);
-                    Some(Change::Object(k))
-                }
-            }
-        })
+        .map_ok(move |event| filler.apply(event))
         .filter_map(|r| futures::future::ready(r.transpose()));
     (cache, stream)
+}
+
+/// Applies watch events to a `Cache`. Separate from the watch so it is testable without one.
+struct Filler<T, F> {
+    objects: Arc<RwLock<HashMap<String, Arc<T>>>>,
+    ready: tokio::sync::watch::Sender<bool>,
+    /// A relist in progress: filled, then swapped in whole when complete (as a reflector
+    /// does), so readers never see a half-listed cache.
+    relisting: Option<HashMap<String, Arc<T>>>,
+    project: F,
+}
+
+impl<T, F> Filler<T, F> {
+    fn new<K>(project: F) -> (Cache<T>, Self)
+    where
+        F: Fn(K) -> Option<T>,
+    {
+        let objects = Arc::new(RwLock::new(HashMap::new()));
+        let (ready, ready_rx) = tokio::sync::watch::channel(false);
+        let cache = Cache {
+            objects: objects.clone(),
+            ready: ready_rx,
+        };
+        let filler = Self {
+            objects,
+            ready,
+            relisting: None,
+            project,
+        };
+        (cache, filler)
+    }
+
+    fn apply<K>(&mut self, event: watcher::Event<K>) -> Option<Change>
+    where
+        K: Resource,
+        F: Fn(K) -> Option<T>,
+    {
+        let key = |o: &K| {
+            format!(
+                "{}/{}",
+                o.meta().namespace.as_deref().unwrap_or_default(),
+                o.meta().name.as_deref().unwrap_or_default()
+            )
+        };
+        let write = || self.objects.write().unwrap_or_else(|p| p.into_inner());
+        match event {
+            watcher::Event::Init => {
+                self.relisting = Some(HashMap::new());
+                None
+            }
+            watcher::Event::InitApply(o) => {
+                let k = key(&o);
+                if let Some(t) = (self.project)(o) {
+                    let map = self.relisting.get_or_insert_with(HashMap::new);
+                    map.insert(k, Arc::new(t));
+                }
+                None
+            }
+            watcher::Event::InitDone => {
+                let mut map = self.relisting.take().unwrap_or_default();
+                map.shrink_to_fit();
+                *write() = map;
+                self.ready.send_replace(true);
+                Some(Change::Relisted)
+            }
+            watcher::Event::Apply(o) => {
+                let k = key(&o);
+                let cached = match (self.project)(o) {
+                    Some(t) => {
+                        write().insert(k.clone(), Arc::new(t));
+                        true
+                    }
+                    // Not kept: a change only if it was kept before.
+                    None => write().remove(&k).is_some(),
+                };
+                cached.then_some(Change::Object(k))
+            }
+            watcher::Event::Delete(o) => {
+                let k = key(&o);
+                write().remove(&k).is_some().then_some(Change::Object(k))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use watcher::Event;
+
+    /// A ConfigMap `ns/name` whose `v` is what gets cached (absent: not kept).
+    fn cm(name: &str, v: Option<&str>) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.name = Some(name.into());
+        c.data = v.map(|v| [("v".to_owned(), v.to_owned())].into());
+        c
+    }
+
+    fn filler() -> (
+        Cache<String>,
+        Filler<String, impl Fn(ConfigMap) -> Option<String>>,
+    ) {
+        Filler::new(|c: ConfigMap| c.data?.remove("v"))
+    }
+
+    fn contents(cache: &Cache<String>) -> Vec<(String, String)> {
+        let mut all: Vec<_> = cache
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), (**v).clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_relist_is_swapped_in_whole_and_drops_what_is_gone() {
+        let (cache, mut f) = filler();
+        assert_eq!(f.apply(Event::Init), None);
+        assert_eq!(f.apply(Event::InitApply(cm("a", Some("1")))), None);
+        assert_eq!(f.apply(Event::InitApply(cm("b", Some("2")))), None);
+        // Not ready, and nothing visible, until the list is complete.
+        assert!(!*cache.ready.borrow());
+        assert!(cache.is_empty());
+        assert_eq!(
+            f.apply(Event::<ConfigMap>::InitDone),
+            Some(Change::Relisted)
+        );
+        assert!(*cache.ready.borrow());
+        assert_eq!(contents(&cache), pairs(&[("ns/a", "1"), ("ns/b", "2")]));
+
+        assert_eq!(
+            f.apply(Event::Apply(cm("c", Some("3")))),
+            Some(Change::Object("ns/c".into()))
+        );
+        // The watch broke and relisted: b and c were deleted meanwhile, a changed. Until the
+        // relist completes, readers keep the old complete view.
+        f.apply(Event::Init);
+        f.apply(Event::InitApply(cm("a", Some("9"))));
+        assert_eq!(
+            contents(&cache),
+            pairs(&[("ns/a", "1"), ("ns/b", "2"), ("ns/c", "3")])
+        );
+        assert_eq!(
+            f.apply(Event::<ConfigMap>::InitDone),
+            Some(Change::Relisted)
+        );
+        assert_eq!(contents(&cache), pairs(&[("ns/a", "9")]));
+        assert_eq!(cache.get("ns/a").as_deref(), Some(&"9".to_owned()));
+    }
+
+    #[test]
+    fn objects_projected_to_none_are_not_kept_and_not_reported() {
+        let (cache, mut f) = filler();
+        f.apply(Event::Init);
+        f.apply(Event::InitApply(cm("kept", Some("1"))));
+        f.apply(Event::InitApply(cm("skipped", None)));
+        f.apply(Event::<ConfigMap>::InitDone);
+        assert_eq!(contents(&cache), pairs(&[("ns/kept", "1")]));
+        // Changes of an object never kept are no change.
+        assert_eq!(f.apply(Event::Apply(cm("skipped", None))), None);
+        assert_eq!(f.apply(Event::Delete(cm("skipped", None))), None);
+        // A kept object that stops being of interest leaves the cache, and that is a change.
+        assert_eq!(
+            f.apply(Event::Apply(cm("kept", None))),
+            Some(Change::Object("ns/kept".into()))
+        );
+        assert!(cache.is_empty());
+        // One that becomes of interest enters it.
+        assert_eq!(
+            f.apply(Event::Apply(cm("skipped", Some("2")))),
+            Some(Change::Object("ns/skipped".into()))
+        );
+        assert_eq!(
+            f.apply(Event::Delete(cm("skipped", Some("2")))),
+            Some(Change::Object("ns/skipped".into()))
+        );
+        assert!(cache.is_empty());
+    }
 }

@@ -107,7 +107,7 @@ pub async fn run(
     let (pool_store, pool_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
 
-    let (services, svc_stream) = projected(client.clone(), |o: ServiceObject| o.service);
+    let (services, svc_stream) = projected(client.clone(), |o: ServiceObject| Some(o.service));
     let svc_stream = svc_stream.map(|e| match e {
         Ok(Change::Object(key)) => Some(Trigger::Service(key)),
         Ok(Change::Relisted) => Some(Trigger::All),
@@ -736,7 +736,7 @@ async fn perform(
             let Some(svc) = services.get(key) else {
                 return Ok(());
             };
-            let event = events::build(&svc, note, reporter);
+            let event = events::build(svc.regarding(), note, reporter);
             let ns = event.metadata.namespace.as_deref().unwrap_or("default");
             Api::<Event>::namespaced(client.clone(), ns)
                 .create(&PostParams::default(), &event)

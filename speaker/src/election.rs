@@ -62,7 +62,7 @@ pub struct NodeFacts {
 }
 
 /// Why nobody may announce an IP.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum NoOwner {
     #[error("no L2Advertisement selects IPPool {0}, so its IPs are not announced")]
     NotAdvertised(String),
@@ -97,7 +97,7 @@ impl NoOwner {
 pub fn eligible<'a>(
     nodes: &'a BTreeMap<String, NodeFacts>,
     allowed: &dyn Fn(&NodeFacts) -> bool,
-    local_endpoints: Option<&BTreeSet<String>>,
+    local_endpoints: Option<&BTreeSet<&str>>,
 ) -> Result<Vec<&'a str>, NoOwner> {
     let admitted: Vec<(&String, &NodeFacts)> = nodes
         .iter()
@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(eligible(&nodes, &any, None), Ok(vec!["a", "e"]));
         let zone_x = |n: &NodeFacts| n.labels.get("zone").is_some_and(|z| z == "x");
         assert_eq!(eligible(&nodes, &zone_x, None), Ok(vec!["a"]));
-        let endpoints = BTreeSet::from(["e".to_owned(), "c".to_owned()]);
+        let endpoints = BTreeSet::from(["e", "c"]);
         assert_eq!(eligible(&nodes, &any, Some(&endpoints)), Ok(vec!["e"]));
         assert_eq!(
             eligible(&nodes, &zone_x, Some(&endpoints)),

@@ -11,6 +11,7 @@ mod metrics;
 mod packet;
 mod plan;
 mod run;
+mod service;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,25 +2,30 @@
 //! node answers for on which interface. Every speaker computes the same owners from the same
 //! view. Pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use herald_api::selector::matches;
-use herald_api::{AddressEntry, IPPool, L2Advertisement, LbService};
+use herald_api::{AddressEntry, IPPool, IpRange, L2Advertisement};
 use ipnetwork::IpNetwork;
 
 use crate::announcer::Plan;
 use crate::election::{self, Candidate, NoOwner, NodeFacts};
 use crate::interfaces::Snapshot;
+use crate::service::ServiceIps;
 
 /// Everything the decision depends on.
 pub struct View<'a> {
     pub me: &'a str,
-    pub services: &'a [&'a LbService],
+    /// This node reports the IPs nobody may announce (one reporter for all speakers).
+    pub reports_unannounced: bool,
+    /// Services with IPs to announce, by key (`namespace/name`).
+    pub services: &'a HashMap<String, Arc<ServiceIps>>,
     pub nodes: &'a BTreeMap<String, NodeFacts>,
-    /// Subnets each live speaker can announce on (from its heartbeats; this node's from
-    /// its own interfaces).
-    pub subnets: &'a dyn Fn(&str) -> Vec<IpNetwork>,
+    /// Subnets each other live speaker can announce on, from its heartbeats (this node's
+    /// come from `interfaces`).
+    pub peer_subnets: &'a BTreeMap<String, Vec<IpNetwork>>,
     pub pools: &'a [&'a IPPool],
     pub advertisements: &'a [&'a L2Advertisement],
     /// Nodes with a serving endpoint, per Service key (`namespace/name`).
@@ -28,142 +33,181 @@ pub struct View<'a> {
     pub interfaces: &'a Snapshot,
 }
 
-/// The outcome for one IP.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome for one IP this node speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IpDecision {
     /// Services holding the IP (several when shared), by key.
     pub services: Vec<String>,
-    pub owner: Result<String, NoOwner>,
-    /// Interfaces this node announces on, when it is the owner.
-    pub interfaces: Vec<String>,
+    /// `Ok`: this node announces the IP, on these interfaces (none when none is up).
+    /// `Err`: nobody may announce it, and why (this node reports it).
+    pub outcome: Result<Vec<String>, NoOwner>,
 }
 
+/// This node's share of the decision. Every speaker decides for every IP, but keeps only the
+/// IPs it speaks for: at 10,000 IPs the whole decision is megabytes, and each IP has one
+/// speaker that acts on it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Decision {
+    /// The IPs this node announces and, when it reports for everyone, the IPs nobody may
+    /// announce.
     pub ips: BTreeMap<IpAddr, IpDecision>,
     pub plan: Plan,
 }
 
-pub fn decide(view: &View) -> Decision {
-    let mut by_ip: BTreeMap<IpAddr, Vec<&LbService>> = BTreeMap::new();
-    for svc in view.services {
-        if !svc.spec.load_balancer || !svc.allocated_by_herald() {
-            continue;
-        }
-        for &ip in &svc.status.ingress {
-            by_ip.entry(ip).or_default().push(svc);
-        }
+impl Decision {
+    /// The IPs this node announces.
+    pub fn announced(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ips
+            .iter()
+            .filter(|(_, d)| d.outcome.is_ok())
+            .map(|(ip, _)| *ip)
     }
-    // Parsed once per pass, not once per IP.
-    let pools: Vec<(&IPPool, Vec<herald_api::IpRange>)> = view
-        .pools
-        .iter()
-        .map(|p| {
-            let ranges = p
+}
+
+/// An IPPool with what every IP in it shares, worked out once per pass.
+struct PoolFacts<'a> {
+    ranges: Vec<IpRange>,
+    /// The advertisements selecting the pool: none is `NotAdvertised`.
+    advertisements: Result<Vec<&'a L2Advertisement>, NoOwner>,
+    /// Interfaces forced by those advertisements (empty: the ones on the IP's subnet).
+    forced: Vec<String>,
+}
+
+impl<'a> PoolFacts<'a> {
+    fn new(pool: &IPPool, all: &[&'a L2Advertisement]) -> Self {
+        let name = pool.metadata.name.as_deref().unwrap_or_default();
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        let labels = pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
+        let ads: Vec<&L2Advertisement> = all
+            .iter()
+            .copied()
+            .filter(|ad| {
+                let s = &ad.spec;
+                (s.ip_pools.is_empty() && s.ip_pool_selectors.is_empty())
+                    || s.ip_pools.iter().any(|p| p == name)
+                    || s.ip_pool_selectors.iter().any(|sel| matches(sel, labels))
+            })
+            .collect();
+        let forced: BTreeSet<&String> = ads.iter().flat_map(|ad| &ad.spec.interfaces).collect();
+        Self {
+            ranges: pool
                 .spec
                 .addresses
                 .iter()
                 .filter_map(|a| AddressEntry::parse(a).ok())
                 .map(|e| e.range)
-                .collect();
-            (*p, ranges)
+                .collect(),
+            forced: forced.into_iter().cloned().collect(),
+            advertisements: if ads.is_empty() {
+                Err(NoOwner::NotAdvertised(name.to_owned()))
+            } else {
+                Ok(ads)
+            },
+        }
+    }
+
+    /// Whether one of the pool's advertisements lets `node` announce.
+    fn allows(&self, node: &NodeFacts) -> bool {
+        self.advertisements.as_ref().is_ok_and(|ads| {
+            ads.iter().any(|ad| {
+                ad.spec.node_selectors.is_empty()
+                    || ad
+                        .spec
+                        .node_selectors
+                        .iter()
+                        .any(|s| matches(s, &node.labels))
+            })
         })
+    }
+}
+
+pub fn decide(view: &View) -> Decision {
+    // Every (IP, Service) pair, grouped by IP by sorting: one allocation, not one per IP.
+    let mut held: Vec<(IpAddr, &str, &ServiceIps)> = view
+        .services
+        .iter()
+        .flat_map(|(key, svc)| svc.ips.iter().map(move |ip| (*ip, key.as_str(), &**svc)))
+        .collect();
+    held.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let pools: Vec<PoolFacts> = view
+        .pools
+        .iter()
+        .map(|p| PoolFacts::new(p, view.advertisements))
         .collect();
     let mut decision = Decision::default();
-    for (ip, services) in by_ip {
-        let keys = services.iter().map(|s| s.key()).collect();
-        let (owner, forced) = match owner(view, &pools, ip, &services) {
-            Ok((owner, forced)) => (Ok(owner), forced),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        let mut interfaces = Vec::new();
-        if owner.as_deref() == Ok(view.me) {
-            for iface in view.interfaces.announce_on(ip, &forced) {
-                decision.plan.entry(iface.index).or_default().insert(ip);
-                interfaces.push(iface.name.clone());
+    for group in held.chunk_by(|a, b| a.0 == b.0) {
+        let ip = group[0].0;
+        let owner = owner(view, &pools, ip, group);
+        let outcome = match owner {
+            Ok((owner, _)) if owner != view.me => continue,
+            Err(_) if !view.reports_unannounced => continue,
+            Err(e) => Err(e),
+            Ok((_, forced)) => {
+                let mut names = Vec::new();
+                for iface in view.interfaces.announce_on(ip, forced) {
+                    decision.plan.entry(iface.index).or_default().insert(ip);
+                    names.push(iface.name.clone());
+                }
+                Ok(names)
             }
-        }
-        decision.ips.insert(
-            ip,
-            IpDecision {
-                services: keys,
-                owner,
-                interfaces,
-            },
-        );
+        };
+        let services = group.iter().map(|(_, key, _)| (*key).to_owned()).collect();
+        decision.ips.insert(ip, IpDecision { services, outcome });
     }
     decision
 }
 
-/// The owner of `ip` and the interfaces forced by the advertisements that select its pool.
-fn owner(
-    view: &View,
-    pools: &[(&IPPool, Vec<herald_api::IpRange>)],
+/// The owner of `ip`, held by the Services `group`, and the interfaces forced by the
+/// advertisements that select its pool.
+fn owner<'v, 'p>(
+    view: &View<'v>,
+    pools: &'p [PoolFacts],
     ip: IpAddr,
-    services: &[&LbService],
-) -> Result<(String, Vec<String>), NoOwner> {
+    group: &[(IpAddr, &str, &ServiceIps)],
+) -> Result<(&'v str, &'p [String]), NoOwner> {
     let pool = pools
         .iter()
-        .find(|(_, ranges)| ranges.iter().any(|r| r.contains(ip)))
-        .map(|(p, _)| *p)
+        .find(|p| p.ranges.iter().any(|r| r.contains(ip)))
         .ok_or(NoOwner::NoPool(ip))?;
-    let pool_name = pool.metadata.name.clone().unwrap_or_default();
-    let pool_labels = pool.metadata.labels.clone().unwrap_or_default();
-    let ads: Vec<&L2Advertisement> = view
-        .advertisements
-        .iter()
-        .copied()
-        .filter(|ad| {
-            let s = &ad.spec;
-            (s.ip_pools.is_empty() && s.ip_pool_selectors.is_empty())
-                || s.ip_pools.contains(&pool_name)
-                || s.ip_pool_selectors
-                    .iter()
-                    .any(|sel| matches(sel, &pool_labels))
-        })
-        .collect();
-    if ads.is_empty() {
-        return Err(NoOwner::NotAdvertised(pool_name));
+    if let Err(e) = &pool.advertisements {
+        return Err(e.clone());
     }
-    let allowed = |n: &NodeFacts| {
-        ads.iter().any(|ad| {
-            ad.spec.node_selectors.is_empty()
-                || ad.spec.node_selectors.iter().any(|s| matches(s, &n.labels))
-        })
-    };
     // Sharers of one IP: every one of them must be served from the owner. For ETP Local
     // they select the same pods (the controller enforces it), so one endpoint set stands
     // for all; intersecting keeps this safe even if it did not.
-    let mut local: Option<BTreeSet<String>> = None;
-    for svc in services {
-        if svc.spec.local_traffic {
-            let eps = view.endpoints.get(&svc.key()).cloned().unwrap_or_default();
+    let mut local: Option<BTreeSet<&str>> = None;
+    static NONE: BTreeSet<String> = BTreeSet::new();
+    for (_, key, svc) in group {
+        if svc.local_traffic {
+            let eps: BTreeSet<&str> = view
+                .endpoints
+                .get(*key)
+                .unwrap_or(&NONE)
+                .iter()
+                .map(String::as_str)
+                .collect();
             local = Some(match local {
                 None => eps,
-                Some(prev) => prev.intersection(&eps).cloned().collect(),
+                Some(prev) => prev.intersection(&eps).copied().collect(),
             });
         }
     }
-    let eligible = election::eligible(view.nodes, &allowed, local.as_ref())?;
-    let forced: Vec<String> = ads
-        .iter()
-        .flat_map(|ad| ad.spec.interfaces.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let eligible = election::eligible(view.nodes, &|n| pool.allows(n), local.as_ref())?;
     let candidates: Vec<Candidate> = eligible
         .iter()
         .map(|node| Candidate {
             node,
             on_subnet: if *node == view.me {
-                view.interfaces.on_subnet(ip, &forced)
+                view.interfaces.on_subnet(ip, &pool.forced)
             } else {
-                (view.subnets)(node).iter().any(|n| n.contains(ip))
+                view.peer_subnets
+                    .get(*node)
+                    .is_some_and(|nets| nets.iter().any(|n| n.contains(ip)))
             },
         })
         .collect();
     let owner = election::owner(ip, &candidates).ok_or(NoOwner::NoLiveNode)?;
-    Ok((owner.to_owned(), forced))
+    Ok((owner, &pool.forced))
 }
 
 #[cfg(test)]

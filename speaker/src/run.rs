@@ -2,7 +2,8 @@
 //! IPPools, L2Advertisements), follow interfaces and gossip, and after every change
 //! recompute the owners (`plan::decide`) and hand this node's share to the `Announcer`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{self, Note, Reporter};
 use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
 use herald_api::watch::{Cache, cached, projected};
-use herald_api::{IPPool, L2Advertisement, LbService, ServiceObject};
+use herald_api::{IPPool, L2Advertisement, ServiceObject};
 use herald_telemetry::{Health, Registry};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
@@ -26,12 +27,13 @@ use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use crate::announcer::Announcer;
-use crate::election::{NoOwner, NodeFacts};
+use crate::election::NodeFacts;
 use crate::gossip::Gossip;
 use crate::interfaces::{self, Snapshot};
 use crate::membership::Key;
 use crate::metrics;
-use crate::plan::{self, Decision, View};
+use crate::plan::{self, Decision, IpDecision, View};
+use crate::service::ServiceIps;
 
 pub struct Config {
     pub node: String,
@@ -47,7 +49,7 @@ const MIN_COALESCE: Duration = Duration::from_millis(10);
 const MAX_COALESCE: Duration = Duration::from_millis(250);
 
 struct Stores {
-    services: Cache<LbService>,
+    services: Cache<ServiceIps>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
     pools: Store<IPPool>,
@@ -141,12 +143,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // Events and L2Announcements are written by a task of their own, from the latest
     // decision: a burst of thousands of writes (a node died) never delays the next pass.
     let (decision_tx, decision_rx) = watch::channel(Arc::new(Decision::default()));
-    tokio::spawn(Notes::new(client.clone(), &config.node).run(
-        stores.services.clone(),
-        decision_rx,
-        gossip.clone(),
-        config.node.clone(),
-    ));
+    tokio::spawn(
+        Notes::new(client.clone(), &config.node).run(stores.services.clone(), decision_rx),
+    );
     // IPs this node announced after the last pass (the ownership-change metric); not the
     // whole last decision, which at 10,000 IPs is megabytes.
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
@@ -184,12 +183,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         };
         announcer.apply(&decision.plan, &snapshot.interfaces);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
-        let now_owned: BTreeSet<IpAddr> = decision
-            .ips
-            .iter()
-            .filter(|(_, d)| d.owner.as_deref() == Ok(config.node.as_str()))
-            .map(|(ip, _)| *ip)
-            .collect();
+        let now_owned: BTreeSet<IpAddr> = decision.announced().collect();
         let changes = now_owned.symmetric_difference(&owned).count();
         if changes > 0 {
             registry.add(metrics::OWNERSHIP_CHANGES, &[], changes as f64);
@@ -224,19 +218,8 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
     let (slices, w3) = reflector::store();
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
-    let (services, service_changes) = projected(client.clone(), |o: ServiceObject| {
-        // The speaker reads type, traffic policy and status only.
-        let mut s = o.service;
-        s.metadata.labels = None;
-        s.metadata.annotations = None;
-        s.spec.selector = None;
-        s.spec.ports = Vec::new();
-        if let Some(c) = s.status.condition.as_mut() {
-            c.reason = String::new();
-            c.message = String::new();
-        }
-        s
-    });
+    let (services, service_changes) =
+        projected(client.clone(), |o: ServiceObject| ServiceIps::of(o.service));
     spawn_watch(service_changes, changed.clone(), "Services");
     spawn_watch(
         cached(client.clone(), w2, |n: &mut Node| {
@@ -350,6 +333,8 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
             Some((name, facts))
         })
         .collect();
+    // The watches run on this thread: holding the read guard for the pass blocks nobody.
+    let services = stores.services.read();
     let mut endpoints: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for slice in stores.slices.state() {
         let Some(service) = slice
@@ -364,6 +349,10 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
             "{}/{service}",
             slice.metadata.namespace.as_deref().unwrap_or_default()
         );
+        // Endpoints matter only for Services with externalTrafficPolicy Local.
+        if !services.get(&key).is_some_and(|s| s.local_traffic) {
+            continue;
+        }
         let entry = endpoints.entry(key).or_default();
         for ep in slice.endpoints.iter().flatten() {
             let serving = ep
@@ -375,25 +364,18 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
             }
         }
     }
-    let services = stores.services.state();
-    let services: Vec<&LbService> = services.iter().map(|s| &**s).collect();
     let pools = stores.pools.state();
     let pools: Vec<&IPPool> = pools.iter().map(|p| &**p).collect();
     let ads = stores.ads.state();
     let ads: Vec<&L2Advertisement> = ads.iter().map(|a| &**a).collect();
-    let own_subnets = snapshot.subnets();
-    let subnets = |node: &str| {
-        if node == me {
-            own_subnets.clone()
-        } else {
-            peer_subnets.get(node).cloned().unwrap_or_default()
-        }
-    };
     plan::decide(&View {
         me,
+        // The alphabetically first live speaker reports IPs nobody may announce: one
+        // Warning per Service, not one per node.
+        reports_unannounced: live.iter().all(|n| n.as_str() > me),
         services: &services,
         nodes: &nodes,
-        subnets: &subnets,
+        peer_subnets: &peer_subnets,
         pools: &pools,
         advertisements: &ads,
         endpoints: &endpoints,
@@ -401,17 +383,30 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
     })
 }
 
-/// Events about announcing, published on change only: the new owner says it announces;
-/// the alphabetically first live speaker reports IPs nobody may announce (one Warning, not
-/// one per node).
+/// Events about announcing and the L2Announcement objects, for the IPs this speaker speaks
+/// for (`Decision`): the owner says it announces; the reporter says why nobody may. Written on
+/// change only, and again after a failed write.
 struct Notes {
     client: Client,
     reporter: Reporter,
-    last: BTreeMap<String, Note>,
-    /// The owner (or why none) of each IP this speaker spoke for in the last decision.
-    spoke: BTreeMap<IpAddr, Result<String, NoOwner>>,
-    /// The L2Announcement last written per object (`namespace/name`).
-    announced: BTreeMap<String, L2AnnouncementSpec>,
+    /// What was written per IP this speaker speaks for. Forgotten when another speaker takes
+    /// the IP over (or its Services go), so it is said again if the IP comes back.
+    said: HashMap<IpAddr, Said>,
+}
+
+/// What this speaker wrote about one IP, as fingerprints (10,000 IPs: no copies of objects).
+#[derive(Debug, Default)]
+struct Said {
+    /// The IP's decision its L2Announcements were last written from, once all writes succeeded.
+    announcements: Option<u64>,
+    /// Per Service (key fingerprint): the outcome it was last told about in an Event.
+    events: Vec<(u64, u64)>,
+}
+
+fn fingerprint(value: &impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 impl Notes {
@@ -423,146 +418,136 @@ impl Notes {
                 instance: node.into(),
                 action: "Announce".into(),
             },
-            last: BTreeMap::new(),
-            spoke: BTreeMap::new(),
-            announced: BTreeMap::new(),
-        }
-    }
-
-    /// Writes the L2Announcement of one Service IP (owned by the Service, so deleting the
-    /// Service deletes it), unless this speaker already wrote exactly that.
-    async fn record(&mut self, svc: &LbService, ip: IpAddr, spec: L2AnnouncementSpec) {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = announcement::name(&spec.service, ip);
-        let key = format!("{ns}/{name}");
-        if self.announced.get(&key) == Some(&spec) {
-            return;
-        }
-        let object = serde_json::json!({
-            "apiVersion": "herald.dev/v1alpha1",
-            "kind": "L2Announcement",
-            "metadata": {"name": name, "namespace": ns, "ownerReferences": [{
-                "apiVersion": "v1", "kind": "Service",
-                "name": svc.metadata.name, "uid": svc.metadata.uid,
-            }]},
-            "spec": spec,
-        });
-        match Api::<L2Announcement>::namespaced(self.client.clone(), &ns)
-            .patch(
-                &name,
-                &PatchParams::apply("herald-speaker").force(),
-                &Patch::Apply(&object),
-            )
-            .await
-        {
-            Ok(_) => {
-                self.announced.insert(key, spec);
-            }
-            Err(e) => tracing::warn!(announcement = %key, "writing L2Announcement: {e}"),
+            said: HashMap::new(),
         }
     }
 
     /// Publishes what changed between the decisions it sees (intermediate ones may be
-    /// skipped when writes lag: only the latest state matters).
+    /// skipped when writes lag: only the latest state matters). Failed writes are retried
+    /// with the next decision (at the latest the 10 s safety-net pass).
     async fn run(
         mut self,
-        services: Cache<LbService>,
+        services: Cache<ServiceIps>,
         mut decisions: watch::Receiver<Arc<Decision>>,
-        gossip: Arc<Gossip>,
-        me: String,
     ) {
         while decisions.changed().await.is_ok() {
             let now = decisions.borrow_and_update().clone();
-            self.publish(&services, &now, &gossip, &me).await;
+            self.said.retain(|ip, _| now.ips.contains_key(ip));
+            self.said.shrink_to(now.ips.len());
+            for (ip, d) in &now.ips {
+                self.publish(&services, *ip, d).await;
+            }
         }
     }
 
-    async fn publish(
-        &mut self,
-        services: &Cache<LbService>,
-        now: &Decision,
-        gossip: &Gossip,
-        me: &str,
-    ) {
-        let reporter_of_warnings = gossip
-            .members
-            .lock()
-            .map(|m| m.names().all(|n| n > me))
-            .unwrap_or(true);
-        let mut spoke = BTreeMap::new();
-        for (ip, d) in &now.ips {
-            // An IP this speaker did not speak for before had another owner (or none).
-            let changed = self.spoke.get(ip) != Some(&d.owner);
-            // The owner speaks for an announced IP; the first live speaker for an IP nobody
-            // may announce.
-            let speaks = match &d.owner {
-                Ok(owner) => owner == me,
-                Err(_) => reporter_of_warnings,
-            };
-            if !speaks {
-                // Someone else writes these now; forget what this speaker wrote, so it writes
-                // again when it speaks for the IP again.
-                for key in &d.services {
-                    if let Some((ns, name)) = key.split_once('/') {
-                        self.announced
-                            .remove(&format!("{ns}/{}", announcement::name(name, *ip)));
-                    }
-                }
-                continue;
-            }
-            spoke.insert(*ip, d.owner.clone());
-            let note = match &d.owner {
-                Ok(_) if !changed => None,
-                Ok(_) => Some(Note::normal(
-                    "IPAnnounced",
-                    format!(
-                        "{ip} is announced by node {me} on {}",
-                        if d.interfaces.is_empty() {
-                            "no interface (none is up)".to_owned()
-                        } else {
-                            d.interfaces.join(", ")
-                        }
-                    ),
-                )),
-                Err(e) => e
-                    .reason()
-                    .map(|reason| Note::warning(reason, format!("{ip} is not announced: {e}"))),
-            };
+    async fn publish(&mut self, services: &Cache<ServiceIps>, ip: IpAddr, d: &IpDecision) {
+        let me = self.reporter.instance.as_str();
+        let written = fingerprint(d);
+        let said = self.said.entry(ip).or_default();
+        if said.announcements != Some(written) {
+            let mut all = true;
             for key in &d.services {
-                let Some((ns, name)) = key.split_once('/') else {
-                    continue;
-                };
                 let Some(svc) = services.get(key) else {
                     continue;
                 };
-                let spec = L2AnnouncementSpec {
-                    service: name.to_owned(),
-                    ip: ip.to_string(),
-                    node: if d.owner.is_ok() {
-                        me.to_owned()
+                all &= write_announcement(&self.client, key, &svc, ip, d, me).await;
+            }
+            said.announcements = all.then_some(written);
+        }
+        // The node announcing changes with the outcome; the interfaces alone do not make an
+        // Event ("announced by node X" is said when X changes, and only then).
+        let told = fingerprint(&d.outcome.as_ref().map(|_| ()));
+        let keys: Vec<u64> = d.services.iter().map(fingerprint).collect();
+        said.events.retain(|(k, _)| keys.contains(k));
+        let untold: Vec<(&String, u64)> = d
+            .services
+            .iter()
+            .zip(keys)
+            .filter(|(_, k)| !said.events.contains(&(*k, told)))
+            .collect();
+        if untold.is_empty() {
+            return;
+        }
+        let note = match &d.outcome {
+            Ok(interfaces) => Some(Note::normal(
+                "IPAnnounced",
+                format!(
+                    "{ip} is announced by node {me} on {}",
+                    if interfaces.is_empty() {
+                        "no interface (none is up)".to_owned()
                     } else {
-                        String::new()
-                    },
-                    interfaces: d.interfaces.clone(),
-                    reason: d.owner.as_ref().err().map(ToString::to_string),
-                };
-                self.record(&svc, *ip, spec).await;
-                let Some(note) = &note else { continue };
-                if self.last.get(key) == Some(note) {
+                        interfaces.join(", ")
+                    }
+                ),
+            )),
+            Err(e) => e
+                .reason()
+                .map(|reason| Note::warning(reason, format!("{ip} is not announced: {e}"))),
+        };
+        for (key, k) in untold {
+            if let Some(note) = &note {
+                let Some(svc) = services.get(key) else {
                     continue;
-                }
-                let event = events::build(&svc, note, &self.reporter);
-                match Api::<Event>::namespaced(self.client.clone(), ns)
+                };
+                let about = svc.regarding(key);
+                let event = events::build(about, note, &self.reporter);
+                if let Err(e) = Api::<Event>::namespaced(self.client.clone(), about.namespace)
                     .create(&PostParams::default(), &event)
                     .await
                 {
-                    Ok(_) => {
-                        self.last.insert(key.clone(), note.clone());
-                    }
-                    Err(e) => tracing::warn!(service = %key, "publishing event: {e}"),
+                    tracing::warn!(service = %key, "publishing event: {e}");
+                    continue;
                 }
             }
+            said.events.retain(|(s, _)| *s != k);
+            said.events.push((k, told));
         }
-        self.spoke = spoke;
+    }
+}
+
+/// Writes the L2Announcement of one Service IP (owned by the Service, so deleting the
+/// Service deletes it). False when the write failed.
+async fn write_announcement(
+    client: &Client,
+    key: &str,
+    svc: &ServiceIps,
+    ip: IpAddr,
+    d: &IpDecision,
+    me: &str,
+) -> bool {
+    let about = svc.regarding(key);
+    let spec = L2AnnouncementSpec {
+        service: about.name.to_owned(),
+        ip: ip.to_string(),
+        node: if d.outcome.is_ok() {
+            me.to_owned()
+        } else {
+            String::new()
+        },
+        interfaces: d.outcome.clone().unwrap_or_default(),
+        reason: d.outcome.as_ref().err().map(ToString::to_string),
+    };
+    let name = announcement::name(about.name, ip);
+    let object = serde_json::json!({
+        "apiVersion": "herald.dev/v1alpha1",
+        "kind": "L2Announcement",
+        "metadata": {"name": name, "namespace": about.namespace, "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Service", "name": about.name, "uid": about.uid,
+        }]},
+        "spec": spec,
+    });
+    match Api::<L2Announcement>::namespaced(client.clone(), about.namespace)
+        .patch(
+            &name,
+            &PatchParams::apply("herald-speaker").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(service = %key, %ip, "writing L2Announcement: {e}");
+            false
+        }
     }
 }

@@ -5,15 +5,17 @@ fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
     serde_yaml_ng::from_str(s).expect("yaml")
 }
 
-fn service(name: &str, ip: &str, local: bool) -> LbService {
-    yaml(&format!(
+fn service(name: &str, ip: &str, local: bool) -> (String, Arc<ServiceIps>) {
+    let svc: herald_api::LbService = yaml(&format!(
         "metadata: {{name: {name}, namespace: default}}
 spec: {{type: LoadBalancer, externalTrafficPolicy: {}}}
 status:
   loadBalancer: {{ingress: [{{ip: '{ip}'}}]}}
   conditions: [{{type: herald.dev/IPAllocated, status: 'True', reason: Allocated, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}]",
         if local { "Local" } else { "Cluster" }
-    ))
+    ));
+    let kept = ServiceIps::of(svc).expect("an allocated LoadBalancer");
+    (format!("default/{name}"), Arc::new(kept))
 }
 
 fn node(zone: &str) -> NodeFacts {
@@ -41,7 +43,7 @@ fn snapshot() -> Snapshot {
 }
 
 struct Fixture {
-    services: Vec<LbService>,
+    services: HashMap<String, Arc<ServiceIps>>,
     nodes: BTreeMap<String, NodeFacts>,
     pools: Vec<IPPool>,
     ads: Vec<L2Advertisement>,
@@ -51,7 +53,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         Self {
-            services: vec![service("web", "192.0.2.10", false)],
+            services: HashMap::from([service("web", "192.0.2.10", false)]),
             nodes: ["a", "b", "c"]
                 .iter()
                 .map(|n| (n.to_string(), node("x")))
@@ -64,17 +66,22 @@ impl Fixture {
         }
     }
 
+    /// The decision of node `me`; node "a" reports IPs nobody may announce.
     fn decide_as(&self, me: &str) -> Decision {
-        let services: Vec<&LbService> = self.services.iter().collect();
         let pools: Vec<&IPPool> = self.pools.iter().collect();
         let ads: Vec<&L2Advertisement> = self.ads.iter().collect();
         let snap = snapshot();
-        let subnets = |_: &str| vec!["192.0.2.0/24".parse().unwrap()];
+        let subnets: BTreeMap<String, Vec<IpNetwork>> = self
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), vec!["192.0.2.0/24".parse().unwrap()]))
+            .collect();
         decide(&View {
             me,
-            services: &services,
+            reports_unannounced: me == "a",
+            services: &self.services,
             nodes: &self.nodes,
-            subnets: &subnets,
+            peer_subnets: &subnets,
             pools: &pools,
             advertisements: &ads,
             endpoints: &self.endpoints,
@@ -82,45 +89,69 @@ impl Fixture {
         })
     }
 
+    /// Who announces 192.0.2.10 (the node whose decision has it announced), or why nobody
+    /// does (from the reporter's decision).
     fn owner(&self) -> Result<String, NoOwner> {
         let ip: IpAddr = "192.0.2.10".parse().unwrap();
-        self.decide_as("a").ips[&ip].owner.clone()
-    }
-}
-
-#[test]
-fn exactly_one_node_plans_to_answer_and_all_agree_who() {
-    let f = Fixture::new();
-    let ip: IpAddr = "192.0.2.10".parse().unwrap();
-    let owners: BTreeSet<String> = ["a", "b", "c"]
-        .iter()
-        .map(|me| f.decide_as(me).ips[&ip].owner.clone().unwrap())
-        .collect();
-    assert_eq!(owners.len(), 1, "speakers disagree: {owners:?}");
-    let owner = owners.into_iter().next().unwrap();
-    for me in ["a", "b", "c"] {
-        let d = f.decide_as(me);
-        let answers = d.plan.get(&2).is_some_and(|ips| ips.contains(&ip));
-        assert_eq!(answers, me == owner, "{me}");
-        if me == owner {
-            assert_eq!(d.ips[&ip].interfaces, ["eth0"]);
+        let owners: Vec<&String> = self
+            .nodes
+            .keys()
+            .filter(|me| self.decide_as(me).announced().any(|a| a == ip))
+            .collect();
+        match owners.as_slice() {
+            [] => Err(self.decide_as("a").ips[&ip]
+                .outcome
+                .clone()
+                .expect_err("nobody announces, so the reporter says why")),
+            [one] => Ok(one.to_string()),
+            many => panic!("several owners: {many:?}"),
         }
     }
 }
 
 #[test]
-fn only_herald_allocated_load_balancers_are_announced() {
-    let mut f = Fixture::new();
-    let mut foreign = service("other", "192.0.2.20", false);
-    foreign.status.condition = None;
-    let mut not_lb = service("clusterip", "192.0.2.21", false);
-    not_lb.spec.load_balancer = false;
-    let mut failed = service("failed", "192.0.2.22", false);
-    if let Some(c) = failed.status.condition.as_mut() {
-        c.allocated = false;
+fn exactly_one_node_announces_and_only_it_keeps_the_ip() {
+    let f = Fixture::new();
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let owner = f.owner().expect("an owner");
+    for me in ["a", "b", "c"] {
+        let d = f.decide_as(me);
+        let answers = d.plan.get(&2).is_some_and(|ips| ips.contains(&ip));
+        assert_eq!(answers, me == owner, "{me}");
+        if me == owner {
+            assert_eq!(d.ips[&ip].outcome, Ok(vec!["eth0".to_owned()]));
+            assert_eq!(d.ips[&ip].services, ["default/web"]);
+        } else {
+            // The others keep nothing about it, not even the reporter.
+            assert!(d.ips.is_empty(), "{me}: {:?}", d.ips);
+        }
     }
-    f.services.extend([foreign, not_lb, failed]);
-    assert_eq!(f.decide_as("a").ips.len(), 1);
+}
+
+#[test]
+fn ips_nobody_may_announce_are_kept_by_the_reporter_only() {
+    let mut f = Fixture::new();
+    f.ads.clear();
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    assert_eq!(
+        f.decide_as("a").ips[&ip].outcome,
+        Err(NoOwner::NotAdvertised("lan".into()))
+    );
+    assert!(f.decide_as("b").ips.is_empty());
+    assert!(f.decide_as("a").plan.is_empty());
+}
+
+#[test]
+fn services_sharing_an_ip_are_announced_together() {
+    let mut f = Fixture::new();
+    f.services.extend([service("web-udp", "192.0.2.10", false)]);
+    f.services.extend([service("other", "192.0.2.11", false)]);
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let owner = f.owner().expect("an owner");
+    assert_eq!(
+        f.decide_as(&owner).ips[&ip].services,
+        ["default/web", "default/web-udp"]
+    );
 }
 
 #[test]
@@ -143,7 +174,7 @@ fn no_advertisement_excluded_nodes_and_node_selectors() {
 #[test]
 fn local_traffic_policy_follows_ready_endpoints() {
     let mut f = Fixture::new();
-    f.services = vec![service("web", "192.0.2.10", true)];
+    f.services = HashMap::from([service("web", "192.0.2.10", true)]);
     assert_eq!(f.owner(), Err(NoOwner::NoLocalEndpoint));
     f.endpoints
         .insert("default/web".into(), BTreeSet::from(["c".to_owned()]));
