@@ -77,6 +77,18 @@ impl<T> Cache<T> {
     }
 }
 
+/// A ready cache of fixed contents that no watch fills (tests, fixtures).
+impl<T> FromIterator<(String, T)> for Cache<T> {
+    fn from_iter<I: IntoIterator<Item = (String, T)>>(objects: I) -> Self {
+        let objects = objects.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let (_, ready) = tokio::sync::watch::channel(true);
+        Self {
+            objects: Arc::new(RwLock::new(objects)),
+            ready,
+        }
+    }
+}
+
 /// What changed in a `Cache`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {

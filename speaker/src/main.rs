@@ -3,11 +3,13 @@
 
 mod announcer;
 mod election;
+mod endpoints;
 mod gossip;
 mod interfaces;
 mod link_socket;
 mod membership;
 mod metrics;
+mod notes;
 mod packet;
 mod plan;
 mod run;

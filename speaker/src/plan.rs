@@ -29,7 +29,7 @@ pub struct View<'a> {
     pub pools: &'a [&'a IPPool],
     pub advertisements: &'a [&'a L2Advertisement],
     /// Nodes with a serving endpoint, per Service key (`namespace/name`).
-    pub endpoints: &'a BTreeMap<String, BTreeSet<String>>,
+    pub endpoints: &'a BTreeMap<&'a str, BTreeSet<&'a str>>,
     pub interfaces: &'a Snapshot,
 }
 
@@ -176,16 +176,9 @@ fn owner<'v, 'p>(
     // they select the same pods (the controller enforces it), so one endpoint set stands
     // for all; intersecting keeps this safe even if it did not.
     let mut local: Option<BTreeSet<&str>> = None;
-    static NONE: BTreeSet<String> = BTreeSet::new();
     for (_, key, svc) in group {
         if svc.local_traffic {
-            let eps: BTreeSet<&str> = view
-                .endpoints
-                .get(*key)
-                .unwrap_or(&NONE)
-                .iter()
-                .map(String::as_str)
-                .collect();
+            let eps = view.endpoints.get(*key).cloned().unwrap_or_default();
             local = Some(match local {
                 None => eps,
                 Some(prev) => prev.intersection(&eps).copied().collect(),

@@ -2,37 +2,33 @@
 //! IPPools, L2Advertisements), follow interfaces and gossip, and after every change
 //! recompute the owners (`plan::decide`) and hand this node's share to the `Announcer`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
-use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
-use herald_api::events::{self, Note, Reporter};
 use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
 use herald_api::watch::{Cache, cached, projected};
 use herald_api::{IPPool, L2Advertisement, ServiceObject};
 use herald_telemetry::{Health, Registry};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use crate::announcer::Announcer;
 use crate::election::NodeFacts;
+use crate::endpoints::ServingNodes;
 use crate::gossip::Gossip;
 use crate::interfaces::{self, Snapshot};
 use crate::membership::Key;
 use crate::metrics;
-use crate::plan::{self, Decision, IpDecision, View};
+use crate::notes::Notes;
+use crate::plan::{self, Decision, View};
 use crate::service::ServiceIps;
 
 pub struct Config {
@@ -51,7 +47,7 @@ const MAX_COALESCE: Duration = Duration::from_millis(250);
 struct Stores {
     services: Cache<ServiceIps>,
     nodes: Store<Node>,
-    slices: Store<EndpointSlice>,
+    slices: Cache<ServingNodes>,
     pools: Store<IPPool>,
     ads: Store<L2Advertisement>,
 }
@@ -215,7 +211,6 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 
 fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
     let (nodes, w2) = reflector::store();
-    let (slices, w3) = reflector::store();
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
     let (services, service_changes) =
@@ -234,13 +229,8 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
         changed.clone(),
         "Nodes",
     );
-    spawn_watch(
-        cached(client.clone(), w3, |e: &mut EndpointSlice| {
-            e.metadata.managed_fields = None
-        }),
-        changed.clone(),
-        "EndpointSlices",
-    );
+    let (slices, slice_changes) = projected(client.clone(), ServingNodes::of);
+    spawn_watch(slice_changes, changed.clone(), "EndpointSlices");
     spawn_watch(
         cached(client.clone(), w4, |_: &mut IPPool| {}),
         changed.clone(),
@@ -335,33 +325,18 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
         .collect();
     // The watches run on this thread: holding the read guard for the pass blocks nobody.
     let services = stores.services.read();
-    let mut endpoints: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for slice in stores.slices.state() {
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        else {
-            continue;
-        };
-        let key = format!(
-            "{}/{service}",
-            slice.metadata.namespace.as_deref().unwrap_or_default()
-        );
-        // Endpoints matter only for Services with externalTrafficPolicy Local.
-        if !services.get(&key).is_some_and(|s| s.local_traffic) {
-            continue;
-        }
-        let entry = endpoints.entry(key).or_default();
-        for ep in slice.endpoints.iter().flatten() {
-            let serving = ep
-                .conditions
-                .as_ref()
-                .is_none_or(|c| c.serving.unwrap_or(c.ready != Some(false)));
-            if let (true, Some(node)) = (serving, &ep.node_name) {
-                entry.insert(node.clone());
-            }
+    // Endpoints matter only for Services with externalTrafficPolicy Local.
+    let slices = stores.slices.read();
+    let mut endpoints: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for slice in slices.values() {
+        if services
+            .get(&slice.service)
+            .is_some_and(|s| s.local_traffic)
+        {
+            endpoints
+                .entry(&slice.service)
+                .or_default()
+                .extend(slice.nodes.iter().map(String::as_str));
         }
     }
     let pools = stores.pools.state();
@@ -381,173 +356,4 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
         endpoints: &endpoints,
         interfaces: snapshot,
     })
-}
-
-/// Events about announcing and the L2Announcement objects, for the IPs this speaker speaks
-/// for (`Decision`): the owner says it announces; the reporter says why nobody may. Written on
-/// change only, and again after a failed write.
-struct Notes {
-    client: Client,
-    reporter: Reporter,
-    /// What was written per IP this speaker speaks for. Forgotten when another speaker takes
-    /// the IP over (or its Services go), so it is said again if the IP comes back.
-    said: HashMap<IpAddr, Said>,
-}
-
-/// What this speaker wrote about one IP, as fingerprints (10,000 IPs: no copies of objects).
-#[derive(Debug, Default)]
-struct Said {
-    /// The IP's decision its L2Announcements were last written from, once all writes succeeded.
-    announcements: Option<u64>,
-    /// Per Service (key fingerprint): the outcome it was last told about in an Event.
-    events: Vec<(u64, u64)>,
-}
-
-fn fingerprint(value: &impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
-}
-
-impl Notes {
-    fn new(client: Client, node: &str) -> Self {
-        Self {
-            client,
-            reporter: Reporter {
-                controller: "herald-speaker".into(),
-                instance: node.into(),
-                action: "Announce".into(),
-            },
-            said: HashMap::new(),
-        }
-    }
-
-    /// Publishes what changed between the decisions it sees (intermediate ones may be
-    /// skipped when writes lag: only the latest state matters). Failed writes are retried
-    /// with the next decision (at the latest the 10 s safety-net pass).
-    async fn run(
-        mut self,
-        services: Cache<ServiceIps>,
-        mut decisions: watch::Receiver<Arc<Decision>>,
-    ) {
-        while decisions.changed().await.is_ok() {
-            let now = decisions.borrow_and_update().clone();
-            self.said.retain(|ip, _| now.ips.contains_key(ip));
-            self.said.shrink_to(now.ips.len());
-            for (ip, d) in &now.ips {
-                self.publish(&services, *ip, d).await;
-            }
-        }
-    }
-
-    async fn publish(&mut self, services: &Cache<ServiceIps>, ip: IpAddr, d: &IpDecision) {
-        let me = self.reporter.instance.as_str();
-        let written = fingerprint(d);
-        let said = self.said.entry(ip).or_default();
-        if said.announcements != Some(written) {
-            let mut all = true;
-            for key in &d.services {
-                let Some(svc) = services.get(key) else {
-                    continue;
-                };
-                all &= write_announcement(&self.client, key, &svc, ip, d, me).await;
-            }
-            said.announcements = all.then_some(written);
-        }
-        // The node announcing changes with the outcome; the interfaces alone do not make an
-        // Event ("announced by node X" is said when X changes, and only then).
-        let told = fingerprint(&d.outcome.as_ref().map(|_| ()));
-        let keys: Vec<u64> = d.services.iter().map(fingerprint).collect();
-        said.events.retain(|(k, _)| keys.contains(k));
-        let untold: Vec<(&String, u64)> = d
-            .services
-            .iter()
-            .zip(keys)
-            .filter(|(_, k)| !said.events.contains(&(*k, told)))
-            .collect();
-        if untold.is_empty() {
-            return;
-        }
-        let note = match &d.outcome {
-            Ok(interfaces) => Some(Note::normal(
-                "IPAnnounced",
-                format!(
-                    "{ip} is announced by node {me} on {}",
-                    if interfaces.is_empty() {
-                        "no interface (none is up)".to_owned()
-                    } else {
-                        interfaces.join(", ")
-                    }
-                ),
-            )),
-            Err(e) => e
-                .reason()
-                .map(|reason| Note::warning(reason, format!("{ip} is not announced: {e}"))),
-        };
-        for (key, k) in untold {
-            if let Some(note) = &note {
-                let Some(svc) = services.get(key) else {
-                    continue;
-                };
-                let about = svc.regarding(key);
-                let event = events::build(about, note, &self.reporter);
-                if let Err(e) = Api::<Event>::namespaced(self.client.clone(), about.namespace)
-                    .create(&PostParams::default(), &event)
-                    .await
-                {
-                    tracing::warn!(service = %key, "publishing event: {e}");
-                    continue;
-                }
-            }
-            said.events.retain(|(s, _)| *s != k);
-            said.events.push((k, told));
-        }
-    }
-}
-
-/// Writes the L2Announcement of one Service IP (owned by the Service, so deleting the
-/// Service deletes it). False when the write failed.
-async fn write_announcement(
-    client: &Client,
-    key: &str,
-    svc: &ServiceIps,
-    ip: IpAddr,
-    d: &IpDecision,
-    me: &str,
-) -> bool {
-    let about = svc.regarding(key);
-    let spec = L2AnnouncementSpec {
-        service: about.name.to_owned(),
-        ip: ip.to_string(),
-        node: if d.outcome.is_ok() {
-            me.to_owned()
-        } else {
-            String::new()
-        },
-        interfaces: d.outcome.clone().unwrap_or_default(),
-        reason: d.outcome.as_ref().err().map(ToString::to_string),
-    };
-    let name = announcement::name(about.name, ip);
-    let object = serde_json::json!({
-        "apiVersion": "herald.dev/v1alpha1",
-        "kind": "L2Announcement",
-        "metadata": {"name": name, "namespace": about.namespace, "ownerReferences": [{
-            "apiVersion": "v1", "kind": "Service", "name": about.name, "uid": about.uid,
-        }]},
-        "spec": spec,
-    });
-    match Api::<L2Announcement>::namespaced(client.clone(), about.namespace)
-        .patch(
-            &name,
-            &PatchParams::apply("herald-speaker").force(),
-            &Patch::Apply(&object),
-        )
-        .await
-    {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(service = %key, %ip, "writing L2Announcement: {e}");
-            false
-        }
-    }
 }

@@ -47,7 +47,7 @@ struct Fixture {
     nodes: BTreeMap<String, NodeFacts>,
     pools: Vec<IPPool>,
     ads: Vec<L2Advertisement>,
-    endpoints: BTreeMap<String, BTreeSet<String>>,
+    endpoints: BTreeMap<&'static str, BTreeSet<&'static str>>,
 }
 
 impl Fixture {
@@ -176,11 +176,9 @@ fn local_traffic_policy_follows_ready_endpoints() {
     let mut f = Fixture::new();
     f.services = HashMap::from([service("web", "192.0.2.10", true)]);
     assert_eq!(f.owner(), Err(NoOwner::NoLocalEndpoint));
-    f.endpoints
-        .insert("default/web".into(), BTreeSet::from(["c".to_owned()]));
+    f.endpoints.insert("default/web", BTreeSet::from(["c"]));
     assert_eq!(f.owner(), Ok("c".into()));
-    f.endpoints
-        .insert("default/web".into(), BTreeSet::from(["b".to_owned()]));
+    f.endpoints.insert("default/web", BTreeSet::from(["b"]));
     assert_eq!(f.owner(), Ok("b".into()));
 }
 
