@@ -259,7 +259,7 @@ fn trigger_on_change<K: Resource>(
 impl Controller {
     fn sorted_services(&self) -> Vec<Arc<LbService>> {
         let mut all = self.services.state();
-        all.sort_by_key(|s| service::key(s));
+        all.sort_by_key(|s| s.key());
         all
     }
 
@@ -268,7 +268,7 @@ impl Controller {
     fn rebuild(&mut self) {
         self.sync_pools();
         for svc in self.sorted_services() {
-            let key = service::key(&svc);
+            let key = svc.key();
             let ips = svc.status.ingress.clone();
             if ips.is_empty() {
                 continue;
@@ -314,11 +314,7 @@ impl Controller {
         let mut keys = keys;
         if all {
             self.sync_pools();
-            keys = self
-                .sorted_services()
-                .iter()
-                .map(|s| service::key(s))
-                .collect();
+            keys = self.sorted_services().iter().map(|s| s.key()).collect();
             // Services deleted while a watch was re-listing are known only to the allocator.
             keys.extend(self.allocator.services().cloned());
             keys.extend(self.last_note.keys().cloned());
@@ -489,7 +485,7 @@ impl Controller {
 
     /// IPs another load balancer wrote stay reserved while they are in a status.
     fn track_foreign(&mut self, svc: &LbService) {
-        let key = service::key(svc);
+        let key = svc.key();
         let mut ips = svc.status.ingress.clone();
         ips.sort();
         if self.allocator.foreign_of(&key) == ips {
@@ -502,7 +498,7 @@ impl Controller {
     }
 
     fn failure(&mut self, svc: &LbService, reason: &str, message: &str) -> Vec<Write> {
-        let key = service::key(svc);
+        let key = svc.key();
         self.waiting.insert(key.clone());
         let mut writes = Vec::new();
         let patch = status::service_patch(&[], Some((reason, message)), svc.metadata.generation);
@@ -520,7 +516,7 @@ impl Controller {
 
     /// An Event for `note`, unless it is what was last said about this Service.
     fn note(&mut self, svc: &LbService, note: Note) -> Option<Write> {
-        let key = service::key(svc);
+        let key = svc.key();
         if self.last_note.get(&key) == Some(&fingerprint(&note)) {
             return None;
         }
@@ -705,7 +701,7 @@ fn fingerprint(note: &Note) -> u64 {
 
 fn status_write(svc: &LbService, patch: Value) -> Write {
     Write::Status {
-        key: service::key(svc),
+        key: svc.key(),
         namespace: svc.metadata.namespace.clone().unwrap_or_default(),
         name: svc.metadata.name.clone().unwrap_or_default(),
         patch,

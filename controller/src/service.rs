@@ -34,10 +34,6 @@ pub struct Wants {
     pub sharing: Sharing,
 }
 
-pub fn key(svc: &LbService) -> String {
-    svc.key()
-}
-
 pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
     let spec = &svc.spec;
     if !spec.load_balancer || svc.metadata.deleting {

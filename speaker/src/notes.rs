@@ -36,7 +36,8 @@ pub struct Notes {
 struct Said {
     /// The IP's decision its L2Announcements were last written from, once all writes succeeded.
     announcements: Option<u64>,
-    /// Per Service (key fingerprint): the outcome it was last told about in an Event.
+    /// Per Service (fingerprint of key and uid): the outcome it was last told about in an
+    /// Event.
     events: Vec<(u64, u64)>,
 }
 
@@ -83,28 +84,37 @@ impl Notes {
 
     async fn publish(&mut self, services: &Cache<ServiceIps>, ip: IpAddr, d: &IpDecision) {
         let me = self.reporter.instance.as_str();
-        let written = fingerprint(d);
+        // The IP's Services as cached now (one deleted since the decision is left out; it
+        // leaves the next decision too). Their uids count: a Service deleted and created again
+        // under the same name between two decisions is a new object to write about.
+        let current: Vec<(&String, Arc<ServiceIps>)> = d
+            .services
+            .iter()
+            .filter_map(|key| Some((key, services.get(key)?)))
+            .collect();
+        let uids: Vec<&str> = current.iter().map(|(_, s)| &*s.uid).collect();
+        let written = fingerprint(&(d, &uids));
         let said = self.said.entry(ip).or_default();
         if said.announcements != Some(written) {
             let mut all = true;
-            for key in &d.services {
-                let Some(svc) = services.get(key) else {
-                    continue;
-                };
-                all &= write_announcement(&self.client, key, &svc, ip, d, me).await;
+            for (key, svc) in &current {
+                all &= write_announcement(&self.client, key, svc, ip, d, me).await;
             }
             said.announcements = all.then_some(written);
         }
         // The node announcing changes with the outcome; the interfaces alone do not make an
         // Event ("announced by node X" is said when X changes, and only then).
         let told = fingerprint(&d.outcome.as_ref().map(|_| ()));
-        let keys: Vec<u64> = d.services.iter().map(fingerprint).collect();
+        let keys: Vec<u64> = current
+            .iter()
+            .map(|(key, svc)| fingerprint(&(key, &svc.uid)))
+            .collect();
         said.events.retain(|(k, _)| keys.contains(k));
-        let untold: Vec<(&String, u64)> = d
-            .services
+        let untold: Vec<(&String, &ServiceIps, u64)> = current
             .iter()
             .zip(keys)
             .filter(|(_, k)| !said.events.contains(&(*k, told)))
+            .map(|((key, svc), k)| (*key, &**svc, k))
             .collect();
         if untold.is_empty() {
             return;
@@ -125,11 +135,8 @@ impl Notes {
                 .reason()
                 .map(|reason| Note::warning(reason, format!("{ip} is not announced: {e}"))),
         };
-        for (key, k) in untold {
+        for (key, svc, k) in untold {
             if let Some(note) = &note {
-                let Some(svc) = services.get(key) else {
-                    continue;
-                };
                 let about = svc.regarding(key);
                 let event = events::build(about, note, &self.reporter);
                 if let Err(e) = Api::<Event>::namespaced(self.client.clone(), about.namespace)
@@ -270,11 +277,12 @@ mod tests {
         }
     }
 
-    fn services() -> Cache<ServiceIps> {
+    /// The Service shop/web holding 192.0.2.10.
+    fn web(uid: &str) -> Cache<ServiceIps> {
         [(
             "shop/web".to_owned(),
             ServiceIps {
-                uid: "u1".into(),
+                uid: uid.into(),
                 local_traffic: false,
                 ips: ["192.0.2.10".parse().expect("ip")].into(),
             },
@@ -287,7 +295,7 @@ mod tests {
     async fn says_each_change_once_and_retries_what_failed() {
         let api = FakeApi::default();
         let mut notes = Notes::new(api.client(), "n1");
-        let services = services();
+        let services = web("u1");
         let eth0 = decision(Ok(vec!["eth0".into()]));
 
         // Gaining the IP: the L2Announcement and an Event; the Event POST fails.
@@ -313,13 +321,18 @@ mod tests {
         assert!(api.take().is_empty());
         notes.publish_all(&services, &eth0).await;
         assert_eq!(api.take(), [PATCH, EVENT]);
+
+        // The Service was deleted and created again under the same name between two
+        // decisions: a new object, whose L2Announcement and Event are written anew.
+        notes.publish_all(&web("u2"), &eth0).await;
+        assert_eq!(api.take(), [PATCH, EVENT]);
     }
 
     #[tokio::test]
     async fn the_reporter_warns_once_and_not_about_missing_local_endpoints() {
         let api = FakeApi::default();
         let mut notes = Notes::new(api.client(), "n1");
-        let services = services();
+        let services = web("u1");
         let unadvertised = decision(Err(NoOwner::NotAdvertised("lan".into())));
         notes.publish_all(&services, &unadvertised).await;
         assert_eq!(api.take(), [PATCH, EVENT]);
