@@ -55,8 +55,6 @@ enum Write {
         name: String,
         patch: Value,
     },
-    /// Built when performed (from the cached Service), so a queued Event costs little.
-    Event { key: String, note: Note },
     PoolStatus {
         name: String,
         patch: Value,
@@ -68,7 +66,6 @@ enum Write {
 pub struct Controller {
     client: Client,
     config: ClassConfig,
-    reporter: Reporter,
     registry: Arc<Registry>,
     services: Cache<LbService>,
     pools: Store<IPPool>,
@@ -85,7 +82,11 @@ pub struct Controller {
     failed: BTreeSet<String>,
     /// Events go to a task of their own, so that a pass never waits for them (they only
     /// inform) and the next Service's status is not queued behind them.
-    events_tx: mpsc::UnboundedSender<Vec<Write>>,
+    /// Events decided in the current pass (Service key, what to say), handed to the
+    /// publisher after the pass's statuses. Built when published (from the cached Service),
+    /// so a queued Event costs little.
+    events: Vec<(String, Note)>,
+    events_tx: mpsc::UnboundedSender<Vec<(String, Note)>>,
     /// Events that could not be published, by Service and fingerprint.
     event_failures: mpsc::UnboundedReceiver<(String, u64)>,
     /// Set by `decide` when a Service gave IPs back during this pass.
@@ -157,7 +158,7 @@ pub async fn run(
         services.clone(),
         Reporter {
             controller: CONTROLLER_MANAGER.into(),
-            instance: instance.clone(),
+            instance,
             action: "Allocate".into(),
         },
         registry.clone(),
@@ -167,11 +168,6 @@ pub async fn run(
     let mut controller = Controller {
         client,
         config,
-        reporter: Reporter {
-            controller: CONTROLLER_MANAGER.into(),
-            instance,
-            action: "Allocate".into(),
-        },
         registry,
         services,
         pools: pool_store,
@@ -181,6 +177,7 @@ pub async fn run(
         last_note: BTreeMap::new(),
         waiting: BTreeSet::new(),
         failed: BTreeSet::new(),
+        events: Vec::new(),
         events_tx,
         event_failures,
         freed: false,
@@ -333,10 +330,9 @@ impl Controller {
         // Statuses go out in chunks while the pass goes on (memory stays bounded, the first
         // Services get their IPs at once); Events, which only inform, after every status.
         let mut statuses = Vec::new();
-        let mut events = Vec::new();
         for key in keys {
             if seen.insert(key.clone()) {
-                self.decide_into(&key, &mut statuses, &mut events);
+                statuses.extend(self.decide(&key));
                 if statuses.len() >= CHUNK {
                     self.execute(std::mem::take(&mut statuses)).await;
                 }
@@ -346,7 +342,7 @@ impl Controller {
             let waiting: Vec<String> = self.waiting.iter().cloned().collect();
             for key in waiting {
                 if seen.insert(key.clone()) {
-                    self.decide_into(&key, &mut statuses, &mut events);
+                    statuses.extend(self.decide(&key));
                 }
             }
         }
@@ -360,6 +356,7 @@ impl Controller {
         self.registry
             .set(metrics::SERVICES_WAITING, &[], self.waiting.len() as f64);
         self.execute(statuses).await;
+        let events = std::mem::take(&mut self.events);
         if !events.is_empty() && self.events_tx.send(events).is_err() {
             tracing::error!("the Event publisher stopped; Events are not published");
         }
@@ -377,15 +374,6 @@ impl Controller {
         self.pool_status_written
             .map(|t| t + POOL_STATUS_EVERY)
             .unwrap_or_else(tokio::time::Instant::now)
-    }
-
-    fn decide_into(&mut self, key: &str, statuses: &mut Vec<Write>, events: &mut Vec<Write>) {
-        for write in self.decide(key) {
-            match write {
-                Write::Event { .. } => events.push(write),
-                _ => statuses.push(write),
-            }
-        }
     }
 
     /// What the Service `key` needs written now. Updates the allocator; performs no I/O.
@@ -442,11 +430,11 @@ impl Controller {
                             self.registry.inc(metrics::ALLOCATIONS, &[]);
                             self.freed |= before.iter().any(|ip| !now.contains(ip));
                             if let Some(note) = self.moved_note(&before, &now, &assigned) {
-                                writes.extend(self.note(&svc, note));
+                                self.note(&svc, note);
                             }
                         }
                         let message = format!("assigned {}", status::describe(&assigned));
-                        writes.extend(self.note(&svc, Note::normal("IPAllocated", message)));
+                        self.note(&svc, Note::normal("IPAllocated", message));
                         writes
                     }
                     Err(e) => {
@@ -510,18 +498,18 @@ impl Controller {
             self.registry
                 .inc(metrics::ALLOCATION_FAILURES, &[("reason", reason)]);
         }
-        writes.extend(self.note(svc, note));
+        self.note(svc, note);
         writes
     }
 
-    /// An Event for `note`, unless it is what was last said about this Service.
-    fn note(&mut self, svc: &LbService, note: Note) -> Option<Write> {
+    /// Queues an Event for `note`, unless it is what was last said about this Service.
+    fn note(&mut self, svc: &LbService, note: Note) {
         let key = svc.key();
         if self.last_note.get(&key) == Some(&fingerprint(&note)) {
-            return None;
+            return;
         }
         self.last_note.insert(key.clone(), fingerprint(&note));
-        Some(Write::Event { key, note })
+        self.events.push((key, note));
     }
 
     fn eligible_pools(&self, svc: &LbService) -> Vec<String> {
@@ -616,10 +604,10 @@ impl Controller {
         if writes.is_empty() {
             return;
         }
-        let (client, services, reporter) = (&self.client, &self.services, &self.reporter);
+        let client = &self.client;
         let results: Vec<(Write, Result<()>)> = stream::iter(writes)
             .map(|w| async move {
-                let result = perform(client, services, reporter, &w).await;
+                let result = perform(client, &w).await;
                 (w, result)
             })
             .buffer_unordered(WRITE_CONCURRENCY)
@@ -643,9 +631,6 @@ impl Controller {
                     tracing::warn!(service = %key, "writing status: {e:#}");
                     self.failed.insert(key);
                 }
-                // Events never come here: `publish_events` performs them and reports
-                // failures back to the next pass.
-                (Write::Event { .. }, Err(_)) => {}
                 (Write::PoolStatus { name, .. }, Err(e)) => {
                     tracing::warn!(pool = %name, "writing pool status: {e:#}");
                 }
@@ -661,28 +646,51 @@ async fn publish_events(
     services: Cache<LbService>,
     reporter: Reporter,
     registry: Arc<Registry>,
-    mut batches: mpsc::UnboundedReceiver<Vec<Write>>,
+    mut batches: mpsc::UnboundedReceiver<Vec<(String, Note)>>,
     failures: mpsc::UnboundedSender<(String, u64)>,
 ) {
     while let Some(batch) = batches.recv().await {
         let (client, services, reporter) = (&client, &services, &reporter);
-        let results: Vec<(Write, Result<()>)> = stream::iter(batch)
-            .map(|w| async move {
-                let result = perform(client, services, reporter, &w).await;
-                (w, result)
+        let results: Vec<(String, Note, Result<()>)> = stream::iter(batch)
+            .map(|(key, note)| async move {
+                let result = publish_event(client, services, reporter, &key, &note).await;
+                (key, note, result)
             })
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect()
             .await;
-        for (write, result) in results {
+        for (key, note, result) in results {
             let outcome = if result.is_ok() { "ok" } else { "error" };
             registry.inc(metrics::API_WRITES, &[("result", outcome)]);
-            if let (Write::Event { key, note }, Err(e)) = (write, result) {
+            if let Err(e) = result {
                 tracing::warn!(service = %key, "publishing event: {e:#}");
                 let _ = failures.send((key, fingerprint(&note)));
             }
         }
     }
+}
+
+/// Publishes `note` about the Service `key`, built from the cached Service.
+async fn publish_event(
+    client: &Client,
+    services: &Cache<LbService>,
+    reporter: &Reporter,
+    key: &str,
+    note: &Note,
+) -> Result<()> {
+    // A Service deleted meanwhile needs no Event.
+    let Some(svc) = services.get(key) else {
+        return Ok(());
+    };
+    let about = svc.regarding();
+    Api::<Event>::namespaced(client.clone(), about.namespace)
+        .create(
+            &PostParams::default(),
+            &events::build(about, note, reporter),
+        )
+        .await
+        .context("creating Event")?;
+    Ok(())
 }
 
 /// A stable 64-bit fingerprint of a note (FNV-1a); equal notes, equal fingerprints.
@@ -708,12 +716,7 @@ fn status_write(svc: &LbService, patch: Value) -> Write {
     }
 }
 
-async fn perform(
-    client: &Client,
-    services: &Cache<LbService>,
-    reporter: &Reporter,
-    write: &Write,
-) -> Result<()> {
+async fn perform(client: &Client, write: &Write) -> Result<()> {
     let apply = PatchParams::apply(CONTROLLER_MANAGER).force();
     match write {
         Write::Status {
@@ -726,18 +729,6 @@ async fn perform(
                 .patch_status(name, &apply, &Patch::Apply(patch))
                 .await
                 .context("patching Service status")?;
-        }
-        Write::Event { key, note } => {
-            // A Service deleted meanwhile needs no Event.
-            let Some(svc) = services.get(key) else {
-                return Ok(());
-            };
-            let event = events::build(svc.regarding(), note, reporter);
-            let ns = event.metadata.namespace.as_deref().unwrap_or("default");
-            Api::<Event>::namespaced(client.clone(), ns)
-                .create(&PostParams::default(), &event)
-                .await
-                .context("creating Event")?;
         }
         Write::PoolStatus { name, patch, .. } => {
             Api::<IPPool>::all(client.clone())
