@@ -12,6 +12,8 @@ pub mod pool;
 mod schema;
 pub mod selector;
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watch;
 
 pub use address::{AddressEntry, AddressError, IpRange};

@@ -63,6 +63,11 @@ enum Write {
     },
 }
 
+/// Events of one pass for the publisher: (Service key, what to say).
+type EventBatch = Vec<(String, Note)>;
+/// An Event the publisher could not publish: (Service key, fingerprint of the note).
+type EventFailure = (String, u64);
+
 pub struct Controller {
     client: Client,
     config: ClassConfig,
@@ -80,15 +85,15 @@ pub struct Controller {
     waiting: BTreeSet<String>,
     /// Services whose last status write failed: looked at again on the next pass.
     failed: BTreeSet<String>,
-    /// Events go to a task of their own, so that a pass never waits for them (they only
-    /// inform) and the next Service's status is not queued behind them.
     /// Events decided in the current pass (Service key, what to say), handed to the
     /// publisher after the pass's statuses. Built when published (from the cached Service),
     /// so a queued Event costs little.
     events: Vec<(String, Note)>,
-    events_tx: mpsc::UnboundedSender<Vec<(String, Note)>>,
+    /// Events go to a task of their own, so that a pass never waits for them (they only
+    /// inform) and the next Service's status is not queued behind them.
+    events_tx: mpsc::UnboundedSender<EventBatch>,
     /// Events that could not be published, by Service and fingerprint.
-    event_failures: mpsc::UnboundedReceiver<(String, u64)>,
+    event_failures: mpsc::UnboundedReceiver<EventFailure>,
     /// Set by `decide` when a Service gave IPs back during this pass.
     freed: bool,
     last_pool_status: BTreeMap<String, Value>,
@@ -646,8 +651,8 @@ async fn publish_events(
     services: Cache<LbService>,
     reporter: Reporter,
     registry: Arc<Registry>,
-    mut batches: mpsc::UnboundedReceiver<Vec<(String, Note)>>,
-    failures: mpsc::UnboundedSender<(String, u64)>,
+    mut batches: mpsc::UnboundedReceiver<EventBatch>,
+    failures: mpsc::UnboundedSender<EventFailure>,
 ) {
     while let Some(batch) = batches.recv().await {
         let (client, services, reporter) = (&client, &services, &reporter);
@@ -738,4 +743,143 @@ async fn perform(client: &Client, write: &Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_api::testing::FakeApi;
+
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
+        serde_yaml_ng::from_str(s).expect("yaml")
+    }
+
+    const STATUS: &str = "PATCH /api/v1/namespaces/shop/services/web/status";
+
+    /// A controller serving classless Services from pool 192.0.2.0/24, with shop/web
+    /// cached, writing to `api`; and the receiving end of its Event queue.
+    fn controller(
+        api: &FakeApi,
+    ) -> (
+        Controller,
+        mpsc::UnboundedReceiver<EventBatch>,
+        mpsc::UnboundedSender<EventFailure>,
+    ) {
+        let web: LbService = yaml(
+            "metadata: {name: web, namespace: shop, uid: u1}\nspec: {type: LoadBalancer, ports: [{port: 80}]}",
+        );
+        let (pools, mut pool_writer) = reflector::store();
+        pool_writer.apply_watcher_event(&watcher::Event::Apply(yaml::<IPPool>(
+            "metadata: {name: lan}\nspec: {addresses: [192.0.2.0/24]}",
+        )));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (failures_tx, event_failures) = mpsc::unbounded_channel();
+        let mut controller = Controller {
+            client: api.client(),
+            config: ClassConfig {
+                class: "herald.dev/lb".into(),
+                serve_unset: true,
+            },
+            registry: Arc::new(Registry::new()),
+            services: [("shop/web".to_owned(), web)].into_iter().collect(),
+            pools,
+            namespaces: reflector::store().0,
+            parsed_pools: Vec::new(),
+            allocator: Allocator::new(),
+            last_note: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            events: Vec::new(),
+            events_tx,
+            event_failures,
+            freed: false,
+            last_pool_status: BTreeMap::new(),
+            pool_status_written: None,
+            pool_status_pending: false,
+        };
+        controller.rebuild();
+        (controller, events_rx, failures_tx)
+    }
+
+    fn reasons(batch: &[(String, Note)]) -> Vec<(&str, &str)> {
+        batch
+            .iter()
+            .map(|(key, note)| (key.as_str(), note.reason.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_event_that_could_not_be_published_is_said_again_on_the_next_pass() {
+        let api = FakeApi::default();
+        let (mut c, mut queued, failures) = controller(&api);
+        let web = vec!["shop/web".to_owned()];
+
+        c.pass(web.clone(), false).await;
+        assert!(api.take().contains(&STATUS.to_owned()));
+        let first = queued.try_recv().expect("an Event queued");
+        assert_eq!(reasons(&first), [("shop/web", "IPAllocated")]);
+
+        // Said once: looking at the Service again queues nothing.
+        c.pass(web.clone(), false).await;
+        assert!(queued.try_recv().is_err());
+
+        // The publisher could not publish it: the next pass, whatever woke it, says it again.
+        let (key, note) = &first[0];
+        failures
+            .send((key.clone(), fingerprint(note)))
+            .expect("send");
+        c.pass(Vec::new(), false).await;
+        let again = queued.try_recv().expect("the Event queued again");
+        assert_eq!(again, first);
+
+        // A failure report for something no longer current (a newer note was said since)
+        // is not said again.
+        failures.send((key.clone(), 42)).expect("send");
+        c.pass(Vec::new(), false).await;
+        assert!(queued.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn the_publisher_reports_events_it_could_not_publish() {
+        let api = FakeApi::default();
+        let web: LbService = yaml("metadata: {name: web, namespace: shop, uid: u1}");
+        let services: Cache<LbService> = [("shop/web".to_owned(), web)].into_iter().collect();
+        let (batches_tx, batches) = mpsc::unbounded_channel();
+        let (failures_tx, mut failures) = mpsc::unbounded_channel();
+        let reporter = Reporter {
+            controller: CONTROLLER_MANAGER.into(),
+            instance: "pod-1".into(),
+            action: "Allocate".into(),
+        };
+        let publisher = tokio::spawn(publish_events(
+            api.client(),
+            services,
+            reporter,
+            Arc::new(Registry::new()),
+            batches,
+            failures_tx,
+        ));
+        let allocated = Note::normal("IPAllocated", "assigned 192.0.2.1");
+        let gone = Note::normal("IPAllocated", "about a Service deleted meanwhile");
+        api.fail_events(1);
+        batches_tx
+            .send(vec![
+                ("shop/web".to_owned(), allocated.clone()),
+                ("shop/gone".to_owned(), gone),
+            ])
+            .expect("send");
+        drop(batches_tx);
+        publisher.await.expect("publisher");
+        assert_eq!(
+            failures.try_recv().expect("a failure"),
+            ("shop/web".to_owned(), fingerprint(&allocated))
+        );
+        // The deleted Service's Event is dropped, not published and not a failure.
+        assert!(failures.try_recv().is_err());
+        assert_eq!(
+            api.take(),
+            ["POST /apis/events.k8s.io/v1/namespaces/shop/events"]
+        );
+    }
 }

@@ -202,61 +202,10 @@ async fn write_announcement(
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-    use std::sync::Mutex;
-
-    use http::{Request, Response};
-    use kube::client::Body;
+    use herald_api::testing::FakeApi;
 
     use super::*;
     use crate::election::NoOwner;
-
-    /// An API server that records `METHOD path` of each request, answers writes by echoing
-    /// the object, and fails the next `fail_events` Event creations.
-    #[derive(Clone, Default)]
-    struct FakeApi {
-        requests: Arc<Mutex<Vec<String>>>,
-        fail_events: Arc<Mutex<usize>>,
-    }
-
-    impl FakeApi {
-        fn client(&self) -> Client {
-            let api = self.clone();
-            let service = tower::service_fn(move |req: Request<Body>| {
-                let api = api.clone();
-                async move {
-                    let line = format!("{} {}", req.method(), req.uri().path());
-                    let event = line.ends_with("/events");
-                    api.requests.lock().expect("lock").push(line);
-                    let fail = event && {
-                        let mut left = api.fail_events.lock().expect("lock");
-                        let fail = *left > 0;
-                        *left = left.saturating_sub(1);
-                        fail
-                    };
-                    let (status, body) = if fail {
-                        (500, br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"etcd is down","reason":"InternalError","code":500}"#.to_vec())
-                    } else {
-                        let body = req.into_body().collect_bytes().await.expect("body");
-                        (if event { 201 } else { 200 }, body.to_vec())
-                    };
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(Body::from(body))
-                            .expect("response"),
-                    )
-                }
-            });
-            Client::new(service, "default")
-        }
-
-        /// The requests since the last call.
-        fn take(&self) -> Vec<String> {
-            std::mem::take(&mut *self.requests.lock().expect("lock"))
-        }
-    }
 
     const PATCH: &str =
         "PATCH /apis/herald.dev/v1alpha1/namespaces/shop/l2announcements/web-192-0-2-10";
@@ -299,7 +248,7 @@ mod tests {
         let eth0 = decision(Ok(vec!["eth0".into()]));
 
         // Gaining the IP: the L2Announcement and an Event; the Event POST fails.
-        *api.fail_events.lock().expect("lock") = 1;
+        api.fail_events(1);
         notes.publish_all(&services, &eth0).await;
         assert_eq!(api.take(), [PATCH, EVENT]);
         // Next decision, same outcome: the Event is tried again, the announcement is not.
