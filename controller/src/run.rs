@@ -170,27 +170,15 @@ pub async fn run(
         events_rx,
         failures_tx,
     ));
-    let mut controller = Controller {
+    let mut controller = Controller::new(
         client,
         config,
         registry,
         services,
-        pools: pool_store,
+        pool_store,
         namespaces,
-        parsed_pools: Vec::new(),
-        allocator: Allocator::new(),
-        last_note: BTreeMap::new(),
-        waiting: BTreeSet::new(),
-        failed: BTreeSet::new(),
-        events: Vec::new(),
-        events_tx,
-        event_failures,
-        freed: false,
-        last_pool_status: BTreeMap::new(),
-        pool_status_written: None,
-        pool_status_pending: false,
-    };
-    controller.rebuild();
+        (events_tx, event_failures),
+    );
     tracing::info!(
         services = controller.services.len(),
         "state rebuilt from the API; allocating"
@@ -259,6 +247,44 @@ fn trigger_on_change<K: Resource>(
 }
 
 impl Controller {
+    /// A controller over these caches, its allocator rebuilt from the Services' statuses.
+    /// Events go out through `events` (batches out, failures back).
+    fn new(
+        client: Client,
+        config: ClassConfig,
+        registry: Arc<Registry>,
+        services: Cache<LbService>,
+        pools: Store<IPPool>,
+        namespaces: Store<Namespace>,
+        events: (
+            mpsc::UnboundedSender<EventBatch>,
+            mpsc::UnboundedReceiver<EventFailure>,
+        ),
+    ) -> Self {
+        let mut controller = Controller {
+            client,
+            config,
+            registry,
+            services,
+            pools,
+            namespaces,
+            parsed_pools: Vec::new(),
+            allocator: Allocator::new(),
+            last_note: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            events: Vec::new(),
+            events_tx: events.0,
+            event_failures: events.1,
+            freed: false,
+            last_pool_status: BTreeMap::new(),
+            pool_status_written: None,
+            pool_status_pending: false,
+        };
+        controller.rebuild();
+        controller
+    }
+
     fn sorted_services(&self) -> Vec<Arc<LbService>> {
         let mut all = self.services.state();
         all.sort_by_key(|s| s.key());
@@ -775,30 +801,18 @@ mod tests {
         )));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (failures_tx, event_failures) = mpsc::unbounded_channel();
-        let mut controller = Controller {
-            client: api.client(),
-            config: ClassConfig {
+        let controller = Controller::new(
+            api.client(),
+            ClassConfig {
                 class: "herald.dev/lb".into(),
                 serve_unset: true,
             },
-            registry: Arc::new(Registry::new()),
-            services: [("shop/web".to_owned(), web)].into_iter().collect(),
+            Arc::new(Registry::new()),
+            [("shop/web".to_owned(), web)].into_iter().collect(),
             pools,
-            namespaces: reflector::store().0,
-            parsed_pools: Vec::new(),
-            allocator: Allocator::new(),
-            last_note: BTreeMap::new(),
-            waiting: BTreeSet::new(),
-            failed: BTreeSet::new(),
-            events: Vec::new(),
-            events_tx,
-            event_failures,
-            freed: false,
-            last_pool_status: BTreeMap::new(),
-            pool_status_written: None,
-            pool_status_pending: false,
-        };
-        controller.rebuild();
+            reflector::store().0,
+            (events_tx, event_failures),
+        );
         (controller, events_rx, failures_tx)
     }
 
