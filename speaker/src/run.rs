@@ -290,15 +290,14 @@ fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
 
 fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> Decision {
     // What the heartbeats say, copied out: the gossip thread needs this lock for every
-    // heartbeat, and a pass over 10,000 Services must not hold it.
-    let (live, peer_subnets): (BTreeSet<String>, BTreeMap<String, Vec<IpNetwork>>) = {
+    // heartbeat, and a pass over 10,000 Services must not hold it. The live speakers are
+    // the keys: each with the subnets it can announce on.
+    let peer_subnets: BTreeMap<String, Vec<IpNetwork>> = {
         let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
-        let live: BTreeSet<String> = members.names().map(str::to_owned).collect();
-        let subnets = live
-            .iter()
-            .map(|n| (n.clone(), members.subnets(n).to_vec()))
-            .collect();
-        (live, subnets)
+        members
+            .names()
+            .map(|n| (n.to_owned(), members.subnets(n).to_vec()))
+            .collect()
     };
     let nodes: BTreeMap<String, NodeFacts> = stores
         .nodes
@@ -317,7 +316,7 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
             let facts = NodeFacts {
                 ready,
                 excluded: labels.contains_key(EXCLUDE_FROM_LB_LABEL),
-                live: name == me || live.contains(&name),
+                live: name == me || peer_subnets.contains_key(&name),
                 labels,
             };
             Some((name, facts))
@@ -347,7 +346,7 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
         me,
         // The alphabetically first live speaker reports IPs nobody may announce: one
         // Warning per Service, not one per node.
-        reports_unannounced: live.iter().all(|n| n.as_str() > me),
+        reports_unannounced: peer_subnets.keys().all(|n| n.as_str() > me),
         services: &services,
         nodes: &nodes,
         peer_subnets: &peer_subnets,
