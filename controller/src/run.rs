@@ -394,10 +394,7 @@ impl Controller {
         if seen.len() > CHUNK {
             // A large pass (start-up, a pool change) allocates and frees a lot; give the
             // freed pages back to the system instead of keeping them as heap.
-            // SAFETY: malloc_trim only releases free memory of glibc's allocator.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            release_free_heap();
         }
     }
 
@@ -736,6 +733,16 @@ fn fingerprint(note: &Note) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         })
+}
+
+/// Gives glibc's free heap pages back to the system. musl (the image's static build) has no
+/// `malloc_trim` and returns large frees by itself, so there it does nothing.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn status_write(svc: &LbService, patch: Value) -> Write {

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::sync::watch;
@@ -21,8 +23,11 @@ pub struct Interface {
     pub mac: Option<[u8; 6]>,
     /// Administratively up and with a carrier: frames can flow.
     pub up: bool,
-    /// veth, bridge, tunnel, loopback or a CNI device: never chosen unless named explicitly.
-    pub is_virtual: bool,
+    /// An Ethernet device that can face the LAN: physical, bridge, bond, VLAN, macvlan,
+    /// ipvlan or veth (a node's address often sits on a bridge such as `br0` or `br-ex`, and
+    /// a kind or namespace node's NIC is a veth). Not loopback, dummy (`kube-ipvs0` holds
+    /// every VIP), tunnels or CNI/runtime devices: never chosen unless named explicitly.
+    pub faces_lan: bool,
     pub networks: Vec<IpNetwork>,
 }
 
@@ -41,8 +46,8 @@ const CNI_PREFIXES: [&str; 9] = [
 
 impl Snapshot {
     /// Where `ip` is announced: the named interfaces when `forced` is non-empty, else the
-    /// physical interfaces with a subnet containing `ip`, else the default route's interface
-    /// (if physical). Only interfaces that are up.
+    /// LAN-facing interfaces with a subnet containing `ip`, else the default route's
+    /// interface (if LAN-facing). Only interfaces that are up.
     pub fn announce_on(&self, ip: IpAddr, forced: &[String]) -> Vec<&Interface> {
         let up = self.interfaces.iter().filter(|i| i.up && i.mac.is_some());
         if !forced.is_empty() {
@@ -50,7 +55,7 @@ impl Snapshot {
         }
         let on_subnet: Vec<&Interface> = up
             .clone()
-            .filter(|i| !i.is_virtual && i.networks.iter().any(|n| n.contains(ip)))
+            .filter(|i| i.faces_lan && i.networks.iter().any(|n| n.contains(ip)))
             .collect();
         if !on_subnet.is_empty() {
             return on_subnet;
@@ -60,27 +65,18 @@ impl Snapshot {
         } else {
             self.default_v6
         };
-        up.filter(|i| !i.is_virtual && Some(i.index) == default)
+        up.filter(|i| i.faces_lan && Some(i.index) == default)
             .collect()
     }
 
-    /// Whether any interface (forced ones, or physical ones) has a subnet containing `ip`.
-    pub fn on_subnet(&self, ip: IpAddr, forced: &[String]) -> bool {
-        self.interfaces.iter().any(|i| {
-            i.up && (if forced.is_empty() {
-                !i.is_virtual
-            } else {
-                forced.contains(&i.name)
-            }) && i.networks.iter().any(|n| n.contains(ip))
-        })
-    }
-
-    /// The subnets of interfaces that are up (sent to other speakers).
+    /// The subnets of the LAN-facing interfaces that are up: what this node tells its peers,
+    /// and the one thing every node, itself included, is judged on-subnet by (`on_subnet`).
+    /// Judging itself by anything else would let nodes disagree on who may announce.
     pub fn subnets(&self) -> Vec<IpNetwork> {
         let mut nets: Vec<IpNetwork> = self
             .interfaces
             .iter()
-            .filter(|i| i.up && !matches!(i.name.as_str(), "lo"))
+            .filter(|i| i.up && i.faces_lan)
             .flat_map(|i| i.networks.iter())
             .filter(|n| match n.ip() {
                 IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
@@ -94,41 +90,58 @@ impl Snapshot {
     }
 }
 
+/// An interface from its rtnetlink link message (addresses are added later).
+pub fn interface_of(link: &LinkMessage) -> Interface {
+    let mut iface = Interface {
+        index: link.header.index,
+        name: String::new(),
+        mac: None,
+        up: link.header.flags.contains(LinkFlags::Up)
+            && link.header.flags.contains(LinkFlags::LowerUp),
+        faces_lan: link.header.link_layer_type == LinkLayerType::Ether,
+        networks: Vec::new(),
+    };
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => iface.name.clone_from(n),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                iface.mac = <[u8; 6]>::try_from(a.as_slice()).ok();
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        iface.faces_lan &= lan_kind(kind);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    iface.faces_lan &= !CNI_PREFIXES.iter().any(|p| iface.name.starts_with(p));
+    iface
+}
+
+/// Link kinds that carry a LAN's Ethernet frames (a physical NIC has no kind at all).
+fn lan_kind(kind: &InfoKind) -> bool {
+    matches!(
+        kind,
+        InfoKind::Bridge
+            | InfoKind::Bond
+            | InfoKind::Team
+            | InfoKind::Vlan
+            | InfoKind::MacVlan
+            | InfoKind::MacVtap
+            | InfoKind::IpVlan
+            | InfoKind::Veth
+    )
+}
+
 /// Reads every link, address and default route.
 pub async fn snapshot(handle: &Handle) -> Result<Snapshot> {
     let mut interfaces = Vec::new();
     let mut links = handle.link().get().execute();
     while let Some(link) = links.try_next().await.context("listing links")? {
-        let mut iface = Interface {
-            index: link.header.index,
-            name: String::new(),
-            mac: None,
-            up: link.header.flags.contains(LinkFlags::Up)
-                && link.header.flags.contains(LinkFlags::LowerUp),
-            is_virtual: link.header.link_layer_type == LinkLayerType::Loopback,
-            networks: Vec::new(),
-        };
-        for attr in link.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => iface.name = n,
-                LinkAttribute::Address(a) if a.len() == 6 => {
-                    iface.mac = <[u8; 6]>::try_from(a.as_slice()).ok();
-                }
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            iface.is_virtual |= !matches!(
-                                kind,
-                                InfoKind::Bond | InfoKind::Vlan | InfoKind::MacVlan
-                            );
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        iface.is_virtual |= CNI_PREFIXES.iter().any(|p| iface.name.starts_with(p));
-        interfaces.push(iface);
+        interfaces.push(interface_of(&link));
     }
     let mut addresses = handle.address().get().execute();
     while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
@@ -227,15 +240,17 @@ pub async fn follow(tx: watch::Sender<Snapshot>, refresh: Duration) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_route::link::LinkHeader;
+
     use super::*;
 
-    fn iface(index: u32, name: &str, up: bool, is_virtual: bool, nets: &[&str]) -> Interface {
+    fn iface(index: u32, name: &str, up: bool, faces_lan: bool, nets: &[&str]) -> Interface {
         Interface {
             index,
             name: name.into(),
             mac: Some([2, 0, 0, 0, 0, index as u8]),
             up,
-            is_virtual,
+            faces_lan,
             networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
         }
     }
@@ -243,11 +258,11 @@ mod tests {
     fn snap() -> Snapshot {
         Snapshot {
             interfaces: vec![
-                iface(1, "lo", true, true, &["127.0.0.1/8", "::1/128"]),
-                iface(2, "eth0", true, false, &["192.0.2.5/24", "2001:db8::5/64"]),
-                iface(3, "eth1", true, false, &["198.51.100.5/24"]),
-                iface(4, "cni0", true, true, &["203.0.113.1/24"]),
-                iface(5, "eth2", false, false, &["203.0.113.9/24"]),
+                iface(1, "lo", true, false, &["127.0.0.1/8", "::1/128"]),
+                iface(2, "eth0", true, true, &["192.0.2.5/24", "2001:db8::5/64"]),
+                iface(3, "eth1", true, true, &["198.51.100.5/24"]),
+                iface(4, "cni0", true, false, &["203.0.113.1/24"]),
+                iface(5, "eth2", false, true, &["203.0.113.9/24"]),
             ],
             default_v4: Some(3),
             default_v6: None,
@@ -258,33 +273,110 @@ mod tests {
         v.into_iter().map(|i| i.name.as_str()).collect()
     }
 
+    fn ip(x: &str) -> IpAddr {
+        x.parse().unwrap()
+    }
+
     #[test]
-    fn on_subnet_interfaces_then_the_default_route_never_virtual_or_down() {
+    fn on_subnet_interfaces_then_the_default_route_never_excluded_or_down() {
         let s = snap();
-        let ip = |x: &str| x.parse::<IpAddr>().unwrap();
         assert_eq!(names(s.announce_on(ip("192.0.2.10"), &[])), ["eth0"]);
         assert_eq!(names(s.announce_on(ip("2001:db8::10"), &[])), ["eth0"]);
         // No interface in the subnet: the default route's interface.
         assert_eq!(names(s.announce_on(ip("10.1.2.3"), &[])), ["eth1"]);
         // No IPv6 default route: nowhere.
         assert!(s.announce_on(ip("2001:db8:1::1"), &[]).is_empty());
-        // Virtual (cni0) and down (eth2) interfaces are not chosen by default.
+        // CNI devices (cni0) and down interfaces (eth2) are not chosen by default.
         assert_eq!(names(s.announce_on(ip("203.0.113.50"), &[])), ["eth1"]);
-        // An L2Advertisement's list wins, virtual or not, but down ones stay out.
+        // An L2Advertisement's list wins, whatever the device, but down ones stay out.
         let forced = vec!["cni0".to_owned(), "eth2".to_owned()];
         assert_eq!(names(s.announce_on(ip("192.0.2.10"), &forced)), ["cni0"]);
-        assert!(s.on_subnet(ip("192.0.2.10"), &[]));
-        assert!(!s.on_subnet(ip("203.0.113.50"), &[]));
-        assert!(s.on_subnet(ip("203.0.113.50"), &forced));
+        // What peers are told is exactly what this node announces on by default.
         let subnets: Vec<String> = s.subnets().iter().map(ToString::to_string).collect();
         assert_eq!(
             subnets,
-            [
-                "192.0.2.0/24",
-                "198.51.100.0/24",
-                "203.0.113.0/24",
-                "2001:db8::/64"
-            ]
+            ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/64"]
         );
+    }
+
+    /// A link message as rtnetlink reports it.
+    fn link(index: u32, name: &str, kind: Option<InfoKind>, layer: LinkLayerType) -> LinkMessage {
+        let mut msg = LinkMessage::default();
+        msg.header = LinkHeader {
+            index,
+            flags: LinkFlags::Up | LinkFlags::LowerUp,
+            link_layer_type: layer,
+            ..Default::default()
+        };
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        msg.attributes
+            .push(LinkAttribute::Address(vec![2, 0, 0, 0, 0, index as u8]));
+        if let Some(kind) = kind {
+            msg.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind)]));
+        }
+        msg
+    }
+
+    #[test]
+    fn lan_facing_devices_from_rtnetlink_data() {
+        let ether = LinkLayerType::Ether;
+        let cases = [
+            (link(2, "enp1s0", None, ether), true),
+            (link(3, "br0", Some(InfoKind::Bridge), ether), true),
+            (link(4, "br-ex", Some(InfoKind::Bridge), ether), true),
+            (link(5, "bond0", Some(InfoKind::Bond), ether), true),
+            (link(6, "bond0.100", Some(InfoKind::Vlan), ether), true),
+            (link(7, "eth0.42", Some(InfoKind::Vlan), ether), true),
+            (link(8, "macvlan0", Some(InfoKind::MacVlan), ether), true),
+            (link(9, "ipvl0", Some(InfoKind::IpVlan), ether), true),
+            // A kind node's or a namespace node's NIC.
+            (link(10, "eth0", Some(InfoKind::Veth), ether), true),
+            (link(11, "lo", None, LinkLayerType::Loopback), false),
+            // kube-proxy's IPVS device holds every Service IP: never announce from it.
+            (link(12, "kube-ipvs0", Some(InfoKind::Dummy), ether), false),
+            (link(13, "dummy0", Some(InfoKind::Dummy), ether), false),
+            (
+                link(14, "vxlan.calico", Some(InfoKind::Vxlan), ether),
+                false,
+            ),
+            (
+                link(15, "genev_sys_6081", Some(InfoKind::Geneve), ether),
+                false,
+            ),
+            (
+                link(16, "wg0", Some(InfoKind::Wireguard), LinkLayerType::None),
+                false,
+            ),
+            (link(17, "cni0", Some(InfoKind::Bridge), ether), false),
+            (link(18, "docker0", Some(InfoKind::Bridge), ether), false),
+            (link(19, "cilium_host", Some(InfoKind::Veth), ether), false),
+        ];
+        for (msg, faces_lan) in cases {
+            let iface = interface_of(&msg);
+            assert_eq!(iface.faces_lan, faces_lan, "{}", iface.name);
+            assert!(iface.up);
+            assert_eq!(iface.mac, Some([2, 0, 0, 0, 0, msg.header.index as u8]));
+        }
+    }
+
+    #[test]
+    fn a_node_address_on_a_bridge_is_announced_there_and_told_to_peers() {
+        // The node's address on br0, its NIC enslaved to br0 without an address.
+        let mut br0 = interface_of(&link(
+            3,
+            "br0",
+            Some(InfoKind::Bridge),
+            LinkLayerType::Ether,
+        ));
+        br0.networks.push("192.0.2.5/24".parse().unwrap());
+        let nic = interface_of(&link(2, "enp1s0", None, LinkLayerType::Ether));
+        let s = Snapshot {
+            interfaces: vec![nic, br0],
+            default_v4: Some(3),
+            default_v6: None,
+        };
+        assert_eq!(names(s.announce_on(ip("192.0.2.10"), &[])), ["br0"]);
+        assert_eq!(s.subnets(), ["192.0.2.0/24".parse::<IpNetwork>().unwrap()]);
     }
 }

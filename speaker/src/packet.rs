@@ -75,46 +75,84 @@ fn parse_arp(payload: &[u8]) -> Option<Query> {
     })
 }
 
+/// A Neighbor Solicitation, validated as RFC 4861 7.1.1 says: whatever fails a check is
+/// silently dropped.
 fn parse_ns(eth_source: MacAddr, payload: &[u8]) -> Option<Query> {
     let header = payload.get(..IPV6_HEADER)?;
-    // Version 6, next header ICMPv6 (no extension headers in NDP), hop limit 255 (RFC 4861
-    // 7.1.1: anything else was forwarded by a router and must be dropped).
+    // Version 6, next header ICMPv6 (no extension headers in NDP), hop limit 255 (anything
+    // else was forwarded by a router).
     if header[0] >> 4 != 6 || header[6] != 58 || header[7] != 255 {
         return None;
     }
+    // The ICMP length is derived from the IP length: a packet shorter than it says is
+    // truncated (Ethernet padding after it is fine).
     let declared = usize::from(u16::from_be_bytes([header[4], header[5]]));
-    let body = payload.get(IPV6_HEADER..)?;
-    let icmp = body.get(..declared.min(body.len()))?;
+    let icmp = payload.get(IPV6_HEADER..IPV6_HEADER + declared)?;
     let source_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(8..24)?).ok()?);
+    let dest_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(24..40)?).ok()?);
     if icmp.len() < NS_MIN_LEN || icmp[0] != ICMPV6_NEIGHBOR_SOLICIT || icmp[1] != 0 {
+        return None;
+    }
+    if !icmpv6_checksum_ok(source_ip, dest_ip, icmp) {
         return None;
     }
     let target = Ipv6Addr::from(<[u8; 16]>::try_from(icmp.get(8..24)?).ok()?);
     if target.is_multicast() {
         return None;
     }
-    let mut reply_mac = eth_source;
+    let mut source_link_layer = None;
     let mut options = icmp.get(NS_MIN_LEN..)?;
-    while options.len() >= 2 {
-        let (kind, units) = (options[0], usize::from(options[1]));
-        // A zero-length option is invalid (RFC 4861 4.6) and would loop forever.
+    while !options.is_empty() {
+        let (kind, units) = (options.first()?, usize::from(*options.get(1)?));
+        // A zero-length option is invalid and would loop forever.
         if units == 0 {
             return None;
         }
         let option = options.get(..units * 8)?;
-        if kind == 1 {
+        if *kind == 1 {
             // Source Link-Layer Address: where the answer must go.
             let mac = option.get(2..8)?;
-            reply_mac = MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+            source_link_layer = Some(MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]));
         }
         options = options.get(units * 8..)?;
     }
-    // Duplicate address detection carries no source link-layer option (RFC 4861 7.1.1).
+    // Duplicate address detection (from ::) goes to the target's solicited-node group and
+    // carries no source link-layer address.
+    if source_ip.is_unspecified()
+        && (dest_ip != solicited_node_group(target) || source_link_layer.is_some())
+    {
+        return None;
+    }
     Some(Query::NeighborSolicit {
-        reply_mac,
+        reply_mac: source_link_layer.unwrap_or(eth_source),
         source_ip,
         target,
     })
+}
+
+/// Whether an ICMPv6 message's checksum (over the IPv6 pseudo-header and the message, RFC
+/// 8200 8.1) is right: the one's-complement sum over everything, checksum included, is
+/// all ones.
+fn icmpv6_checksum_ok(source: Ipv6Addr, dest: Ipv6Addr, icmp: &[u8]) -> bool {
+    let Ok(length) = u32::try_from(icmp.len()) else {
+        return false;
+    };
+    let mut sum: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u64::from(pair[0]) << 8;
+            sum += hi | pair.get(1).copied().map_or(0, u64::from);
+        }
+    };
+    add(&source.octets());
+    add(&dest.octets());
+    add(&length.to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(icmp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
 }
 
 /// The answer to an ARP request for `ip`, which this node owns.

@@ -23,9 +23,10 @@ pub struct View<'a> {
     /// Services with IPs to announce, by key (`namespace/name`).
     pub services: &'a HashMap<String, Arc<ServiceIps>>,
     pub nodes: &'a BTreeMap<String, NodeFacts>,
-    /// Subnets each other live speaker can announce on, from its heartbeats (this node's
-    /// come from `interfaces`).
-    pub peer_subnets: &'a BTreeMap<String, Vec<IpNetwork>>,
+    /// The live speakers, this one included, each with the subnets it can announce on:
+    /// peers' from their heartbeats, this node's the `Snapshot::subnets` it sends them. One
+    /// source for every node, so every speaker judges every node (itself too) alike.
+    pub node_subnets: &'a BTreeMap<String, Vec<IpNetwork>>,
     pub pools: &'a [&'a IPPool],
     pub advertisements: &'a [&'a L2Advertisement],
     /// Nodes with a serving endpoint, per Service key (`namespace/name`).
@@ -190,13 +191,10 @@ fn owner<'v, 'p>(
         .iter()
         .map(|node| Candidate {
             node,
-            on_subnet: if *node == view.me {
-                view.interfaces.on_subnet(ip, &pool.forced)
-            } else {
-                view.peer_subnets
-                    .get(*node)
-                    .is_some_and(|nets| nets.iter().any(|n| n.contains(ip)))
-            },
+            on_subnet: view
+                .node_subnets
+                .get(*node)
+                .is_some_and(|nets| nets.iter().any(|n| n.contains(ip))),
         })
         .collect();
     let owner = election::owner(ip, &candidates).ok_or(NoOwner::NoLiveNode)?;

@@ -291,12 +291,13 @@ fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
 fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> Decision {
     // What the heartbeats say, copied out: the gossip thread needs this lock for every
     // heartbeat, and a pass over 10,000 Services must not hold it. The live speakers are
-    // the keys: each with the subnets it can announce on.
-    let peer_subnets: BTreeMap<String, Vec<IpNetwork>> = {
+    // the keys, this one too: each with the subnets it can announce on.
+    let node_subnets: BTreeMap<String, Vec<IpNetwork>> = {
         let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
         members
             .names()
             .map(|n| (n.to_owned(), members.subnets(n).to_vec()))
+            .chain([(me.to_owned(), snapshot.subnets())])
             .collect()
     };
     let nodes: BTreeMap<String, NodeFacts> = stores
@@ -316,7 +317,7 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
             let facts = NodeFacts {
                 ready,
                 excluded: labels.contains_key(EXCLUDE_FROM_LB_LABEL),
-                live: name == me || peer_subnets.contains_key(&name),
+                live: node_subnets.contains_key(&name),
                 labels,
             };
             Some((name, facts))
@@ -346,10 +347,10 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
         me,
         // The alphabetically first live speaker reports IPs nobody may announce: one
         // Warning per Service, not one per node.
-        reports_unannounced: peer_subnets.keys().all(|n| n.as_str() > me),
+        reports_unannounced: node_subnets.keys().next().map(String::as_str) == Some(me),
         services: &services,
         nodes: &nodes,
-        peer_subnets: &peer_subnets,
+        node_subnets: &node_subnets,
         pools: &pools,
         advertisements: &ads,
         endpoints: &endpoints,

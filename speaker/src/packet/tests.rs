@@ -15,7 +15,8 @@ fn arp_request(target: Ipv4Addr) -> Vec<u8> {
     )
 }
 
-/// A Neighbor Solicitation as a host sends it; `sll` adds the Source Link-Layer option.
+/// A Neighbor Solicitation as a host sends it (to the target's solicited-node group, with
+/// a valid checksum); `sll` adds the Source Link-Layer option.
 fn neighbor_solicit(source: Ipv6Addr, target: Ipv6Addr, sll: Option<MacAddr>) -> Vec<u8> {
     let mut icmp = vec![ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&target.octets());
@@ -23,6 +24,10 @@ fn neighbor_solicit(source: Ipv6Addr, target: Ipv6Addr, sll: Option<MacAddr>) ->
         icmp.extend_from_slice(&[1, 1]);
         icmp.extend_from_slice(&mac_bytes(mac));
     }
+    let checksum = Icmpv6Packet::new(&icmp)
+        .map(|p| pnet_packet::icmpv6::checksum(&p, &source, &solicited_node_group(target)))
+        .expect("icmp");
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
     let mut frame = Vec::new();
     frame.extend_from_slice(&mac_bytes(multicast_mac(solicited_node_group(target))));
     frame.extend_from_slice(&mac_bytes(CLIENT_MAC));
@@ -157,11 +162,15 @@ fn malformed_frames_are_ignored() {
     let mut long = good.clone();
     long[opt + 1] = 200;
     assert_eq!(parse(&long), None);
-    // A payload length larger than the frame is clamped, not trusted.
+    // A payload length larger than the frame: truncated, dropped.
     let mut lying = good.clone();
     lying[14 + 4] = 0xff;
     lying[14 + 5] = 0xff;
-    assert!(parse(&lying).is_some());
+    assert_eq!(parse(&lying), None);
+    // Ethernet padding after the packet is not part of it.
+    let mut padded = good.clone();
+    padded.extend_from_slice(&[0; 10]);
+    assert!(parse(&padded).is_some());
     // Multicast targets are not solicitations anyone answers.
     assert_eq!(
         parse(&neighbor_solicit(v6("2001:db8::100"), v6("ff02::1"), None)),
@@ -171,6 +180,36 @@ fn malformed_frames_are_ignored() {
     let mut arp = arp_request(Ipv4Addr::new(192, 0, 2, 1));
     arp[14 + 5] = 16;
     assert_eq!(parse(&arp), None);
+}
+
+/// RFC 4861 7.1.1: what a node must silently discard.
+#[test]
+fn neighbor_solicitations_failing_rfc_4861_validation_are_dropped() {
+    let target = v6("2001:db8::10");
+    let good = neighbor_solicit(v6("2001:db8::100"), target, Some(CLIENT_MAC));
+    assert!(parse(&good).is_some());
+    // A bad ICMPv6 checksum, however small the damage: in the checksum, the target, an option.
+    for at in [14 + 40 + 2, 14 + 40 + 8, 14 + 40 + 24 + 2] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        assert_eq!(parse(&bad), None, "byte {at} changed");
+    }
+    // A non-zero ICMP code.
+    let mut code = good.clone();
+    code[14 + 40 + 1] = 1;
+    assert_eq!(parse(&code), None);
+    // From the unspecified address (DAD) with a source link-layer address option.
+    let dad_with_sll = neighbor_solicit(Ipv6Addr::UNSPECIFIED, target, Some(CLIENT_MAC));
+    assert_eq!(parse(&dad_with_sll), None);
+    // From the unspecified address to something other than the solicited-node group.
+    let mut dad_unicast = neighbor_solicit(Ipv6Addr::UNSPECIFIED, target, None);
+    dad_unicast[14 + 24..14 + 40].copy_from_slice(&target.octets());
+    assert_eq!(parse(&dad_unicast), None);
+    // An option area that is not a whole number of options.
+    let mut ragged = good.clone();
+    ragged.push(1);
+    ragged[14 + 5] += 1;
+    assert_eq!(parse(&ragged), None);
 }
 
 #[test]
@@ -212,6 +251,15 @@ proptest! {
             frame[i] = byte;
         }
         frame.truncate(cut % (frame.len() + 1));
-        let _ = parse(&frame);
+        if let Some(Query::NeighborSolicit { source_ip, .. }) = parse(&frame) {
+            // Whatever is accepted passes RFC 4861 7.1.1.
+            let ip6 = &frame[14..54];
+            let dest = Ipv6Addr::from(<[u8; 16]>::try_from(&ip6[24..40]).expect("16 bytes"));
+            let len = usize::from(u16::from_be_bytes([ip6[4], ip6[5]]));
+            let icmp = &frame[54..54 + len];
+            prop_assert_eq!(ip6[7], 255);
+            prop_assert!(icmpv6_checksum_ok(source_ip, dest, icmp));
+            prop_assert_eq!(icmp[1], 0);
+        }
     }
 }

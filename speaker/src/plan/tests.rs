@@ -34,7 +34,7 @@ fn snapshot() -> Snapshot {
             name: "eth0".into(),
             mac: Some([2, 0, 0, 0, 0, 1]),
             up: true,
-            is_virtual: false,
+            faces_lan: true,
             networks: vec!["192.0.2.1/24".parse().unwrap()],
         }],
         default_v4: None,
@@ -48,6 +48,8 @@ struct Fixture {
     pools: Vec<IPPool>,
     ads: Vec<L2Advertisement>,
     endpoints: BTreeMap<&'static str, BTreeSet<&'static str>>,
+    /// Nodes whose heartbeats say they are on another subnet than the pool's.
+    off_subnet: BTreeSet<&'static str>,
 }
 
 impl Fixture {
@@ -63,6 +65,7 @@ impl Fixture {
             )],
             ads: vec![yaml("metadata: {name: all}\nspec: {}")],
             endpoints: BTreeMap::new(),
+            off_subnet: BTreeSet::new(),
         }
     }
 
@@ -74,14 +77,21 @@ impl Fixture {
         let subnets: BTreeMap<String, Vec<IpNetwork>> = self
             .nodes
             .keys()
-            .map(|n| (n.clone(), vec!["192.0.2.0/24".parse().unwrap()]))
+            .map(|n| {
+                let subnet = if self.off_subnet.contains(n.as_str()) {
+                    "10.0.0.0/8"
+                } else {
+                    "192.0.2.0/24"
+                };
+                (n.clone(), vec![subnet.parse().unwrap()])
+            })
             .collect();
         decide(&View {
             me,
             reports_unannounced: me == "a",
             services: &self.services,
             nodes: &self.nodes,
-            peer_subnets: &subnets,
+            node_subnets: &subnets,
             pools: &pools,
             advertisements: &ads,
             endpoints: &self.endpoints,
@@ -195,4 +205,16 @@ fn a_dead_owner_is_replaced() {
         first,
         "ownership returns when the node does"
     );
+}
+
+#[test]
+fn every_node_judges_itself_on_subnet_as_its_peers_judge_it() {
+    // Each node's own interfaces (the fixture's snapshot: on 192.0.2.0/24) do not decide
+    // whether it is on the IP's subnet; what it told its peers does. Otherwise a node could
+    // count itself in while the others count it out (two owners), or the reverse (none).
+    for on in ["a", "b", "c"] {
+        let mut f = Fixture::new();
+        f.off_subnet = ["a", "b", "c"].into_iter().filter(|n| *n != on).collect();
+        assert_eq!(f.owner(), Ok(on.to_owned()), "only {on} is on the subnet");
+    }
 }
