@@ -50,6 +50,9 @@ pub struct Pool {
     pub ranges: Vec<IpRange>,
     pub auto_assign: bool,
     pub avoid_buggy_ips: bool,
+    /// Deleted, kept by its finalizer while Services hold its addresses: they keep them,
+    /// nobody gets a new one from it.
+    pub terminating: bool,
 }
 
 impl Pool {
@@ -138,6 +141,22 @@ impl Families {
             all_required: true,
         }
     }
+
+    /// How many families the Service must get.
+    fn required(&self) -> usize {
+        if self.all_required {
+            self.order.len()
+        } else {
+            1
+        }
+    }
+}
+
+impl std::fmt::Display for Families {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.order.iter().map(ToString::to_string).collect();
+        write!(f, "[{}]", names.join(", "))
+    }
 }
 
 /// What one Service asks for.
@@ -149,7 +168,9 @@ pub struct Request {
     pub requested_ips: Vec<IpAddr>,
     /// A pool asked for by name.
     pub pool: Option<String>,
-    /// Pools whose selectors admit this Service, in the order to try them (priority, name).
+    /// Pools whose `serviceAllocation` admits this Service, in the order to try them
+    /// (priority, name). The only pools the Service's addresses may come from, whatever it
+    /// asks for: by IP, by pool or automatically.
     pub eligible_pools: Vec<String>,
     pub sharing: Sharing,
 }
@@ -181,6 +202,26 @@ pub enum AllocError {
     SameFamilyTwice(String),
     #[error("IPPool {0} does not exist")]
     NoSuchPool(String),
+    #[error(
+        "IPPool {0} does not serve this Service: its serviceAllocation admits other namespaces or Services"
+    )]
+    PoolNotAllowed(String),
+    #[error(
+        "requested IP {ip} is in IPPool {pool}, whose serviceAllocation admits other namespaces or Services"
+    )]
+    IpNotAllowed { ip: IpAddr, pool: String },
+    #[error("requested IP {ip} is {family}, but the Service's ipFamilies are {families}")]
+    WrongFamily {
+        ip: IpAddr,
+        family: Family,
+        families: String,
+    },
+    #[error(
+        "the Service requires {families} (RequireDualStack) but requests only {ips}: ask for one address of each family"
+    )]
+    MissingFamily { families: String, ips: String },
+    #[error("IPPool {0} is being deleted: it gives no new addresses")]
+    PoolTerminating(String),
     #[error("no IPPool with {family} addresses may serve this Service{detail}")]
     NoPool { family: Family, detail: String },
     #[error("no free {family} address in IPPool(s) {pools}")]
@@ -197,6 +238,11 @@ impl AllocError {
             AllocError::InUse { .. } => "IPInUse",
             AllocError::SameFamilyTwice(_) => "InvalidRequest",
             AllocError::NoSuchPool(_) => "NoSuchPool",
+            AllocError::PoolNotAllowed(_) => "PoolNotAllowed",
+            AllocError::IpNotAllowed { .. } => "IPNotAllowed",
+            AllocError::WrongFamily { .. } => "FamilyMismatch",
+            AllocError::MissingFamily { .. } => "InvalidRequest",
+            AllocError::PoolTerminating(_) => "PoolTerminating",
             AllocError::NoPool { .. } => "NoEligiblePool",
             AllocError::Exhausted { .. } => "PoolExhausted",
             AllocError::DualStack(_, inner) => inner.reason(),
@@ -346,21 +392,31 @@ impl Allocator {
         Ok(())
     }
 
-    /// Gives the Service its IPs: the ones it holds when they still fit the request, else new
-    /// ones. On error the Service holds nothing.
+    /// Gives the Service its IPs: the ones it holds when they still fit the request (plus a
+    /// family PreferDualStack could not get before, if it can now), else new ones. On error
+    /// the Service holds nothing.
     pub fn allocate(&mut self, req: &Request) -> Result<Vec<Assigned>, AllocError> {
-        if self.current_fits(req) {
-            let ips: Vec<IpAddr> = self.assigned(&req.service).iter().map(|a| a.ip).collect();
+        if let Some(mut kept) = self.current_fits(req) {
             // Refresh what the Service brings to its IPs (ports may have changed).
-            for ip in ips {
-                if let Some(holders) = self.used.get_mut(&ip) {
+            for a in &kept {
+                if let Some(holders) = self.used.get_mut(&a.ip) {
                     holders.insert(&req.service, &req.sharing);
                 }
             }
-            return Ok(self.assigned(&req.service).to_vec());
+            let added = self.missing_preferred(req, &kept);
+            for a in &added {
+                self.take(&req.service, a.ip, &req.sharing);
+            }
+            kept.extend(added);
+            kept.sort_by_key(|a| {
+                let family = Family::of(a.ip);
+                req.families.order.iter().position(|f| *f == family)
+            });
+            self.by_service.insert(req.service.clone(), kept.clone());
+            return Ok(kept);
         }
-        self.release(&req.service);
-        let picked = self.pick(req)?;
+        let held: Vec<IpAddr> = self.release(&req.service);
+        let picked = self.pick(req, &held)?;
         for a in &picked {
             self.take(&req.service, a.ip, &req.sharing);
         }
@@ -435,58 +491,109 @@ impl Allocator {
         total
     }
 
-    fn current_fits(&self, req: &Request) -> bool {
+    /// The pools the request may take addresses from, in order: its eligible pools (only the
+    /// one it names, if it names one). Every path to an address goes through here.
+    fn allowed_pools<'a>(&'a self, req: &'a Request) -> impl Iterator<Item = &'a Pool> + 'a {
+        req.eligible_pools
+            .iter()
+            .filter(|name| req.pool.as_ref().is_none_or(|want| want == *name))
+            .filter_map(|name| self.pools.get(name))
+    }
+
+    /// The allowed pool `ip` belongs to, a live one before one being deleted.
+    fn allowed_pool_of<'a>(&'a self, req: &'a Request, ip: IpAddr) -> Option<&'a Pool> {
+        let mut holding = self.allowed_pools(req).filter(|p| p.contains(ip));
+        let first = holding.next()?;
+        if !first.terminating {
+            return Some(first);
+        }
+        Some(holding.find(|p| !p.terminating).unwrap_or(first))
+    }
+
+    /// The Service's current IPs, with the pools they count against, when they still fit
+    /// its request: each from a pool it may use, of a family it asks for, and usable next to
+    /// the other holders.
+    fn current_fits(&self, req: &Request) -> Option<Vec<Assigned>> {
         let current = self.assigned(&req.service);
         if current.is_empty() {
-            return false;
+            return None;
         }
-        let families: Vec<Family> = current.iter().map(|a| Family::of(a.ip)).collect();
-        let wanted_ok = if req.requested_ips.is_empty() {
-            let required = if req.families.all_required {
-                req.families.order.len()
-            } else {
-                1
-            };
-            families.len() >= required
+        let mut kept = Vec::with_capacity(current.len());
+        for a in current {
+            // An IP that left its pools, or whose pool no longer admits the Service, moves.
+            let pool = self.allowed_pool_of(req, a.ip)?;
+            if self
+                .why_unusable(a.ip, &req.service, &req.sharing)
+                .is_some()
+            {
+                return None;
+            }
+            kept.push(Assigned {
+                ip: a.ip,
+                pool: Some(pool.name.clone()),
+            });
+        }
+        let fits = if req.requested_ips.is_empty() {
+            let families: Vec<Family> = kept.iter().map(|a| Family::of(a.ip)).collect();
+            families.len() >= req.families.required()
                 && families.iter().all(|f| req.families.order.contains(f))
                 && families.first() == req.families.order.first()
-                && current.iter().all(|a| match (&req.pool, &a.pool) {
-                    (Some(want), Some(have)) => want == have,
-                    (None, Some(_)) => true,
-                    // Its pool no longer holds the IP: move the Service to one that does.
-                    (_, None) => false,
-                })
         } else {
-            let mut have: Vec<IpAddr> = current.iter().map(|a| a.ip).collect();
+            check_requested(req).ok()?;
+            let mut have: Vec<IpAddr> = kept.iter().map(|a| a.ip).collect();
             let mut want = req.requested_ips.clone();
             have.sort();
             want.sort();
             have == want
         };
-        wanted_ok
-            && current.iter().all(|a| {
-                self.why_unusable(a.ip, &req.service, &req.sharing)
-                    .is_none()
-            })
+        fits.then_some(kept)
     }
 
-    fn pick(&self, req: &Request) -> Result<Vec<Assigned>, AllocError> {
+    /// For PreferDualStack: addresses of the families the Service asks for but does not hold,
+    /// where one is free now (a pool gained that family since).
+    fn missing_preferred(&self, req: &Request, kept: &[Assigned]) -> Vec<Assigned> {
         if !req.requested_ips.is_empty() {
-            return self.pick_requested(req);
+            return Vec::new();
         }
-        let pools: Vec<&Pool> = match &req.pool {
-            Some(name) => vec![
-                self.pools
-                    .get(name)
-                    .ok_or_else(|| AllocError::NoSuchPool(name.clone()))?,
-            ],
-            None => req
-                .eligible_pools
-                .iter()
-                .filter_map(|n| self.pools.get(n))
-                .filter(|p| p.auto_assign)
-                .collect(),
-        };
+        let pools = self.auto_pools(req);
+        req.families
+            .order
+            .iter()
+            .filter(|f| !kept.iter().any(|a| Family::of(a.ip) == **f))
+            .filter_map(|f| {
+                self.pick_family(req, &pools, *f)
+                    .ok()
+                    .filter(|a| !kept.iter().any(|k| k.ip == a.ip))
+            })
+            .collect()
+    }
+
+    /// The pools an automatic pick may use: the named pool, or the eligible autoAssign ones;
+    /// never one being deleted.
+    fn auto_pools<'a>(&'a self, req: &'a Request) -> Vec<&'a Pool> {
+        self.allowed_pools(req)
+            .filter(|p| (req.pool.is_some() || p.auto_assign) && !p.terminating)
+            .collect()
+    }
+
+    /// New addresses for the request (`held`: what the Service held until now).
+    fn pick(&self, req: &Request, held: &[IpAddr]) -> Result<Vec<Assigned>, AllocError> {
+        if let Some(name) = &req.pool {
+            let pool = self
+                .pools
+                .get(name)
+                .ok_or_else(|| AllocError::NoSuchPool(name.clone()))?;
+            if !req.eligible_pools.contains(name) {
+                return Err(AllocError::PoolNotAllowed(name.clone()));
+            }
+            if pool.terminating && req.requested_ips.is_empty() {
+                return Err(AllocError::PoolTerminating(name.clone()));
+            }
+        }
+        if !req.requested_ips.is_empty() {
+            return self.pick_requested(req, held);
+        }
+        let pools = self.auto_pools(req);
         let mut picked = Vec::new();
         for (i, &family) in req.families.order.iter().enumerate() {
             let required = i == 0 || req.families.all_required;
@@ -563,36 +670,17 @@ impl Allocator {
         })
     }
 
-    fn pick_requested(&self, req: &Request) -> Result<Vec<Assigned>, AllocError> {
-        let mut families = BTreeSet::new();
-        if !req
-            .requested_ips
-            .iter()
-            .all(|ip| families.insert(Family::of(*ip)))
-        {
-            let list: Vec<String> = req.requested_ips.iter().map(IpAddr::to_string).collect();
-            return Err(AllocError::SameFamilyTwice(list.join(", ")));
-        }
+    fn pick_requested(&self, req: &Request, held: &[IpAddr]) -> Result<Vec<Assigned>, AllocError> {
+        check_requested(req)?;
         let mut picked = Vec::new();
         for &ip in &req.requested_ips {
-            let pool = match &req.pool {
-                Some(name) => {
-                    let pool = self
-                        .pools
-                        .get(name)
-                        .ok_or_else(|| AllocError::NoSuchPool(name.clone()))?;
-                    if !pool.contains(ip) {
-                        let other = self.pool_of(ip).ok_or(AllocError::NotInPool { ip })?;
-                        return Err(AllocError::WrongPool {
-                            ip,
-                            pool: other.name.clone(),
-                            requested: name.clone(),
-                        });
-                    }
-                    pool
-                }
-                None => self.pool_of(ip).ok_or(AllocError::NotInPool { ip })?,
+            let Some(pool) = self.allowed_pool_of(req, ip) else {
+                return Err(self.why_not_allowed(req, ip));
             };
+            // Whoever holds an address of a pool being deleted keeps it; nobody else gets it.
+            if pool.terminating && !held.contains(&ip) {
+                return Err(AllocError::PoolTerminating(pool.name.clone()));
+            }
             if let Some(why) = self.why_unusable(ip, &req.service, &req.sharing) {
                 return Err(AllocError::InUse { ip, why });
             }
@@ -602,6 +690,23 @@ impl Allocator {
             });
         }
         Ok(picked)
+    }
+
+    /// Why the requested `ip` is in none of the pools the request may use.
+    fn why_not_allowed(&self, req: &Request, ip: IpAddr) -> AllocError {
+        let holder = self.pool_of(ip);
+        match (&req.pool, holder) {
+            (Some(requested), Some(pool)) if pool.name != *requested => AllocError::WrongPool {
+                ip,
+                pool: pool.name.clone(),
+                requested: requested.clone(),
+            },
+            (_, Some(pool)) => AllocError::IpNotAllowed {
+                ip,
+                pool: pool.name.clone(),
+            },
+            (_, None) => AllocError::NotInPool { ip },
+        }
     }
 
     /// Why `service` may not hold `ip` next to its current holders, or `None`.
@@ -708,6 +813,41 @@ impl Allocator {
             }
         }
     }
+}
+
+/// Whether the requested IPs make sense for the Service's families: at most one per family,
+/// none of a family it does not ask for, one of each when it requires dual-stack.
+fn check_requested(req: &Request) -> Result<(), AllocError> {
+    let list = || {
+        let ips: Vec<String> = req.requested_ips.iter().map(IpAddr::to_string).collect();
+        ips.join(", ")
+    };
+    let mut families = BTreeSet::new();
+    if !req
+        .requested_ips
+        .iter()
+        .all(|ip| families.insert(Family::of(*ip)))
+    {
+        return Err(AllocError::SameFamilyTwice(list()));
+    }
+    if let Some(&ip) = req
+        .requested_ips
+        .iter()
+        .find(|ip| !req.families.order.contains(&Family::of(**ip)))
+    {
+        return Err(AllocError::WrongFamily {
+            ip,
+            family: Family::of(ip),
+            families: req.families.to_string(),
+        });
+    }
+    if req.requested_ips.len() < req.families.required() {
+        return Err(AllocError::MissingFamily {
+            families: req.families.to_string(),
+            ips: list(),
+        });
+    }
+    Ok(())
 }
 
 /// The Services holding one IP with what each brings to it, sorted by Service. Almost always

@@ -34,6 +34,7 @@ pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
                 ranges,
                 auto_assign: p.spec.auto_assign,
                 avoid_buggy_ips: p.spec.avoid_buggy_ips,
+                terminating: p.metadata.deletion_timestamp.is_some(),
             };
             ParsedPool {
                 pool,

@@ -15,6 +15,7 @@ fn pool(name: &str, entries: &[&str]) -> Pool {
             .collect(),
         auto_assign: true,
         avoid_buggy_ips: false,
+        terminating: false,
     }
 }
 
@@ -326,6 +327,221 @@ proptest! {
             for s in 0..40u8 {
                 for got in a.assigned(&format!("ns/s{s}")) {
                     prop_assert!(seen.insert(got.ip), "{} held twice", got.ip);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pool_reserved_for_others_is_never_used_by_ip_or_by_name() {
+    let mut a = Allocator::new();
+    a.set_pools([
+        pool("shared", &["192.0.2.0/24"]),
+        pool("team-a", &["198.51.100.0/24"]),
+    ]);
+    // ns/b may use `shared` only (team-a's serviceAllocation admits another namespace).
+    let mut r = request("ns/b", &["shared"]);
+    r.requested_ips = vec![ip("198.51.100.7")];
+    let err = a.allocate(&r).unwrap_err();
+    assert_eq!(err.reason(), "IPNotAllowed");
+    assert_eq!(
+        err.to_string(),
+        "requested IP 198.51.100.7 is in IPPool team-a, whose serviceAllocation admits other namespaces or Services"
+    );
+    r.requested_ips.clear();
+    r.pool = Some("team-a".into());
+    assert_eq!(a.allocate(&r).unwrap_err().reason(), "PoolNotAllowed");
+    // By IP and by name together.
+    r.requested_ips = vec![ip("198.51.100.7")];
+    assert_eq!(a.allocate(&r).unwrap_err().reason(), "PoolNotAllowed");
+    assert!(a.assigned("ns/b").is_empty());
+    // The tenant itself gets it either way.
+    let mut t = request("team-a/web", &["team-a", "shared"]);
+    t.requested_ips = vec![ip("198.51.100.7")];
+    assert_eq!(ips(&a.allocate(&t).unwrap()), ["198.51.100.7"]);
+}
+
+#[test]
+fn a_service_no_longer_admitted_by_its_pool_moves() {
+    let mut a = Allocator::new();
+    a.set_pools([
+        pool("shared", &["192.0.2.0/24"]),
+        pool("team-a", &["198.51.100.0/24"]),
+    ]);
+    let r = request("team-a/web", &["team-a", "shared"]);
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["198.51.100.0"]);
+    // Its namespace lost the label the pool selects: the address goes back.
+    let r = request("team-a/web", &["shared"]);
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.0"]);
+    // An address restored from a status (after a restart) is held to the same rule.
+    a.restore("x/y", &[ip("198.51.100.9")], &Sharing::default())
+        .unwrap();
+    assert_eq!(
+        ips(&a.allocate(&request("x/y", &["shared"])).unwrap()),
+        ["192.0.2.1"]
+    );
+}
+
+#[test]
+fn requested_ips_must_match_the_service_families() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.0/24", "2001:db8::/64"])]);
+    let mut r = request("ns/v6", &["lan"]);
+    r.families = Families::single(Family::V6);
+    r.requested_ips = vec![ip("192.0.2.5")];
+    let err = a.allocate(&r).unwrap_err();
+    assert_eq!(err.reason(), "FamilyMismatch");
+    assert_eq!(
+        err.to_string(),
+        "requested IP 192.0.2.5 is IPv4, but the Service's ipFamilies are [IPv6]"
+    );
+    let mut r = request("ns/v4", &["lan"]);
+    r.requested_ips = vec![ip("192.0.2.5"), ip("2001:db8::5")];
+    assert_eq!(a.allocate(&r).unwrap_err().reason(), "FamilyMismatch");
+    assert!(a.assigned("ns/v4").is_empty());
+    // RequireDualStack with one address asked for: refused, not half-served.
+    let mut r = request("ns/dual", &["lan"]);
+    r.families = Families {
+        order: vec![Family::V4, Family::V6],
+        all_required: true,
+    };
+    r.requested_ips = vec![ip("192.0.2.5")];
+    assert_eq!(a.allocate(&r).unwrap_err().reason(), "InvalidRequest");
+    r.requested_ips.push(ip("2001:db8::5"));
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.5", "2001:db8::5"]);
+}
+
+#[test]
+fn prefer_dual_stack_gains_its_second_family_when_a_pool_has_it() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.0/24"])]);
+    let mut r = request("ns/prefer", &["lan"]);
+    r.families = Families {
+        order: vec![Family::V4, Family::V6],
+        all_required: false,
+    };
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.0"]);
+    a.set_pools([pool("lan", &["192.0.2.0/24", "2001:db8::/64"])]);
+    // The IPv4 address stays; IPv6 is added.
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.0", "2001:db8::"]);
+    assert_eq!(ips(a.assigned("ns/prefer")), ["192.0.2.0", "2001:db8::"]);
+}
+
+#[test]
+fn a_pool_being_deleted_keeps_its_holders_and_gives_nothing_new() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("old", &["192.0.2.0/30"])]);
+    let r = request("ns/a", &["old", "new"]);
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.0"]);
+    let mut old = pool("old", &["192.0.2.0/30"]);
+    old.terminating = true;
+    a.set_pools([old.clone()]);
+    assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.0"]);
+    let err = a.allocate(&request("ns/b", &["old"])).unwrap_err();
+    assert_eq!(err.reason(), "NoEligiblePool");
+    let mut by_ip = request("ns/c", &["old"]);
+    by_ip.requested_ips = vec![ip("192.0.2.1")];
+    assert_eq!(a.allocate(&by_ip).unwrap_err().reason(), "PoolTerminating");
+    // An equivalent pool comes in: the holder keeps its address, now counted against it.
+    a.set_pools([old, pool("new", &["192.0.2.0/30"])]);
+    let kept = a.allocate(&r).unwrap();
+    assert_eq!(
+        kept,
+        [Assigned {
+            ip: ip("192.0.2.0"),
+            pool: Some("new".into())
+        }]
+    );
+}
+
+/// One request in a random scenario.
+#[derive(Debug, Clone)]
+struct RandomRequest {
+    service: u8,
+    /// Which of the four pools the Service's serviceAllocation admits (bit i: pool i).
+    eligible: u8,
+    families: (bool, bool, u8),
+    /// 0: automatic, 1: by pool, 2: by IP.
+    how: u8,
+    pick: u8,
+}
+
+fn random_request() -> impl Strategy<Value = RandomRequest> {
+    (
+        0u8..12,
+        any::<u8>(),
+        (any::<bool>(), any::<bool>(), 0u8..3),
+        0u8..3,
+        any::<u8>(),
+    )
+        .prop_map(|(service, eligible, families, how, pick)| RandomRequest {
+            service,
+            eligible,
+            families,
+            how,
+            pick,
+        })
+}
+
+proptest! {
+    /// Whatever a Service asks for (an IP, a pool, or nothing) and whichever pools admit it:
+    /// it never holds an address from a pool it may not use, nor of a family it did not ask
+    /// for, and no address is held twice.
+    #[test]
+    fn never_from_a_pool_it_may_not_use_nor_of_a_family_it_did_not_ask_for(
+        reqs in proptest::collection::vec(random_request(), 1..80),
+        auto in proptest::collection::vec(any::<bool>(), 4),
+    ) {
+        let pools = [
+            pool("p0", &["192.0.2.0/30", "2001:db8::/126"]),
+            pool("p1", &["192.0.2.2-192.0.2.5"]),
+            pool("p2", &["2001:db8::2-2001:db8::5", "198.51.100.0/31"]),
+            pool("p3", &["198.51.100.0/30", "2001:db8:1::/127"]),
+        ];
+        let pools: Vec<Pool> = pools.into_iter().zip(&auto).map(|(mut p, a)| { p.auto_assign = *a; p }).collect();
+        let mut a = Allocator::new();
+        a.set_pools(pools.clone());
+        let candidates: Vec<IpAddr> = ["192.0.2.1", "192.0.2.3", "192.0.2.5", "198.51.100.1", "198.51.100.3",
+            "2001:db8::1", "2001:db8::4", "2001:db8:1::1", "203.0.113.1"].iter().map(|s| ip(s)).collect();
+        let mut admitted: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for q in reqs {
+            let service = format!("ns/s{}", q.service);
+            let eligible: Vec<String> = (0..4).filter(|i| q.eligible & (1 << i) != 0).map(|i| format!("p{i}")).collect();
+            let (v4_first, dual, policy) = q.families;
+            let mut order = if v4_first { vec![Family::V4, Family::V6] } else { vec![Family::V6, Family::V4] };
+            if !dual { order.truncate(1); }
+            let mut r = request(&service, &[]);
+            r.eligible_pools = eligible.clone();
+            r.families = Families { order, all_required: policy != 1 };
+            match q.how {
+                1 => r.pool = Some(format!("p{}", q.pick % 5)),
+                2 => {
+                    r.requested_ips = vec![candidates[usize::from(q.pick) % candidates.len()]];
+                    if q.pick % 3 == 0 {
+                        r.requested_ips.push(candidates[usize::from(q.pick / 3) % candidates.len()]);
+                    }
+                }
+                _ => {}
+            }
+            let result = a.allocate(&r);
+            admitted.insert(service.clone(), eligible.clone());
+            if let Ok(got) = &result {
+                prop_assert_eq!(got, &a.assigned(&service).to_vec());
+            }
+            // Every Service's addresses, this one's and the others' after it moved.
+            let mut seen = BTreeSet::new();
+            for (svc, allowed) in &admitted {
+                for held in a.assigned(svc) {
+                    prop_assert!(seen.insert(held.ip), "{} held twice", held.ip);
+                    let ok = pools.iter().any(|p| allowed.contains(&p.name) && p.contains(held.ip));
+                    prop_assert!(ok, "{svc} holds {} from no pool it may use ({allowed:?})", held.ip);
+                }
+            }
+            for held in a.assigned(&service) {
+                prop_assert!(r.families.order.contains(&Family::of(held.ip)), "{} not of {:?}", held.ip, r.families);
+                if let Some(name) = &r.pool {
+                    prop_assert_eq!(held.pool.as_ref(), Some(name));
                 }
             }
         }
