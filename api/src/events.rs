@@ -68,7 +68,7 @@ pub fn build(regarding: Regarding, note: &Note, reporter: &Reporter) -> Event {
     Event {
         action: Some(reporter.action.clone()),
         reason: Some(note.reason.clone()),
-        note: Some(truncate(&note.message, 1024)),
+        note: Some(bounded(&note.message, MESSAGE_LIMIT)),
         type_: Some(
             match note.kind {
                 Kind::Normal => "Normal",
@@ -98,12 +98,17 @@ pub fn build(regarding: Regarding, note: &Note, reporter: &Reporter) -> Event {
     }
 }
 
-/// The API server refuses an Event note over 1 kB.
-fn truncate(s: &str, max: usize) -> String {
+/// The longest message Herald writes anywhere (Event notes, status conditions): the API
+/// server refuses an Event note over 1 kB, and user text copied into a message must not grow
+/// the object it is written on.
+pub const MESSAGE_LIMIT: usize = 1024;
+
+/// `s` cut to at most `max` bytes (on a character boundary, with `...` when cut).
+pub fn bounded(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = max - 3;
+    let mut end = max.saturating_sub(3);
     while !s.is_char_boundary(end) {
         end -= 1;
     }

@@ -1,12 +1,14 @@
 //! `L2Advertisement`: which pools are announced with ARP/NDP, from which nodes, on which interfaces.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Announce the IPs of some pools on the local network. A pool no advertisement selects is not
-/// announced at all, and its Services get a Warning Event saying so.
+/// announced at all, and its Services get a Warning Event saying so. It has no status: where
+/// each IP is announced is in its `L2Announcement`, and what the speakers decide about an
+/// advertisement is in the Events on the Services it concerns.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "herald.dev",
@@ -16,7 +18,6 @@ use serde::{Deserialize, Serialize};
     shortname = "l2adv",
     category = "herald",
     doc = "Announces the IPs of some pools on the local network with ARP and NDP.",
-    status = "L2AdvertisementStatus",
     printcolumn = r#"{"name":"Pools","type":"string","jsonPath":".spec.ipPools"}"#,
     printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".spec.interfaces"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -39,12 +40,4 @@ pub struct L2AdvertisementSpec {
     /// interface of the default route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<String>,
-}
-
-/// What Herald observed of an advertisement.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct L2AdvertisementStatus {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
 }

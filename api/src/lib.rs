@@ -18,7 +18,7 @@ pub mod watch;
 
 pub use address::{AddressEntry, AddressError, IpRange};
 pub use announcement::{L2Announcement, L2AnnouncementSpec};
-pub use l2::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
+pub use l2::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
 pub use service::{LbService, ServiceObject};
 

@@ -122,6 +122,8 @@ pub struct LbStatus {
 pub struct LbCondition {
     /// `status: "True"`.
     pub allocated: bool,
+    /// When `status` last changed (kept on writes that do not change it).
+    pub last_transition_time: Option<Time>,
     pub reason: String,
     pub message: String,
 }
@@ -275,6 +277,8 @@ mod wire {
         reason: String,
         #[serde(default)]
         message: String,
+        #[serde(default, rename = "lastTransitionTime")]
+        last_transition_time: Option<Time>,
     }
 
     impl From<Service> for LbService {
@@ -304,6 +308,7 @@ mod wire {
                 .find(|c| c.type_ == keys::IP_ALLOCATED_CONDITION)
                 .map(|c| LbCondition {
                     allocated: c.status == "True",
+                    last_transition_time: c.last_transition_time,
                     reason: c.reason,
                     message: c.message,
                 });

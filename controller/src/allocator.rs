@@ -311,9 +311,22 @@ impl Allocator {
         self.pools.get(name)
     }
 
-    /// The first pool (by name) holding `ip`.
+    /// The first pool (by name) holding `ip`, a live one before one being deleted.
     pub fn pool_of(&self, ip: IpAddr) -> Option<&Pool> {
-        self.pools.values().find(|p| p.contains(ip))
+        let mut holding = self.pools.values().filter(|p| p.contains(ip));
+        let first = holding.next()?;
+        if !first.terminating {
+            return Some(first);
+        }
+        Some(holding.find(|p| !p.terminating).unwrap_or(first))
+    }
+
+    /// How many Services hold addresses counted against `pool`.
+    pub fn services_in(&self, pool: &str) -> usize {
+        self.by_service
+            .values()
+            .filter(|ips| ips.iter().any(|a| a.pool.as_deref() == Some(pool)))
+            .count()
     }
 
     /// Every Service holding IPs.

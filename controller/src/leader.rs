@@ -3,7 +3,6 @@
 //! is restarted as a standby) rather than risk two writers.
 
 use anyhow::{Context, Result};
-use herald_telemetry::Health;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
@@ -48,14 +47,9 @@ pub struct Election {
 }
 
 impl Election {
-    /// Waits until this replica leads (returns at once when election is off).
-    pub async fn start(
-        client: &Client,
-        args: &LeaderArgs,
-        identity: &str,
-        health: &Health,
-    ) -> Result<Self> {
-        health.set_ready(true);
+    /// Prepares the election: the Lease can be read (nothing to prepare when election is
+    /// off). `lead` then waits for the Lease.
+    pub async fn start(client: &Client, args: &LeaderArgs, identity: &str) -> Result<Self> {
         if !args.leader_elect {
             return Ok(Self {
                 changes: None,
@@ -76,19 +70,32 @@ impl Election {
                     args.lease_namespace, args.lease_name
                 )
             })?;
-        let (mut changes, task) = manager.watch().await;
+        let (changes, task) = manager.watch().await;
         tracing::info!(lease = %args.lease_name, %identity, "waiting to lead");
+        Ok(Self {
+            changes: Some(changes),
+            task: Some(task),
+        })
+    }
+
+    /// Whether this replica competes for a Lease (another may lead).
+    pub fn elected(&self) -> bool {
+        self.changes.is_some()
+    }
+
+    /// Waits until this replica leads (at once when election is off).
+    pub async fn lead(&mut self) -> Result<()> {
+        let Some(changes) = self.changes.as_mut() else {
+            return Ok(());
+        };
         while !*changes.borrow_and_update() {
             changes
                 .changed()
                 .await
                 .context("the Lease watcher stopped")?;
         }
-        tracing::info!(%identity, "leading");
-        Ok(Self {
-            changes: Some(changes),
-            task: Some(task),
-        })
+        tracing::info!("leading");
+        Ok(())
     }
 
     /// Resolves with an error when the Lease is lost; never when election is off.

@@ -113,17 +113,24 @@ async fn serve(
     let identity = leader.identity();
     // A replica waiting for the Lease is ready: it serves its role (standing by), and a
     // Deployment rollout must not stall on it.
-    let election = tokio::select! {
-        e = leader::Election::start(&client, &leader, &identity, &health) => e?,
+    let mut election = tokio::select! {
+        e = leader::Election::start(&client, &leader, &identity) => e?,
         _ = herald_telemetry::shutdown_signal() => return Ok(()),
     };
+    // Readiness: a standby that reached the Lease is ready (it can take over); the leader is
+    // ready once its caches synced and its first pass is done (`run` says so).
+    health.set_ready(election.elected());
+    tokio::select! {
+        r = election.lead() => r?,
+        _ = herald_telemetry::shutdown_signal() => return Ok(()),
+    }
+    health.set_ready(false);
     registry.set(metrics::LEADER, &[], 1.0);
     let result = tokio::select! {
-        r = run::run(client, config, registry.clone(), identity) => r,
+        r = run::run(client, config, registry.clone(), identity, health.clone()) => r,
         r = election.lost() => r,
         _ = herald_telemetry::shutdown_signal() => Ok(()),
     };
-    // Released on every way out, so a standby takes over without waiting for expiry.
     election.release().await;
     result
 }

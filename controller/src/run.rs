@@ -11,29 +11,38 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
-use herald_api::IPPool;
 use herald_api::keys::CONTROLLER_MANAGER;
 use herald_api::watch::{Cache, Change, cached, projected};
+use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
-use herald_telemetry::Registry;
+use herald_telemetry::{Health, Registry};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PartialObjectMetaExt, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::allocator::{Allocator, Family, Request};
 use crate::pools::{self, ParsedPool};
 use crate::service::{self, ClassConfig, Intent};
+use crate::status::ServiceOutcome;
 use crate::{metrics, status};
 use herald_api::events::{self, Note, Reporter};
 
 /// Writes in flight at once. The API server handles these in parallel; more than this only
 /// queues inside it.
 const WRITE_CONCURRENCY: usize = 32;
+/// Marks pools Herald protects: a pool Services hold addresses of is deleted only once they
+/// have released them.
+pub const POOL_FINALIZER: &str = "herald.dev/pool-protection";
+/// How long a pool status just written is not written again while the watch has not shown
+/// it yet.
+const POOL_STATUS_IN_FLIGHT: Duration = Duration::from_secs(5);
 /// How often failed writes are retried when nothing else happens.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// The most often pool statuses are written.
@@ -45,6 +54,8 @@ enum Trigger {
     Service(String),
     /// Pools or namespaces changed, or a watch re-listed: look at every Service again.
     All,
+    /// A pool's status or finalizers changed (perhaps by hand): check what it shows.
+    PoolMeta,
 }
 
 /// One API write a pass decided on.
@@ -53,13 +64,16 @@ enum Write {
         key: String,
         namespace: String,
         name: String,
-        patch: Value,
+        apply: Box<Service>,
     },
     PoolStatus {
         name: String,
-        patch: Value,
-        /// The status without timestamps, remembered once written.
-        comparable: Value,
+        status: IPPoolStatus,
+    },
+    /// Adds (`protect`) or removes Herald's finalizer on a pool.
+    PoolFinalizer {
+        name: String,
+        protect: bool,
     },
 }
 
@@ -96,7 +110,8 @@ pub struct Controller {
     event_failures: mpsc::UnboundedReceiver<EventFailure>,
     /// Set by `decide` when a Service gave IPs back during this pass.
     freed: bool,
-    last_pool_status: BTreeMap<String, Value>,
+    /// Pool statuses written, and when: not written again while the watch catches up.
+    last_pool_status: BTreeMap<String, (IPPoolStatus, tokio::time::Instant)>,
     /// Pool statuses are written at most once per `POOL_STATUS_EVERY`: a burst of
     /// allocations becomes one write per pool, not one per Service.
     pool_status_written: Option<tokio::time::Instant>,
@@ -108,6 +123,7 @@ pub async fn run(
     config: ClassConfig,
     registry: Arc<Registry>,
     instance: String,
+    health: Arc<Health>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (pool_store, pool_writer) = reflector::store();
@@ -124,16 +140,25 @@ pub async fn run(
     });
     // The controller writes pool statuses itself: only spec changes (generation) of a pool,
     // and label changes of a namespace, call for a full pass.
-    let pool_stream = cached(client.clone(), pool_writer, |_| {})
-        .map(trigger_on_change("IPPools", |p: &IPPool| {
-            format!("{:?}", p.metadata.generation)
-        }));
+    let pool_stream = cached(client.clone(), pool_writer, |_| {}).map(trigger_on_change(
+        "IPPools",
+        |p: &IPPool| {
+            format!(
+                "{:?} {}",
+                p.metadata.generation,
+                p.metadata.deletion_timestamp.is_some()
+            )
+        },
+        |p: &IPPool| format!("{:?} {:?}", p.status, p.metadata.finalizers),
+    ));
     let ns_stream = cached(client.clone(), ns_writer, |n: &mut Namespace| {
         n.metadata.managed_fields = None;
     })
-    .map(trigger_on_change("Namespaces", |n: &Namespace| {
-        format!("{:?}", n.metadata.labels)
-    }));
+    .map(trigger_on_change(
+        "Namespaces",
+        |n: &Namespace| format!("{:?}", n.metadata.labels),
+        |_| String::new(),
+    ));
     let merged = stream::select(svc_stream, stream::select(pool_stream, ns_stream));
     tokio::spawn(async move {
         let mut merged = std::pin::pin!(merged);
@@ -184,6 +209,7 @@ pub async fn run(
         "state rebuilt from the API; allocating"
     );
     controller.pass(Vec::new(), true).await;
+    health.set_ready(true);
 
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,26 +237,34 @@ pub async fn run(
             match t {
                 Trigger::Service(k) => keys.push(k),
                 Trigger::All => all = true,
+                Trigger::PoolMeta => controller.pool_status_pending = true,
             }
         }
         controller.pass(keys, all).await;
     }
 }
 
-/// Maps watch events to a full pass, but only when `fingerprint` (what the controller reads
-/// of the object) changed, or the object went away, or a watch (re)listed.
+/// Maps watch events to a full pass, but only when `full` (what the controller reads of the
+/// object to allocate) changed, or the object went away, or a watch (re)listed; to a look at
+/// the pools' own statuses when only `meta` (what the controller writes on it) changed.
 fn trigger_on_change<K: Resource>(
     what: &'static str,
-    fingerprint: fn(&K) -> String,
+    full: fn(&K) -> String,
+    meta: fn(&K) -> String,
 ) -> impl FnMut(Result<watcher::Event<K>, watcher::Error>) -> Option<Trigger> {
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
     move |e| match e {
         Ok(watcher::Event::Apply(o)) => {
-            let fp = fingerprint(&o);
-            (seen.insert(o.name_any(), fp.clone()) != Some(fp)).then_some(Trigger::All)
+            let now = (full(&o), meta(&o));
+            match seen.insert(o.name_any(), now.clone()) {
+                Some(before) if before.0 == now.0 => {
+                    (before.1 != now.1).then_some(Trigger::PoolMeta)
+                }
+                _ => Some(Trigger::All),
+            }
         }
         Ok(watcher::Event::InitApply(o)) => {
-            seen.insert(o.name_any(), fingerprint(&o));
+            seen.insert(o.name_any(), (full(&o), meta(&o)));
             None
         }
         Ok(watcher::Event::Delete(o)) => {
@@ -424,15 +458,15 @@ impl Controller {
                 self.waiting.remove(key);
                 self.last_note.remove(key);
                 if svc.status_is_ours() {
-                    vec![status_write(&svc, status::service_clear())]
+                    vec![status_write(&svc, status::service_clear(&svc))]
                 } else {
                     self.track_foreign(&svc);
                     Vec::new()
                 }
             }
-            Intent::Invalid(message) => {
+            Intent::Invalid { reason, message } => {
                 self.freed |= !self.allocator.release(key).is_empty();
-                self.failure(&svc, "InvalidRequest", &message)
+                self.failure(&svc, reason, &message)
             }
             Intent::Wants(wants) => {
                 let before: Vec<IpAddr> =
@@ -445,19 +479,21 @@ impl Controller {
                     eligible_pools: self.eligible_pools(&svc),
                     sharing: wants.sharing,
                 };
+                let eligible = &request.eligible_pools;
                 match self.allocator.allocate(&request) {
                     Ok(assigned) => {
                         self.waiting.remove(key);
                         let mut writes = Vec::new();
-                        let patch = status::service_patch(&assigned, None, svc.metadata.generation);
-                        if self.status_differs(&svc, &patch) {
-                            writes.push(status_write(&svc, patch));
+                        let outcome = ServiceOutcome::allocated(&assigned);
+                        if outcome.differs_from(&svc) {
+                            writes.push(status_write(&svc, outcome.apply(&svc, Timestamp::now())));
                         }
                         let now: Vec<IpAddr> = assigned.iter().map(|a| a.ip).collect();
                         if before != now {
                             self.registry.inc(metrics::ALLOCATIONS, &[]);
                             self.freed |= before.iter().any(|ip| !now.contains(ip));
-                            if let Some(note) = self.moved_note(&before, &now, &assigned) {
+                            if let Some(note) = self.moved_note(&before, &now, &assigned, eligible)
+                            {
                                 self.note(&svc, note);
                             }
                         }
@@ -474,29 +510,42 @@ impl Controller {
         }
     }
 
-    /// A Service whose IP left every pool (a pool edit) is moved; say so loudly, since
-    /// clients of the old IP lose it.
+    /// A Service whose IP left every pool (a pool edit), or whose pool no longer admits it
+    /// (its serviceAllocation or the namespace's labels changed), is moved; say so loudly,
+    /// since clients of the old IP lose it.
     fn moved_note(
         &self,
         before: &[IpAddr],
         now: &[IpAddr],
         assigned: &[crate::allocator::Assigned],
+        eligible: &[String],
     ) -> Option<Note> {
-        let gone: Vec<String> = before
-            .iter()
-            .filter(|ip| !now.contains(ip) && self.allocator.pool_of(**ip).is_none())
+        let left = || before.iter().filter(|ip| !now.contains(ip));
+        let gone: Vec<String> = left()
+            .filter(|ip| self.allocator.pool_of(**ip).is_none())
             .map(ToString::to_string)
             .collect();
-        (!gone.is_empty()).then(|| {
-            Note::warning(
-                "IPMoved",
-                format!(
-                    "{} is no longer in any IPPool (a pool was edited or deleted); the Service now has {}",
-                    gone.join(", "),
-                    status::describe(assigned)
-                ),
-            )
-        })
+        let refused: Vec<String> = left()
+            .filter_map(|ip| {
+                let pool = self.allocator.pool_of(*ip)?;
+                (!eligible.contains(&pool.name)).then(|| format!("{ip} (IPPool {})", pool.name))
+            })
+            .collect();
+        let why = match (gone.is_empty(), refused.is_empty()) {
+            (false, _) => format!(
+                "{} is no longer in any IPPool (a pool was edited or deleted)",
+                gone.join(", ")
+            ),
+            (true, false) => format!(
+                "{} is in a pool whose serviceAllocation no longer admits this Service",
+                refused.join(", ")
+            ),
+            (true, true) => return None,
+        };
+        Some(Note::warning(
+            "IPMoved",
+            format!("{why}; the Service now has {}", status::describe(assigned)),
+        ))
     }
 
     /// IPs another load balancer wrote stay reserved while they are in a status.
@@ -517,9 +566,9 @@ impl Controller {
         let key = svc.key();
         self.waiting.insert(key.clone());
         let mut writes = Vec::new();
-        let patch = status::service_patch(&[], Some((reason, message)), svc.metadata.generation);
-        if self.status_differs(svc, &patch) {
-            writes.push(status_write(svc, patch));
+        let outcome = ServiceOutcome::failed(reason, message);
+        if outcome.differs_from(svc) {
+            writes.push(status_write(svc, outcome.apply(svc, Timestamp::now())));
         }
         let note = Note::warning(reason, message);
         if self.last_note.get(&key) != Some(&fingerprint(&note)) {
@@ -550,25 +599,8 @@ impl Controller {
         pools::eligible(&self.pools.state(), &ns, &ns_labels, svc.labels())
     }
 
-    /// Whether applying `patch` would change what the Service shows (times aside).
-    fn status_differs(&self, svc: &LbService, patch: &Value) -> bool {
-        let want_ips: Vec<IpAddr> = patch["status"]["loadBalancer"]["ingress"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["ip"].as_str()?.parse().ok())
-            .collect();
-        let want = &patch["status"]["conditions"][0];
-        let same_condition = svc.status.condition.as_ref().is_some_and(|c| {
-            want["status"] == if c.allocated { "True" } else { "False" }
-                && want["reason"] == c.reason.as_str()
-                && want["message"] == c.message.as_str()
-        });
-        svc.status.ingress != want_ips || !same_condition
-    }
-
-    /// Pool statuses that changed since they were last written; also refreshes the pool
-    /// gauges.
+    /// Pool statuses that differ from what the pools show (also when edited by hand), and the
+    /// finalizers to add or remove; also refreshes the pool gauges.
     fn pool_status_writes(&mut self) -> Vec<Write> {
         let mut writes = Vec::new();
         let live: BTreeSet<&str> = self
@@ -588,13 +620,14 @@ impl Controller {
                 self.registry.remove_matching(family, "pool", &name);
             }
         }
+        let now = tokio::time::Instant::now();
         for parsed in &self.parsed_pools {
             let name = &parsed.pool.name;
-            let generation = self
-                .pools
-                .get(&ObjectRef::new(name))
-                .and_then(|o| o.metadata.generation);
-            let status = status::pool_status(parsed, &self.allocator, generation);
+            let object = self.pools.get(&ObjectRef::new(name));
+            let generation = object.as_ref().and_then(|o| o.metadata.generation);
+            let shown = object.as_ref().and_then(|o| o.status.as_ref());
+            let status =
+                status::pool_status(parsed, &self.allocator, generation, shown, Timestamp::now());
             for (family, usage) in [(Family::V4, &status.ipv4), (Family::V6, &status.ipv6)] {
                 if let Some(u) = usage {
                     let labels = [("pool", name.as_str()), ("family", family.label())];
@@ -605,24 +638,21 @@ impl Controller {
                         .set(metrics::POOL_AVAILABLE, &labels, available);
                 }
             }
-            // Compare without timestamps so an unchanged pool is not written again.
-            let mut comparable = serde_json::to_value(&status).unwrap_or_default();
-            for c in comparable["conditions"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-            {
-                c["lastTransitionTime"] = Value::Null;
+            if let Some(write) = finalizer_write(object.as_deref(), &self.allocator) {
+                writes.push(write);
             }
-            if self.last_pool_status.get(name) == Some(&comparable) {
+            if shown.is_some_and(|shown| status::same_pool_status(shown, &status)) {
                 continue;
             }
-            let patch = serde_json::json!({"apiVersion": "herald.dev/v1alpha1", "kind": "IPPool", "status": status});
-            writes.push(Write::PoolStatus {
-                name: name.clone(),
-                patch,
-                comparable,
+            let in_flight = self.last_pool_status.get(name).is_some_and(|(sent, at)| {
+                status::same_pool_status(sent, &status) && now < *at + POOL_STATUS_IN_FLIGHT
             });
+            if !in_flight {
+                writes.push(Write::PoolStatus {
+                    name: name.clone(),
+                    status,
+                });
+            }
         }
         writes
     }
@@ -646,13 +676,9 @@ impl Controller {
             self.registry
                 .inc(metrics::API_WRITES, &[("result", outcome)]);
             match (write, result) {
-                (
-                    Write::PoolStatus {
-                        name, comparable, ..
-                    },
-                    Ok(()),
-                ) => {
-                    self.last_pool_status.insert(name, comparable);
+                (Write::PoolStatus { name, status }, Ok(())) => {
+                    self.last_pool_status
+                        .insert(name, (status, tokio::time::Instant::now()));
                 }
                 (_, Ok(())) => {}
                 (Write::Status { key, .. }, Err(e)) => {
@@ -661,6 +687,10 @@ impl Controller {
                 }
                 (Write::PoolStatus { name, .. }, Err(e)) => {
                     tracing::warn!(pool = %name, "writing pool status: {e:#}");
+                }
+                (Write::PoolFinalizer { name, .. }, Err(e)) => {
+                    tracing::warn!(pool = %name, "updating the pool's finalizer: {e:#}");
+                    self.pool_status_pending = true;
                 }
             }
         }
@@ -745,13 +775,45 @@ fn release_free_heap() {
     }
 }
 
-fn status_write(svc: &LbService, patch: Value) -> Write {
+fn status_write(svc: &LbService, apply: Service) -> Write {
     Write::Status {
         key: svc.key(),
         namespace: svc.metadata.namespace.clone().unwrap_or_default(),
         name: svc.metadata.name.clone().unwrap_or_default(),
-        patch,
+        apply: Box::new(apply),
     }
+}
+
+/// Herald's finalizer on a pool: on every pool, off a deleted one nobody holds addresses of.
+fn finalizer_write(pool: Option<&IPPool>, allocator: &Allocator) -> Option<Write> {
+    let pool = pool?;
+    let name = pool.metadata.name.clone()?;
+    let has = pool
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == POOL_FINALIZER);
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    let protect = !deleting || allocator.services_in(&name) > 0;
+    if protect == has {
+        return None;
+    }
+    if protect {
+        tracing::info!(pool = %name, "protecting the pool with Herald's finalizer");
+    } else {
+        tracing::info!(pool = %name, "pool deleted and no Service holds its addresses: letting it go");
+    }
+    Some(Write::PoolFinalizer { name, protect })
+}
+
+/// The body of a pool status apply.
+#[derive(Debug, serde::Serialize)]
+struct PoolStatusApply<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: std::borrow::Cow<'static, str>,
+    kind: std::borrow::Cow<'static, str>,
+    status: &'a IPPoolStatus,
 }
 
 async fn perform(client: &Client, write: &Write) -> Result<()> {
@@ -760,19 +822,44 @@ async fn perform(client: &Client, write: &Write) -> Result<()> {
         Write::Status {
             namespace,
             name,
-            patch,
+            apply: status,
             ..
         } => {
             Api::<ServiceObject>::namespaced(client.clone(), namespace)
-                .patch_status(name, &apply, &Patch::Apply(patch))
+                .patch_status(name, &apply, &Patch::Apply(status))
                 .await
                 .context("patching Service status")?;
         }
-        Write::PoolStatus { name, patch, .. } => {
+        Write::PoolStatus { name, status } => {
+            // Status only: a whole IPPool would make this field manager claim its spec.
+            let body = PoolStatusApply {
+                api_version: IPPool::api_version(&()),
+                kind: IPPool::kind(&()),
+                status,
+            };
             Api::<IPPool>::all(client.clone())
-                .patch_status(name, &apply, &Patch::Apply(patch))
+                .patch_status(name, &apply, &Patch::Apply(&body))
                 .await
                 .context("patching IPPool status")?;
+        }
+        Write::PoolFinalizer { name, protect } => {
+            // Server-side apply of this one list entry: other finalizers are left alone, and
+            // applying none removes ours.
+            let finalizers = protect.then(|| vec![POOL_FINALIZER.to_owned()]);
+            let meta = ObjectMeta {
+                name: Some(name.clone()),
+                finalizers: Some(finalizers.unwrap_or_default()),
+                ..Default::default()
+            }
+            .into_request_partial::<IPPool>();
+            Api::<IPPool>::all(client.clone())
+                .patch_metadata(
+                    name,
+                    &PatchParams::apply(CONTROLLER_MANAGER),
+                    &Patch::Apply(&meta),
+                )
+                .await
+                .context("updating the IPPool's finalizers")?;
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use herald_api::events::bounded;
 use herald_api::keys;
 use herald_api::service::{FamilyPolicy, IpFamily, LbService};
 
@@ -22,8 +23,58 @@ pub enum Intent {
     /// Not a LoadBalancer, or another load balancer's: release anything held, clear our status.
     NotOurs,
     Wants(Wants),
-    /// The Service asks for something malformed; the message says what.
-    Invalid(String),
+    /// The Service asks for something malformed or contradictory; `reason` (an Event
+    /// reason) and the message say what.
+    Invalid {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// How much of a user's annotation or field value a message quotes.
+const QUOTE_LIMIT: usize = 64;
+
+/// `text` quoted for a message, cut to `QUOTE_LIMIT`.
+fn quote(text: &str) -> String {
+    format!("{:?}", bounded(text, QUOTE_LIMIT))
+}
+
+fn invalid(message: String) -> Intent {
+    Intent::Invalid {
+        reason: "InvalidRequest",
+        message,
+    }
+}
+
+/// The one value the Service gives under `keys` (Herald's and MetalLB's spellings of one
+/// annotation); `Err` names the keys when they disagree.
+fn one_annotation<'s>(svc: &'s LbService, keys: &[&str]) -> Result<Option<&'s str>, String> {
+    let Some(annotations) = svc.metadata.annotations.as_ref() else {
+        return Ok(None);
+    };
+    let set: Vec<(&str, &str)> = keys
+        .iter()
+        .filter_map(|k| Some((*k, annotations.get(*k)?.trim())))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    match set.as_slice() {
+        [] => Ok(None),
+        [(_, first), rest @ ..] if rest.iter().all(|(_, v)| v == first) => Ok(Some(first)),
+        _ => {
+            let named: Vec<String> = set
+                .iter()
+                .map(|(k, v)| format!("{k}={}", quote(v)))
+                .collect();
+            Err(format!("the annotations disagree: {}", named.join(", ")))
+        }
+    }
+}
+
+fn conflicting(message: String) -> Intent {
+    Intent::Invalid {
+        reason: "ConflictingRequest",
+        message,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,28 +96,49 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
         _ => {}
     }
 
-    let requested = match svc.annotation(&keys::IPS_KEYS) {
-        Some(list) => list
+    let (ips_annotation, pool, sharing_key) = match (
+        one_annotation(svc, &keys::IPS_KEYS),
+        one_annotation(svc, &keys::POOL_KEYS),
+        one_annotation(svc, &keys::SHARING_KEYS),
+    ) {
+        (Ok(ips), Ok(pool), Ok(sharing)) => (ips, pool, sharing),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return conflicting(e),
+    };
+    let load_balancer_ip = spec
+        .load_balancer_ip
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let requested: Vec<&str> = match (ips_annotation, load_balancer_ip) {
+        (Some(list), _) => list
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| (s, s.parse::<IpAddr>()))
             .collect(),
-        None => spec
-            .load_balancer_ip
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| vec![(s, s.parse::<IpAddr>())])
-            .unwrap_or_default(),
+        (None, Some(ip)) => vec![ip],
+        (None, None) => Vec::new(),
     };
     let mut requested_ips = Vec::new();
-    for (text, parsed) in requested {
-        match parsed {
+    for text in &requested {
+        match text.parse::<IpAddr>() {
             Ok(ip) => requested_ips.push(ip),
             Err(_) => {
-                return Intent::Invalid(format!("requested IP {text:?} is not an IP address"));
+                return invalid(format!("requested IP {} is not an IP address", quote(text)));
             }
+        }
+    }
+    // Both ways of asking for an IP, naming different ones: refused rather than one
+    // silently winning (MetalLB refuses these too).
+    if let (Some(list), Some(field)) = (ips_annotation, load_balancer_ip) {
+        let same = field
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| requested_ips.contains(&ip));
+        if !same {
+            return conflicting(format!(
+                "spec.loadBalancerIP {} and the IPs annotation {} ask for different addresses: keep one",
+                quote(field),
+                quote(list)
+            ));
         }
     }
 
@@ -107,7 +179,7 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
     };
 
     let sharing = Sharing::new(
-        svc.annotation(&keys::SHARING_KEYS).map(str::to_owned),
+        sharing_key.map(str::to_owned),
         spec.ports.iter().copied(),
         spec.local_traffic
             .then(|| spec.selector.clone().unwrap_or_default()),
@@ -116,7 +188,7 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
     Intent::Wants(Wants {
         families,
         requested_ips,
-        pool: svc.annotation(&keys::POOL_KEYS).map(str::to_owned),
+        pool: pool.map(str::to_owned),
         sharing,
     })
 }
@@ -207,11 +279,57 @@ spec: {type: LoadBalancer, loadBalancerIP: 198.51.100.1, ipFamilyPolicy: Require
         );
         assert_eq!(
             intent(&s, &config()),
-            Intent::Invalid("requested IP \"192.0.2.300\" is not an IP address".into())
+            invalid("requested IP \"192.0.2.300\" is not an IP address".into())
         );
         let s = svc(
             "metadata: {name: a, namespace: n}\nspec: {type: LoadBalancer, loadBalancerIP: nope}",
         );
-        assert!(matches!(intent(&s, &config()), Intent::Invalid(_)));
+        assert!(matches!(intent(&s, &config()), Intent::Invalid { .. }));
+    }
+
+    #[test]
+    fn user_text_quoted_in_messages_is_bounded() {
+        let huge = "9".repeat(200_000);
+        let s = svc(&format!(
+            "metadata: {{name: a, namespace: n, annotations: {{herald.dev/ips: '{huge}'}}}}\nspec: {{type: LoadBalancer}}"
+        ));
+        let Intent::Invalid { message, .. } = intent(&s, &config()) else {
+            panic!("refused")
+        };
+        assert!(message.len() < 200, "{} bytes", message.len());
+        assert!(message.starts_with("requested IP \"999"), "{message}");
+    }
+
+    #[test]
+    fn contradictory_requests_are_refused_naming_both() {
+        let s = svc(
+            "metadata: {name: a, namespace: n, annotations: {herald.dev/ips: 192.0.2.5}}\nspec: {type: LoadBalancer, loadBalancerIP: 192.0.2.6}",
+        );
+        assert_eq!(
+            intent(&s, &config()),
+            conflicting(
+                "spec.loadBalancerIP \"192.0.2.6\" and the IPs annotation \"192.0.2.5\" ask for different addresses: keep one".into()
+            )
+        );
+        // The same address both ways is one request.
+        let s = svc(
+            "metadata: {name: a, namespace: n, annotations: {herald.dev/ips: '192.0.2.5, 2001:db8::5'}}\nspec: {type: LoadBalancer, loadBalancerIP: 192.0.2.5}",
+        );
+        assert!(matches!(intent(&s, &config()), Intent::Wants(_)));
+        // Herald's and MetalLB's spelling of one annotation, disagreeing.
+        let s = svc(
+            "metadata: {name: a, namespace: n, annotations: {herald.dev/pool: a, metallb.io/address-pool: b}}\nspec: {type: LoadBalancer}",
+        );
+        assert_eq!(
+            intent(&s, &config()),
+            conflicting(
+                "the annotations disagree: herald.dev/pool=\"a\", metallb.io/address-pool=\"b\""
+                    .into()
+            )
+        );
+        let s = svc(
+            "metadata: {name: a, namespace: n, annotations: {herald.dev/pool: a, metallb.io/address-pool: a}}\nspec: {type: LoadBalancer}",
+        );
+        assert!(matches!(intent(&s, &config()), Intent::Wants(_)));
     }
 }

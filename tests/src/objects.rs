@@ -115,15 +115,32 @@ pub fn condition(svc: &Service) -> Option<(String, String, String)> {
     Some((c.status, c.reason, c.message))
 }
 
-/// `(type, reason, message)` of the Events about the object `name` in `default`.
+/// `(type, reason, message)` of the Events Herald's controller or speakers published about
+/// the object `name` in `default`. Other components' Events (the API server's own
+/// `ClusterIPNotAllocated`, the scheduler's) are left out: a test waiting for "a Warning"
+/// means one of Herald's.
 pub async fn events(client: &Client, name: &str) -> Vec<(String, String, String)> {
-    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    events_in(client, "default", name).await
+}
+
+/// `events` in `namespace`.
+pub async fn events_in(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     let list = api
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
         .await
         .expect("events");
     list.items
         .into_iter()
+        .filter(|e| {
+            e.reporting_component
+                .as_deref()
+                .is_some_and(|c| c.starts_with("herald-"))
+        })
         .map(|e| {
             (
                 e.type_.unwrap_or_default(),
@@ -140,9 +157,19 @@ pub async fn wait_for_event(
     name: &str,
     matches: impl Fn(&(String, String, String)) -> bool,
 ) -> (String, String, String) {
+    wait_for_event_in(client, "default", name, matches).await
+}
+
+/// `wait_for_event` in `namespace`.
+pub async fn wait_for_event_in(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    matches: impl Fn(&(String, String, String)) -> bool,
+) -> (String, String, String) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let all = events(client, name).await;
+        let all = events_in(client, namespace, name).await;
         if let Some(e) = all.iter().find(|e| matches(e)) {
             return e.clone();
         }

@@ -66,7 +66,6 @@ async fn crds_install_and_accept_valid_objects() {
             interfaces: vec!["eth0".into()],
             ..Default::default()
         },
-        status: None,
     };
     let created = l2
         .create(&PostParams::default(), &adv)
