@@ -239,7 +239,7 @@ metadata:
     metallb.io/loadBalancerIPs: "192.0.2.5, 2001:db8::5"
     metallb.universe.tf/address-pool: legacy
     metallb.io/allow-shared-ip: k
-spec: {type: LoadBalancer, loadBalancerIP: 198.51.100.1, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6],
+spec: {type: LoadBalancer, loadBalancerIP: 192.0.2.5, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6],
        externalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80}, {port: 53, protocol: UDP}]}
 "#);
         let Intent::Wants(w) = intent(&s, &config()) else {
