@@ -192,43 +192,36 @@ async fn a_pool_reserved_for_others_is_refused_however_it_is_asked_for() {
     );
 
     // The tenants themselves get what they ask for.
-    apply(
-        &client,
-        &service(
+    let tenants = [
+        (
             "team-a",
             "web",
             ", annotations: {herald.dev/ips: 198.51.100.5}",
-            "",
+            "198.51.100.5",
         ),
-    )
-    .await;
-    assert_eq!(
-        allocated(&client, "team-a", "web", 1).await,
-        ["198.51.100.5"]
-    );
-    apply(
-        &client,
-        &service("prod", "web", ", annotations: {herald.dev/pool: prod}", ""),
-    )
-    .await;
-    assert_eq!(
-        allocated(&client, "prod", "web", 1).await,
-        ["198.51.100.16"]
-    );
-    apply(
-        &client,
-        &service(
+        (
+            "prod",
+            "web",
+            ", annotations: {herald.dev/pool: prod}",
+            "198.51.100.16",
+        ),
+        (
             "intruder",
             "db",
             ", labels: {tier: db}, annotations: {herald.dev/ips: 198.51.100.33}",
-            "",
+            "198.51.100.33",
         ),
-    )
-    .await;
-    assert_eq!(
-        allocated(&client, "intruder", "db", 1).await,
-        ["198.51.100.33"]
-    );
+    ];
+    for (namespace, name, meta, _) in &tenants {
+        apply(&client, &service(namespace, name, meta, "")).await;
+    }
+    for (namespace, name, _, ip) in &tenants {
+        assert_eq!(
+            allocated(&client, namespace, name, 1).await,
+            [*ip],
+            "{namespace}/{name}"
+        );
+    }
 
     // A tenant whose namespace stops matching loses the reserved address, loudly.
     apply(
