@@ -70,8 +70,9 @@ impl Snapshot {
     }
 
     /// The subnets of the LAN-facing interfaces that are up: what this node tells its peers,
-    /// and the one thing every node, itself included, is judged on-subnet by (`on_subnet`).
-    /// Judging itself by anything else would let nodes disagree on who may announce.
+    /// and the one thing every node, itself included, is judged on-subnet by (the plan's
+    /// `node_subnets`). Judging itself by anything else would let nodes disagree on who may
+    /// announce.
     pub fn subnets(&self) -> Vec<IpNetwork> {
         let mut nets: Vec<IpNetwork> = self
             .interfaces

@@ -158,10 +158,11 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         let snapshot = iface_rx.borrow_and_update().clone();
+        // What this node tells its peers is also what it judges itself by (plan::View).
+        let own_subnets = snapshot.subnets();
         subnets_tx.send_if_modified(|old| {
-            let new = snapshot.subnets();
-            let differs = *old != new;
-            *old = new;
+            let differs = *old != own_subnets;
+            old.clone_from(&own_subnets);
             differs
         });
         let peers = peer_addresses(&stores.nodes, &config.node);
@@ -175,7 +176,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         let decision = if settling {
             Decision::default()
         } else {
-            decide(&stores, &gossip, &config.node, &snapshot)
+            decide(&stores, &gossip, &config.node, &snapshot, own_subnets)
         };
         announcer.apply(&decision.plan, &snapshot.interfaces);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
@@ -288,7 +289,13 @@ fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
     peers
 }
 
-fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> Decision {
+fn decide(
+    stores: &Stores,
+    gossip: &Gossip,
+    me: &str,
+    snapshot: &Snapshot,
+    own_subnets: Vec<IpNetwork>,
+) -> Decision {
     // What the heartbeats say, copied out: the gossip thread needs this lock for every
     // heartbeat, and a pass over 10,000 Services must not hold it. The live speakers are
     // the keys, this one too: each with the subnets it can announce on.
@@ -297,7 +304,7 @@ fn decide(stores: &Stores, gossip: &Gossip, me: &str, snapshot: &Snapshot) -> De
         members
             .names()
             .map(|n| (n.to_owned(), members.subnets(n).to_vec()))
-            .chain([(me.to_owned(), snapshot.subnets())])
+            .chain([(me.to_owned(), own_subnets)])
             .collect()
     };
     let nodes: BTreeMap<String, NodeFacts> = stores
