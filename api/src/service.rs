@@ -164,13 +164,23 @@ impl LbService {
         self.status.condition.as_ref().is_some_and(|c| c.allocated)
     }
 
-    /// The first annotation of `keys` that is set and not blank, trimmed.
-    pub fn annotation(&self, keys: &[&str]) -> Option<&str> {
-        let annotations = self.metadata.annotations.as_ref()?;
-        keys.iter()
-            .find_map(|k| annotations.get(*k))
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
+    /// The value the Service gives under `keys` (Herald's and MetalLB's spellings of one
+    /// annotation), trimmed; blank values count as unset. `Err` lists every `(key, value)`
+    /// set when they disagree, so that none silently wins.
+    pub fn annotation<'k>(&self, keys: &[&'k str]) -> Result<Option<&str>, Vec<(&'k str, &str)>> {
+        let Some(annotations) = self.metadata.annotations.as_ref() else {
+            return Ok(None);
+        };
+        let set: Vec<(&str, &str)> = keys
+            .iter()
+            .filter_map(|k| Some((*k, annotations.get(*k)?.trim())))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        match set.as_slice() {
+            [] => Ok(None),
+            [(_, first), rest @ ..] if rest.iter().all(|(_, v)| v == first) => Ok(Some(first)),
+            _ => Err(set),
+        }
     }
 }
 
@@ -432,8 +442,8 @@ status:
             annotations.keys().collect::<Vec<_>>(),
             ["herald.dev/pool", "metallb.io/allow-shared-ip"]
         );
-        assert_eq!(svc.annotation(&keys::POOL_KEYS), Some("lan"));
-        assert_eq!(svc.annotation(&keys::SHARING_KEYS), Some("k"));
+        assert_eq!(svc.annotation(&keys::POOL_KEYS), Ok(Some("lan")));
+        assert_eq!(svc.annotation(&keys::SHARING_KEYS), Ok(Some("k")));
         let spec = &svc.spec;
         assert!(spec.load_balancer && spec.local_traffic);
         assert_eq!(spec.load_balancer_class.as_deref(), Some("herald.dev/l2"));

@@ -313,12 +313,7 @@ impl Allocator {
 
     /// The first pool (by name) holding `ip`, a live one before one being deleted.
     pub fn pool_of(&self, ip: IpAddr) -> Option<&Pool> {
-        let mut holding = self.pools.values().filter(|p| p.contains(ip));
-        let first = holding.next()?;
-        if !first.terminating {
-            return Some(first);
-        }
-        Some(holding.find(|p| !p.terminating).unwrap_or(first))
+        live_first(self.pools.values().filter(|p| p.contains(ip)))
     }
 
     /// How many Services hold addresses counted against `pool`.
@@ -515,12 +510,7 @@ impl Allocator {
 
     /// The allowed pool `ip` belongs to, a live one before one being deleted.
     fn allowed_pool_of<'a>(&'a self, req: &'a Request, ip: IpAddr) -> Option<&'a Pool> {
-        let mut holding = self.allowed_pools(req).filter(|p| p.contains(ip));
-        let first = holding.next()?;
-        if !first.terminating {
-            return Some(first);
-        }
-        Some(holding.find(|p| !p.terminating).unwrap_or(first))
+        live_first(self.allowed_pools(req).filter(|p| p.contains(ip)))
     }
 
     /// The Service's current IPs, with the pools they count against, when they still fit
@@ -826,6 +816,16 @@ impl Allocator {
             }
         }
     }
+}
+
+/// The first of `pools` not being deleted, else the first: an address in a pool being
+/// deleted and in a live one counts against the live one.
+fn live_first<'a>(mut pools: impl Iterator<Item = &'a Pool>) -> Option<&'a Pool> {
+    let first = pools.next()?;
+    if !first.terminating {
+        return Some(first);
+    }
+    Some(pools.find(|p| !p.terminating).unwrap_or(first))
 }
 
 /// Whether the requested IPs make sense for the Service's families: at most one per family,

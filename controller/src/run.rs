@@ -138,8 +138,10 @@ pub async fn run(
             None
         }
     });
-    // The controller writes pool statuses itself: only spec changes (generation) of a pool,
-    // and label changes of a namespace, call for a full pass.
+    // The controller writes pool statuses and finalizers itself: only spec changes
+    // (generation) or the deletion of a pool, and label changes of a namespace, call for a
+    // full pass; a pool's status or finalizers changing (by hand, too) only for a look at
+    // what the pools show.
     let pool_stream = cached(client.clone(), pool_writer, |_| {}).map(trigger_on_change(
         "IPPools",
         |p: &IPPool| {
@@ -680,6 +682,13 @@ impl Controller {
                     self.last_pool_status
                         .insert(name, (status, tokio::time::Instant::now()));
                 }
+                (Write::PoolFinalizer { name, protect }, Ok(())) => {
+                    if protect {
+                        tracing::info!(pool = %name, "protected the pool with Herald's finalizer");
+                    } else {
+                        tracing::info!(pool = %name, "pool deleted and no Service holds its addresses: let it go");
+                    }
+                }
                 (_, Ok(())) => {}
                 (Write::Status { key, .. }, Err(e)) => {
                     tracing::warn!(service = %key, "writing status: {e:#}");
@@ -796,15 +805,7 @@ fn finalizer_write(pool: Option<&IPPool>, allocator: &Allocator) -> Option<Write
         .any(|f| f == POOL_FINALIZER);
     let deleting = pool.metadata.deletion_timestamp.is_some();
     let protect = !deleting || allocator.services_in(&name) > 0;
-    if protect == has {
-        return None;
-    }
-    if protect {
-        tracing::info!(pool = %name, "protecting the pool with Herald's finalizer");
-    } else {
-        tracing::info!(pool = %name, "pool deleted and no Service holds its addresses: letting it go");
-    }
-    Some(Write::PoolFinalizer { name, protect })
+    (protect != has).then_some(Write::PoolFinalizer { name, protect })
 }
 
 /// The body of a pool status apply.
@@ -845,10 +846,14 @@ async fn perform(client: &Client, write: &Write) -> Result<()> {
         Write::PoolFinalizer { name, protect } => {
             // Server-side apply of this one list entry: other finalizers are left alone, and
             // applying none removes ours.
-            let finalizers = protect.then(|| vec![POOL_FINALIZER.to_owned()]);
+            let finalizers = if *protect {
+                vec![POOL_FINALIZER.to_owned()]
+            } else {
+                Vec::new()
+            };
             let meta = ObjectMeta {
                 name: Some(name.clone()),
-                finalizers: Some(finalizers.unwrap_or_default()),
+                finalizers: Some(finalizers),
                 ..Default::default()
             }
             .into_request_partial::<IPPool>();

@@ -46,28 +46,16 @@ fn invalid(message: String) -> Intent {
     }
 }
 
-/// The one value the Service gives under `keys` (Herald's and MetalLB's spellings of one
-/// annotation); `Err` names the keys when they disagree.
+/// The one value the Service gives under `keys`; when Herald's and MetalLB's spellings of
+/// the annotation disagree, a message naming each.
 fn one_annotation<'s>(svc: &'s LbService, keys: &[&str]) -> Result<Option<&'s str>, String> {
-    let Some(annotations) = svc.metadata.annotations.as_ref() else {
-        return Ok(None);
-    };
-    let set: Vec<(&str, &str)> = keys
-        .iter()
-        .filter_map(|k| Some((*k, annotations.get(*k)?.trim())))
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
-    match set.as_slice() {
-        [] => Ok(None),
-        [(_, first), rest @ ..] if rest.iter().all(|(_, v)| v == first) => Ok(Some(first)),
-        _ => {
-            let named: Vec<String> = set
-                .iter()
-                .map(|(k, v)| format!("{k}={}", quote(v)))
-                .collect();
-            Err(format!("the annotations disagree: {}", named.join(", ")))
-        }
-    }
+    svc.annotation(keys).map_err(|set| {
+        let named: Vec<String> = set
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        format!("the annotations disagree: {}", named.join(", "))
+    })
 }
 
 fn conflicting(message: String) -> Intent {
