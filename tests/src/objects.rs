@@ -84,6 +84,15 @@ pub async fn wait_for<T>(
     }
 }
 
+/// Waits until the Service has exactly `count` IPs; returns them.
+pub async fn allocated(api: &Api<Service>, name: &str, count: usize) -> Vec<String> {
+    wait_for(api, name, "its IPs", |s| {
+        let ips = ips(s);
+        (ips.len() == count).then_some(ips)
+    })
+    .await
+}
+
 /// `(ip, ipMode)` of each `status.loadBalancer.ingress` entry.
 pub fn ingress(svc: &Service) -> Vec<(String, Option<String>)> {
     let lb = svc

@@ -3,7 +3,7 @@
 //! exact: allocation is deterministic (lowest free address of the first eligible pool).
 
 use herald_tests::ControlPlane;
-use herald_tests::objects::{apply, condition, ips, lb, wait_for, wait_for_event};
+use herald_tests::objects::{allocated, apply, condition, ips, lb, wait_for, wait_for_event};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -35,14 +35,6 @@ metadata: {name: web}
 spec:
   addresses: [203.0.113.8/30]
   serviceAllocation: {priority: 2, serviceSelectors: [{matchExpressions: [{key: app, operator: In, values: [web]}]}]}";
-
-async fn allocated(api: &Api<Service>, name: &str, count: usize) -> Vec<String> {
-    wait_for(api, name, "its IPs", |s| {
-        let ips = ips(s);
-        (ips.len() == count).then_some(ips)
-    })
-    .await
-}
 
 #[tokio::test]
 async fn pool_choice_families_and_sharing() {

@@ -9,7 +9,7 @@ use herald_api::IPPool;
 use herald_tests::ControlPlane;
 use herald_tests::control_plane::Options;
 use herald_tests::controller::http_get;
-use herald_tests::objects::{apply, condition, ips, wait_for, wait_for_event_in};
+use herald_tests::objects::{self, apply, condition, ips, wait_for, wait_for_event_in};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
@@ -71,12 +71,7 @@ async fn allocated(
     name: &str,
     count: usize,
 ) -> Vec<String> {
-    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-    wait_for(&api, name, "its IPs", |s| {
-        let ips = ips(s);
-        (ips.len() == count).then_some(ips)
-    })
-    .await
+    objects::allocated(&Api::namespaced(client.clone(), namespace), name, count).await
 }
 
 #[tokio::test]
