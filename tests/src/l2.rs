@@ -96,7 +96,7 @@ pub async fn setup(nodes: usize) -> (ControlPlane, Lan, Process) {
     for (i, host) in lan.nodes.iter().enumerate() {
         ready_node(&client, &format!("n{}", i + 1), &host.v4.to_string(), "").await;
     }
-    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.100-192.0.2.120, 2001:db8::100-2001:db8::120]}\n---\napiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [eth0]}").await;
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.100-192.0.2.120, 2001:db8::100-2001:db8::120]}\n---\napiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}").await;
     let controller = crate::controller::spawn(&cp, "controller", &["--leader-elect=false"]).process;
     (cp, lan, controller)
 }

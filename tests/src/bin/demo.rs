@@ -64,7 +64,7 @@ async fn main() -> Result<()> {
         lan.client.v4
     );
     println!(
-        "Applied IPPool 'lan' (192.0.2.100-192.0.2.120, 2001:db8::100-2001:db8::120) and L2Advertisement 'lan' (eth0)."
+        "Applied IPPool 'lan' (192.0.2.100-192.0.2.120, 2001:db8::100-2001:db8::120) and L2Advertisement 'lan' (every node, on the interface in the IPs' subnet)."
     );
 
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: hello, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
