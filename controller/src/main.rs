@@ -7,6 +7,7 @@ mod metrics;
 mod pools;
 mod run;
 mod service;
+mod state;
 mod status;
 
 use std::net::SocketAddr;

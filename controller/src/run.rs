@@ -1,11 +1,10 @@
-//! The controller's I/O: watch Services, IPPools and Namespaces, rebuild the allocator from
-//! what the API already says before the first allocation, then reconcile in passes. A pass
-//! decides every write first (`decide`, no I/O) and then performs the writes concurrently,
-//! so one slow round trip does not hold up the next Service. Decisions are made in
-//! `allocator`, `service`, `pools`, `status` and `events`; this module only reads and writes.
+//! The controller's I/O: watch Services, IPPools and Namespaces, rebuild the state from what
+//! the API already says before the first allocation, then reconcile in passes. A pass asks
+//! `state` what to write (no I/O there), performs the writes concurrently so one slow round
+//! trip does not hold up the next Service, publishes the Events and updates the metrics.
+//! Every decision lives in `state` and the modules it uses; this one only reads and writes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,6 @@ use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
 use herald_telemetry::{Health, Registry};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -27,22 +25,18 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::allocator::{Allocator, Family, Request};
-use crate::pools::{self, ParsedPool};
-use crate::service::{self, ClassConfig, Intent};
-use crate::status::ServiceOutcome;
-use crate::{metrics, status};
+use crate::allocator::Family;
+use crate::metrics;
+use crate::service::ClassConfig;
+use crate::state::{self, POOL_FINALIZER, State, World, Write, fingerprint};
 use herald_api::events::{self, Note, Reporter};
 
 /// Writes in flight at once. The API server handles these in parallel; more than this only
 /// queues inside it.
 const WRITE_CONCURRENCY: usize = 32;
-/// Marks pools Herald protects: a pool Services hold addresses of is deleted only once they
-/// have released them.
-pub const POOL_FINALIZER: &str = "herald.dev/pool-protection";
-/// How long a pool status just written is not written again while the watch has not shown
-/// it yet.
-const POOL_STATUS_IN_FLIGHT: Duration = Duration::from_secs(5);
+/// How long a pool write just made (status or finalizer) is not made again while the watch
+/// has not shown it yet.
+const POOL_WRITE_IN_FLIGHT: Duration = Duration::from_secs(5);
 /// How often failed writes are retried when nothing else happens.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// The most often pool statuses are written.
@@ -58,64 +52,66 @@ enum Trigger {
     PoolMeta,
 }
 
-/// One API write a pass decided on.
-enum Write {
-    Status {
-        key: String,
-        namespace: String,
-        name: String,
-        apply: Box<Service>,
-    },
-    PoolStatus {
-        name: String,
-        status: IPPoolStatus,
-    },
-    /// Adds (`protect`) or removes Herald's finalizer on a pool.
-    PoolFinalizer {
-        name: String,
-        protect: bool,
-    },
-}
-
 /// Events of one pass for the publisher: (Service key, what to say).
 type EventBatch = Vec<(String, Note)>;
 /// An Event the publisher could not publish: (Service key, fingerprint of the note).
 type EventFailure = (String, u64);
 
-pub struct Controller {
-    client: Client,
-    config: ClassConfig,
-    registry: Arc<Registry>,
+/// The watches' caches, as the state sees them.
+struct Caches {
     services: Cache<LbService>,
     pools: Store<IPPool>,
     namespaces: Store<Namespace>,
-    parsed_pools: Vec<ParsedPool>,
-    allocator: Allocator,
-    /// The Event last published per Service, so Events go out on change only.
-    /// (A fingerprint of it: only change matters, and 10,000 messages would cost memory.)
-    last_note: BTreeMap<String, u64>,
-    /// Services that want an IP and have none: looked at again when an IP frees up or pools
-    /// change.
-    waiting: BTreeSet<String>,
-    /// Services whose last status write failed: looked at again on the next pass.
-    failed: BTreeSet<String>,
-    /// Events decided in the current pass (Service key, what to say), handed to the
-    /// publisher after the pass's statuses. Built when published (from the cached Service),
-    /// so a queued Event costs little.
-    events: Vec<(String, Note)>,
+}
+
+impl World for Caches {
+    fn service(&self, key: &str) -> Option<Arc<LbService>> {
+        self.services.get(key)
+    }
+    fn services(&self) -> Vec<Arc<LbService>> {
+        self.services.state()
+    }
+    fn pools(&self) -> Vec<Arc<IPPool>> {
+        self.pools.state()
+    }
+    fn pool(&self, name: &str) -> Option<Arc<IPPool>> {
+        self.pools.get(&ObjectRef::new(name))
+    }
+    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|n| n.labels().clone())
+            .unwrap_or_default()
+    }
+}
+
+pub struct Controller {
+    client: Client,
+    registry: Arc<Registry>,
+    caches: Caches,
+    state: State,
     /// Events go to a task of their own, so that a pass never waits for them (they only
     /// inform) and the next Service's status is not queued behind them.
     events_tx: mpsc::UnboundedSender<EventBatch>,
     /// Events that could not be published, by Service and fingerprint.
     event_failures: mpsc::UnboundedReceiver<EventFailure>,
-    /// Set by `decide` when a Service gave IPs back during this pass.
-    freed: bool,
-    /// Pool statuses written, and when: not written again while the watch catches up.
-    last_pool_status: BTreeMap<String, (IPPoolStatus, tokio::time::Instant)>,
+    /// Set by the retry tick: look at the Services waiting for an IP.
+    retry_waiting: bool,
+    /// Pool writes made, and when: not made again while the watch catches up.
+    pool_writes_in_flight: BTreeMap<String, (PoolWrite, tokio::time::Instant)>,
     /// Pool statuses are written at most once per `POOL_STATUS_EVERY`: a burst of
     /// allocations becomes one write per pool, not one per Service.
     pool_status_written: Option<tokio::time::Instant>,
     pool_status_pending: bool,
+    /// Pools the gauges show.
+    gauged_pools: BTreeSet<String>,
+}
+
+/// A pool write just made, to recognise the same one while the watch has not shown it.
+#[derive(PartialEq)]
+enum PoolWrite {
+    Status(IPPoolStatus),
+    Finalizer(bool),
 }
 
 pub async fn run(
@@ -207,7 +203,7 @@ pub async fn run(
         (events_tx, event_failures),
     );
     tracing::info!(
-        services = controller.services.len(),
+        services = controller.caches.services.len(),
         "state rebuilt from the API; allocating"
     );
     controller.pass(Vec::new(), true).await;
@@ -224,7 +220,7 @@ pub async fn run(
             _ = retry.tick() => {
                 // Safety net: Services waiting for an IP are looked at again even if the
                 // event that freed one was missed.
-                controller.freed = true;
+                controller.retry_waiting = true;
                 None
             }
             _ = tokio::time::sleep_until(controller.pool_status_due()), if controller.pool_status_pending => None,
@@ -283,8 +279,8 @@ fn trigger_on_change<K: Resource>(
 }
 
 impl Controller {
-    /// A controller over these caches, its allocator rebuilt from the Services' statuses.
-    /// Events go out through `events` (batches out, failures back).
+    /// A controller over these caches, its state rebuilt from what they show. Events go out
+    /// through `events` (batches out, failures back).
     fn new(
         client: Client,
         config: ClassConfig,
@@ -297,79 +293,25 @@ impl Controller {
             mpsc::UnboundedReceiver<EventFailure>,
         ),
     ) -> Self {
-        let mut controller = Controller {
-            client,
-            config,
-            registry,
+        let caches = Caches {
             services,
             pools,
             namespaces,
-            parsed_pools: Vec::new(),
-            allocator: Allocator::new(),
-            last_note: BTreeMap::new(),
-            waiting: BTreeSet::new(),
-            failed: BTreeSet::new(),
-            events: Vec::new(),
+        };
+        let state = State::rebuild(config, &caches);
+        Controller {
+            client,
+            registry,
+            caches,
+            state,
             events_tx: events.0,
             event_failures: events.1,
-            freed: false,
-            last_pool_status: BTreeMap::new(),
+            retry_waiting: false,
+            pool_writes_in_flight: BTreeMap::new(),
             pool_status_written: None,
             pool_status_pending: false,
-        };
-        controller.rebuild();
-        controller
-    }
-
-    fn sorted_services(&self) -> Vec<Arc<LbService>> {
-        let mut all = self.services.state();
-        all.sort_by_key(|s| s.key());
-        all
-    }
-
-    /// Every IP already in a Service's status counts as taken before anything is allocated:
-    /// Herald's own assignments are restored, other load balancers' IPs are reserved.
-    fn rebuild(&mut self) {
-        self.sync_pools();
-        for svc in self.sorted_services() {
-            let key = svc.key();
-            let ips = svc.status.ingress.clone();
-            if ips.is_empty() {
-                continue;
-            }
-            match (svc.status_is_ours(), service::intent(&svc, &self.config)) {
-                (true, Intent::Wants(w)) => {
-                    if let Err(e) = self.allocator.restore(&key, &ips, &w.sharing) {
-                        tracing::warn!(service = %key, "not restoring its IPs: {e}");
-                    }
-                }
-                (true, _) => {}
-                (false, Intent::Wants(w)) => self.adopt(&key, &ips, &w.sharing),
-                (false, _) => ips
-                    .iter()
-                    .for_each(|ip| self.allocator.reserve_foreign(&key, *ip)),
-            }
+            gauged_pools: BTreeSet::new(),
         }
-    }
-
-    /// A Service Herald serves whose status another load balancer wrote (a migration): it
-    /// keeps its IPs when they are in Herald's pools and free, so nothing moves.
-    fn adopt(&mut self, key: &str, ips: &[IpAddr], sharing: &crate::allocator::Sharing) {
-        self.freed |= self.allocator.release_foreign(key);
-        let in_pools = ips.iter().all(|ip| self.allocator.pool_of(*ip).is_some());
-        match in_pools.then(|| self.allocator.restore(key, ips, sharing)) {
-            Some(Ok(())) => tracing::info!(service = %key, ?ips, "adopted the IPs in its status"),
-            _ => ips
-                .iter()
-                .for_each(|ip| self.allocator.reserve_foreign(key, *ip)),
-        }
-    }
-
-    fn sync_pools(&mut self) {
-        let objects: Vec<IPPool> = self.pools.state().iter().map(|p| (**p).clone()).collect();
-        self.parsed_pools = pools::parse(&objects);
-        self.allocator
-            .set_pools(self.parsed_pools.iter().map(|p| p.pool.clone()));
     }
 
     /// Looks at `keys` (or every Service), then at Services waiting for an IP if one freed
@@ -377,53 +319,44 @@ impl Controller {
     async fn pass(&mut self, keys: Vec<String>, all: bool) {
         let mut keys = keys;
         if all {
-            self.sync_pools();
-            keys = self.sorted_services().iter().map(|s| s.key()).collect();
-            // Services deleted while a watch was re-listing are known only to the allocator.
-            keys.extend(self.allocator.services().cloned());
-            keys.extend(self.last_note.keys().cloned());
+            self.state.sync_pools(&self.caches);
+            keys = self.state.every_service(&self.caches);
         }
         while let Ok((key, fp)) = self.event_failures.try_recv() {
-            // Said again on this pass, unless something newer was said meanwhile.
-            if self.last_note.get(&key) == Some(&fp) {
-                self.last_note.remove(&key);
-                self.failed.insert(key);
-            }
+            self.state.event_failed(key, fp);
         }
-        keys.extend(std::mem::take(&mut self.failed));
-        // Set by the retry tick; otherwise by this pass's decisions.
-        let retry_waiting = std::mem::take(&mut self.freed);
+        keys.extend(self.state.take_retry());
+        let retry_waiting = std::mem::take(&mut self.retry_waiting);
         let mut seen = BTreeSet::new();
         // Statuses go out in chunks while the pass goes on (memory stays bounded, the first
         // Services get their IPs at once); Events, which only inform, after every status.
-        let mut statuses = Vec::new();
+        let mut writes = Vec::new();
         for key in keys {
             if seen.insert(key.clone()) {
-                statuses.extend(self.decide(&key));
-                if statuses.len() >= CHUNK {
-                    self.execute(std::mem::take(&mut statuses)).await;
+                writes.extend(self.state.decide(&self.caches, &key, Timestamp::now()));
+                if writes.len() >= CHUNK {
+                    self.execute(std::mem::take(&mut writes)).await;
                 }
             }
         }
-        if self.freed || retry_waiting || all {
-            let waiting: Vec<String> = self.waiting.iter().cloned().collect();
+        if self.state.take_freed() || retry_waiting || all {
+            let waiting: Vec<String> = self.state.waiting().cloned().collect();
             for key in waiting {
                 if seen.insert(key.clone()) {
-                    statuses.extend(self.decide(&key));
+                    writes.extend(self.state.decide(&self.caches, &key, Timestamp::now()));
                 }
             }
         }
         if all || tokio::time::Instant::now() >= self.pool_status_due() {
-            statuses.extend(self.pool_status_writes());
+            writes.extend(self.pool_writes());
             self.pool_status_written = Some(tokio::time::Instant::now());
             self.pool_status_pending = false;
         } else {
             self.pool_status_pending = true;
         }
-        self.registry
-            .set(metrics::SERVICES_WAITING, &[], self.waiting.len() as f64);
-        self.execute(statuses).await;
-        let events = std::mem::take(&mut self.events);
+        self.execute(writes).await;
+        self.count();
+        let events = self.state.take_events();
         if !events.is_empty() && self.events_tx.send(events).is_err() {
             tracing::error!("the Event publisher stopped; Events are not published");
         }
@@ -434,205 +367,90 @@ impl Controller {
         }
     }
 
+    /// The pass's decisions as metrics.
+    fn count(&mut self) {
+        let tally = self.state.take_tally();
+        if tally.allocations > 0 {
+            self.registry
+                .add(metrics::ALLOCATIONS, &[], tally.allocations as f64);
+        }
+        for reason in &tally.failures {
+            self.registry
+                .inc(metrics::ALLOCATION_FAILURES, &[("reason", reason.as_str())]);
+        }
+        self.registry.set(
+            metrics::SERVICES_WAITING,
+            &[],
+            self.state.waiting_count() as f64,
+        );
+    }
+
     fn pool_status_due(&self) -> tokio::time::Instant {
         self.pool_status_written
             .map(|t| t + POOL_STATUS_EVERY)
             .unwrap_or_else(tokio::time::Instant::now)
     }
 
-    /// What the Service `key` needs written now. Updates the allocator; performs no I/O.
-    fn decide(&mut self, key: &str) -> Vec<Write> {
-        let Some(svc) = self.services.get(key) else {
-            // Deleted: its IPs go back to the pool.
-            self.freed |= self.allocator.release_foreign(key);
-            let freed = self.allocator.release(key);
-            if !freed.is_empty() {
-                self.freed = true;
-                tracing::info!(service = %key, ?freed, "Service deleted; IPs released");
-            }
-            self.last_note.remove(key);
-            self.waiting.remove(key);
-            return Vec::new();
-        };
-        match service::intent(&svc, &self.config) {
-            Intent::NotOurs => {
-                self.freed |= !self.allocator.release(key).is_empty();
-                self.waiting.remove(key);
-                self.last_note.remove(key);
-                if svc.status_is_ours() {
-                    vec![status_write(&svc, status::service_clear(&svc))]
-                } else {
-                    self.track_foreign(&svc);
-                    Vec::new()
-                }
-            }
-            Intent::Invalid { reason, message } => {
-                self.freed |= !self.allocator.release(key).is_empty();
-                self.failure(&svc, reason, &message)
-            }
-            Intent::Wants(wants) => {
-                let before: Vec<IpAddr> =
-                    self.allocator.assigned(key).iter().map(|a| a.ip).collect();
-                let request = Request {
-                    service: key.to_owned(),
-                    families: wants.families,
-                    requested_ips: wants.requested_ips,
-                    pool: wants.pool,
-                    eligible_pools: self.eligible_pools(&svc),
-                    sharing: wants.sharing,
-                };
-                let eligible = &request.eligible_pools;
-                match self.allocator.allocate(&request) {
-                    Ok(assigned) => {
-                        self.waiting.remove(key);
-                        let mut writes = Vec::new();
-                        let outcome = ServiceOutcome::allocated(&assigned);
-                        if outcome.differs_from(&svc) {
-                            writes.push(status_write(&svc, outcome.apply(&svc, Timestamp::now())));
-                        }
-                        let now: Vec<IpAddr> = assigned.iter().map(|a| a.ip).collect();
-                        if before != now {
-                            self.registry.inc(metrics::ALLOCATIONS, &[]);
-                            self.freed |= before.iter().any(|ip| !now.contains(ip));
-                            if let Some(note) = self.moved_note(&before, &now, &assigned, eligible)
-                            {
-                                self.note(&svc, note);
-                            }
-                        }
-                        let message = format!("assigned {}", status::describe(&assigned));
-                        self.note(&svc, Note::normal("IPAllocated", message));
-                        writes
-                    }
-                    Err(e) => {
-                        self.freed |= !before.is_empty();
-                        self.failure(&svc, e.reason(), &e.to_string())
-                    }
-                }
-            }
-        }
-    }
-
-    /// A Service whose IP left every pool (a pool edit), or whose pool no longer admits it
-    /// (its serviceAllocation or the namespace's labels changed), is moved; say so loudly,
-    /// since clients of the old IP lose it.
-    fn moved_note(
-        &self,
-        before: &[IpAddr],
-        now: &[IpAddr],
-        assigned: &[crate::allocator::Assigned],
-        eligible: &[String],
-    ) -> Option<Note> {
-        let left = || before.iter().filter(|ip| !now.contains(ip));
-        let gone: Vec<String> = left()
-            .filter(|ip| self.allocator.pool_of(**ip).is_none())
-            .map(ToString::to_string)
+    /// The pool statuses and finalizers to write (less those just written that the watch
+    /// does not show yet); refreshes the pool gauges.
+    fn pool_writes(&mut self) -> Vec<Write> {
+        let (reports, finalizers) = self.state.pools(&self.caches, Timestamp::now());
+        let live: BTreeSet<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .pool_writes_in_flight
+            .keys()
+            .filter(|key| !live.contains(pool_of_key(key)))
+            .cloned()
             .collect();
-        let refused: Vec<String> = left()
-            .filter_map(|ip| {
-                let pool = self.allocator.pool_of(*ip)?;
-                (!eligible.contains(&pool.name)).then(|| format!("{ip} (IPPool {})", pool.name))
-            })
-            .collect();
-        let why = match (gone.is_empty(), refused.is_empty()) {
-            (false, _) => format!(
-                "{} is no longer in any IPPool (a pool was edited or deleted)",
-                gone.join(", ")
-            ),
-            (true, false) => format!(
-                "{} is in a pool whose serviceAllocation no longer admits this Service",
-                refused.join(", ")
-            ),
-            (true, true) => return None,
+        for key in gone {
+            self.pool_writes_in_flight.remove(&key);
+        }
+        self.pool_gauges(&reports);
+        let now = tokio::time::Instant::now();
+        let in_flight = |key: String, write: &PoolWrite| {
+            self.pool_writes_in_flight
+                .get(&key)
+                .is_some_and(|(sent, at)| sent == write && now < *at + POOL_WRITE_IN_FLIGHT)
         };
-        Some(Note::warning(
-            "IPMoved",
-            format!("{why}; the Service now has {}", status::describe(assigned)),
-        ))
-    }
-
-    /// IPs another load balancer wrote stay reserved while they are in a status.
-    fn track_foreign(&mut self, svc: &LbService) {
-        let key = svc.key();
-        let mut ips = svc.status.ingress.clone();
-        ips.sort();
-        if self.allocator.foreign_of(&key) == ips {
-            return;
-        }
-        self.freed |= self.allocator.release_foreign(&key);
-        for ip in &ips {
-            self.allocator.reserve_foreign(&key, *ip);
-        }
-    }
-
-    fn failure(&mut self, svc: &LbService, reason: &str, message: &str) -> Vec<Write> {
-        let key = svc.key();
-        self.waiting.insert(key.clone());
         let mut writes = Vec::new();
-        let outcome = ServiceOutcome::failed(reason, message);
-        if outcome.differs_from(svc) {
-            writes.push(status_write(svc, outcome.apply(svc, Timestamp::now())));
+        for write in finalizers {
+            if let Write::PoolFinalizer { name, protect } = &write
+                && in_flight(finalizer_key(name), &PoolWrite::Finalizer(*protect))
+            {
+                continue;
+            }
+            writes.push(write);
         }
-        let note = Note::warning(reason, message);
-        if self.last_note.get(&key) != Some(&fingerprint(&note)) {
-            self.registry
-                .inc(metrics::ALLOCATION_FAILURES, &[("reason", reason)]);
+        for report in reports {
+            if report.differs
+                && !in_flight(
+                    report.name.clone(),
+                    &PoolWrite::Status(report.status.clone()),
+                )
+            {
+                writes.push(Write::PoolStatus {
+                    name: report.name,
+                    status: report.status,
+                });
+            }
         }
-        self.note(svc, note);
         writes
     }
 
-    /// Queues an Event for `note`, unless it is what was last said about this Service.
-    fn note(&mut self, svc: &LbService, note: Note) {
-        let key = svc.key();
-        if self.last_note.get(&key) == Some(&fingerprint(&note)) {
-            return;
-        }
-        self.last_note.insert(key.clone(), fingerprint(&note));
-        self.events.push((key, note));
-    }
-
-    fn eligible_pools(&self, svc: &LbService) -> Vec<String> {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let ns_labels = self
-            .namespaces
-            .get(&ObjectRef::new(&ns))
-            .map(|n| n.labels().clone())
-            .unwrap_or_default();
-        pools::eligible(&self.pools.state(), &ns, &ns_labels, svc.labels())
-    }
-
-    /// Pool statuses that differ from what the pools show (also when edited by hand), and the
-    /// finalizers to add or remove; also refreshes the pool gauges.
-    fn pool_status_writes(&mut self) -> Vec<Write> {
-        let mut writes = Vec::new();
-        let live: BTreeSet<&str> = self
-            .parsed_pools
-            .iter()
-            .map(|p| p.pool.name.as_str())
-            .collect();
-        let gone: Vec<String> = self
-            .last_pool_status
-            .keys()
-            .filter(|name| !live.contains(name.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.last_pool_status.remove(&name);
+    /// Sets each pool's gauges and drops those of pools that went away.
+    fn pool_gauges(&mut self, reports: &[state::PoolReport]) {
+        let live: BTreeSet<String> = reports.iter().map(|r| r.name.clone()).collect();
+        for gone in self.gauged_pools.difference(&live) {
             for family in metrics::POOL_GAUGES {
-                self.registry.remove_matching(family, "pool", &name);
+                self.registry.remove_matching(family, "pool", gone);
             }
         }
-        let now = tokio::time::Instant::now();
-        for parsed in &self.parsed_pools {
-            let name = &parsed.pool.name;
-            let object = self.pools.get(&ObjectRef::new(name));
-            let generation = object.as_ref().and_then(|o| o.metadata.generation);
-            let shown = object.as_ref().and_then(|o| o.status.as_ref());
-            let status =
-                status::pool_status(parsed, &self.allocator, generation, shown, Timestamp::now());
+        self.gauged_pools = live;
+        for report in reports {
+            let status = &report.status;
             for (family, usage) in [(Family::V4, &status.ipv4), (Family::V6, &status.ipv6)] {
                 if let Some(u) = usage {
-                    let labels = [("pool", name.as_str()), ("family", family.label())];
+                    let labels = [("pool", report.name.as_str()), ("family", family.label())];
                     self.registry
                         .set(metrics::POOL_ASSIGNED, &labels, u.assigned as f64);
                     let available = u.available.parse::<f64>().unwrap_or(f64::INFINITY);
@@ -640,23 +458,7 @@ impl Controller {
                         .set(metrics::POOL_AVAILABLE, &labels, available);
                 }
             }
-            if let Some(write) = finalizer_write(object.as_deref(), &self.allocator) {
-                writes.push(write);
-            }
-            if shown.is_some_and(|shown| status::same_pool_status(shown, &status)) {
-                continue;
-            }
-            let in_flight = self.last_pool_status.get(name).is_some_and(|(sent, at)| {
-                status::same_pool_status(sent, &status) && now < *at + POOL_STATUS_IN_FLIGHT
-            });
-            if !in_flight {
-                writes.push(Write::PoolStatus {
-                    name: name.clone(),
-                    status,
-                });
-            }
         }
-        writes
     }
 
     /// Performs the writes concurrently and records what failed so it is tried again.
@@ -673,14 +475,15 @@ impl Controller {
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect()
             .await;
+        let now = tokio::time::Instant::now();
         for (write, result) in results {
             let outcome = if result.is_ok() { "ok" } else { "error" };
             self.registry
                 .inc(metrics::API_WRITES, &[("result", outcome)]);
             match (write, result) {
                 (Write::PoolStatus { name, status }, Ok(())) => {
-                    self.last_pool_status
-                        .insert(name, (status, tokio::time::Instant::now()));
+                    self.pool_writes_in_flight
+                        .insert(name, (PoolWrite::Status(status), now));
                 }
                 (Write::PoolFinalizer { name, protect }, Ok(())) => {
                     if protect {
@@ -688,11 +491,13 @@ impl Controller {
                     } else {
                         tracing::info!(pool = %name, "pool deleted and no Service holds its addresses: let it go");
                     }
+                    self.pool_writes_in_flight
+                        .insert(finalizer_key(&name), (PoolWrite::Finalizer(protect), now));
                 }
                 (_, Ok(())) => {}
                 (Write::Status { key, .. }, Err(e)) => {
                     tracing::warn!(service = %key, "writing status: {e:#}");
-                    self.failed.insert(key);
+                    self.state.write_failed(key);
                 }
                 (Write::PoolStatus { name, .. }, Err(e)) => {
                     tracing::warn!(pool = %name, "writing pool status: {e:#}");
@@ -704,6 +509,16 @@ impl Controller {
             }
         }
     }
+}
+
+/// In-flight keys: a pool's name for its status, `name/finalizer` for its finalizer (a pool
+/// name holds no `/`).
+fn finalizer_key(pool: &str) -> String {
+    format!("{pool}/finalizer")
+}
+
+fn pool_of_key(key: &str) -> &str {
+    key.split('/').next().unwrap_or(key)
 }
 
 /// Publishes the Events of each pass, `WRITE_CONCURRENCY` at a time, built from the cached
@@ -760,20 +575,6 @@ async fn publish_event(
     Ok(())
 }
 
-/// A stable 64-bit fingerprint of a note (FNV-1a); equal notes, equal fingerprints.
-fn fingerprint(note: &Note) -> u64 {
-    let kind = match note.kind {
-        events::Kind::Normal => "N",
-        events::Kind::Warning => "W",
-    };
-    [kind, "\0", &note.reason, "\0", &note.message]
-        .iter()
-        .flat_map(|s| s.bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-}
-
 /// Gives glibc's free heap pages back to the system. musl (the image's static build) has no
 /// `malloc_trim` and returns large frees by itself, so there it does nothing.
 fn release_free_heap() {
@@ -782,30 +583,6 @@ fn release_free_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-fn status_write(svc: &LbService, apply: Service) -> Write {
-    Write::Status {
-        key: svc.key(),
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-        apply: Box::new(apply),
-    }
-}
-
-/// Herald's finalizer on a pool: on every pool, off a deleted one nobody holds addresses of.
-fn finalizer_write(pool: Option<&IPPool>, allocator: &Allocator) -> Option<Write> {
-    let pool = pool?;
-    let name = pool.metadata.name.clone()?;
-    let has = pool
-        .metadata
-        .finalizers
-        .iter()
-        .flatten()
-        .any(|f| f == POOL_FINALIZER);
-    let deleting = pool.metadata.deletion_timestamp.is_some();
-    let protect = !deleting || allocator.services_in(&name) > 0;
-    (protect != has).then_some(Write::PoolFinalizer { name, protect })
 }
 
 /// The body of a pool status apply.

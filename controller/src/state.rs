@@ -1,0 +1,642 @@
+//! What the API should say, given what the caches show: the controller's decisions, with no
+//! I/O, no clock of its own and no metrics. `run` feeds it the caches (through [`World`]),
+//! performs the [`Write`]s it returns, publishes its Events and turns its [`Tally`] into
+//! metrics. A new rule goes here, with a unit test that needs no API server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use herald_api::events::{self, Note};
+use herald_api::{IPPool, IPPoolStatus, LbService};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::allocator::{Allocator, Assigned, Request, Sharing};
+use crate::pools::{self, ParsedPool};
+use crate::service::{self, ClassConfig, Intent};
+use crate::status::{self, ServiceOutcome};
+
+/// Marks pools Herald protects: a pool Services hold addresses of is deleted only once they
+/// have released them.
+pub const POOL_FINALIZER: &str = "herald.dev/pool-protection";
+
+/// What the controller's caches show. The run loop implements it over its watches; tests
+/// over plain maps.
+pub trait World {
+    fn service(&self, key: &str) -> Option<Arc<LbService>>;
+    fn services(&self) -> Vec<Arc<LbService>>;
+    fn pools(&self) -> Vec<Arc<IPPool>>;
+    fn pool(&self, name: &str) -> Option<Arc<IPPool>>;
+    /// The labels of a namespace (empty when it is not known).
+    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
+}
+
+/// One API write decided on.
+#[derive(Debug)]
+pub enum Write {
+    Status {
+        key: String,
+        namespace: String,
+        name: String,
+        apply: Box<Service>,
+    },
+    PoolStatus {
+        name: String,
+        status: IPPoolStatus,
+    },
+    /// Adds (`protect`) or removes Herald's finalizer on a pool.
+    PoolFinalizer {
+        name: String,
+        protect: bool,
+    },
+}
+
+/// What a pool should show, and whether it shows something else.
+#[derive(Debug)]
+pub struct PoolReport {
+    pub name: String,
+    pub status: IPPoolStatus,
+    /// The pool object shows another status (or none): it needs writing.
+    pub differs: bool,
+}
+
+/// What the decisions since the last `take_tally` amount to, for the metrics.
+#[derive(Debug, Default, PartialEq)]
+pub struct Tally {
+    /// Services given new IPs (first allocation or a move).
+    pub allocations: u64,
+    /// Services entering a failed state, by reason (on change, not per retry).
+    pub failures: Vec<String>,
+}
+
+pub struct State {
+    config: ClassConfig,
+    parsed_pools: Vec<ParsedPool>,
+    allocator: Allocator,
+    /// The Event last said per Service, so Events go out on change only. (A fingerprint of
+    /// it: only change matters, and 10,000 messages would cost memory.)
+    last_note: BTreeMap<String, u64>,
+    /// Services that want an IP and have none: looked at again when an IP frees up or pools
+    /// change.
+    waiting: BTreeSet<String>,
+    /// Services to look at again on the next pass (a write or an Event failed).
+    retry: BTreeSet<String>,
+    /// Events decided since the last `take_events`: (Service key, what to say).
+    events: Vec<(String, Note)>,
+    /// A Service gave IPs back since the last `take_freed`.
+    freed: bool,
+    tally: Tally,
+}
+
+impl State {
+    /// The state the API already shows: every IP in a Service's status counts as taken
+    /// before anything is allocated (Herald's own assignments restored, other load
+    /// balancers' IPs reserved).
+    pub fn rebuild(config: ClassConfig, world: &impl World) -> Self {
+        let mut state = State {
+            config,
+            parsed_pools: Vec::new(),
+            allocator: Allocator::new(),
+            last_note: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            retry: BTreeSet::new(),
+            events: Vec::new(),
+            freed: false,
+            tally: Tally::default(),
+        };
+        state.sync_pools(world);
+        for svc in sorted(world.services()) {
+            let key = svc.key();
+            let ips = svc.status.ingress.clone();
+            if ips.is_empty() {
+                continue;
+            }
+            match (svc.status_is_ours(), service::intent(&svc, &state.config)) {
+                (true, Intent::Wants(w)) => {
+                    if let Err(e) = state.allocator.restore(&key, &ips, &w.sharing) {
+                        tracing::warn!(service = %key, "not restoring its IPs: {e}");
+                    }
+                }
+                (true, _) => {}
+                (false, Intent::Wants(w)) => state.adopt(&key, &ips, &w.sharing),
+                (false, _) => ips
+                    .iter()
+                    .for_each(|ip| state.allocator.reserve_foreign(&key, *ip)),
+            }
+        }
+        state
+    }
+
+    /// Takes the pools as the caches show them now.
+    pub fn sync_pools(&mut self, world: &impl World) {
+        let objects: Vec<IPPool> = world.pools().iter().map(|p| (**p).clone()).collect();
+        self.parsed_pools = pools::parse(&objects);
+        self.allocator
+            .set_pools(self.parsed_pools.iter().map(|p| p.pool.clone()));
+    }
+
+    /// Every Service worth a look in a full pass: those cached, and those only the state
+    /// still knows (deleted while a watch was re-listing).
+    pub fn every_service(&self, world: &impl World) -> Vec<String> {
+        let mut keys: Vec<String> = sorted(world.services()).iter().map(|s| s.key()).collect();
+        keys.extend(self.allocator.services().cloned());
+        keys.extend(self.last_note.keys().cloned());
+        keys
+    }
+
+    /// Services waiting for an IP.
+    pub fn waiting(&self) -> impl Iterator<Item = &String> {
+        self.waiting.iter()
+    }
+
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Services to look at again (their last write or Event failed).
+    pub fn take_retry(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.retry)
+    }
+
+    /// Whether a Service gave IPs back since the last call.
+    pub fn take_freed(&mut self) -> bool {
+        std::mem::take(&mut self.freed)
+    }
+
+    /// The Events decided since the last call.
+    pub fn take_events(&mut self) -> Vec<(String, Note)> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
+    }
+
+    /// Writing the Service's status failed: look at it again.
+    pub fn write_failed(&mut self, key: String) {
+        self.retry.insert(key);
+    }
+
+    /// Publishing an Event failed: say it again on the next pass, unless something newer
+    /// was said meanwhile.
+    pub fn event_failed(&mut self, key: String, fingerprint: u64) {
+        if self.last_note.get(&key) == Some(&fingerprint) {
+            self.last_note.remove(&key);
+            self.retry.insert(key);
+        }
+    }
+
+    /// What the Service `key` needs written now. Updates the allocator; queues Events.
+    pub fn decide(&mut self, world: &impl World, key: &str, now: Timestamp) -> Vec<Write> {
+        let Some(svc) = world.service(key) else {
+            // Deleted: its IPs go back to the pool.
+            self.freed |= self.allocator.release_foreign(key);
+            let freed = self.allocator.release(key);
+            if !freed.is_empty() {
+                self.freed = true;
+                tracing::info!(service = %key, ?freed, "Service deleted; IPs released");
+            }
+            self.last_note.remove(key);
+            self.waiting.remove(key);
+            return Vec::new();
+        };
+        match service::intent(&svc, &self.config) {
+            Intent::NotOurs => {
+                self.freed |= !self.allocator.release(key).is_empty();
+                self.waiting.remove(key);
+                self.last_note.remove(key);
+                if svc.status_is_ours() {
+                    vec![status_write(&svc, status::service_clear(&svc))]
+                } else {
+                    self.track_foreign(&svc);
+                    Vec::new()
+                }
+            }
+            Intent::Invalid { reason, message } => {
+                self.freed |= !self.allocator.release(key).is_empty();
+                self.failure(&svc, reason, &message, now)
+            }
+            Intent::Wants(wants) => {
+                let before: Vec<IpAddr> =
+                    self.allocator.assigned(key).iter().map(|a| a.ip).collect();
+                let request = Request {
+                    service: key.to_owned(),
+                    families: wants.families,
+                    requested_ips: wants.requested_ips,
+                    pool: wants.pool,
+                    eligible_pools: eligible_pools(world, &svc),
+                    sharing: wants.sharing,
+                };
+                match self.allocator.allocate(&request) {
+                    Ok(assigned) => {
+                        self.waiting.remove(key);
+                        let mut writes = Vec::new();
+                        let outcome = ServiceOutcome::allocated(&assigned);
+                        if outcome.differs_from(&svc) {
+                            writes.push(status_write(&svc, outcome.apply(&svc, now)));
+                        }
+                        let after: Vec<IpAddr> = assigned.iter().map(|a| a.ip).collect();
+                        if before != after {
+                            self.tally.allocations += 1;
+                            self.freed |= before.iter().any(|ip| !after.contains(ip));
+                            let eligible = &request.eligible_pools;
+                            if let Some(note) =
+                                self.moved_note(&before, &after, &assigned, eligible)
+                            {
+                                self.note(&svc, note);
+                            }
+                        }
+                        let message = format!("assigned {}", status::describe(&assigned));
+                        self.note(&svc, Note::normal("IPAllocated", message));
+                        writes
+                    }
+                    Err(e) => {
+                        self.freed |= !before.is_empty();
+                        self.failure(&svc, e.reason(), &e.to_string(), now)
+                    }
+                }
+            }
+        }
+    }
+
+    /// What every pool should show (the shell writes those that differ and refreshes the
+    /// pool gauges), and Herald's finalizer to add or remove where needed.
+    pub fn pools(&self, world: &impl World, now: Timestamp) -> (Vec<PoolReport>, Vec<Write>) {
+        let mut reports = Vec::new();
+        let mut finalizers = Vec::new();
+        for parsed in &self.parsed_pools {
+            let name = &parsed.pool.name;
+            let object = world.pool(name);
+            let generation = object.as_ref().and_then(|o| o.metadata.generation);
+            let shown = object.as_ref().and_then(|o| o.status.as_ref());
+            let status = status::pool_status(parsed, &self.allocator, generation, shown, now);
+            finalizers.extend(finalizer_write(object.as_deref(), &self.allocator));
+            reports.push(PoolReport {
+                name: name.clone(),
+                differs: !shown.is_some_and(|shown| status::same_pool_status(shown, &status)),
+                status,
+            });
+        }
+        (reports, finalizers)
+    }
+
+    /// A Service Herald serves whose status another load balancer wrote (a migration): it
+    /// keeps its IPs when they are in Herald's pools and free, so nothing moves.
+    fn adopt(&mut self, key: &str, ips: &[IpAddr], sharing: &Sharing) {
+        self.freed |= self.allocator.release_foreign(key);
+        let in_pools = ips.iter().all(|ip| self.allocator.pool_of(*ip).is_some());
+        match in_pools.then(|| self.allocator.restore(key, ips, sharing)) {
+            Some(Ok(())) => tracing::info!(service = %key, ?ips, "adopted the IPs in its status"),
+            _ => ips
+                .iter()
+                .for_each(|ip| self.allocator.reserve_foreign(key, *ip)),
+        }
+    }
+
+    /// A Service whose IP left every pool (a pool edit), or whose pool no longer admits it
+    /// (its serviceAllocation or the namespace's labels changed), is moved; say so loudly,
+    /// since clients of the old IP lose it.
+    fn moved_note(
+        &self,
+        before: &[IpAddr],
+        after: &[IpAddr],
+        assigned: &[Assigned],
+        eligible: &[String],
+    ) -> Option<Note> {
+        let left = || before.iter().filter(|ip| !after.contains(ip));
+        let gone: Vec<String> = left()
+            .filter(|ip| self.allocator.pool_of(**ip).is_none())
+            .map(ToString::to_string)
+            .collect();
+        let refused: Vec<String> = left()
+            .filter_map(|ip| {
+                let pool = self.allocator.pool_of(*ip)?;
+                (!eligible.contains(&pool.name)).then(|| format!("{ip} (IPPool {})", pool.name))
+            })
+            .collect();
+        let why = match (gone.is_empty(), refused.is_empty()) {
+            (false, _) => format!(
+                "{} is no longer in any IPPool (a pool was edited or deleted)",
+                gone.join(", ")
+            ),
+            (true, false) => format!(
+                "{} is in a pool whose serviceAllocation no longer admits this Service",
+                refused.join(", ")
+            ),
+            (true, true) => return None,
+        };
+        Some(Note::warning(
+            "IPMoved",
+            format!("{why}; the Service now has {}", status::describe(assigned)),
+        ))
+    }
+
+    /// IPs another load balancer wrote stay reserved while they are in a status.
+    fn track_foreign(&mut self, svc: &LbService) {
+        let key = svc.key();
+        let mut ips = svc.status.ingress.clone();
+        ips.sort();
+        if self.allocator.foreign_of(&key) == ips {
+            return;
+        }
+        self.freed |= self.allocator.release_foreign(&key);
+        for ip in &ips {
+            self.allocator.reserve_foreign(&key, *ip);
+        }
+    }
+
+    fn failure(
+        &mut self,
+        svc: &LbService,
+        reason: &str,
+        message: &str,
+        now: Timestamp,
+    ) -> Vec<Write> {
+        let key = svc.key();
+        self.waiting.insert(key.clone());
+        let mut writes = Vec::new();
+        let outcome = ServiceOutcome::failed(reason, message);
+        if outcome.differs_from(svc) {
+            writes.push(status_write(svc, outcome.apply(svc, now)));
+        }
+        let note = Note::warning(reason, message);
+        if self.last_note.get(&key) != Some(&fingerprint(&note)) {
+            self.tally.failures.push(reason.to_owned());
+        }
+        self.note(svc, note);
+        writes
+    }
+
+    /// Queues an Event for `note`, unless it is what was last said about this Service.
+    fn note(&mut self, svc: &LbService, note: Note) {
+        let key = svc.key();
+        let fp = fingerprint(&note);
+        if self.last_note.get(&key) == Some(&fp) {
+            return;
+        }
+        self.last_note.insert(key.clone(), fp);
+        self.events.push((key, note));
+    }
+}
+
+/// The pools a Service may take addresses from: the allocator's boundary.
+fn eligible_pools(world: &impl World, svc: &LbService) -> Vec<String> {
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let ns_labels = world.namespace_labels(&ns);
+    pools::eligible(&world.pools(), &ns, &ns_labels, svc.labels())
+}
+
+fn sorted(mut services: Vec<Arc<LbService>>) -> Vec<Arc<LbService>> {
+    services.sort_by_key(|s| s.key());
+    services
+}
+
+fn status_write(svc: &LbService, apply: Service) -> Write {
+    Write::Status {
+        key: svc.key(),
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        apply: Box::new(apply),
+    }
+}
+
+/// Herald's finalizer on a pool: on every pool, off a deleted one nobody holds addresses of.
+fn finalizer_write(pool: Option<&IPPool>, allocator: &Allocator) -> Option<Write> {
+    let pool = pool?;
+    let name = pool.metadata.name.clone()?;
+    let has = pool
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == POOL_FINALIZER);
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    let protect = !deleting || allocator.services_in(&name) > 0;
+    (protect != has).then_some(Write::PoolFinalizer { name, protect })
+}
+
+/// A stable 64-bit fingerprint of a note (FNV-1a); equal notes, equal fingerprints.
+pub fn fingerprint(note: &Note) -> u64 {
+    let kind = match note.kind {
+        events::Kind::Normal => "N",
+        events::Kind::Warning => "W",
+    };
+    [kind, "\0", &note.reason, "\0", &note.message]
+        .iter()
+        .flat_map(|s| s.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
+        serde_yaml_ng::from_str(s).expect("yaml")
+    }
+
+    /// A world of plain maps.
+    #[derive(Default)]
+    struct Maps {
+        services: BTreeMap<String, Arc<LbService>>,
+        pools: BTreeMap<String, Arc<IPPool>>,
+        namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    }
+
+    impl Maps {
+        fn add_service(&mut self, y: &str) {
+            let svc: LbService = yaml(y);
+            self.services.insert(svc.key(), Arc::new(svc));
+        }
+        fn add_pool(&mut self, y: &str) {
+            let pool: IPPool = yaml(y);
+            self.pools.insert(
+                pool.metadata.name.clone().unwrap_or_default(),
+                Arc::new(pool),
+            );
+        }
+    }
+
+    impl World for Maps {
+        fn service(&self, key: &str) -> Option<Arc<LbService>> {
+            self.services.get(key).cloned()
+        }
+        fn services(&self) -> Vec<Arc<LbService>> {
+            self.services.values().cloned().collect()
+        }
+        fn pools(&self) -> Vec<Arc<IPPool>> {
+            self.pools.values().cloned().collect()
+        }
+        fn pool(&self, name: &str) -> Option<Arc<IPPool>> {
+            self.pools.get(name).cloned()
+        }
+        fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+            self.namespaces.get(namespace).cloned().unwrap_or_default()
+        }
+    }
+
+    fn config() -> ClassConfig {
+        ClassConfig {
+            class: "herald.dev/lb".into(),
+            serve_unset: true,
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::UNIX_EPOCH
+    }
+
+    fn assigned_ips(writes: &[Write]) -> Vec<String> {
+        writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Status { apply, .. } => apply.status.as_ref(),
+                _ => None,
+            })
+            .flat_map(|s| s.load_balancer.iter())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|i| i.ip.clone())
+            .collect()
+    }
+
+    fn reasons(events: &[(String, Note)]) -> Vec<&str> {
+        events.iter().map(|(_, n)| n.reason.as_str()).collect()
+    }
+
+    const WEB: &str = "metadata: {name: web, namespace: shop, uid: u1}\nspec: {type: LoadBalancer, ports: [{port: 80}]}";
+
+    #[test]
+    fn a_namespace_losing_its_pool_moves_the_service_and_says_so() {
+        let mut world = Maps::default();
+        world.add_pool(
+            "metadata: {name: a-reserved}\nspec: {addresses: [192.0.2.10/32], serviceAllocation: {namespaceSelectors: [{matchLabels: {team: shop}}]}}",
+        );
+        world.add_pool("metadata: {name: b-shared}\nspec: {addresses: [198.51.100.7/32]}");
+        world
+            .namespaces
+            .insert("shop".into(), [("team".into(), "shop".into())].into());
+        world.add_service(WEB);
+        let mut state = State::rebuild(config(), &world);
+
+        let writes = state.decide(&world, "shop/web", now());
+        assert_eq!(assigned_ips(&writes), ["192.0.2.10"]);
+        assert_eq!(reasons(&state.take_events()), ["IPAllocated"]);
+        assert_eq!(state.take_tally().allocations, 1);
+
+        // The namespace is relabelled: the reserved pool no longer admits the Service.
+        world.namespaces.insert("shop".into(), BTreeMap::new());
+        let writes = state.decide(&world, "shop/web", now());
+        assert_eq!(assigned_ips(&writes), ["198.51.100.7"]);
+        let events = state.take_events();
+        assert_eq!(reasons(&events), ["IPMoved", "IPAllocated"]);
+        assert!(
+            events[0]
+                .1
+                .message
+                .contains("192.0.2.10 (IPPool a-reserved)")
+        );
+        assert!(state.take_freed(), "the old address went back to its pool");
+    }
+
+    #[test]
+    fn a_failure_is_counted_and_said_once_and_the_service_waits() {
+        let mut world = Maps::default();
+        world.add_pool("metadata: {name: tiny}\nspec: {addresses: [192.0.2.1/32]}");
+        world.add_service(WEB);
+        world.add_service("metadata: {name: api, namespace: shop, uid: u2}\nspec: {type: LoadBalancer, ports: [{port: 80}]}");
+        let mut state = State::rebuild(config(), &world);
+        state.decide(&world, "shop/api", now());
+        state.take_tally();
+        state.take_events();
+
+        for _ in 0..3 {
+            state.decide(&world, "shop/web", now());
+        }
+        assert_eq!(
+            state.take_tally(),
+            Tally {
+                allocations: 0,
+                failures: vec!["PoolExhausted".into()]
+            }
+        );
+        assert_eq!(reasons(&state.take_events()), ["PoolExhausted"]);
+        assert_eq!(state.waiting().collect::<Vec<_>>(), ["shop/web"]);
+
+        // The other Service goes away: its address frees up and the waiting one gets it.
+        world.services.remove("shop/api");
+        state.decide(&world, "shop/api", now());
+        assert!(state.take_freed());
+        let writes = state.decide(&world, "shop/web", now());
+        assert_eq!(assigned_ips(&writes), ["192.0.2.1"]);
+        assert_eq!(state.waiting_count(), 0);
+    }
+
+    #[test]
+    fn an_event_that_failed_is_said_again_unless_something_newer_was_said() {
+        let mut world = Maps::default();
+        world.add_pool("metadata: {name: lan}\nspec: {addresses: [192.0.2.0/24]}");
+        world.add_service(WEB);
+        let mut state = State::rebuild(config(), &world);
+        state.decide(&world, "shop/web", now());
+        let said = state.take_events();
+        let fp = fingerprint(&said[0].1);
+
+        state.event_failed("shop/web".into(), fp ^ 1);
+        assert!(
+            state.take_retry().is_empty(),
+            "an older note failed: nothing to redo"
+        );
+        state.event_failed("shop/web".into(), fp);
+        assert_eq!(
+            state.take_retry().into_iter().collect::<Vec<_>>(),
+            ["shop/web"]
+        );
+        state.decide(&world, "shop/web", now());
+        assert_eq!(state.take_events(), said);
+    }
+
+    #[test]
+    fn a_deleted_pool_keeps_its_finalizer_while_a_service_holds_its_addresses() {
+        let mut world = Maps::default();
+        let pool = "metadata: {name: lan, finalizers: [herald.dev/pool-protection]}\nspec: {addresses: [192.0.2.0/24]}";
+        world.add_pool(pool);
+        world.add_service(WEB);
+        let mut state = State::rebuild(config(), &world);
+        state.decide(&world, "shop/web", now());
+        let (reports, finalizers) = state.pools(&world, now());
+        assert!(finalizers.is_empty(), "already protected: {finalizers:?}");
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0].differs, "the pool shows no status yet");
+
+        world.add_pool(&pool.replace(
+            "name: lan,",
+            "name: lan, deletionTimestamp: '2026-01-01T00:00:00Z',",
+        ));
+        state.sync_pools(&world);
+        let (_, finalizers) = state.pools(&world, now());
+        assert!(finalizers.is_empty(), "a Service still holds 192.0.2.0");
+
+        world.services.remove("shop/web");
+        state.decide(&world, "shop/web", now());
+        let (_, finalizers) = state.pools(&world, now());
+        assert!(matches!(
+            finalizers.as_slice(),
+            [Write::PoolFinalizer { name, protect: false }] if name == "lan"
+        ));
+    }
+
+    #[test]
+    fn a_pool_without_the_finalizer_gets_it() {
+        let mut world = Maps::default();
+        world.add_pool("metadata: {name: lan}\nspec: {addresses: [192.0.2.0/24]}");
+        let state = State::rebuild(config(), &world);
+        let (_, finalizers) = state.pools(&world, now());
+        assert!(matches!(
+            finalizers.as_slice(),
+            [Write::PoolFinalizer { name, protect: true }] if name == "lan"
+        ));
+    }
+}
