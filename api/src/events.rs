@@ -98,6 +98,22 @@ pub fn build(regarding: Regarding, note: &Note, reporter: &Reporter) -> Event {
     }
 }
 
+/// The Event object for `note` about a Node (`name`, `uid`). Like the kubelet's, it lives in
+/// the `default` namespace.
+pub fn build_for_node(name: &str, uid: &str, note: &Note, reporter: &Reporter) -> Event {
+    let about = Regarding {
+        namespace: "default",
+        name,
+        uid,
+    };
+    let mut event = build(about, note, reporter);
+    if let Some(regarding) = event.regarding.as_mut() {
+        regarding.kind = Some("Node".into());
+        regarding.namespace = None;
+    }
+    event
+}
+
 /// The longest message Herald writes anywhere (Event notes, status conditions): the API
 /// server refuses an Event note over 1 kB, and user text copied into a message must not grow
 /// the object it is written on.

@@ -126,6 +126,8 @@ async fn serve(
     let mut due: BTreeSet<(Instant, IpAddr)> = BTreeSet::new();
     let mut next_refresh = Instant::now() + refresh;
     let mut buf = vec![0u8; 2048];
+    // One line a second at most: under Service churn the owned set changes many times.
+    let mut log_limit = crate::logs::RateLimit::new(Duration::from_secs(1));
     owned.mark_changed();
     loop {
         let next_due = due.first().map(|(t, _)| *t);
@@ -151,7 +153,18 @@ async fn serve(
                 if let Err(e) = socket.set_groups(&groups) {
                     tracing::warn!(interface = %name, "joining solicited-node groups: {e}");
                 }
-                tracing::info!(interface = %name, ips = ?wanted, "answering for");
+                let gained: Vec<&IpAddr> = wanted.difference(&current).collect();
+                let lost: Vec<&IpAddr> = current.difference(&wanted).collect();
+                if let Some(suppressed) = log_limit.allow(now.into_std()) {
+                    tracing::info!(
+                        interface = %name,
+                        answering = wanted.len(),
+                        gained = %crate::logs::bounded_list(&gained),
+                        lost = %crate::logs::bounded_list(&lost),
+                        earlier_changes_not_logged = suppressed,
+                        "IPs this node answers for changed"
+                    );
+                }
                 current = wanted;
             }
             received = socket.recv(&mut buf) => match received {

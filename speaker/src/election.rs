@@ -61,6 +61,32 @@ pub struct NodeFacts {
     pub labels: BTreeMap<String, String>,
 }
 
+impl NodeFacts {
+    /// What the API says of `node`. A node counts as ready when its `Ready` condition is
+    /// True and its `NetworkUnavailable` condition is not: the network plugin says its pod
+    /// network is not set up, so traffic for a Service sent there would not reach the pods
+    /// (MetalLB moves IPs away from such nodes too).
+    pub fn of(node: &k8s_openapi::api::core::v1::Node, live: bool) -> Self {
+        let conditions = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default();
+        let is = |kind: &str| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == kind && c.status == "True")
+        };
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        NodeFacts {
+            ready: is("Ready") && !is("NetworkUnavailable"),
+            excluded: labels.contains_key(herald_api::keys::EXCLUDE_FROM_LB_LABEL),
+            live,
+            labels,
+        }
+    }
+}
+
 /// Why nobody may announce an IP.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum NoOwner {
@@ -130,6 +156,26 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn a_node_whose_network_is_unavailable_does_not_count_as_ready() {
+        let node = |conditions: &str| -> k8s_openapi::api::core::v1::Node {
+            serde_yaml_ng::from_str(&format!(
+                "metadata: {{name: n1, labels: {{zone: a}}}}\nstatus: {{conditions: [{conditions}]}}"
+            ))
+            .expect("yaml")
+        };
+        let ready = "{type: Ready, status: 'True'}";
+        assert!(NodeFacts::of(&node(ready), true).ready);
+        let unavailable = format!("{ready}, {{type: NetworkUnavailable, status: 'True'}}");
+        assert!(!NodeFacts::of(&node(&unavailable), true).ready);
+        let available = format!("{ready}, {{type: NetworkUnavailable, status: 'False'}}");
+        assert!(NodeFacts::of(&node(&available), true).ready);
+        assert!(!NodeFacts::of(&node("{type: Ready, status: 'False'}"), true).ready);
+        let facts = NodeFacts::of(&node(ready), false);
+        assert!(!facts.live && !facts.excluded);
+        assert_eq!(facts.labels.get("zone").map(String::as_str), Some("a"));
     }
 
     fn candidates<'a>(names: &[&'a str]) -> Vec<Candidate<'a>> {

@@ -1,9 +1,13 @@
 //! The UDP side of `membership`: sends this speaker's heartbeat to every other node each
 //! interval, receives theirs, expires the silent, and says "leaving" on shutdown.
+//!
+//! Under CPU starvation this thread may run late; before it expires anyone it reads every
+//! heartbeat already queued on the socket, so a peer is dead only if its heartbeats did not
+//! arrive, not because this thread did not look.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
@@ -18,6 +22,7 @@ pub struct Gossip {
     me: String,
     port: u16,
     dual_stack: bool,
+    incarnation: u64,
     seq: Mutex<u64>,
     pub members: Mutex<Members>,
 }
@@ -34,19 +39,19 @@ impl Gossip {
                 false,
             ),
         };
-        // Start-time based so that a restarted speaker's heartbeats are newer than the
-        // ones it sent before (replays of old heartbeats are refused).
-        let start = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default();
+        // A new incarnation per start: the peers hear a restarted speaker whatever its clock
+        // says (membership refuses replays by incarnation and counter).
+        let mut incarnation = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut incarnation)
+            .map_err(|_| anyhow::anyhow!("no randomness for the gossip incarnation"))?;
         Ok(Arc::new(Self {
             socket,
             key,
             me,
             port,
             dual_stack,
-            seq: Mutex::new(start),
+            incarnation: u64::from_be_bytes(incarnation),
+            seq: Mutex::new(0),
             members: Mutex::new(Members::new(timeout)),
         }))
     }
@@ -61,6 +66,7 @@ impl Gossip {
         let hb = Heartbeat {
             kind,
             node: self.me.clone(),
+            incarnation: self.incarnation,
             seq: self.next_seq(),
             subnets,
         };
@@ -77,53 +83,50 @@ impl Gossip {
         }
     }
 
-    /// Heartbeats out, heartbeats in, expiry; `changed` is notified whenever the live set
-    /// or a member's subnets change.
+    /// Heartbeats out, heartbeats in, expiry; `changed` is notified whenever the
+    /// candidates or a member's subnets change, or a speaker with another key shows up.
+    /// `standby`: heartbeat as on standby (settling, or isolated), not as a candidate.
     pub async fn run(
         self: Arc<Self>,
         interval: Duration,
         peers: watch::Receiver<Vec<IpAddr>>,
         subnets: watch::Receiver<Vec<IpNetwork>>,
+        standby: watch::Receiver<bool>,
         changed: Arc<Notify>,
     ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut last_rejection_logged: Option<Instant> = None;
+        let mut log = RejectionLog::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     let peers = peers.borrow().clone();
                     let subnets = subnets.borrow().clone();
-                    self.send_all(Kind::Alive, subnets, &peers).await;
-                    let dead = self.members.lock().map(|mut m| m.expire(Instant::now())).unwrap_or_default();
+                    let kind = if *standby.borrow() { Kind::Standby } else { Kind::Alive };
+                    self.send_all(kind, subnets, &peers).await;
+                    // Whatever arrived while this thread was not running counts first.
+                    while let Ok((n, from)) = self.socket.try_recv_from(&mut buf) {
+                        self.handle(&buf[..n], from, &changed, &mut log);
+                    }
+                    let (dead, rejecting) = self
+                        .members
+                        .lock()
+                        .map(|mut m| {
+                            let before = m.rejecting().count();
+                            let dead = m.expire(Instant::now());
+                            (dead, before != m.rejecting().count())
+                        })
+                        .unwrap_or_default();
                     if !dead.is_empty() {
-                        tracing::info!(?dead, "speakers stopped answering");
+                        tracing::info!(dead = %crate::logs::bounded_list(&dead), "speakers stopped answering");
+                    }
+                    if !dead.is_empty() || rejecting {
                         changed.notify_one();
                     }
                 }
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, from)) => {
-                        match Heartbeat::decode(&buf[..n], &self.key) {
-                            Ok(hb) if hb.node != self.me => {
-                                let (node, kind) = (hb.node.clone(), hb.kind);
-                                let moved = self.members.lock().map(|mut m| m.receive(hb, Instant::now())).unwrap_or(false);
-                                if moved {
-                                    tracing::info!(%node, ?kind, "membership changed");
-                                    changed.notify_one();
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e @ DecodeError::BadTag) => {
-                                // A misconfigured speaker is worth a warning, but not 10 a second.
-                                if last_rejection_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                                    tracing::warn!(%from, "rejected a heartbeat: {e}");
-                                    last_rejection_logged = Some(Instant::now());
-                                }
-                            }
-                            Err(e) => tracing::debug!(%from, "ignoring datagram: {e}"),
-                        }
-                    }
+                    Ok((n, from)) => self.handle(&buf[..n], from, &changed, &mut log),
                     Err(e) => {
                         tracing::warn!("receiving gossip: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -133,8 +136,60 @@ impl Gossip {
         }
     }
 
+    fn handle(&self, datagram: &[u8], from: SocketAddr, changed: &Notify, log: &mut RejectionLog) {
+        match Heartbeat::decode(datagram, &self.key) {
+            Ok(hb) if hb.node != self.me => {
+                let (node, kind) = (hb.node.clone(), hb.kind);
+                let moved = self
+                    .members
+                    .lock()
+                    .map(|mut m| m.receive(hb, Instant::now()))
+                    .unwrap_or(false);
+                if moved {
+                    tracing::info!(%node, ?kind, "membership changed");
+                    changed.notify_one();
+                }
+            }
+            Ok(_) => {}
+            Err(e @ DecodeError::BadTag) => {
+                let ip = from.ip().to_canonical();
+                let new = self
+                    .members
+                    .lock()
+                    .map(|mut m| {
+                        let new = !m.rejecting().any(|r| r == ip);
+                        m.rejected(ip, Instant::now());
+                        new
+                    })
+                    .unwrap_or(false);
+                if new {
+                    changed.notify_one();
+                }
+                // A misconfigured speaker is worth a warning, but not 10 a second.
+                if log.due() {
+                    tracing::warn!(%from, "rejected a heartbeat: {e}");
+                }
+            }
+            Err(e) => tracing::debug!(%from, "ignoring datagram: {e}"),
+        }
+    }
+
     /// Tells every peer this speaker is going, so its IPs move without waiting for expiry.
     pub async fn leave(&self, peers: &[IpAddr]) {
         self.send_all(Kind::Leaving, Vec::new(), peers).await;
+    }
+}
+
+/// At most one rejection warning a minute.
+#[derive(Default)]
+struct RejectionLog(Option<Instant>);
+
+impl RejectionLog {
+    fn due(&mut self) -> bool {
+        let due = self.0.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
     }
 }

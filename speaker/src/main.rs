@@ -1,12 +1,15 @@
 //! `herald-speaker`: makes allocated IPs reachable on the LAN with ARP and NDP. `main` only
 //! wires.
 
+mod announcements;
 mod announcer;
 mod election;
 mod endpoints;
 mod gossip;
 mod interfaces;
+mod isolation;
 mod link_socket;
+mod logs;
 mod membership;
 mod metrics;
 mod notes;

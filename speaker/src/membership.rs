@@ -5,8 +5,14 @@
 //! rounds, at the price of n-1 datagrams per node per interval (fine for the tens to low
 //! hundreds of nodes an L2 segment holds). Message coding and the member table are pure;
 //! sockets live in `gossip`.
+//!
+//! Replays: a heartbeat carries the sender's incarnation (random, drawn at start) and a
+//! counter. A receiver keeps the highest counter of the current incarnation and the recent
+//! incarnations it has seen, and refuses anything not newer: no clock is involved, so a
+//! speaker whose clock is behind (no RTC, a VM restored, a stepped clock) is heard like
+//! any other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -14,15 +20,23 @@ use ipnetwork::IpNetwork;
 use ring::hmac;
 
 const MAGIC: &[u8; 4] = b"HRLD";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const TAG_LEN: usize = 32;
 /// Far above any real message; bounds what a receiver reads.
 pub const MAX_MESSAGE: usize = 2048;
+/// Past incarnations remembered per node (restarts in a row whose heartbeats stay refused).
+const RETIRED_INCARNATIONS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Running and a candidate for IPs.
     Alive,
+    /// Stopping: its IPs move at once.
     Leaving,
+    /// Running but not taking IPs: settling after a start, or isolated (it cannot hear its
+    /// peers). The others keep its IPs until it says `Alive`, so a rejoin makes before it
+    /// breaks.
+    Standby,
 }
 
 /// One heartbeat.
@@ -30,8 +44,9 @@ pub enum Kind {
 pub struct Heartbeat {
     pub kind: Kind,
     pub node: String,
-    /// Strictly increasing per sender, also across restarts (start time based), so a replayed
-    /// old heartbeat cannot revive a dead node.
+    /// Drawn at random when the sender starts: a new incarnation is a restart.
+    pub incarnation: u64,
+    /// Strictly increasing within an incarnation, so a replayed heartbeat changes nothing.
     pub seq: u64,
     /// Subnets the sender can announce on: others prefer on-subnet owners.
     pub subnets: Vec<IpNetwork>,
@@ -60,13 +75,15 @@ impl Key {
 
 impl Heartbeat {
     pub fn encode(&self, key: &Key) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.node.len() + self.subnets.len() * 18);
+        let mut out = Vec::with_capacity(72 + self.node.len() + self.subnets.len() * 18);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.push(match self.kind {
             Kind::Alive => 1,
             Kind::Leaving => 2,
+            Kind::Standby => 3,
         });
+        out.extend_from_slice(&self.incarnation.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         let name = &self.node.as_bytes()[..self.node.len().min(255)];
         out.push(name.len() as u8);
@@ -106,9 +123,11 @@ impl Heartbeat {
         let kind = match r.u8()? {
             1 => Kind::Alive,
             2 => Kind::Leaving,
+            3 => Kind::Standby,
             _ => return Err(DecodeError::Malformed),
         };
-        let seq = u64::from_be_bytes(r.take(8)?.try_into().map_err(|_| DecodeError::Malformed)?);
+        let incarnation = r.u64()?;
+        let seq = r.u64()?;
         let name_len = usize::from(r.u8()?);
         let node = std::str::from_utf8(r.take(name_len)?)
             .map_err(|_| DecodeError::Malformed)?
@@ -134,6 +153,7 @@ impl Heartbeat {
         Ok(Heartbeat {
             kind,
             node,
+            incarnation,
             seq,
             subnets,
         })
@@ -155,12 +175,55 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let bytes = self
+            .take(8)?
+            .try_into()
+            .map_err(|_| DecodeError::Malformed)?;
+        Ok(u64::from_be_bytes(bytes))
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Member {
+    /// First heard in this incarnation (or since it was last counted dead).
+    since: Instant,
     last_seen: Instant,
     subnets: Vec<IpNetwork>,
+    /// Running but not taking IPs (`Kind::Standby`).
+    standby: bool,
+}
+
+/// What a receiver knows of one sender's incarnations, to refuse replays.
+#[derive(Debug, Default)]
+struct Incarnations {
+    current: u64,
+    /// Highest counter seen of the current incarnation.
+    high: u64,
+    /// Incarnations seen before the current one, newest last.
+    retired: VecDeque<u64>,
+}
+
+impl Incarnations {
+    /// Whether `(incarnation, seq)` is newer than anything seen; records it if so.
+    fn accept(&mut self, incarnation: u64, seq: u64) -> bool {
+        if incarnation == self.current {
+            if seq <= self.high {
+                return false;
+            }
+        } else if self.retired.contains(&incarnation) {
+            return false;
+        } else {
+            if self.retired.len() == RETIRED_INCARNATIONS {
+                self.retired.pop_front();
+            }
+            self.retired.push_back(self.current);
+            self.current = incarnation;
+        }
+        self.high = seq;
+        true
+    }
 }
 
 /// The live members as heard. `now` is passed in so the logic is testable without waiting.
@@ -168,8 +231,11 @@ struct Member {
 pub struct Members {
     timeout: Duration,
     members: BTreeMap<String, Member>,
-    /// Highest sequence seen per node, kept after death so replays stay rejected.
-    high_water: BTreeMap<String, u64>,
+    /// Per node, kept after death so replays stay refused.
+    seen: BTreeMap<String, Incarnations>,
+    /// Addresses whose datagrams failed authentication, and when last: a speaker with another
+    /// key is running there.
+    rejected: BTreeMap<IpAddr, Instant>,
 }
 
 impl Members {
@@ -177,28 +243,37 @@ impl Members {
         Self {
             timeout,
             members: BTreeMap::new(),
-            high_water: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            rejected: BTreeMap::new(),
         }
     }
 
-    /// Applies a heartbeat; returns whether the live set (or a member's subnets) changed.
+    /// Applies a heartbeat; returns whether the candidates (or a member's subnets) changed.
     pub fn receive(&mut self, hb: Heartbeat, now: Instant) -> bool {
-        if self.high_water.get(&hb.node).is_some_and(|s| hb.seq <= *s) {
+        // A name never heard of costs an entry: bounded by what authenticated senders say.
+        let seen = self.seen.entry(hb.node.clone()).or_default();
+        let restarted = seen.current != hb.incarnation;
+        if !seen.accept(hb.incarnation, hb.seq) {
             return false;
         }
-        self.high_water.insert(hb.node.clone(), hb.seq);
         match hb.kind {
             Kind::Leaving => self.members.remove(&hb.node).is_some(),
-            Kind::Alive => {
-                let changed = self
-                    .members
-                    .get(&hb.node)
-                    .is_none_or(|m| m.subnets != hb.subnets);
+            Kind::Alive | Kind::Standby => {
+                let standby = hb.kind == Kind::Standby;
+                let known = self.members.get(&hb.node);
+                let changed = known.is_none_or(|m| m.subnets != hb.subnets || m.standby != standby);
+                // A new incarnation joins anew.
+                let since = match known {
+                    Some(m) if !restarted => m.since,
+                    _ => now,
+                };
                 self.members.insert(
                     hb.node,
                     Member {
+                        since,
                         last_seen: now,
                         subnets: hb.subnets,
+                        standby,
                     },
                 );
                 changed
@@ -206,22 +281,37 @@ impl Members {
         }
     }
 
+    /// A datagram from `from` failed authentication.
+    pub fn rejected(&mut self, from: IpAddr, now: Instant) {
+        // Bounded: addresses are forgotten one timeout after their last datagram (expire).
+        self.rejected.insert(from, now);
+    }
+
+    /// Addresses that sent datagrams failing authentication within the last timeout.
+    pub fn rejecting(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.rejected.keys().copied()
+    }
+
     /// Drops members not heard from within the timeout; returns their names.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let timeout = self.timeout;
+        let stale = |last: &Instant| now.saturating_duration_since(*last) > timeout;
         let dead: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > self.timeout)
+            .filter(|(_, m)| stale(&m.last_seen))
             .map(|(n, _)| n.clone())
             .collect();
         for n in &dead {
             self.members.remove(n);
         }
+        self.rejected.retain(|_, last| !stale(last));
         dead
     }
 
+    /// Whether `node` is heard (a candidate or on standby).
     #[cfg(test)]
-    pub fn is_live(&self, node: &str) -> bool {
+    pub fn hears(&self, node: &str) -> bool {
         self.members.contains_key(node)
     }
 
@@ -232,7 +322,25 @@ impl Members {
             .unwrap_or(&[])
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    /// The members that take IPs (not on standby).
+    pub fn candidates(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.standby)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Candidates heard for less than `settle`: a speaker that started (or came back) so
+    /// recently does not answer yet.
+    pub fn joining(&self, settle: Duration, now: Instant) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(move |(_, m)| !m.standby && now.saturating_duration_since(m.since) < settle)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Every member heard, on standby or not.
+    pub fn heard(&self) -> impl Iterator<Item = &str> {
         self.members.keys().map(String::as_str)
     }
 
@@ -250,6 +358,7 @@ mod tests {
         Heartbeat {
             kind,
             node: node.into(),
+            incarnation: 1,
             seq,
             subnets: vec![
                 "192.0.2.0/24".parse().unwrap(),
@@ -291,21 +400,90 @@ mod tests {
             "no change"
         );
         assert!(m.receive(hb("b", 1, Kind::Alive), t0 + ms(100)));
-        assert_eq!(m.high_water.get("a"), Some(&11));
+        assert_eq!(m.seen.get("a").map(|s| s.high), Some(11));
         // a falls silent: dead after the timeout, not before.
         assert!(m.expire(t0 + ms(550)).is_empty());
         m.receive(hb("b", 2, Kind::Alive), t0 + ms(550));
         assert_eq!(m.expire(t0 + ms(650)), vec!["a".to_owned()]);
-        assert!(!m.is_live("a") && m.is_live("b"));
+        assert!(!m.hears("a") && m.hears("b"));
         // A replayed old heartbeat does not revive it; a new one (restart) does.
         assert!(!m.receive(hb("a", 11, Kind::Alive), t0 + ms(700)));
-        assert!(!m.is_live("a"));
+        assert!(!m.hears("a"));
         assert!(m.receive(hb("a", 12, Kind::Alive), t0 + ms(700)));
         // Leaving removes at once.
         assert!(m.receive(hb("b", 3, Kind::Leaving), t0 + ms(710)));
-        assert!(!m.is_live("b"));
+        assert!(!m.hears("b"));
         assert_eq!(m.len(), 1);
         assert_eq!(m.subnets("a").len(), 2);
+    }
+
+    #[test]
+    fn a_restart_is_heard_whatever_its_clock_and_old_incarnations_stay_refused() {
+        let t0 = Instant::now();
+        let mut m = Members::new(Duration::from_millis(500));
+        let beat = |incarnation, seq| Heartbeat {
+            incarnation,
+            ..hb("a", seq, Kind::Alive)
+        };
+        let leave = |incarnation, seq| Heartbeat {
+            incarnation,
+            ..hb("a", seq, Kind::Leaving)
+        };
+        assert!(m.receive(beat(900, 5_000), t0));
+        assert!(m.receive(leave(900, 5_001), t0));
+        // Restarted: a new incarnation counts from 1 (no clock), and is heard at once.
+        assert!(m.receive(beat(17, 1), t0), "a restart is heard");
+        assert!(m.hears("a"));
+        // Gone again; replays of the old incarnation, and of this one's past, change nothing.
+        assert!(m.receive(leave(17, 2), t0));
+        assert!(!m.receive(beat(900, 5_002), t0), "a retired incarnation");
+        assert!(!m.receive(beat(17, 1), t0), "a replayed counter");
+        assert!(!m.hears("a"));
+        assert!(m.receive(beat(17, 3), t0));
+    }
+
+    #[test]
+    fn standby_members_are_heard_but_take_no_ips() {
+        let t0 = Instant::now();
+        let mut m = Members::new(Duration::from_millis(500));
+        assert!(m.receive(hb("a", 1, Kind::Standby), t0));
+        assert!(m.receive(hb("b", 1, Kind::Alive), t0));
+        assert_eq!(m.candidates().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(m.heard().collect::<Vec<_>>(), ["a", "b"]);
+        // Standby to alive is a change (the others hand its IPs back then, not before).
+        assert!(m.receive(hb("a", 2, Kind::Alive), t0));
+        assert_eq!(m.candidates().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_member_is_joining_for_its_settle_time_after_each_start() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = Members::new(ms(500));
+        m.receive(hb("a", 1, Kind::Alive), t0);
+        assert_eq!(m.joining(ms(600), t0 + ms(500)).collect::<Vec<_>>(), ["a"]);
+        m.receive(hb("a", 2, Kind::Alive), t0 + ms(500));
+        assert_eq!(m.joining(ms(600), t0 + ms(600)).count(), 0);
+        // Restarted (a new incarnation): joining again.
+        let restart = Heartbeat {
+            incarnation: 2,
+            ..hb("a", 1, Kind::Alive)
+        };
+        m.receive(restart, t0 + ms(700));
+        assert_eq!(m.joining(ms(600), t0 + ms(800)).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn rejected_senders_are_remembered_for_one_timeout() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = Members::new(ms(500));
+        let from: IpAddr = "192.0.2.7".parse().unwrap();
+        m.rejected(from, t0);
+        m.expire(t0 + ms(400));
+        assert_eq!(m.rejecting().collect::<Vec<_>>(), [from]);
+        m.expire(t0 + ms(600));
+        assert_eq!(m.rejecting().count(), 0);
     }
 
     proptest! {
@@ -316,7 +494,7 @@ mod tests {
             let key = Key::new(b"k");
             let _ = Heartbeat::decode(&bytes, &key);
             // Also with a valid tag over random content: the parser behind the tag is safe.
-            let mut signed = b"HRLD\x01".to_vec();
+            let mut signed = b"HRLD\x02".to_vec();
             signed.extend_from_slice(&bytes);
             let tag = hmac::sign(&key.0, &signed);
             signed.extend_from_slice(tag.as_ref());

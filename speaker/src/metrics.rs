@@ -7,8 +7,14 @@ pub const ANNOUNCEMENTS: &str = "herald_speaker_announcements_sent_total";
 pub const ANSWERS: &str = "herald_speaker_requests_answered_total";
 pub const MEMBERS: &str = "herald_speaker_members";
 pub const OWNERSHIP_CHANGES: &str = "herald_speaker_ownership_changes_total";
+pub const ISOLATED: &str = "herald_speaker_isolated";
 
 pub fn describe(r: &Registry) {
+    r.describe(
+        ISOLATED,
+        Kind::Gauge,
+        "1 while this speaker stands down because it cannot hear peers that run (wrong gossip key, gossip port blocked); it answers for no IP then.",
+    );
     r.describe(
         IPS_ANNOUNCED,
         Kind::Gauge,

@@ -4,40 +4,79 @@
 //! the latest decision by a task of its own, so thousands of writes after a node died never
 //! delay the next decision.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{self, Note, Reporter};
 use herald_api::watch::Cache;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use tokio::sync::watch;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use tokio::sync::{Notify, watch};
 
+use crate::announcements::{self, Seen, Step, Written};
 use crate::plan::{Decision, IpDecision};
 use crate::service::ServiceIps;
 
+/// The most often the objects are compared with what the API shows, besides every decision
+/// and every change of an object: an object goes stale for at most this long.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// After a failed write, no object is written for this long (the API server is down or
+/// refusing: 10,000 IPs must not mean 10,000 failing requests a second).
+const BACK_OFF: Duration = Duration::from_secs(5);
+
+/// Nodes that announced an IP over this speaker's claim: proof that they run although this
+/// speaker does not hear them (`isolation`). Shared with the run loop, which forgets a node
+/// once it is heard again or stops being Ready.
+#[derive(Clone, Default)]
+pub struct Claims(Arc<Mutex<BTreeSet<String>>>);
+
+impl Claims {
+    fn add(&self, node: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_owned());
+    }
+
+    /// Keeps the nodes `keep` says still count; returns them.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut claims = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        claims.retain(|n| keep(n));
+        claims.iter().cloned().collect()
+    }
+}
+
 /// Events about announcing and the L2Announcement objects, for the IPs this speaker speaks
-/// for (`Decision`): the owner says it announces; the reporter says why nobody may. Written on
-/// change only, and again after a failed write.
+/// for (`Decision`): the owner says it announces; the reporter says why nobody may, and
+/// deletes objects of IPs no Service holds any more. Events are said on change only, and
+/// again after a failed write; objects are kept equal to the decision.
 pub struct Notes {
     client: Client,
     reporter: Reporter,
-    /// What was written per IP this speaker speaks for. Forgotten when another speaker takes
-    /// the IP over (or its Services go), so it is said again if the IP comes back.
+    /// What was said in Events per IP this speaker speaks for. Forgotten when another
+    /// speaker takes the IP over (or its Services go), so it is said again if the IP comes
+    /// back.
     said: HashMap<IpAddr, Said>,
+    /// This speaker's last write of each object (`namespace/name`) of the IPs it speaks for.
+    written: HashMap<String, Written>,
+    claims: Claims,
+    /// The run loop: told when a claim is recorded.
+    wake: Arc<Notify>,
+    /// No object is written before this (a write failed).
+    back_off_until: Option<Instant>,
+    /// Failed writes are logged at most once per interval, with a count.
+    failures_logged: crate::logs::RateLimit,
 }
 
-/// What this speaker wrote about one IP, as fingerprints (10,000 IPs: no copies of objects).
+/// What this speaker said in Events about one IP, as fingerprints.
 #[derive(Debug, Default)]
 struct Said {
-    /// The IP's decision its L2Announcements were last written from, once all writes succeeded.
-    announcements: Option<u64>,
-    /// Per Service (fingerprint of key and uid): the outcome it was last told about in an
-    /// Event.
+    /// Per Service (fingerprint of key and uid): the outcome it was last told about.
     events: Vec<(u64, u64)>,
 }
 
@@ -48,7 +87,7 @@ fn fingerprint(value: &impl Hash) -> u64 {
 }
 
 impl Notes {
-    pub fn new(client: Client, node: &str) -> Self {
+    pub fn new(client: Client, node: &str, claims: Claims, wake: Arc<Notify>) -> Self {
         Self {
             client,
             reporter: Reporter {
@@ -57,33 +96,101 @@ impl Notes {
                 action: "Announce".into(),
             },
             said: HashMap::new(),
+            written: HashMap::new(),
+            claims,
+            wake,
+            back_off_until: None,
+            failures_logged: crate::logs::RateLimit::new(Duration::from_secs(10)),
         }
     }
 
-    /// Publishes what changed between the decisions it sees (intermediate ones may be
-    /// skipped when writes lag: only the latest state matters). Failed writes are retried
-    /// with the next decision (at the latest the 10 s safety-net pass).
+    /// Publishes from the latest decision (intermediate ones may be skipped when writes lag:
+    /// only the latest state matters) whenever it or an object changes, and every
+    /// `LOOK_EVERY`. Failed writes are made again at the next look.
     pub async fn run(
         mut self,
         services: Cache<ServiceIps>,
+        objects: Cache<Seen>,
+        objects_changed: Arc<Notify>,
         mut decisions: watch::Receiver<Arc<Decision>>,
     ) {
-        while decisions.changed().await.is_ok() {
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = decisions.changed() => if changed.is_err() { return },
+                _ = objects_changed.notified() => {}
+                _ = look.tick() => {}
+            }
             let now = decisions.borrow_and_update().clone();
-            self.publish_all(&services, &now).await;
+            self.publish_all(&services, &objects, &now).await;
         }
     }
 
-    async fn publish_all(&mut self, services: &Cache<ServiceIps>, now: &Decision) {
+    async fn publish_all(
+        &mut self,
+        services: &Cache<ServiceIps>,
+        objects: &Cache<Seen>,
+        now: &Decision,
+    ) {
         self.said.retain(|ip, _| now.ips.contains_key(ip));
         self.said.shrink_to(now.ips.len());
+        self.written.retain(|_, w| now.ips.contains_key(&w.ip));
         for (ip, d) in &now.ips {
-            self.publish(services, *ip, d).await;
+            self.publish(services, objects, *ip, d).await;
+        }
+        if now.reporter {
+            self.delete_stale(services, objects).await;
         }
     }
 
-    async fn publish(&mut self, services: &Cache<ServiceIps>, ip: IpAddr, d: &IpDecision) {
-        let me = self.reporter.instance.as_str();
+    /// Deletes the objects of IPs no Service holds any more (one speaker, the reporter,
+    /// does this for all).
+    async fn delete_stale(&mut self, services: &Cache<ServiceIps>, objects: &Cache<Seen>) {
+        let stale: Vec<String> = objects
+            .read()
+            .iter()
+            .filter(|(key, seen)| {
+                let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
+                let service = services.get(&format!("{namespace}/{}", seen.spec.service));
+                announcements::stale(seen, service.as_deref())
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut deleted = Vec::new();
+        for key in stale {
+            let Some((namespace, name)) = key.split_once('/') else {
+                continue;
+            };
+            match Api::<L2Announcement>::namespaced(self.client.clone(), namespace)
+                .delete(name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => deleted.push(key),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(announcement = %key, "deleting a stale L2Announcement: {e}");
+                    // The rest waits for the next look.
+                    break;
+                }
+            }
+        }
+        if !deleted.is_empty() {
+            tracing::info!(
+                count = deleted.len(),
+                announcements = %crate::logs::bounded_list(&deleted),
+                "deleted L2Announcements of IPs their Services no longer hold"
+            );
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        services: &Cache<ServiceIps>,
+        objects: &Cache<Seen>,
+        ip: IpAddr,
+        d: &IpDecision,
+    ) {
         // The IP's Services as cached now (one deleted since the decision is left out; it
         // leaves the next decision too). Their uids count: a Service deleted and created again
         // under the same name between two decisions is a new object to write about.
@@ -92,16 +199,11 @@ impl Notes {
             .iter()
             .filter_map(|key| Some((key, services.get(key)?)))
             .collect();
-        let uids: Vec<&str> = current.iter().map(|(_, s)| &*s.uid).collect();
-        let written = fingerprint(&(d, &uids));
-        let said = self.said.entry(ip).or_default();
-        if said.announcements != Some(written) {
-            let mut all = true;
-            for (key, svc) in &current {
-                all &= write_announcement(&self.client, key, svc, ip, d, me).await;
-            }
-            said.announcements = all.then_some(written);
+        for (key, svc) in &current {
+            self.keep_true(objects, key, svc, ip, d).await;
         }
+        let me = self.reporter.instance.as_str();
+        let said = self.said.entry(ip).or_default();
         // The node announcing changes with the outcome; the interfaces alone do not make an
         // Event ("announced by node X" is said when X changes, and only then).
         let told = fingerprint(&d.outcome.as_ref().map(|_| ()));
@@ -143,7 +245,9 @@ impl Notes {
                     .create(&PostParams::default(), &event)
                     .await
                 {
-                    tracing::warn!(service = %key, "publishing event: {e}");
+                    if let Some(suppressed) = self.failures_logged.allow(Instant::now()) {
+                        tracing::warn!(service = %key, earlier_failures_not_logged = suppressed, "publishing event: {e}");
+                    }
                     continue;
                 }
             }
@@ -153,49 +257,103 @@ impl Notes {
     }
 }
 
-/// Writes the L2Announcement of one Service IP (owned by the Service, so deleting the
-/// Service deletes it). False when the write failed.
-async fn write_announcement(
-    client: &Client,
-    key: &str,
-    svc: &ServiceIps,
-    ip: IpAddr,
-    d: &IpDecision,
-    me: &str,
-) -> bool {
-    let about = svc.regarding(key);
-    let spec = L2AnnouncementSpec {
-        service: about.name.to_owned(),
-        ip: ip.to_string(),
-        node: if d.outcome.is_ok() {
-            me.to_owned()
-        } else {
-            String::new()
-        },
-        interfaces: d.outcome.clone().unwrap_or_default(),
-        reason: d.outcome.as_ref().err().map(ToString::to_string),
-    };
-    let name = announcement::name(about.name, ip);
-    let object = serde_json::json!({
-        "apiVersion": "herald.dev/v1alpha1",
-        "kind": "L2Announcement",
-        "metadata": {"name": name, "namespace": about.namespace, "ownerReferences": [{
-            "apiVersion": "v1", "kind": "Service", "name": about.name, "uid": about.uid,
-        }]},
-        "spec": spec,
-    });
-    match Api::<L2Announcement>::namespaced(client.clone(), about.namespace)
-        .patch(
-            &name,
-            &PatchParams::apply("herald-speaker").force(),
-            &Patch::Apply(&object),
-        )
-        .await
-    {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(service = %key, %ip, "writing L2Announcement: {e}");
-            false
+impl Notes {
+    /// Makes the L2Announcement of one Service IP show the decision (see `announcements`).
+    async fn keep_true(
+        &mut self,
+        objects: &Cache<Seen>,
+        key: &str,
+        svc: &ServiceIps,
+        ip: IpAddr,
+        d: &IpDecision,
+    ) {
+        let me = self.reporter.instance.clone();
+        let me = me.as_str();
+        let about = svc.regarding(key);
+        let desired = L2AnnouncementSpec {
+            service: about.name.to_owned(),
+            ip: ip.to_string(),
+            node: if d.outcome.is_ok() {
+                me.to_owned()
+            } else {
+                String::new()
+            },
+            interfaces: d.outcome.clone().unwrap_or_default(),
+            reason: d.outcome.as_ref().err().map(ToString::to_string),
+        };
+        let name = announcement::name(about.name, ip);
+        let object_key = format!("{}/{name}", about.namespace);
+        let seen = objects.get(&object_key);
+        let now = Instant::now();
+        if self
+            .written
+            .get(&object_key)
+            .is_some_and(|w| w.owner != svc.uid)
+        {
+            // The Service was created again under the same name: a new object.
+            self.written.remove(&object_key);
+        }
+        match announcements::step(
+            me,
+            &desired,
+            seen.as_deref(),
+            self.written.get(&object_key),
+            now,
+        ) {
+            Step::Nothing | Step::Wait => {}
+            _ if self.back_off_until.is_some_and(|t| now < t) => {}
+            step @ (Step::Contested { .. } | Step::Write) => {
+                if let Step::Contested { node } = step {
+                    tracing::debug!(%ip, %node, "another node claims an IP this speaker announces");
+                    self.claims.add(&node);
+                    self.wake.notify_one();
+                }
+                let object = L2Announcement {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(about.namespace.to_owned()),
+                        owner_references: Some(vec![
+                            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                                api_version: "v1".into(),
+                                kind: "Service".into(),
+                                name: about.name.to_owned(),
+                                uid: about.uid.to_owned(),
+                                ..Default::default()
+                            },
+                        ]),
+                        ..Default::default()
+                    },
+                    spec: desired.clone(),
+                };
+                match Api::<L2Announcement>::namespaced(self.client.clone(), about.namespace)
+                    .patch(
+                        &name,
+                        &PatchParams::apply("herald-speaker").force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await
+                {
+                    Ok(written) => {
+                        self.written.insert(
+                            object_key,
+                            Written {
+                                ip,
+                                owner: svc.uid.clone(),
+                                spec: desired,
+                                before: seen.and_then(|s| s.resource_version.clone()),
+                                after: written.metadata.resource_version,
+                                at: now,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        self.back_off_until = Some(now + BACK_OFF);
+                        if let Some(suppressed) = self.failures_logged.allow(now) {
+                            tracing::warn!(service = %key, %ip, earlier_failures_not_logged = suppressed, "writing L2Announcement (writes pause for {BACK_OFF:?}): {e}");
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -223,7 +381,21 @@ mod tests {
             )]
             .into(),
             plan: Default::default(),
+            reporter: false,
         }
+    }
+
+    fn no_objects() -> Cache<Seen> {
+        std::iter::empty().collect()
+    }
+
+    fn notes(api: &FakeApi) -> Notes {
+        Notes::new(
+            api.client(),
+            "n1",
+            Claims::default(),
+            Arc::new(Notify::new()),
+        )
     }
 
     /// The Service shop/web holding 192.0.2.10.
@@ -243,58 +415,72 @@ mod tests {
     #[tokio::test]
     async fn says_each_change_once_and_retries_what_failed() {
         let api = FakeApi::default();
-        let mut notes = Notes::new(api.client(), "n1");
+        let mut notes = notes(&api);
         let services = web("u1");
         let eth0 = decision(Ok(vec!["eth0".into()]));
 
         // Gaining the IP: the L2Announcement and an Event; the Event POST fails.
         api.fail_events(1);
-        notes.publish_all(&services, &eth0).await;
+        notes.publish_all(&services, &no_objects(), &eth0).await;
         assert_eq!(api.take(), [PATCH, EVENT]);
         // Next decision, same outcome: the Event is tried again, the announcement is not.
-        notes.publish_all(&services, &eth0).await;
+        notes.publish_all(&services, &no_objects(), &eth0).await;
         assert_eq!(api.take(), [EVENT]);
         // Nothing changed and nothing failed: nothing is written.
-        notes.publish_all(&services, &eth0).await;
+        notes.publish_all(&services, &no_objects(), &eth0).await;
         assert!(api.take().is_empty());
 
         // Another interface: the L2Announcement says so; no Event (the node did not change).
         notes
-            .publish_all(&services, &decision(Ok(vec!["eth0".into(), "eth1".into()])))
+            .publish_all(
+                &services,
+                &no_objects(),
+                &decision(Ok(vec!["eth0".into(), "eth1".into()])),
+            )
             .await;
         assert_eq!(api.take(), [PATCH]);
 
         // Another node took the IP over (it leaves this node's decision), then it came back:
         // written again, with an Event, as the announcing node changed twice.
-        notes.publish_all(&services, &Decision::default()).await;
+        notes
+            .publish_all(&services, &no_objects(), &Decision::default())
+            .await;
         assert!(api.take().is_empty());
-        notes.publish_all(&services, &eth0).await;
+        notes.publish_all(&services, &no_objects(), &eth0).await;
         assert_eq!(api.take(), [PATCH, EVENT]);
 
         // The Service was deleted and created again under the same name between two
         // decisions: a new object, whose L2Announcement and Event are written anew.
-        notes.publish_all(&web("u2"), &eth0).await;
+        notes.publish_all(&web("u2"), &no_objects(), &eth0).await;
         assert_eq!(api.take(), [PATCH, EVENT]);
     }
 
     #[tokio::test]
     async fn the_reporter_warns_once_and_not_about_missing_local_endpoints() {
         let api = FakeApi::default();
-        let mut notes = Notes::new(api.client(), "n1");
+        let mut notes = notes(&api);
         let services = web("u1");
         let unadvertised = decision(Err(NoOwner::NotAdvertised("lan".into())));
-        notes.publish_all(&services, &unadvertised).await;
+        notes
+            .publish_all(&services, &no_objects(), &unadvertised)
+            .await;
         assert_eq!(api.take(), [PATCH, EVENT]);
-        notes.publish_all(&services, &unadvertised).await;
+        notes
+            .publish_all(&services, &no_objects(), &unadvertised)
+            .await;
         assert!(api.take().is_empty());
         // No ready endpoint is normal (scaled to zero): the object says so, no Warning.
         notes
-            .publish_all(&services, &decision(Err(NoOwner::NoLocalEndpoint)))
+            .publish_all(
+                &services,
+                &no_objects(),
+                &decision(Err(NoOwner::NoLocalEndpoint)),
+            )
             .await;
         assert_eq!(api.take(), [PATCH]);
         // Announced again: the node changed (from nobody), so an Event.
         notes
-            .publish_all(&services, &decision(Ok(vec!["eth0".into()])))
+            .publish_all(&services, &no_objects(), &decision(Ok(vec!["eth0".into()])))
             .await;
         assert_eq!(api.take(), [PATCH, EVENT]);
     }

@@ -32,6 +32,11 @@ pub struct View<'a> {
     /// Nodes with a serving endpoint, per Service key (`namespace/name`).
     pub endpoints: &'a BTreeMap<&'a str, BTreeSet<&'a str>>,
     pub interfaces: &'a Snapshot,
+    /// Speakers heard for less than their settle time: they do not answer yet.
+    pub joining: &'a BTreeSet<String>,
+    /// The IPs this node announces now. One whose owner becomes a joining node stays with
+    /// this node until that node has settled and answers (make before break).
+    pub announcing: &'a BTreeSet<IpAddr>,
 }
 
 /// The outcome for one IP this node speaks for.
@@ -53,6 +58,8 @@ pub struct Decision {
     /// announce.
     pub ips: BTreeMap<IpAddr, IpDecision>,
     pub plan: Plan,
+    /// This node reports for everyone (IPs nobody may announce, stale L2Announcements).
+    pub reporter: bool,
 }
 
 impl Decision {
@@ -135,15 +142,19 @@ pub fn decide(view: &View) -> Decision {
         .iter()
         .map(|p| PoolFacts::new(p, view.advertisements))
         .collect();
-    let mut decision = Decision::default();
+    let mut decision = Decision {
+        reporter: view.reports_unannounced,
+        ..Decision::default()
+    };
     for group in held.chunk_by(|a, b| a.0 == b.0) {
         let ip = group[0].0;
         let owner = owner(view, &pools, ip, group);
         let outcome = match owner {
-            Ok((owner, _)) if owner != view.me => continue,
-            Err(_) if !view.reports_unannounced => continue,
-            Err(e) => Err(e),
-            Ok((_, forced)) => {
+            // Held over: the new owner has not settled yet, so it does not answer yet.
+            Ok((owner, forced))
+                if owner == view.me
+                    || (view.joining.contains(owner) && view.announcing.contains(&ip)) =>
+            {
                 let mut names = Vec::new();
                 for iface in view.interfaces.announce_on(ip, forced) {
                     decision.plan.entry(iface.index).or_default().insert(ip);
@@ -151,6 +162,9 @@ pub fn decide(view: &View) -> Decision {
                 }
                 Ok(names)
             }
+            Ok(_) => continue,
+            Err(_) if !view.reports_unannounced => continue,
+            Err(e) => Err(e),
         };
         let services = group.iter().map(|(_, key, _)| (*key).to_owned()).collect();
         decision.ips.insert(ip, IpDecision { services, outcome });

@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
-use herald_api::keys::EXCLUDE_FROM_LB_LABEL;
 use herald_api::watch::{Cache, cached, projected};
 use herald_api::{IPPool, L2Advertisement, ServiceObject};
 use herald_telemetry::{Health, Registry};
@@ -20,14 +19,16 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
+use crate::announcements::Seen;
 use crate::announcer::Announcer;
 use crate::election::NodeFacts;
 use crate::endpoints::ServingNodes;
 use crate::gossip::Gossip;
 use crate::interfaces::{self, Snapshot};
+use crate::isolation::{Isolation, Proof, Verdict};
 use crate::membership::Key;
 use crate::metrics;
-use crate::notes::Notes;
+use crate::notes::{Claims, Notes};
 use crate::plan::{self, Decision, View};
 use crate::service::ServiceIps;
 
@@ -46,6 +47,8 @@ const MAX_COALESCE: Duration = Duration::from_millis(250);
 
 struct Stores {
     services: Cache<ServiceIps>,
+    /// L2Announcements, for `notes` (which is told of their changes through the Notify).
+    announcements: (Cache<Seen>, Arc<Notify>),
     nodes: Store<Node>,
     slices: Cache<ServingNodes>,
     pools: Store<IPPool>,
@@ -72,6 +75,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 
     let (peers_tx, peers_rx) = watch::channel(Vec::<IpAddr>::new());
     let (subnets_tx, subnets_rx) = watch::channel(Vec::<IpNetwork>::new());
+    // On standby (heard by the others, taking no IP) while isolated.
+    let (standby_tx, standby_rx) = watch::channel(false);
     // Heartbeats get a thread of their own: a long decision pass (10,000 Services) must never
     // delay them, or the other speakers would count this one dead.
     let (gossip_tx, gossip_rx) = tokio::sync::oneshot::channel();
@@ -98,7 +103,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                 match Gossip::bind(port, key, node, timeout).await {
                     Ok(gossip) => {
                         let _ = gossip_tx.send(Ok(gossip.clone()));
-                        gossip.run(heartbeat, peers_rx, subnets_rx, notify).await;
+                        gossip
+                            .run(heartbeat, peers_rx, subnets_rx, standby_rx, notify)
+                            .await;
                     }
                     Err(e) => {
                         let _ = gossip_tx.send(Err(e));
@@ -134,14 +141,38 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         .wait_until_ready()
         .await
         .context("L2Advertisement watch")?;
+    stores
+        .announcements
+        .0
+        .wait_until_ready()
+        .await
+        .context("L2Announcement watch")?;
 
     let mut announcer = Announcer::new(config.refresh, registry.clone());
     // Events and L2Announcements are written by a task of their own, from the latest
     // decision: a burst of thousands of writes (a node died) never delays the next pass.
     let (decision_tx, decision_rx) = watch::channel(Arc::new(Decision::default()));
+    // Nodes that announced an IP over this speaker's claim: proof they run (isolation).
+    let claims = Claims::default();
     tokio::spawn(
-        Notes::new(client.clone(), &config.node).run(stores.services.clone(), decision_rx),
+        Notes::new(
+            client.clone(),
+            &config.node,
+            claims.clone(),
+            changed.clone(),
+        )
+        .run(
+            stores.services.clone(),
+            stores.announcements.0.clone(),
+            stores.announcements.1.clone(),
+            decision_rx,
+        ),
     );
+    // A node with proof of life must stay unheard this long to count (a rejoining speaker
+    // may announce a few heartbeats before its first one arrives).
+    let mut isolation = Isolation::new(config.heartbeat * 3);
+    let mut was_isolated = false;
+    registry.set(metrics::ISOLATED, &[], 0.0);
     // IPs this node announced after the last pass (the ownership-change metric); not the
     // whole last decision, which at 10,000 IPs is megabytes.
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
@@ -151,7 +182,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let mut coalesce;
     // Until the first heartbeats had time to arrive, this speaker would think it is alone
     // and claim every IP: it listens for one failure timeout before it decides anything.
-    let settled_at = tokio::time::Instant::now() + config.failure_timeout + config.heartbeat;
+    let settle = config.failure_timeout + config.heartbeat;
+    let settled_at = tokio::time::Instant::now() + settle;
     let mut shutdown = std::pin::pin!(shutdown);
     // A periodic pass covers anything a notification missed (and a first pass at once);
     // every change is notified, so this is a safety net, not the mechanism.
@@ -172,11 +204,37 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             differs
         });
         let settling = tokio::time::Instant::now() < settled_at;
+        let verdict = judge(
+            &mut isolation,
+            &stores.nodes,
+            &gossip,
+            &claims,
+            &config.node,
+        );
+        if verdict.isolated != was_isolated {
+            was_isolated = verdict.isolated;
+            registry.set(
+                metrics::ISOLATED,
+                &[],
+                f64::from(u8::from(verdict.isolated)),
+            );
+            tokio::spawn(say_isolation(
+                client.clone(),
+                stores.nodes.clone(),
+                config.node.clone(),
+                verdict.clone(),
+            ));
+        }
+        let isolated = verdict.isolated;
+        standby_tx.send_if_modified(|old| std::mem::replace(old, isolated) != isolated);
+        let standing_by = settling || isolated;
         let started = tokio::time::Instant::now();
-        let decision = if settling {
-            Decision::default()
+        let (decision, joining) = if standing_by {
+            (Decision::default(), false)
         } else {
-            decide(&stores, &gossip, &config.node, &snapshot, own_subnets)
+            let view = Gossiped::read(&gossip, &config.node, own_subnets, settle);
+            let decision = decide(&stores, &view, &config.node, &snapshot, &owned);
+            (decision, !view.joining.is_empty())
         };
         announcer.apply(&decision.plan, &snapshot.interfaces);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
@@ -189,7 +247,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         decision_tx.send_replace(Arc::new(decision));
         let live = gossip.members.lock().map(|m| m.len()).unwrap_or(0) + 1;
         registry.set(metrics::MEMBERS, &[], live as f64);
-        health.set_ready(!settling);
+        health.set_ready(!standing_by);
 
         tokio::select! {
             _ = changed.notified() => {
@@ -199,6 +257,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             _ = iface_rx.changed() => {}
             _ = tick.tick() => {}
             _ = tokio::time::sleep_until(settled_at), if settling => {}
+            // Proof of an unheard peer counts once its grace is over; a joining peer gets
+            // its IPs once it has settled.
+            _ = tokio::time::sleep(config.heartbeat), if verdict.pending || joining => {}
             _ = &mut shutdown => break,
         }
     }
@@ -230,6 +291,13 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
         changed.clone(),
         "Nodes",
     );
+    let (announcements, announcement_changes) = projected(client.clone(), Seen::of);
+    let announcements_changed = Arc::new(Notify::new());
+    spawn_watch(
+        announcement_changes,
+        announcements_changed.clone(),
+        "L2Announcements",
+    );
     let (slices, slice_changes) = projected(client.clone(), ServingNodes::of);
     spawn_watch(slice_changes, changed.clone(), "EndpointSlices");
     spawn_watch(
@@ -244,6 +312,7 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
     );
     Stores {
         services,
+        announcements: (announcements, announcements_changed),
         nodes,
         slices,
         pools,
@@ -289,44 +358,144 @@ fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
     peers
 }
 
+/// Whether this speaker is cut off from peers that run (see `isolation`): proof of life
+/// from the datagrams that fail authentication and from announcements over its claims,
+/// about nodes the API shows Ready.
+fn judge(
+    isolation: &mut Isolation,
+    nodes: &Store<Node>,
+    gossip: &Gossip,
+    claims: &Claims,
+    me: &str,
+) -> Verdict {
+    let nodes = nodes.state();
+    let ready: BTreeMap<&str, &Node> = nodes
+        .iter()
+        .filter(|n| is_ready(n))
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
+        .collect();
+    let (heard, rejecting): (BTreeSet<String>, Vec<IpAddr>) = {
+        let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            members.heard().map(str::to_owned).collect(),
+            members.rejecting().collect(),
+        )
+    };
+    let mut proof = BTreeMap::new();
+    for (name, node) in &ready {
+        if addresses(node).any(|a| rejecting.contains(&a)) {
+            proof.insert((*name).to_owned(), Proof::WrongKey);
+        }
+    }
+    // A claim stands until its node is heard again or stops being Ready.
+    for node in claims.retain(|node| ready.contains_key(node) && !heard.contains(node)) {
+        proof.entry(node).or_insert(Proof::Announces);
+    }
+    isolation.judge(me, &heard, proof, Instant::now())
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// A node's addresses (heartbeats come from one of them).
+fn addresses(node: &Node) -> impl Iterator<Item = IpAddr> + '_ {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.address.parse().ok())
+}
+
+/// Says loudly that this speaker stands down (or serves again): a log line and, when it
+/// stands down, a Warning Event on its Node.
+async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: Verdict) {
+    if !verdict.isolated {
+        tracing::info!("hears enough of its peers again: answering for its IPs");
+        return;
+    }
+    let unheard: Vec<String> = verdict
+        .unheard
+        .iter()
+        .map(|(node, proof)| format!("{node} ({})", proof.describe()))
+        .collect();
+    let message = format!(
+        "this speaker hears {} of the {} running speakers it knows of, so it answers for no IP \
+         and reports not ready until it hears them; not heard: {}. Check the gossip key \
+         (the Secret every speaker reads) and that UDP to the gossip port is allowed between nodes.",
+        verdict.group - 1,
+        verdict.group - 1 + verdict.unheard.len(),
+        crate::logs::bounded_list(&unheard),
+    );
+    tracing::warn!("{message}");
+    let uid = nodes
+        .state()
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(&me))
+        .and_then(|n| n.metadata.uid.clone())
+        .unwrap_or_default();
+    let reporter = herald_api::events::Reporter {
+        controller: "herald-speaker".into(),
+        instance: me.clone(),
+        action: "Announce".into(),
+    };
+    let note = herald_api::events::Note::warning("SpeakerIsolated", message);
+    let event = herald_api::events::build_for_node(&me, &uid, &note, &reporter);
+    if let Err(e) = kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client, "default")
+        .create(&Default::default(), &event)
+        .await
+    {
+        tracing::warn!("publishing the SpeakerIsolated event: {e}");
+    }
+}
+
+/// What the heartbeats say, copied out: the gossip thread needs the lock for every
+/// heartbeat, and a pass over 10,000 Services must not hold it.
+struct Gossiped {
+    /// The candidates, this speaker too, each with the subnets it can announce on.
+    node_subnets: BTreeMap<String, Vec<IpNetwork>>,
+    /// Candidates heard for less than a settle time.
+    joining: BTreeSet<String>,
+}
+
+impl Gossiped {
+    fn read(gossip: &Gossip, me: &str, own_subnets: Vec<IpNetwork>, settle: Duration) -> Self {
+        let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
+        Self {
+            node_subnets: members
+                .candidates()
+                .map(|n| (n.to_owned(), members.subnets(n).to_vec()))
+                .chain([(me.to_owned(), own_subnets)])
+                .collect(),
+            joining: members
+                .joining(settle, Instant::now())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
 fn decide(
     stores: &Stores,
-    gossip: &Gossip,
+    gossiped: &Gossiped,
     me: &str,
     snapshot: &Snapshot,
-    own_subnets: Vec<IpNetwork>,
+    announcing: &BTreeSet<IpAddr>,
 ) -> Decision {
-    // What the heartbeats say, copied out: the gossip thread needs this lock for every
-    // heartbeat, and a pass over 10,000 Services must not hold it. The live speakers are
-    // the keys, this one too: each with the subnets it can announce on.
-    let node_subnets: BTreeMap<String, Vec<IpNetwork>> = {
-        let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
-        members
-            .names()
-            .map(|n| (n.to_owned(), members.subnets(n).to_vec()))
-            .chain([(me.to_owned(), own_subnets)])
-            .collect()
-    };
+    let node_subnets = &gossiped.node_subnets;
     let nodes: BTreeMap<String, NodeFacts> = stores
         .nodes
         .state()
         .iter()
         .filter_map(|n| {
             let name = n.metadata.name.clone()?;
-            let labels = n.metadata.labels.clone().unwrap_or_default();
-            let ready = n
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            let facts = NodeFacts {
-                ready,
-                excluded: labels.contains_key(EXCLUDE_FROM_LB_LABEL),
-                live: node_subnets.contains_key(&name),
-                labels,
-            };
+            let facts = NodeFacts::of(n, node_subnets.contains_key(&name));
             Some((name, facts))
         })
         .collect();
@@ -357,10 +526,12 @@ fn decide(
         reports_unannounced: node_subnets.keys().next().map(String::as_str) == Some(me),
         services: &services,
         nodes: &nodes,
-        node_subnets: &node_subnets,
+        node_subnets,
         pools: &pools,
         advertisements: &ads,
         endpoints: &endpoints,
         interfaces: snapshot,
+        joining: &gossiped.joining,
+        announcing,
     })
 }

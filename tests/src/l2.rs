@@ -3,6 +3,7 @@
 //! Shared by the speaker's end-to-end tests and its benchmark.
 
 use std::net::IpAddr;
+use std::process::Command;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -41,6 +42,12 @@ pub fn speaker(cp: &ControlPlane, lan: &Lan, node: &str, key: &str, log: &str) -
 
 /// A speaker named `node` in the network namespace `ns` (any namespace of the LAN).
 pub fn speaker_in(cp: &ControlPlane, ns: &str, node: &str, key: &str, log: &str) -> Process {
+    let cmd = speaker_command(cp, ns, node, key);
+    Process::spawn(log, cmd, &cp.dir().join(format!("{log}.log"))).expect("speaker")
+}
+
+/// The command `speaker_in` runs, to change before spawning it (its environment, say).
+pub fn speaker_command(cp: &ControlPlane, ns: &str, node: &str, key: &str) -> Command {
     // HERALD_SPEAKER_BIN: another build or a wrapper (a heap profiler, docs/benchmarks.md).
     let bin = match std::env::var_os("HERALD_SPEAKER_BIN") {
         Some(bin) => bin.into(),
@@ -57,7 +64,7 @@ pub fn speaker_in(cp: &ControlPlane, ns: &str, node: &str, key: &str, log: &str)
     .env("HERALD_GOSSIP_KEY", key)
     .env("KUBECONFIG", cp.kubeconfig())
     .env("RUST_LOG", "info,kube=warn");
-    Process::spawn(log, cmd, &cp.dir().join(format!("{log}.log"))).expect("speaker")
+    cmd
 }
 
 /// Makes every node accept traffic for `ips` the way kube-proxy does, without owning them as

@@ -2,6 +2,7 @@
 //! (`control_plane`), and the paths of the binaries they need (`bins`).
 
 pub mod bins;
+pub mod client_view;
 pub mod control_plane;
 pub mod controller;
 pub mod l2;

@@ -258,6 +258,22 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The Service stops being a LoadBalancer: its IP goes, and so does the record of it.
+    svcs.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"type": "ClusterIP"}})),
+    )
+    .await
+    .expect("type ClusterIP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while announcements.get_opt(&name).await.ok().flatten().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the L2Announcement of an IP no Service holds was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Let the pool status and the Events land.
     tokio::time::sleep(Duration::from_secs(3)).await;
 

@@ -50,6 +50,9 @@ struct Fixture {
     endpoints: BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// Nodes whose heartbeats say they are on another subnet than the pool's.
     off_subnet: BTreeSet<&'static str>,
+    joining: BTreeSet<String>,
+    /// What every deciding node announces now (the same set for all, for brevity).
+    announcing: BTreeSet<IpAddr>,
 }
 
 impl Fixture {
@@ -66,6 +69,8 @@ impl Fixture {
             ads: vec![yaml("metadata: {name: all}\nspec: {}")],
             endpoints: BTreeMap::new(),
             off_subnet: BTreeSet::new(),
+            joining: BTreeSet::new(),
+            announcing: BTreeSet::new(),
         }
     }
 
@@ -96,6 +101,8 @@ impl Fixture {
             advertisements: &ads,
             endpoints: &self.endpoints,
             interfaces: &snap,
+            joining: &self.joining,
+            announcing: &self.announcing,
         })
     }
 
@@ -217,4 +224,26 @@ fn every_node_judges_itself_on_subnet_as_its_peers_judge_it() {
         f.off_subnet = ["a", "b", "c"].into_iter().filter(|n| *n != on).collect();
         assert_eq!(f.owner(), Ok(on.to_owned()), "only {on} is on the subnet");
     }
+}
+
+#[test]
+fn a_joining_owner_gets_the_ip_only_once_it_has_settled() {
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let mut f = Fixture::new();
+    let owner = f.owner().expect("an owner");
+    // The owner restarts: while it is away, the next in rank announces the IP.
+    let away = f.nodes.remove(&owner).expect("owner");
+    let stand_in = f.owner().expect("a stand-in");
+    f.nodes.insert(owner.clone(), away);
+    // Back but still settling (it does not answer yet): the stand-in keeps the IP...
+    f.joining.insert(owner.clone());
+    f.announcing.insert(ip);
+    assert!(f.decide_as(&stand_in).announced().any(|a| a == ip));
+    // ...while a node that does not announce it gives nothing to the joining one either.
+    f.announcing.clear();
+    assert!(!f.decide_as(&stand_in).announced().any(|a| a == ip));
+    // Settled: the IP is its owner's again, and only its owner's.
+    f.announcing.insert(ip);
+    f.joining.clear();
+    assert_eq!(f.owner(), Ok(owner));
 }
