@@ -152,7 +152,7 @@ impl Notes {
             .iter()
             .filter(|(key, seen)| {
                 let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
-                let service = services.get(&format!("{namespace}/{}", seen.spec.service));
+                let service = services.get(&format!("{namespace}/{}", seen.service));
                 announcements::stale(seen, service.as_deref())
             })
             .map(|(key, _)| key.clone())
@@ -339,9 +339,9 @@ impl Notes {
                             Written {
                                 ip,
                                 owner: svc.uid.clone(),
-                                spec: desired,
+                                spec: announcements::fingerprint(&desired),
                                 before: seen.and_then(|s| s.resource_version.clone()),
-                                after: written.metadata.resource_version,
+                                after: written.metadata.resource_version.map(Into::into),
                                 at: now,
                             },
                         );
