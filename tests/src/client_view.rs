@@ -129,3 +129,38 @@ pub fn block_inbound_gossip(lan: &Lan, node: &str, block: bool) {
         .expect("nft script");
     assert!(child.wait().expect("nft").success(), "nft failed");
 }
+
+/// A speaker whose wall clock runs an hour behind (libfaketime; its monotonic clock is the
+/// real one), as after a VM restore or on a board without an RTC.
+pub struct ClockBehind(Process);
+
+impl ClockBehind {
+    pub fn start(cp: &ControlPlane, lan: &Lan, node: &str) -> Self {
+        let mut cmd = crate::l2::speaker_command(cp, &lan.node(node).ns, node, KEY);
+        cmd.env(
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        )
+        .env("FAKETIME", "-3600")
+        .env("DONT_FAKE_MONOTONIC", "1");
+        let log = format!("speaker-{node}-behind");
+        let process = Process::spawn(&log, cmd, &cp.dir().join(format!("{log}.log")))
+            .expect("speaker (scripts/setup installs faketime)");
+        Self(process)
+    }
+}
+
+impl Drop for ClockBehind {
+    /// Stops the speaker and removes the shared memory libfaketime leaves behind when its
+    /// process is killed.
+    fn drop(&mut self) {
+        let pid = self.0.pid();
+        self.0.kill();
+        for path in [
+            format!("/dev/shm/faketime_shm_{pid}"),
+            format!("/dev/shm/sem.faketime_sem_{pid}"),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -7,12 +7,11 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use herald_tests::Process;
 use herald_tests::client_view::{
-    block_inbound_gossip, eventually, metric, ready, round, settled, single, speakers,
+    ClockBehind, block_inbound_gossip, eventually, metric, ready, round, settled, single, speakers,
     stays_single, vips,
 };
-use herald_tests::l2::{KEY, accept_locally, setup, speaker, speaker_command};
+use herald_tests::l2::{KEY, accept_locally, setup, speaker};
 use herald_tests::netns::Lan;
 use herald_tests::objects::wait_for_event_in;
 use k8s_openapi::api::core::v1::Service;
@@ -103,19 +102,7 @@ async fn a_speaker_restarted_with_its_clock_an_hour_behind_is_heard() {
     let before = settled(&lan, &vips, Duration::from_secs(20));
 
     all[1].kill();
-    let mut cmd = speaker_command(&cp, &lan.node("n2").ns, "n2", KEY);
-    cmd.env(
-        "LD_PRELOAD",
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    )
-    .env("FAKETIME", "-3600")
-    .env("DONT_FAKE_MONOTONIC", "1");
-    let _behind = Process::spawn(
-        "speaker-n2-behind",
-        cmd,
-        &cp.dir().join("speaker-n2-behind.log"),
-    )
-    .expect("speaker");
+    let _behind = ClockBehind::start(&cp, &lan, "n2");
     for node in ["n1", "n3"] {
         eventually(
             &format!("{node} hears n2 again"),

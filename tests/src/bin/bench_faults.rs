@@ -11,10 +11,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use herald_tests::client_view::{block_inbound_gossip, settled, speakers, vips};
-use herald_tests::l2::{KEY, setup, speaker, speaker_command};
+use herald_tests::Process;
+use herald_tests::client_view::{ClockBehind, block_inbound_gossip, settled, speakers, vips};
+use herald_tests::l2::{KEY, setup, speaker};
 use herald_tests::netns::{Lan, resolve};
-use herald_tests::{ControlPlane, Process};
 
 #[derive(Default)]
 struct Tally {
@@ -108,6 +108,7 @@ async fn scenario(name: &str, window: Duration) -> Result<()> {
     settled(&lan, &vips, Duration::from_secs(30));
     let mut hogs = Vec::new();
     let mut _extra: Option<Process> = None;
+    let mut _behind: Option<ClockBehind> = None;
     match name {
         "wrong key" => {
             _extra = Some(speaker(
@@ -122,7 +123,7 @@ async fn scenario(name: &str, window: Duration) -> Result<()> {
         "gossip partition" => partition(&lan, "n1")?,
         "clock 1 h back" => {
             all[1].kill();
-            _extra = Some(behind(&cp, &lan));
+            _behind = Some(ClockBehind::start(&cp, &lan, "n2"));
         }
         "rolling restart (SIGTERM)" => {
             all[0].signal(libc::SIGTERM);
@@ -152,22 +153,6 @@ async fn scenario(name: &str, window: Duration) -> Result<()> {
         t.unanswered
     );
     Ok(())
-}
-
-fn behind(cp: &ControlPlane, lan: &Lan) -> Process {
-    let mut cmd = speaker_command(cp, &lan.node("n2").ns, "n2", KEY);
-    cmd.env(
-        "LD_PRELOAD",
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    )
-    .env("FAKETIME", "-3600")
-    .env("DONT_FAKE_MONOTONIC", "1");
-    Process::spawn(
-        "speaker-n2-behind",
-        cmd,
-        &cp.dir().join("speaker-n2-behind.log"),
-    )
-    .expect("speaker")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

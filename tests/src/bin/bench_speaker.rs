@@ -147,12 +147,20 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 async fn footprint(cp: &ControlPlane, lan: &Lan, speakers: &[Process], n: usize) -> Result<String> {
     let client = cp.client();
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    // Addresses in 198.18.0.0/15 (benchmarking range), never sent to: only announced.
+    // Addresses in 198.18.0.0/15 (benchmarking range), never sent to: only announced. No
+    // node has an interface in that range, so its advertisement names the interface (as a
+    // user announcing an off-subnet range would).
     let pool: serde_json::Value = serde_yaml_ng::from_str(
         "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: many}\nspec: {addresses: [198.18.0.0/15], autoAssign: false}",
     )?;
     Api::<herald_api::IPPool>::all(client.clone())
         .patch("many", &PatchParams::apply("bench"), &Patch::Apply(&pool))
+        .await?;
+    let ad: serde_json::Value = serde_yaml_ng::from_str(
+        "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: many}\nspec: {ipPools: [many], interfaces: [eth0]}",
+    )?;
+    Api::<herald_api::L2Advertisement>::all(client.clone())
+        .patch("many", &PatchParams::apply("bench"), &Patch::Apply(&ad))
         .await?;
     stream::iter(0..n)
         .map(|i| {
