@@ -21,8 +21,9 @@ use crate::service::ServiceIps;
 /// How long a write not yet shown by the watch is waited for before it is made again.
 const WATCH_LAG: Duration = Duration::from_secs(5);
 
-/// An L2Announcement as the speaker keeps it: every speaker caches every object (10,000 at
-/// 10,000 Service IPs), so only what the decisions read.
+/// An L2Announcement as the speaker keeps it: only those naming this node or nobody (a
+/// third of 10,000 on three nodes), and only what the decisions read. One this speaker
+/// wrote that names another node now has left the cache; `notes` reads it then.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Seen {
     /// The Service's name (same namespace) and the IP, for the stale check.
@@ -36,11 +37,11 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn of(object: L2Announcement) -> Option<Self> {
-        Some(Self::new(
-            &object.spec,
-            object.metadata.resource_version.as_deref(),
-        ))
+    /// `None` for a record naming another node.
+    pub fn mine(object: L2Announcement, me: &str) -> Option<Self> {
+        let spec = &object.spec;
+        (spec.node.is_empty() || spec.node == me)
+            .then(|| Self::new(spec, object.metadata.resource_version.as_deref()))
     }
 
     pub fn new(spec: &L2AnnouncementSpec, resource_version: Option<&str>) -> Self {
@@ -72,6 +73,8 @@ pub fn fingerprint(spec: &L2AnnouncementSpec) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub ip: IpAddr,
+    /// The Service's key (`namespace/name`).
+    pub service: Box<str>,
     /// The uid of the Service it was written for (a Service created again under the same
     /// name is another owner).
     pub owner: Box<str>,
@@ -167,6 +170,7 @@ mod tests {
     fn written(node: &str, before: Option<&str>, after: &str, at: Instant) -> Written {
         Written {
             ip: "192.0.2.10".parse().unwrap(),
+            service: "default/web".into(),
             owner: "u1".into(),
             spec: fingerprint(&spec(node)),
             before: before.map(Into::into),

@@ -15,7 +15,7 @@ use herald_api::events::{self, Note, Reporter};
 use herald_api::watch::Cache;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, watch};
 
 use crate::announcements::{self, Seen, Step, Written};
@@ -27,10 +27,10 @@ use crate::service::ServiceIps;
 /// watch never showed, a back-off or a stale object's grace ends within it. (Every second
 /// cost 2% of a core at 10,000 IPs for nothing.)
 const LOOK_EVERY: Duration = Duration::from_secs(5);
-/// An object is deleted as stale only once it has looked stale for this long: the reporter's
-/// cache of Services may lag behind the owner's, which writes the object of a new IP as soon
-/// as it sees it.
-const STALE_FOR: Duration = Duration::from_secs(3);
+/// How often the reporter lists every L2Announcement for records nobody deletes (their owner
+/// stopped before their IP went); one is deleted when stale in two sweeps in a row, so a
+/// record just written for an IP the reporter has not seen yet is left alone.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// After a failed write, no object is written for this long (the API server is down or
 /// refusing: 10,000 IPs must not mean 10,000 failing requests a second).
 const BACK_OFF: Duration = Duration::from_secs(5);
@@ -75,8 +75,9 @@ pub struct Notes {
     wake: Arc<Notify>,
     /// No object is written before this (a write failed).
     back_off_until: Option<Instant>,
-    /// Objects that looked stale, and since when (the reporter's).
+    /// Records stale in the reporter's last sweep.
     stale_since: HashMap<String, Instant>,
+    next_sweep: Option<Instant>,
     /// Failed writes are logged at most once per interval, with a count.
     failures_logged: crate::logs::RateLimit,
 }
@@ -109,6 +110,7 @@ impl Notes {
             wake,
             back_off_until: None,
             stale_since: HashMap::new(),
+            next_sweep: None,
             failures_logged: crate::logs::RateLimit::new(Duration::from_secs(10)),
         }
     }
@@ -144,45 +146,78 @@ impl Notes {
     ) {
         self.said.retain(|ip, _| now.ips.contains_key(ip));
         self.said.shrink_to(now.ips.len());
-        self.written.retain(|_, w| now.ips.contains_key(&w.ip));
+        // The records of IPs this speaker no longer speaks for: if no Service holds the IP
+        // any more, this speaker wrote the last word on it and deletes it; otherwise the
+        // IP's new owner rewrites it.
+        let mut gone = Vec::new();
+        self.written.retain(|key, w| {
+            let keep = now.ips.contains_key(&w.ip);
+            if !keep {
+                let held = services
+                    .get(&w.service)
+                    .is_some_and(|s| s.ips.contains(&w.ip));
+                if !held {
+                    gone.push(key.clone());
+                }
+            }
+            keep
+        });
+        self.delete(gone).await;
         for (ip, d) in &now.ips {
             self.publish(services, objects, *ip, d).await;
         }
         if now.reporter {
-            self.delete_stale(services, objects).await;
+            self.sweep(services).await;
         } else {
             self.stale_since.clear();
         }
     }
 
-    /// Deletes the objects of IPs no Service holds any more (one speaker, the reporter,
-    /// does this for all).
-    async fn delete_stale(&mut self, services: &Cache<ServiceIps>, objects: &Cache<Seen>) {
-        let stale: Vec<String> = objects
-            .read()
-            .iter()
-            .filter(|(key, seen)| {
-                let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
-                let service = services.get(&format!("{namespace}/{}", seen.service));
-                announcements::stale(seen, service.as_deref())
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        let mut deleted = Vec::new();
+    /// The reporter's sweep for records nobody deletes (their owner stopped before its IP
+    /// went): every `SWEEP_EVERY`, a paged list of all L2Announcements; one stale in two
+    /// sweeps in a row is deleted.
+    async fn sweep(&mut self, services: &Cache<ServiceIps>) {
         let now = Instant::now();
-        self.stale_since.retain(|key, _| stale.contains(key));
-        for key in &stale {
-            self.stale_since.entry(key.clone()).or_insert(now);
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
         }
-        let due: Vec<String> = stale
+        self.next_sweep = Some(now + SWEEP_EVERY);
+        let api = Api::<L2Announcement>::all(self.client.clone());
+        let mut stale = Vec::new();
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!("listing L2Announcements for stale ones: {e}");
+                    return;
+                }
+            };
+            for object in &page.items {
+                let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
+                let name = object.metadata.name.as_deref().unwrap_or_default();
+                let service = services.get(&format!("{namespace}/{}", object.spec.service));
+                if announcements::stale(&Seen::new(&object.spec, None), service.as_deref()) {
+                    stale.push(format!("{namespace}/{name}"));
+                }
+            }
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        let seen_before = std::mem::take(&mut self.stale_since);
+        let (due, first): (Vec<String>, Vec<String>) = stale
             .into_iter()
-            .filter(|key| {
-                self.stale_since
-                    .get(key)
-                    .is_some_and(|since| now.saturating_duration_since(*since) >= STALE_FOR)
-            })
-            .collect();
-        for key in due {
+            .partition(|key| seen_before.contains_key(key));
+        self.stale_since = first.into_iter().map(|key| (key, now)).collect();
+        self.delete(due).await;
+    }
+
+    /// Deletes the records `keys` (`namespace/name`).
+    async fn delete(&mut self, keys: Vec<String>) {
+        let mut deleted = Vec::new();
+        for key in keys {
             let Some((namespace, name)) = key.split_once('/') else {
                 continue;
             };
@@ -194,7 +229,7 @@ impl Notes {
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
                     tracing::warn!(announcement = %key, "deleting a stale L2Announcement: {e}");
-                    // The rest waits for the next look.
+                    // The sweep finds the rest.
                     break;
                 }
             }
@@ -307,8 +342,29 @@ impl Notes {
         };
         let name = announcement::name(about.name, ip);
         let object_key = format!("{}/{name}", about.namespace);
-        let seen = objects.get(&object_key);
+        let mut seen = objects.get(&object_key);
         let now = Instant::now();
+        // The cache keeps only records naming this node or nobody: one this speaker wrote
+        // that left it names another node now (or is gone). Which one is worth a read.
+        if seen.is_none()
+            && let Some(w) = self.written.get(&object_key)
+            && w.after.is_some()
+            && w.owner == svc.uid
+        {
+            // A list by name, not a get: the verbs the speaker has (list, watch) suffice.
+            let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+            match Api::<L2Announcement>::namespaced(self.client.clone(), about.namespace)
+                .list(&by_name)
+                .await
+            {
+                Ok(list) => {
+                    seen = list.items.into_iter().next().map(|o| {
+                        Arc::new(Seen::new(&o.spec, o.metadata.resource_version.as_deref()))
+                    })
+                }
+                Err(e) => tracing::debug!(%ip, "reading an L2Announcement: {e}"),
+            }
+        }
         if self
             .written
             .get(&object_key)
@@ -362,6 +418,7 @@ impl Notes {
                             object_key,
                             Written {
                                 ip,
+                                service: key.into(),
                                 owner: svc.uid.clone(),
                                 spec: announcements::fingerprint(&desired),
                                 before: seen.and_then(|s| s.resource_version.clone()),

@@ -64,7 +64,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     tracing::info!(%bound, node = %config.node, "serving /metrics, /healthz and /readyz");
 
     let changed = Arc::new(Notify::new());
-    let stores = watch_all(&client, changed.clone());
+    let stores = watch_all(&client, changed.clone(), &config.node);
 
     let (iface_tx, mut iface_rx) = watch::channel(Snapshot::default());
     tokio::spawn(async move {
@@ -271,7 +271,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     Ok(())
 }
 
-fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
+fn watch_all(client: &Client, changed: Arc<Notify>, me: &str) -> Stores {
     let (nodes, w2) = reflector::store();
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
@@ -291,7 +291,9 @@ fn watch_all(client: &Client, changed: Arc<Notify>) -> Stores {
         changed.clone(),
         "Nodes",
     );
-    let (announcements, announcement_changes) = projected(client.clone(), Seen::of);
+    let me = me.to_owned();
+    let (announcements, announcement_changes) =
+        projected(client.clone(), move |a| Seen::mine(a, &me));
     let announcements_changed = Arc::new(Notify::new());
     spawn_watch(
         announcement_changes,

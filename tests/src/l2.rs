@@ -22,10 +22,21 @@ pub async fn ready_node(client: &Client, name: &str, ip: &str, labels: &str) {
         &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{labels}}}}}"),
     )
     .await;
+    node_conditions(client, name, ip, &[("Ready", true)]).await;
+}
+
+/// Sets the Node's address and conditions, as its kubelet and network plugin would.
+pub async fn node_conditions(client: &Client, name: &str, ip: &str, conditions: &[(&str, bool)]) {
+    let conditions: Vec<serde_json::Value> = conditions
+        .iter()
+        .map(|(kind, status)| {
+            serde_json::json!({"type": kind, "status": if *status { "True" } else { "False" },
+                "reason": "Test", "message": "", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"})
+        })
+        .collect();
     let status = serde_json::json!({"apiVersion": "v1", "kind": "Node", "status": {
-        "addresses": [{"type": "InternalIP", "address": ip}],
-        "conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "",
-            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        "addresses": [{"type": "InternalIP", "address": ip}], "conditions": conditions}});
     Api::<Node>::all(client.clone())
         .patch_status(
             name,

@@ -11,7 +11,7 @@ use herald_tests::client_view::{
     ClockBehind, block_inbound_gossip, eventually, metric, ready, round, settled, single, speakers,
     stays_single, vips,
 };
-use herald_tests::l2::{KEY, accept_locally, setup, speaker};
+use herald_tests::l2::{KEY, accept_locally, node_conditions, setup, speaker};
 use herald_tests::netns::Lan;
 use herald_tests::objects::wait_for_event_in;
 use k8s_openapi::api::core::v1::Service;
@@ -245,25 +245,11 @@ async fn a_restarted_speaker_takes_its_vips_back_without_a_gap() {
     stays_single(&lan, &vips, 3, None);
 }
 
-/// Sets `node`'s conditions as its kubelet and network plugin would: Ready, and
-/// NetworkUnavailable as given.
+/// Sets `node`'s NetworkUnavailable condition as its network plugin would (Ready stays).
 async fn network_unavailable(client: &Client, lan: &Lan, node: &str, unavailable: bool) {
-    let condition = |kind: &str, status: bool| {
-        serde_json::json!({"type": kind, "status": if status { "True" } else { "False" },
-            "reason": "Test", "message": "", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
-            "lastTransitionTime": "2026-01-01T00:00:00Z"})
-    };
-    let status = serde_json::json!({"apiVersion": "v1", "kind": "Node", "status": {
-        "addresses": [{"type": "InternalIP", "address": lan.node(node).v4.to_string()}],
-        "conditions": [condition("Ready", true), condition("NetworkUnavailable", unavailable)]}});
-    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-        .patch_status(
-            node,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&status),
-        )
-        .await
-        .expect("node status");
+    let ip = lan.node(node).v4.to_string();
+    let conditions = [("Ready", true), ("NetworkUnavailable", unavailable)];
+    node_conditions(client, node, &ip, &conditions).await;
 }
 
 #[tokio::test]
