@@ -363,7 +363,7 @@ impl Controller {
         if seen.len() > CHUNK {
             // A large pass (start-up, a pool change) allocates and frees a lot; give the
             // freed pages back to the system instead of keeping them as heap.
-            release_free_heap();
+            herald_telemetry::release_free_heap();
         }
     }
 
@@ -573,16 +573,6 @@ async fn publish_event(
         .await
         .context("creating Event")?;
     Ok(())
-}
-
-/// Gives glibc's free heap pages back to the system. musl (the image's static build) has no
-/// `malloc_trim` and returns large frees by itself, so there it does nothing.
-fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// The body of a pool status apply.

@@ -197,7 +197,7 @@ impl Notes {
                 let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
                 let name = object.metadata.name.as_deref().unwrap_or_default();
                 let service = services.get(&format!("{namespace}/{}", object.spec.service));
-                if announcements::stale(&Seen::new(&object.spec, None), service.as_deref()) {
+                if announcements::stale(&object.spec, service.as_deref()) {
                     stale.push(format!("{namespace}/{name}"));
                 }
             }
@@ -344,12 +344,13 @@ impl Notes {
         let object_key = format!("{}/{name}", about.namespace);
         let mut seen = objects.get(&object_key);
         let now = Instant::now();
+        let owner = fingerprint(&svc.uid);
         // The cache keeps only records naming this node or nobody: one this speaker wrote
         // that left it names another node now (or is gone). Which one is worth a read.
         if seen.is_none()
             && let Some(w) = self.written.get(&object_key)
             && w.after.is_some()
-            && w.owner == svc.uid
+            && w.owner == owner
         {
             // A list by name, not a get: the verbs the speaker has (list, watch) suffice.
             let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
@@ -368,7 +369,7 @@ impl Notes {
         if self
             .written
             .get(&object_key)
-            .is_some_and(|w| w.owner != svc.uid)
+            .is_some_and(|w| w.owner != owner)
         {
             // The Service was created again under the same name: a new object.
             self.written.remove(&object_key);
@@ -419,10 +420,14 @@ impl Notes {
                             Written {
                                 ip,
                                 service: key.into(),
-                                owner: svc.uid.clone(),
+                                owner,
                                 spec: announcements::fingerprint(&desired),
-                                before: seen.and_then(|s| s.resource_version.clone()),
-                                after: written.metadata.resource_version.map(Into::into),
+                                before: seen.and_then(|s| s.version),
+                                after: written
+                                    .metadata
+                                    .resource_version
+                                    .as_deref()
+                                    .map(announcements::version),
                                 at: now,
                             },
                         );

@@ -10,3 +10,13 @@ mod registry;
 pub use http::{Health, ServeError, serve};
 pub use process::{init_logging, shutdown_signal};
 pub use registry::{Kind, Registry};
+
+/// Gives glibc's free heap pages back to the system. musl (the image's static build) has no
+/// `malloc_trim` and returns large frees by itself, so there it does nothing.
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of glibc's allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
