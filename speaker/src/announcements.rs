@@ -28,7 +28,7 @@ const WATCH_LAG: Duration = Duration::from_secs(5);
 pub struct Seen {
     /// The node it names; empty: nobody announces the IP.
     pub node: Box<str>,
-    /// `fingerprint` of the whole spec, to compare with what was decided.
+    /// `spec_fingerprint` of the whole spec, to compare with what was decided.
     pub spec: u64,
     /// A fingerprint of its resourceVersion (compared for equality only).
     pub version: Option<u64>,
@@ -45,7 +45,7 @@ impl Seen {
     pub fn new(spec: &L2AnnouncementSpec, resource_version: Option<&str>) -> Self {
         Self {
             node: spec.node.as_str().into(),
-            spec: fingerprint(spec),
+            spec: spec_fingerprint(spec),
             version: resource_version.map(version),
         }
     }
@@ -54,22 +54,25 @@ impl Seen {
 /// A resourceVersion as a fingerprint: only ever compared for equality, and 8 bytes per
 /// record instead of a string.
 pub fn version(resource_version: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    resource_version.hash(&mut h);
-    h.finish()
+    fingerprint(resource_version)
 }
 
 /// A fingerprint of a spec (within one process: a speaker compares only its own).
-pub fn fingerprint(spec: &L2AnnouncementSpec) -> u64 {
-    let mut h = DefaultHasher::new();
-    (
+pub fn spec_fingerprint(spec: &L2AnnouncementSpec) -> u64 {
+    fingerprint(&(
         &spec.service,
         &spec.ip,
         &spec.node,
         &spec.interfaces,
         &spec.reason,
-    )
-        .hash(&mut h);
+    ))
+}
+
+/// A 64-bit fingerprint of anything hashable, for equality checks within this process
+/// (what the speaker wrote or said, kept without copies of it).
+pub fn fingerprint(value: &(impl Hash + ?Sized)) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
     h.finish()
 }
 
@@ -82,7 +85,7 @@ pub struct Written {
     /// A fingerprint of the uid of the Service it was written for (a Service created again
     /// under the same name is another owner).
     pub owner: u64,
-    /// `fingerprint` of the spec written.
+    /// `spec_fingerprint` of the spec written.
     pub spec: u64,
     /// The version the API showed when it was written, and the one the write made.
     pub before: Option<u64>,
@@ -112,7 +115,7 @@ pub fn step(
     written: Option<&Written>,
     now: Instant,
 ) -> Step {
-    let wanted = fingerprint(desired);
+    let wanted = spec_fingerprint(desired);
     if seen.is_some_and(|s| s.spec == wanted) {
         return Step::Nothing;
     }
@@ -176,7 +179,7 @@ mod tests {
             ip: "192.0.2.10".parse().unwrap(),
             service: "default/web".into(),
             owner: 1,
-            spec: fingerprint(&spec(node)),
+            spec: spec_fingerprint(&spec(node)),
             before: before.map(version),
             after: Some(version(after)),
             at,

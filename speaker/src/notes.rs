@@ -5,7 +5,6 @@
 //! delay the next decision.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, watch};
 
-use crate::announcements::{self, Seen, Step, Written};
+use crate::announcements::{self, Seen, Step, Written, fingerprint};
 use crate::plan::{Decision, IpDecision};
 use crate::service::ServiceIps;
 
@@ -64,10 +63,11 @@ impl Claims {
 pub struct Notes {
     client: Client,
     reporter: Reporter,
-    /// What was said in Events per IP this speaker speaks for. Forgotten when another
-    /// speaker takes the IP over (or its Services go), so it is said again if the IP comes
-    /// back.
-    said: HashMap<IpAddr, Said>,
+    /// What was said in Events per IP this speaker speaks for: per Service (fingerprint of
+    /// key and uid), the outcome it was last told about (a fingerprint too). Forgotten when
+    /// another speaker takes the IP over (or its Services go), so it is said again if the
+    /// IP comes back.
+    said: HashMap<IpAddr, Vec<(u64, u64)>>,
     /// This speaker's last write of each object (`namespace/name`) of the IPs it speaks for.
     written: HashMap<String, Written>,
     claims: Claims,
@@ -80,19 +80,6 @@ pub struct Notes {
     next_sweep: Option<Instant>,
     /// Failed writes are logged at most once per interval, with a count.
     failures_logged: crate::logs::RateLimit,
-}
-
-/// What this speaker said in Events about one IP, as fingerprints.
-#[derive(Debug, Default)]
-struct Said {
-    /// Per Service (fingerprint of key and uid): the outcome it was last told about.
-    events: Vec<(u64, u64)>,
-}
-
-fn fingerprint(value: &impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
 }
 
 impl Notes {
@@ -270,11 +257,11 @@ impl Notes {
             .iter()
             .map(|(key, svc)| fingerprint(&(key, &svc.uid)))
             .collect();
-        said.events.retain(|(k, _)| keys.contains(k));
+        said.retain(|(k, _)| keys.contains(k));
         let untold: Vec<(&String, &ServiceIps, u64)> = current
             .iter()
             .zip(keys)
-            .filter(|(_, k)| !said.events.contains(&(*k, told)))
+            .filter(|(_, k)| !said.contains(&(*k, told)))
             .map(|((key, svc), k)| (*key, &**svc, k))
             .collect();
         if untold.is_empty() {
@@ -310,8 +297,8 @@ impl Notes {
                     continue;
                 }
             }
-            said.events.retain(|(s, _)| *s != k);
-            said.events.push((k, told));
+            said.retain(|(s, _)| *s != k);
+            said.push((k, told));
         }
     }
 }
@@ -421,7 +408,7 @@ impl Notes {
                                 ip,
                                 service: key.into(),
                                 owner,
-                                spec: announcements::fingerprint(&desired),
+                                spec: announcements::spec_fingerprint(&desired),
                                 before: seen.and_then(|s| s.version),
                                 after: written
                                     .metadata
