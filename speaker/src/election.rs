@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use k8s_openapi::api::core::v1::Node;
+
 /// One node as far as one IP is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<'a> {
@@ -66,25 +68,25 @@ impl NodeFacts {
     /// True and its `NetworkUnavailable` condition is not: the network plugin says its pod
     /// network is not set up, so traffic for a Service sent there would not reach the pods
     /// (MetalLB moves IPs away from such nodes too).
-    pub fn of(node: &k8s_openapi::api::core::v1::Node, live: bool) -> Self {
-        let conditions = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_deref())
-            .unwrap_or_default();
-        let is = |kind: &str| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == kind && c.status == "True")
-        };
+    pub fn of(node: &Node, live: bool) -> Self {
         let labels = node.metadata.labels.clone().unwrap_or_default();
         NodeFacts {
-            ready: is("Ready") && !is("NetworkUnavailable"),
+            ready: has_condition(node, "Ready") && !has_condition(node, "NetworkUnavailable"),
             excluded: labels.contains_key(herald_api::keys::EXCLUDE_FROM_LB_LABEL),
             live,
             labels,
         }
     }
+}
+
+/// Whether the Node's condition `kind` is True.
+pub fn has_condition(node: &Node, kind: &str) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == kind && c.status == "True")
 }
 
 /// Why nobody may announce an IP.
@@ -160,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_node_whose_network_is_unavailable_does_not_count_as_ready() {
-        let node = |conditions: &str| -> k8s_openapi::api::core::v1::Node {
+        let node = |conditions: &str| -> Node {
             serde_yaml_ng::from_str(&format!(
                 "metadata: {{name: n1, labels: {{zone: a}}}}\nstatus: {{conditions: [{conditions}]}}"
             ))

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::announcements::Seen;
 use crate::announcer::Announcer;
-use crate::election::NodeFacts;
+use crate::election::{NodeFacts, has_condition};
 use crate::endpoints::ServingNodes;
 use crate::gossip::Gossip;
 use crate::interfaces::{self, Snapshot};
@@ -204,10 +204,11 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             differs
         });
         let settling = tokio::time::Instant::now() < settled_at;
+        let gossiped = Gossiped::read(&gossip, &config.node, own_subnets, settle);
         let verdict = judge(
             &mut isolation,
             &stores.nodes,
-            &gossip,
+            &gossiped,
             &claims,
             &config.node,
         );
@@ -232,9 +233,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         let (decision, joining) = if standing_by {
             (Decision::default(), false)
         } else {
-            let view = Gossiped::read(&gossip, &config.node, own_subnets, settle);
-            let decision = decide(&stores, &view, &config.node, &snapshot, &owned);
-            (decision, !view.joining.is_empty())
+            let decision = decide(&stores, &gossiped, &config.node, &snapshot, &owned);
+            (decision, !gossiped.joining.is_empty())
         };
         announcer.apply(&decision.plan, &snapshot.interfaces);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
@@ -245,8 +245,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         }
         owned = now_owned;
         decision_tx.send_replace(Arc::new(decision));
-        let live = gossip.members.lock().map(|m| m.len()).unwrap_or(0) + 1;
-        registry.set(metrics::MEMBERS, &[], live as f64);
+        registry.set(metrics::MEMBERS, &[], (gossiped.heard.len() + 1) as f64);
         health.set_ready(!standing_by);
 
         tokio::select! {
@@ -366,23 +365,17 @@ fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
 fn judge(
     isolation: &mut Isolation,
     nodes: &Store<Node>,
-    gossip: &Gossip,
+    gossiped: &Gossiped,
     claims: &Claims,
     me: &str,
 ) -> Verdict {
     let nodes = nodes.state();
     let ready: BTreeMap<&str, &Node> = nodes
         .iter()
-        .filter(|n| is_ready(n))
+        .filter(|n| has_condition(n, "Ready"))
         .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
         .collect();
-    let (heard, rejecting): (BTreeSet<String>, Vec<IpAddr>) = {
-        let members = gossip.members.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            members.heard().map(str::to_owned).collect(),
-            members.rejecting().collect(),
-        )
-    };
+    let (heard, rejecting) = (&gossiped.heard, &gossiped.rejecting);
     let mut proof = BTreeMap::new();
     for (name, node) in &ready {
         if addresses(node).any(|a| rejecting.contains(&a)) {
@@ -393,16 +386,7 @@ fn judge(
     for node in claims.retain(|node| ready.contains_key(node) && !heard.contains(node)) {
         proof.entry(node).or_insert(Proof::Announces);
     }
-    isolation.judge(me, &heard, proof, Instant::now())
-}
-
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+    isolation.judge(me, heard, proof, Instant::now())
 }
 
 /// A node's addresses (heartbeats come from one of them).
@@ -457,13 +441,17 @@ async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: 
     }
 }
 
-/// What the heartbeats say, copied out: the gossip thread needs the lock for every
-/// heartbeat, and a pass over 10,000 Services must not hold it.
+/// What the heartbeats say, copied out once per pass: the gossip thread needs the lock for
+/// every heartbeat, and a pass over 10,000 Services must not hold it.
 struct Gossiped {
     /// The candidates, this speaker too, each with the subnets it can announce on.
     node_subnets: BTreeMap<String, Vec<IpNetwork>>,
     /// Candidates heard for less than a settle time.
     joining: BTreeSet<String>,
+    /// Every speaker heard (on standby too), this one not included.
+    heard: BTreeSet<String>,
+    /// Addresses whose datagrams failed authentication lately.
+    rejecting: Vec<IpAddr>,
 }
 
 impl Gossiped {
@@ -479,6 +467,8 @@ impl Gossiped {
                 .joining(settle, Instant::now())
                 .map(str::to_owned)
                 .collect(),
+            heard: members.heard().map(str::to_owned).collect(),
+            rejecting: members.rejecting().collect(),
         }
     }
 }
