@@ -98,7 +98,7 @@ pub struct Controller {
     /// Set by the retry tick: look at the Services waiting for an IP.
     retry_waiting: bool,
     /// Pool writes made, and when: not made again while the watch catches up.
-    pool_writes_in_flight: BTreeMap<String, (PoolWrite, tokio::time::Instant)>,
+    pool_writes_in_flight: BTreeMap<(String, PoolField), (PoolWrite, tokio::time::Instant)>,
     /// Pool statuses are written at most once per `POOL_STATUS_EVERY`: a burst of
     /// allocations becomes one write per pool, not one per Service.
     pool_status_written: Option<tokio::time::Instant>,
@@ -112,6 +112,22 @@ pub struct Controller {
 enum PoolWrite {
     Status(IPPoolStatus),
     Finalizer(bool),
+}
+
+/// What part of a pool a write is about: one write of each is tracked per pool.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PoolField {
+    Status,
+    Finalizer,
+}
+
+impl PoolWrite {
+    fn field(&self) -> PoolField {
+        match self {
+            PoolWrite::Status(_) => PoolField::Status,
+            PoolWrite::Finalizer(_) => PoolField::Finalizer,
+        }
+    }
 }
 
 pub async fn run(
@@ -396,37 +412,26 @@ impl Controller {
     fn pool_writes(&mut self) -> Vec<Write> {
         let (reports, finalizers) = self.state.pools(&self.caches, Timestamp::now());
         let live: BTreeSet<&str> = reports.iter().map(|r| r.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .pool_writes_in_flight
-            .keys()
-            .filter(|key| !live.contains(pool_of_key(key)))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.pool_writes_in_flight.remove(&key);
-        }
+        self.pool_writes_in_flight
+            .retain(|(name, _), _| live.contains(name.as_str()));
         self.pool_gauges(&reports);
         let now = tokio::time::Instant::now();
-        let in_flight = |key: String, write: &PoolWrite| {
+        let in_flight = |name: &str, write: &PoolWrite| {
             self.pool_writes_in_flight
-                .get(&key)
+                .get(&(name.to_owned(), write.field()))
                 .is_some_and(|(sent, at)| sent == write && now < *at + POOL_WRITE_IN_FLIGHT)
         };
         let mut writes = Vec::new();
         for write in finalizers {
             if let Write::PoolFinalizer { name, protect } = &write
-                && in_flight(finalizer_key(name), &PoolWrite::Finalizer(*protect))
+                && in_flight(name, &PoolWrite::Finalizer(*protect))
             {
                 continue;
             }
             writes.push(write);
         }
         for report in reports {
-            if report.differs
-                && !in_flight(
-                    report.name.clone(),
-                    &PoolWrite::Status(report.status.clone()),
-                )
+            if report.differs && !in_flight(&report.name, &PoolWrite::Status(report.status.clone()))
             {
                 writes.push(Write::PoolStatus {
                     name: report.name,
@@ -482,8 +487,9 @@ impl Controller {
                 .inc(metrics::API_WRITES, &[("result", outcome)]);
             match (write, result) {
                 (Write::PoolStatus { name, status }, Ok(())) => {
+                    let write = PoolWrite::Status(status);
                     self.pool_writes_in_flight
-                        .insert(name, (PoolWrite::Status(status), now));
+                        .insert((name, write.field()), (write, now));
                 }
                 (Write::PoolFinalizer { name, protect }, Ok(())) => {
                     if protect {
@@ -491,8 +497,9 @@ impl Controller {
                     } else {
                         tracing::info!(pool = %name, "pool deleted and no Service holds its addresses: let it go");
                     }
+                    let write = PoolWrite::Finalizer(protect);
                     self.pool_writes_in_flight
-                        .insert(finalizer_key(&name), (PoolWrite::Finalizer(protect), now));
+                        .insert((name, write.field()), (write, now));
                 }
                 (_, Ok(())) => {}
                 (Write::Status { key, .. }, Err(e)) => {
@@ -509,16 +516,6 @@ impl Controller {
             }
         }
     }
-}
-
-/// In-flight keys: a pool's name for its status, `name/finalizer` for its finalizer (a pool
-/// name holds no `/`).
-fn finalizer_key(pool: &str) -> String {
-    format!("{pool}/finalizer")
-}
-
-fn pool_of_key(key: &str) -> &str {
-    key.split('/').next().unwrap_or(key)
 }
 
 /// Publishes the Events of each pass, `WRITE_CONCURRENCY` at a time, built from the cached
