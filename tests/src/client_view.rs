@@ -110,17 +110,37 @@ pub fn speakers(cp: &ControlPlane, lan: &Lan, nodes: &[&str]) -> Vec<Process> {
 
 /// Drops UDP to the gossip port arriving at `node` (its heartbeats still go out).
 pub fn block_inbound_gossip(lan: &Lan, node: &str, block: bool) {
-    let script = if block {
-        "add table inet herald_test\nadd chain inet herald_test input { type filter hook input priority 0; }\nadd rule inet herald_test input udp dport 7946 drop\n"
+    if block {
+        nft(lan, node, &gossip_rules(&["input"]));
     } else {
-        "delete table inet herald_test\n"
-    };
+        nft(lan, node, "delete table inet herald_test\n");
+    }
+}
+
+/// Drops the gossip to and from `node` (ARP still flows): a partition of the gossip port only.
+pub fn partition_gossip(lan: &Lan, node: &str) {
+    nft(lan, node, &gossip_rules(&["input", "output"]));
+}
+
+/// An nftables table dropping UDP to the gossip port on the hooks `hooks`.
+fn gossip_rules(hooks: &[&str]) -> String {
+    let mut script = String::from("add table inet herald_test\n");
+    for hook in hooks {
+        script.push_str(&format!(
+            "add chain inet herald_test {hook} {{ type filter hook {hook} priority 0; }}\nadd rule inet herald_test {hook} udp dport 7946 drop\n"
+        ));
+    }
+    script
+}
+
+/// Runs an nft script in `node`'s namespace.
+fn nft(lan: &Lan, node: &str, script: &str) {
+    use std::io::Write;
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &lan.node(node).ns, "nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("nft (scripts/setup installs nftables)");
-    use std::io::Write;
     child
         .stdin
         .take()

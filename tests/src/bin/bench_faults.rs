@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use herald_tests::Process;
-use herald_tests::client_view::{ClockBehind, block_inbound_gossip, settled, speakers, vips};
+use herald_tests::client_view::{
+    ClockBehind, block_inbound_gossip, partition_gossip, settled, speakers, vips,
+};
 use herald_tests::l2::{KEY, setup, speaker};
 use herald_tests::netns::{Lan, resolve};
 
@@ -57,43 +59,6 @@ fn saturate() -> Vec<Child> {
         .collect()
 }
 
-/// Drops gossip to and from `node` (ARP still flows): a partition of the gossip port only.
-fn partition(lan: &Lan, node: &str) -> Result<()> {
-    block_inbound_gossip(lan, node, true);
-    let status = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.node(node).ns,
-            "nft",
-            "add rule inet herald_test input udp sport 7946 drop",
-        ])
-        .status()?;
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.node(node).ns,
-            "nft",
-            "add chain inet herald_test output { type filter hook output priority 0; }",
-        ])
-        .status()?;
-    let rule = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.node(node).ns,
-            "nft",
-            "add rule inet herald_test output udp dport 7946 drop",
-        ])
-        .status()?;
-    anyhow::ensure!(
-        status.success() && out.success() && rule.success(),
-        "nft failed"
-    );
-    Ok(())
-}
-
 async fn scenario(name: &str, window: Duration) -> Result<()> {
     let (cp, lan, _controller) = setup(3).await;
     let client = cp.client();
@@ -120,7 +85,7 @@ async fn scenario(name: &str, window: Duration) -> Result<()> {
             ))
         }
         "blocked inbound gossip" => block_inbound_gossip(&lan, "n1", true),
-        "gossip partition" => partition(&lan, "n1")?,
+        "gossip partition" => partition_gossip(&lan, "n1"),
         "clock 1 h back" => {
             all[1].kill();
             _behind = Some(ClockBehind::start(&cp, &lan, "n2"));
