@@ -2,7 +2,7 @@
 //! generated certificates, an admin kubeconfig, Herald's CRDs installed. Dropping the
 //! `ControlPlane` stops both processes and removes every file, also when the test panics.
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,17 +17,35 @@ use kube::{Client, Config};
 use tempfile::TempDir;
 
 use crate::bins::{go_binary, repo_root};
+use crate::netns::{self, Forward};
 use crate::pki::Pki;
 use crate::process::Process;
 
 /// How long a cold API server may take to become ready on a loaded 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Where etcd and the API server run.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// On the test machine's loopback, on free ports.
+    Loopback,
+    /// Inside the network namespace `ns` of a LAN (a real cluster's control-plane host): etcd
+    /// on its loopback, the API server on port 6443 of every address and advertised as
+    /// `address`, where kubelets, kube-proxies and pods (through the `kubernetes` Service)
+    /// reach it. The test process reaches it through a forwarded loopback port.
+    Namespace { ns: String, address: IpAddr },
+}
+
+/// The API server's port inside a namespace (`Placement::Namespace`).
+pub const NAMESPACE_PORT: u16 = 6443;
+
+/// The `kubernetes` Service's ClusterIP (first of the service range): pods reach the API
+/// server there, so the serving certificate names it.
+const KUBERNETES_SERVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
+
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Address the API server listens on. Loopback by default; network-namespace tests bind it
-    /// to an address of a management link the node namespaces can reach.
-    pub bind_address: IpAddr,
+    pub placement: Placement,
     /// Install Herald's CRDs from `charts/herald/crds` once the server is ready.
     pub install_crds: bool,
     /// Write an audit log of every request (metadata level) to `audit_log()`.
@@ -37,7 +55,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            placement: Placement::Loopback,
             install_crds: std::env::var_os("HERALD_NO_CRDS").is_none(),
             audit: false,
         }
@@ -46,6 +64,7 @@ impl Default for Options {
 
 pub struct ControlPlane {
     // Field order is drop order: the API server stops before etcd, the files go last.
+    _forward: Option<Forward>,
     apiserver: Process,
     etcd: Process,
     client: Client,
@@ -84,13 +103,18 @@ impl ControlPlane {
     async fn try_start(options: &Options) -> Result<Self, StartError> {
         let dir = scratch_dir()?;
         let root = dir.path();
-        let pki = Pki::generate(
-            root,
-            &[IpAddr::V4(Ipv4Addr::LOCALHOST), options.bind_address],
-        )?;
+        let mut sans = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), KUBERNETES_SERVICE_IP];
+        if let Placement::Namespace { address, .. } = &options.placement {
+            sans.push(*address);
+        }
+        let pki = Pki::generate(root, &sans)?;
+        let command = |bin: &Path| match &options.placement {
+            Placement::Loopback => Command::new(bin),
+            Placement::Namespace { ns, .. } => netns::command_in_net(ns, bin),
+        };
 
         let (etcd_client, etcd_peer) = (free_port()?, free_port()?);
-        let mut etcd = Command::new(go_binary("etcd")?);
+        let mut etcd = command(&go_binary("etcd")?);
         etcd.args(["--name", "herald", "--data-dir"])
             .arg(root.join("etcd"))
             .args([
@@ -116,12 +140,20 @@ impl ControlPlane {
             .args(["--unsafe-no-fsync", "--log-level", "warn"]);
         let etcd = Process::spawn("etcd", etcd, &root.join("etcd.log"))?;
 
-        let port = free_port_on(options.bind_address)?;
-        let mut apiserver = Command::new(apiserver_binary()?);
+        let (bind, advertise, port) = match &options.placement {
+            Placement::Loopback => {
+                let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                (ip, ip, free_port()?)
+            }
+            Placement::Namespace { address, .. } => {
+                (IpAddr::V6(Ipv6Addr::UNSPECIFIED), *address, NAMESPACE_PORT)
+            }
+        };
+        let mut apiserver = command(&apiserver_binary()?);
         apiserver
             .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_client}")])
-            .args(["--bind-address", &options.bind_address.to_string()])
-            .args(["--advertise-address", &options.bind_address.to_string()])
+            .args(["--bind-address", &bind.to_string()])
+            .args(["--advertise-address", &advertise.to_string()])
             .args(["--secure-port", &port.to_string()])
             .arg("--tls-cert-file")
             .arg(&pki.serving_cert)
@@ -139,10 +171,14 @@ impl ControlPlane {
                 "10.96.0.0/16,fd00:10:96::/112",
             ])
             .args(["--authorization-mode", "RBAC"])
+            // `kubectl logs/exec` reach kubelets by address (node names resolve nowhere).
+            .args(["--kubelet-preferred-address-types", "InternalIP,Hostname"])
+            .args(["--allow-privileged", "--profiling=false", "--v", "0"]);
+        if let Placement::Loopback = options.placement {
             // No kubelet or kube-proxy reads the `kubernetes` endpoints here, and a loopback
             // advertise address would make the reconciler log errors forever.
-            .args(["--endpoint-reconciler-type", "none"])
-            .args(["--allow-privileged", "--profiling=false", "--v", "0"]);
+            apiserver.args(["--endpoint-reconciler-type", "none"]);
+        }
         if options.audit {
             let policy = root.join("audit-policy.yaml");
             std::fs::write(
@@ -163,15 +199,23 @@ impl ControlPlane {
             &root.join("kube-apiserver.log"),
         )?;
 
-        let url = match options.bind_address {
-            IpAddr::V4(ip) => format!("https://{ip}:{port}"),
-            IpAddr::V6(ip) => format!("https://[{ip}]:{port}"),
+        let forward = match &options.placement {
+            Placement::Loopback => None,
+            Placement::Namespace { ns, .. } => Some(Forward::into_namespace(
+                ns,
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            )?),
         };
+        let url = format!(
+            "https://127.0.0.1:{}",
+            forward.as_ref().map_or(port, Forward::port)
+        );
         let kubeconfig = root.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki))?;
         let client = client_from(&kubeconfig).await?;
 
         let mut cp = Self {
+            _forward: forward,
             apiserver,
             etcd,
             client,
@@ -208,6 +252,25 @@ impl ControlPlane {
             .join(format!("kubeconfig-{}", user.replace(':', "-")));
         std::fs::write(&path, out)?;
         Ok(path)
+    }
+
+    /// An admin kubeconfig for `server` (the API server's address as seen from elsewhere: a
+    /// node namespace, a pod), written as `name` in the scratch directory.
+    pub fn kubeconfig_for(&self, name: &str, server: &str) -> Result<PathBuf> {
+        let admin = std::fs::read_to_string(&self.kubeconfig)?;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, admin.replace(&self.url, server))?;
+        Ok(path)
+    }
+
+    /// The CA of the API server's certificates (also signs the admin's).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The key service-account tokens are signed with (for kube-controller-manager).
+    pub fn service_account_key(&self) -> PathBuf {
+        self.dir.path().join("service-account.key")
     }
 
     /// An admin client (`system:masters`).
@@ -344,11 +407,9 @@ fn scratch_dir() -> Result<TempDir> {
 }
 
 pub fn free_port() -> Result<u16> {
-    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
-fn free_port_on(ip: IpAddr) -> Result<u16> {
-    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn kubeconfig_yaml(url: &str, pki: &Pki) -> String {

@@ -3,6 +3,7 @@
 
 pub mod bins;
 pub mod client_view;
+pub mod cluster;
 pub mod control_plane;
 pub mod controller;
 pub mod l2;

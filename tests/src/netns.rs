@@ -46,6 +46,8 @@ pub struct Lan {
     prefix: String,
     pub nodes: Vec<Host>,
     pub client: Host,
+    /// Hosts added after creation (`add_host`), removed with the rest.
+    others: Vec<Host>,
     stop: Arc<AtomicBool>,
 }
 
@@ -66,19 +68,33 @@ impl Lan {
                 v6: Ipv6Addr::UNSPECIFIED,
                 mac: [0; 6],
             },
+            others: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
         for i in 0..nodes {
-            let host = lan.add_host(&format!("n{}", i + 1), 11 + i as u8)?;
+            let host = lan.create_host(&format!("n{}", i + 1), 11 + i as u8)?;
             lan.nodes.push(host);
         }
-        lan.client = lan.add_host("client", 200)?;
+        lan.client = lan.create_host("client", 200)?;
         Ok(lan)
     }
 
-    fn add_host(&self, name: &str, last: u8) -> Result<Host> {
+    /// Another host `name` on the LAN (192.0.2.`last`, 2001:db8::`last`), a control-plane
+    /// host say; removed with the LAN.
+    pub fn add_host(&mut self, name: &str, last: u8) -> Result<Host> {
+        let host = self.create_host(name, last)?;
+        self.others.push(host.clone());
+        Ok(host)
+    }
+
+    /// The prefix of every namespace name of this LAN.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn create_host(&self, name: &str, last: u8) -> Result<Host> {
         let ns = format!("{}-{name}", self.prefix);
         let bridge = format!("{}-br", self.prefix);
         ip(&["netns", "add", &ns])?;
@@ -195,7 +211,12 @@ impl Lan {
 impl Drop for Lan {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut all: Vec<String> = self.nodes.iter().map(|n| n.ns.clone()).collect();
+        let mut all: Vec<String> = self
+            .nodes
+            .iter()
+            .chain(&self.others)
+            .map(|n| n.ns.clone())
+            .collect();
         all.push(self.client.ns.clone());
         all.push(format!("{}-br", self.prefix));
         for ns in all {
@@ -241,6 +262,60 @@ pub fn command_in(ns: &str, program: &std::path::Path) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).arg(program);
     cmd
+}
+
+/// A command run in `ns`'s network namespace only. `ip netns exec` also remounts /sys, which
+/// hides the cgroup mounts from runc and the kubelet; real-cluster daemons start this way.
+pub fn command_in_net(ns: &str, program: &std::path::Path) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
+/// A loopback port of the test process's namespace that leads to `target` inside `ns` (the API
+/// server of a control plane in a namespace, for the test's clients and kubectl). Stops
+/// accepting on drop.
+pub struct Forward {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Forward {
+    pub fn into_namespace(ns: &str, target: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, stopped) = (ns.to_owned(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(outside) = conn else { continue };
+                let inside = in_ns(&ns, move || {
+                    TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                });
+                if let Ok(Ok(inside)) = inside {
+                    pipe(outside, inside);
+                }
+            }
+        });
+        Ok(Self { port, stop })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accepting thread so it sees the flag.
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+    }
 }
 
 /// Asks for `target` from the client (ARP for IPv4, a multicast Neighbor Solicitation for
@@ -454,10 +529,24 @@ pub fn tcp_hello(client: &Host, ip: IpAddr, port: u16) -> Result<String> {
 
 /// GET `path` from `127.0.0.1:port` inside `ns`.
 pub fn http_get_in(ns: &str, port: u16, path: &str) -> Result<String> {
+    http_get(
+        ns,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        path,
+        Duration::from_secs(5),
+    )
+}
+
+/// GET `path` from `addr` inside `ns`: the whole answer (status line, headers, body), within
+/// `timeout` for the connection and again for the answer.
+pub fn http_get(ns: &str, addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
     let path = path.to_owned();
     in_ns(ns, move || -> Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())?;
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)

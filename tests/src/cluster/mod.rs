@@ -1,0 +1,508 @@
+//! A real Kubernetes cluster on this machine, the way users run Herald: etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler in a control-plane namespace, and N nodes, each
+//! a network namespace with its own containerd, kubelet and kube-proxy, on one bridge LAN
+//! (192.0.2.0/24 and 2001:db8::/64) with a client namespace. Images are built locally
+//! (scripts/images) and loaded into every node; Herald is installed with `helm install`.
+//!
+//! Dropping the `Cluster` stops every process (by cgroup: daemons, shims and containers),
+//! unmounts and removes its files, deletes its namespaces and restores the sysctls the
+//! kubelet changes, also while a failed test unwinds; a run killed outright is cleaned up by
+//! the next cluster (`host::Claim`). One cluster at a time per machine.
+
+pub mod host;
+pub mod journey;
+pub mod node;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node as NodeObject;
+use kube::Client;
+use kube::api::{Api, ListParams};
+
+use crate::bins::{go_binary, repo_root};
+use crate::control_plane::{NAMESPACE_PORT, Placement};
+use crate::netns::{self, Host, Lan, command_in_net};
+use crate::{ControlPlane, Options, Process};
+pub use node::{Node, ProxyMode};
+
+/// The address of the control-plane host on the LAN.
+const CONTROL_PLANE_LAST: u8 = 2;
+/// How long nodes may take to register and turn Ready once their daemons run.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// The namespace and release name the journeys install Herald as.
+pub const RELEASE: &str = "herald";
+pub const NAMESPACE: &str = "herald-system";
+
+/// How a node's address sits on its LAN link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeLink {
+    /// On the veth itself (`eth0`).
+    Plain,
+    /// On a bridge `br0` with the veth enslaved to it (OVN-Kubernetes' `br-ex`, Proxmox hosts).
+    Bridge,
+    /// On a macvlan `mv0` over the veth, with its own MAC.
+    Macvlan,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub proxy_mode: ProxyMode,
+    /// The link of each node, by position; nodes past the end are `Plain`.
+    pub links: Vec<NodeLink>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            proxy_mode: ProxyMode::Nftables,
+            links: Vec::new(),
+        }
+    }
+}
+
+pub struct Cluster {
+    // Field order is drop order: nodes, then the control plane, then the LAN; the claim
+    // (which kills what is left in the cluster's cgroups and restores the machine) goes last.
+    pub nodes: Vec<Node>,
+    scheduler: Process,
+    controller_manager: Process,
+    cp: ControlPlane,
+    lan: Lan,
+    claim: host::Claim,
+    started: Duration,
+}
+
+impl Cluster {
+    pub async fn start(options: ClusterOptions) -> Result<Self> {
+        let begin = Instant::now();
+        let images = images()?;
+        let mut lan = Lan::create(options.nodes)?;
+        let claim = host::Claim::take(lan.prefix())?;
+        host::become_subreaper();
+        let cp_host = lan.add_host("cp", CONTROL_PLANE_LAST)?;
+        let cp = ControlPlane::start_with(Options {
+            placement: Placement::Namespace {
+                ns: cp_host.ns.clone(),
+                address: IpAddr::V4(cp_host.v4),
+            },
+            // Helm installs Herald's CRDs, as it does for users.
+            install_crds: false,
+            audit: false,
+        })
+        .await?;
+        let inside = cp.kubeconfig_for(
+            "kubeconfig-lan",
+            &format!("https://{}:{NAMESPACE_PORT}", cp_host.v4),
+        )?;
+        let local = cp.kubeconfig_for(
+            "kubeconfig-cp",
+            &format!("https://127.0.0.1:{NAMESPACE_PORT}"),
+        )?;
+        let controller_manager = control_plane_process(
+            &cp,
+            &cp_host,
+            "kube-controller-manager",
+            &[
+                "--kubeconfig",
+                &local.display().to_string(),
+                // Pod CIDRs are static per node (routed on the LAN), not allocated.
+                "--controllers",
+                "*,-nodeipam",
+                "--root-ca-file",
+                &cp.ca_cert().display().to_string(),
+                "--service-account-private-key-file",
+                &cp.service_account_key().display().to_string(),
+                "--use-service-account-credentials=false",
+                "--leader-elect=false",
+                "--bind-address",
+                "127.0.0.1",
+            ],
+        )?;
+        let scheduler = control_plane_process(
+            &cp,
+            &cp_host,
+            "kube-scheduler",
+            &[
+                "--kubeconfig",
+                &local.display().to_string(),
+                "--leader-elect=false",
+                "--bind-address",
+                "127.0.0.1",
+            ],
+        )?;
+
+        let mut hosts = lan.nodes.clone();
+        for (host, link) in hosts.iter_mut().zip(&options.links) {
+            reshape(host, *link)?;
+        }
+        lan.nodes = hosts.clone();
+        let addresses: Vec<(usize, IpAddr, IpAddr)> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i + 1, IpAddr::V4(h.v4), IpAddr::V6(h.v6)))
+            .collect();
+        let shared = node::Shared {
+            base: claim.base(),
+            prefix: lan.prefix(),
+            kubeconfig: &inside,
+            images: &images,
+            proxy_mode: options.proxy_mode,
+        };
+        let mut nodes = Vec::new();
+        for (i, host) in hosts.into_iter().enumerate() {
+            let others: Vec<_> = addresses.iter().filter(|a| a.0 != i + 1).cloned().collect();
+            let gateway = (IpAddr::V4(cp_host.v4), IpAddr::V6(cp_host.v6));
+            node::routes(&host.ns, gateway, &others)?;
+            let name = format!("n{}", i + 1);
+            nodes.push(Node::start(i + 1, &name, host, &shared)?);
+        }
+        let mut cluster = Self {
+            nodes,
+            scheduler,
+            controller_manager,
+            cp,
+            lan,
+            claim,
+            started: Duration::ZERO,
+        };
+        cluster.wait_nodes_ready().await?;
+        cluster.started = begin.elapsed();
+        tracing::info!(
+            seconds = cluster.started.as_secs_f64(),
+            nodes = cluster.nodes.len(),
+            "real cluster ready"
+        );
+        Ok(cluster)
+    }
+
+    async fn wait_nodes_ready(&mut self) -> Result<()> {
+        let api: Api<NodeObject> = Api::all(self.client());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = api
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|n| {
+                            n.status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|c| {
+                                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                })
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            if ready == self.nodes.len() {
+                return Ok(());
+            }
+            for node in &mut self.nodes {
+                if let Some(exited) = node.exited() {
+                    bail!("a daemon of node {} exited: {exited}", node.name);
+                }
+            }
+            for p in [&mut self.scheduler, &mut self.controller_manager] {
+                if let Some(exited) = p.exited() {
+                    bail!("{exited}");
+                }
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- kubelet of {}:\n{}", n.name, n.log_tail("kubelet", 15)))
+                    .collect();
+                bail!(
+                    "{ready} of {} nodes Ready after {READY_TIMEOUT:?}\n{}",
+                    self.nodes.len(),
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// How long `start` took, images and all.
+    pub fn startup(&self) -> Duration {
+        self.started
+    }
+
+    /// An admin client (through a loopback port of the test process).
+    pub fn client(&self) -> Client {
+        self.cp.client()
+    }
+
+    /// An admin kubeconfig for kubectl and helm run by the test process.
+    pub fn kubeconfig(&self) -> &Path {
+        self.cp.kubeconfig()
+    }
+
+    pub fn lan(&self) -> &Lan {
+        &self.lan
+    }
+
+    pub fn client_host(&self) -> &Host {
+        &self.lan.client
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or(&self.nodes[0])
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.name == name)
+    }
+
+    /// The node whose LAN MAC is `mac`.
+    pub fn node_of_mac(&self, mac: [u8; 6]) -> Option<&str> {
+        self.nodes
+            .iter()
+            .find(|n| n.host.mac == mac)
+            .map(|n| n.name.as_str())
+    }
+
+    /// Runs `helm ARGS` as the admin; its output, or an error with it.
+    pub fn helm(&self, args: &[&str]) -> Result<String> {
+        self.tool("helm", args)
+    }
+
+    /// Runs `kubectl ARGS` as the admin.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.tool("kubectl", args)
+    }
+
+    fn tool(&self, name: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new(go_binary(name)?)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECACHEDIR", self.claim.base().join("kube-cache"))
+            .env("HELM_CACHE_HOME", self.claim.base().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.claim.base().join("helm/config"))
+            .env("HELM_DATA_HOME", self.claim.base().join("helm/data"))
+            .output()
+            .with_context(|| format!("running {name}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("{name} {}: {}", args.join(" "), text.trim());
+        }
+        Ok(text)
+    }
+
+    /// `helm install` of the chart in this repository with default values, the image built
+    /// here, and `extra` arguments (`--set` ...); waits until every pod is Ready.
+    pub fn install_herald(&self, extra: &[&str]) -> Result<String> {
+        let chart = repo_root().join("charts/herald");
+        let mut args = vec![
+            "install",
+            RELEASE,
+            chart.to_str().context("chart path")?,
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+        ];
+        args.extend(LOCAL_IMAGE);
+        args.extend(["--wait", "--timeout", "180s"]);
+        args.extend(extra);
+        self.helm(&args)
+    }
+
+    /// GET `/` of `ip:port` from the client namespace: the app's answer body
+    /// (`pod=NAME client=ADDRESS`).
+    pub fn get_from_client(&self, ip: IpAddr, port: u16, timeout: Duration) -> Result<String> {
+        let answer = netns::http_get(&self.lan.client.ns, SocketAddr::new(ip, port), "/", timeout)?;
+        answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .map(|b| b.trim().to_owned())
+            .filter(|b| b.starts_with("pod="))
+            .with_context(|| format!("unexpected answer from {ip}:{port}: {answer:?}"))
+    }
+
+    /// What a user would look at when something is wrong: pods, recent events, the
+    /// speakers' and controllers' last log lines.
+    pub fn diagnose(&self) -> String {
+        let mut out = String::new();
+        let mut run = |title: &str, args: &[&str]| {
+            out.push_str(&format!("--- {title}\n"));
+            out.push_str(&self.kubectl(args).unwrap_or_else(|e| format!("{e:#}")));
+        };
+        run("pods", &["get", "pods", "-A", "-o", "wide"]);
+        run(
+            "events",
+            &["get", "events", "-A", "--sort-by", ".lastTimestamp"],
+        );
+        run(
+            "speakers",
+            &[
+                "-n",
+                NAMESPACE,
+                "logs",
+                "-l",
+                "app.kubernetes.io/component=speaker",
+                "--prefix",
+                "--tail",
+                "15",
+            ],
+        );
+        run(
+            "controllers",
+            &[
+                "-n",
+                NAMESPACE,
+                "logs",
+                "-l",
+                "app.kubernetes.io/component=controller",
+                "--tail",
+                "15",
+            ],
+        );
+        out
+    }
+
+    /// The node dies: kubelet, containerd, kube-proxy and its pods killed, and its link down
+    /// (a dead machine forwards nothing; its kernel's kube-proxy rules would outlive the
+    /// daemons otherwise).
+    pub fn kill_node(&mut self, name: &str) -> Result<()> {
+        let node = self
+            .node_mut(name)
+            .with_context(|| format!("no node {name}"))?;
+        node.kill();
+        netns::ip(&["-n", &node.host.ns, "link", "set", "eth0", "down"])
+    }
+}
+
+/// The values that point the chart at the image built here.
+pub const LOCAL_IMAGE: [&str; 4] = [
+    "--set",
+    "image.repository=herald.local/herald",
+    "--set",
+    "image.tag=dev",
+];
+
+/// The image tars (scripts/images, built once per test process): pause, Herald, the app.
+fn images() -> Result<Vec<PathBuf>> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let mut cmd = Command::new(repo_root().join("scripts/images"));
+        // Cargo's per-test variables (CARGO_PKG_*, CARGO_MANIFEST_DIR...) would make the
+        // release build inside look changed and rebuild every time.
+        for (key, _) in std::env::vars_os() {
+            if let Some(k) = key.to_str()
+                && k.starts_with("CARGO_")
+                && !matches!(k, "CARGO_HOME" | "CARGO_TARGET_DIR")
+            {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| format!("running scripts/images: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/images failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .map(PathBuf::from)
+            .ok_or_else(|| "scripts/images printed no directory".to_owned())
+    });
+    let dir = dir.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(["pause", "herald", "app"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.tar")))
+        .collect())
+}
+
+fn control_plane_process(
+    cp: &ControlPlane,
+    host: &Host,
+    name: &str,
+    args: &[&str],
+) -> Result<Process> {
+    let mut cmd = command_in_net(&host.ns, &go_binary(name)?);
+    cmd.args(args);
+    Process::spawn(name, cmd, &cp.dir().join(format!("{name}.log")))
+}
+
+/// Moves the node's addresses from its veth to a bridge or a macvlan on it.
+fn reshape(host: &mut Host, link: NodeLink) -> Result<()> {
+    let ns = host.ns.clone();
+    let ip = |args: &[&str]| {
+        let mut all = vec!["-n", ns.as_str()];
+        all.extend(args);
+        netns::ip(&all)
+    };
+    let device = match link {
+        NodeLink::Plain => return Ok(()),
+        NodeLink::Bridge => {
+            // The bridge keeps the veth's MAC, as a host bridge over its NIC does.
+            ip(&[
+                "link",
+                "add",
+                "br0",
+                "address",
+                &mac_text(host.mac),
+                "type",
+                "bridge",
+            ])?;
+            ip(&["link", "set", "eth0", "master", "br0"])?;
+            "br0"
+        }
+        NodeLink::Macvlan => {
+            host.mac[4] = 1;
+            ip(&[
+                "link",
+                "add",
+                "mv0",
+                "link",
+                "eth0",
+                "address",
+                &mac_text(host.mac),
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ])?;
+            "mv0"
+        }
+    };
+    let (v4, v6) = (format!("{}/24", host.v4), format!("{}/64", host.v6));
+    ip(&["addr", "del", &v4, "dev", "eth0"])?;
+    ip(&["addr", "del", &v6, "dev", "eth0"])?;
+    ip(&["addr", "add", &v4, "dev", device])?;
+    ip(&["addr", "add", &v6, "dev", device, "nodad"])?;
+    ip(&["link", "set", device, "up"])?;
+    Ok(())
+}
+
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// An address of the LAN that no host has (for pools).
+pub fn lan_address(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+}

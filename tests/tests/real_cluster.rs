@@ -1,0 +1,223 @@
+//! Herald as users install it: the chart installed with `helm install` (default values, the
+//! image built here) on a real cluster of kubelet, containerd and kube-proxy nodes
+//! (tests/src/cluster), judged by a client on the LAN. One cluster at a time; every test is
+//! named `journey_*` (scripts/test runs them once, on the current Kubernetes).
+
+use std::time::Duration;
+
+use herald_tests::cluster::journey::{
+    LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, pin_web_to,
+    web_ready_on, web_vips,
+};
+use herald_tests::cluster::{Cluster, ClusterOptions, NodeLink};
+use herald_tests::objects::apply;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn cluster_with_herald(options: ClusterOptions) -> Cluster {
+    herald_tests::init_tracing();
+    let cluster = Cluster::start(options).await.expect("cluster");
+    if let Err(e) = cluster.install_herald(&[]) {
+        panic!("helm install: {e:#}\n{}", cluster.diagnose());
+    }
+    apply(&cluster.client(), LAN_POOL).await;
+    cluster
+}
+
+/// Journey 2: a Deployment behind a LoadBalancer Service is reached through both VIPs, with
+/// kube-proxy in the path, and exactly one node answers ARP and NDP for them.
+#[tokio::test]
+async fn journey_service_reached_through_one_answer_per_vip() {
+    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let client = cluster.client();
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    let (v4, v6) = web_vips(&client).await;
+    for vip in [v4, v6] {
+        let owner = cluster.one_answer(vip, SETTLE, |_| true);
+        assert!(
+            cluster.nodes.iter().any(|n| n.name == owner),
+            "{vip} answered by {owner}, not a node"
+        );
+        for _ in 0..20 {
+            assert_eq!(cluster.answers(vip), vec![owner.clone()], "{vip}");
+        }
+        let body = cluster
+            .get_from_client(vip, 80, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("GET {vip}: {e:#}\n{}", cluster.diagnose()));
+        assert!(body.starts_with("pod=web-"), "{vip}: {body}");
+    }
+}
+
+/// Journey 3: `externalTrafficPolicy: Local` keeps the client's address, only a node with a
+/// ready pod announces, and the announcement follows the pod.
+#[tokio::test]
+async fn journey_local_traffic_keeps_the_client_address_and_follows_the_pod() {
+    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let client = cluster.client();
+    let client_ip = cluster.client_host().v4.to_string();
+    deploy_web(&client, 1, Traffic::Local).await;
+    pin_web_to(&client, "n2").await;
+    assert_eq!(web_ready_on(&client, 1, SETTLE).await, ["n2"]);
+    let (v4, v6) = web_vips(&client).await;
+    for vip in [v4, v6] {
+        assert_eq!(cluster.one_answer(vip, SETTLE, |n| n == "n2"), "n2");
+    }
+    // Every request lands on the node with the pod, and the pod sees the client itself.
+    for _ in 0..20 {
+        let body = cluster
+            .get_from_client(v4, 80, Duration::from_secs(2))
+            .expect("GET through the VIP");
+        assert!(
+            body.ends_with(&format!("client={client_ip}")),
+            "the pod saw another address than the client's {client_ip}: {body}"
+        );
+    }
+    // The pod moves: so does the announcement, and requests keep landing on a pod.
+    pin_web_to(&client, "n3").await;
+    assert_eq!(web_ready_on(&client, 1, SETTLE).await, ["n3"]);
+    for vip in [v4, v6] {
+        assert_eq!(cluster.one_answer(vip, SETTLE, |n| n == "n3"), "n3");
+    }
+    let body = cluster
+        .get_from_client(v4, 80, Duration::from_secs(2))
+        .expect("GET after the move");
+    assert!(body.ends_with(&format!("client={client_ip}")), "{body}");
+    // Scaled to a pod on every node but n1: one node answers, never n1.
+    keep_web_off(&client, "n1").await;
+    herald_tests::cluster::journey::patch_web(
+        &client,
+        serde_json::json!({"spec": {"replicas": 2, "template": {"spec": {"nodeSelector": null,
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}},
+                "matchLabelKeys": ["pod-template-hash"]}]}}}}),
+    )
+    .await;
+    let mut nodes = web_ready_on(&client, 2, SETTLE).await;
+    nodes.sort();
+    assert_eq!(nodes, ["n2", "n3"]);
+    for vip in [v4, v6] {
+        let owner = cluster.one_answer(vip, SETTLE, |n| n == "n2" || n == "n3");
+        for _ in 0..10 {
+            assert_eq!(cluster.answers(vip), vec![owner.clone()]);
+        }
+    }
+}
+
+/// Journey 4: nodes whose address sits on a bridge or a macvlan announce with the default
+/// L2Advertisement, from the MAC of the device holding the address.
+#[tokio::test]
+async fn journey_nodes_on_a_bridge_or_macvlan_announce() {
+    let cluster = cluster_with_herald(ClusterOptions {
+        links: vec![NodeLink::Bridge, NodeLink::Macvlan, NodeLink::Plain],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = cluster.client();
+    deploy_web(&client, 1, Traffic::Local).await;
+    for node in ["n1", "n2"] {
+        pin_web_to(&client, node).await;
+        assert_eq!(web_ready_on(&client, 1, SETTLE).await, [node]);
+        let (v4, v6) = web_vips(&client).await;
+        for vip in [v4, v6] {
+            assert_eq!(
+                cluster.one_answer(vip, SETTLE, |n| n == node),
+                node,
+                "{vip} on {node}\n{}",
+                cluster.diagnose()
+            );
+        }
+        let body = cluster
+            .get_from_client(v4, 80, Duration::from_secs(2))
+            .expect("GET through the VIP");
+        assert!(body.starts_with("pod=web-"), "{body}");
+    }
+}
+
+/// Journey 5: the announcing node dies (kubelet, containerd, kube-proxy and its pods killed);
+/// the client's requests flow again through another node. Prints the gap it saw.
+#[tokio::test]
+async fn journey_node_death_moves_the_vip() {
+    let mut cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let client = cluster.client();
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    let (v4, _) = web_vips(&client).await;
+    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    // The app runs elsewhere: the gap measured is Herald's, not the endpoints' (a dead node's
+    // pods stay endpoints until its Lease expires, ~50 s).
+    keep_web_off(&client, &owner).await;
+    let nodes = web_ready_on(&client, 2, SETTLE).await;
+    assert!(!nodes.contains(&owner), "{nodes:?}");
+    let requests = Requests::start(&cluster, v4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.kill_node(&owner).expect("killing the node");
+    let next = cluster.one_answer(v4, SETTLE, |n| n != owner);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcomes = requests.finish();
+    let gap = longest_gap(&outcomes);
+    println!(
+        "node death: {owner} killed, {next} answers; longest client gap {} ms, {} of {} requests failed",
+        gap.as_millis(),
+        failed(&outcomes),
+        outcomes.len()
+    );
+    assert!(
+        outcomes.last().is_some_and(|o| o.answer.is_some()),
+        "requests did not flow again: {:?}",
+        outcomes.last()
+    );
+    assert!(gap < Duration::from_secs(5), "gap {gap:?}");
+}
+
+/// Journey 6: `helm upgrade` with a changed value rolls every speaker under steady traffic;
+/// the VIP is never unanswered for longer than a failover. Prints the gap.
+#[tokio::test]
+async fn journey_rolling_upgrade_keeps_the_vip() {
+    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let client = cluster.client();
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    let (v4, _) = web_vips(&client).await;
+    cluster.one_answer(v4, SETTLE, |_| true);
+    let requests = Requests::start(&cluster, v4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let chart = herald_tests::bins::repo_root().join("charts/herald");
+    let mut args = vec![
+        "upgrade",
+        herald_tests::cluster::RELEASE,
+        chart.to_str().expect("chart path"),
+        "--namespace",
+        herald_tests::cluster::NAMESPACE,
+        "--reuse-values",
+        "--set",
+        "speaker.refreshSeconds=20",
+        "--wait",
+        "--timeout",
+        "180s",
+    ];
+    args.extend(herald_tests::cluster::LOCAL_IMAGE);
+    cluster.helm(&args).expect("helm upgrade");
+    let rolled = cluster
+        .kubectl(&[
+            "-n",
+            herald_tests::cluster::NAMESPACE,
+            "rollout",
+            "status",
+            "daemonset/herald-speaker",
+            "--timeout",
+            "120s",
+        ])
+        .expect("rollout");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = requests.finish();
+    let gap = longest_gap(&outcomes);
+    println!(
+        "rolling upgrade ({}): longest client gap {} ms, {} of {} requests failed",
+        rolled.trim(),
+        gap.as_millis(),
+        failed(&outcomes),
+        outcomes.len()
+    );
+    assert!(gap < Duration::from_secs(1), "gap {gap:?}");
+    cluster.one_answer(v4, SETTLE, |_| true);
+}
