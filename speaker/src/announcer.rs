@@ -1,6 +1,8 @@
 //! Answers for the IPs this node owns, one task per interface: gratuitous ARP / unsolicited
 //! NA a few times when an IP is gained (and every `refresh` if set), and answers to ARP
-//! requests and Neighbor Solicitations for owned IPs only.
+//! requests and Neighbor Solicitations for owned IPs only. Each task also probes its IPs and
+//! watches the link for another host answering for them (`conflicts`), and publishes what it
+//! finds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -12,10 +14,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::conflicts::{Conflict, ForeignAnswers};
 use crate::interfaces::Interface;
 use crate::link_socket::LinkSocket;
 use crate::metrics;
 use crate::packet::{self, MacAddr, Query};
+
+/// How often a task probes the next due IPs and re-reads its conflicts.
+const PROBE_TICK: Duration = Duration::from_millis(200);
+
+/// Conflicts found, per interface index.
+pub type Conflicts = BTreeMap<u32, BTreeSet<Conflict>>;
 
 /// How many times, and how far apart, a gained IP is announced.
 const BURST: [Duration; 3] = [
@@ -29,12 +38,20 @@ pub type Plan = BTreeMap<u32, BTreeSet<IpAddr>>;
 
 /// The task answering on one interface, what it answers for, and the interface it was
 /// started for (restarted when the interface changes).
-type Link = (watch::Sender<BTreeSet<IpAddr>>, JoinHandle<()>, Interface);
+type Task = (watch::Sender<BTreeSet<IpAddr>>, JoinHandle<()>, Interface);
+
+/// The interface a task serves.
+struct Link {
+    index: u32,
+    name: String,
+    mac: MacAddr,
+}
 
 pub struct Announcer {
     refresh: Duration,
     registry: Arc<Registry>,
-    links: BTreeMap<u32, Link>,
+    links: BTreeMap<u32, Task>,
+    conflicts: Arc<watch::Sender<Conflicts>>,
 }
 
 impl Announcer {
@@ -43,7 +60,13 @@ impl Announcer {
             refresh,
             registry,
             links: BTreeMap::new(),
+            conflicts: Arc::new(watch::channel(Conflicts::new()).0),
         }
+    }
+
+    /// Another host answering for IPs this node announces, as the tasks find it.
+    pub fn conflicts(&self) -> watch::Receiver<Conflicts> {
+        self.conflicts.subscribe()
     }
 
     /// Makes the per-interface tasks answer for exactly `plan`.
@@ -64,6 +87,12 @@ impl Announcer {
                 task.abort();
                 tracing::debug!(interface = %iface.name, "stopped answering");
             }
+            let mut gone = BTreeSet::new();
+            self.conflicts.send_if_modified(|all| {
+                gone = all.remove(&index).unwrap_or_default();
+                !gone.is_empty()
+            });
+            publish_metrics(&self.registry, &gone, &BTreeSet::new());
         }
         for (index, ips) in plan {
             if ips.is_empty() {
@@ -91,11 +120,15 @@ impl Announcer {
             let (tx, rx) = watch::channel(ips.clone());
             let task = tokio::spawn(serve(
                 socket,
-                iface.name.clone(),
-                MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]),
+                Link {
+                    index: *index,
+                    name: iface.name.clone(),
+                    mac: MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]),
+                },
                 rx,
                 self.refresh,
                 self.registry.clone(),
+                self.conflicts.clone(),
             ));
             self.links.insert(*index, (tx, task, iface.clone()));
         }
@@ -115,12 +148,13 @@ impl Drop for Announcer {
 
 async fn serve(
     mut socket: LinkSocket,
-    name: String,
-    mac: MacAddr,
+    link: Link,
     mut owned: watch::Receiver<BTreeSet<IpAddr>>,
     refresh: Duration,
     registry: Arc<Registry>,
+    conflicts: Arc<watch::Sender<Conflicts>>,
 ) {
+    let Link { index, name, mac } = link;
     let mut current: BTreeSet<IpAddr> = BTreeSet::new();
     // Pending announcements: when, and which IP.
     let mut due: BTreeSet<(Instant, IpAddr)> = BTreeSet::new();
@@ -128,6 +162,10 @@ async fn serve(
     let mut buf = vec![0u8; 2048];
     // One line a second at most: under Service churn the owned set changes many times.
     let mut log_limit = crate::logs::RateLimit::new(Duration::from_secs(1));
+    let mut foreign = ForeignAnswers::default();
+    let mut found: BTreeSet<Conflict> = BTreeSet::new();
+    let mut probe_tick = tokio::time::interval(PROBE_TICK);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     owned.mark_changed();
     loop {
         let next_due = due.first().map(|(t, _)| *t);
@@ -146,6 +184,7 @@ async fn serve(
                     for delay in BURST { due.insert((now + delay, *ip)); }
                 }
                 due.retain(|(_, ip)| wanted.contains(ip));
+                foreign.owned(&wanted, now.into_std());
                 let groups = wanted.iter().filter_map(|ip| match ip {
                     IpAddr::V6(v6) => Some(packet::mac_bytes(packet::multicast_mac(packet::solicited_node_group(*v6)))),
                     IpAddr::V4(_) => None,
@@ -169,8 +208,15 @@ async fn serve(
             }
             received = socket.recv(&mut buf) => match received {
                 Ok(n) => {
-                    if let Some(q) = buf.get(..n).and_then(packet::parse) {
-                        answer(&socket, mac, &current, &q, &registry, &name);
+                    let frame = buf.get(..n).unwrap_or_default();
+                    // A packet socket also sees this node's own frames: nothing to answer.
+                    if packet::eth_source(frame).is_some_and(|source| source != mac) {
+                        if let Some(claim) = packet::claim(frame) {
+                            foreign.saw(claim, mac, Instant::now().into_std());
+                        }
+                        if let Some(q) = packet::parse(frame) {
+                            answer(&socket, mac, &current, &q, &registry, &name);
+                        }
                     }
                 }
                 Err(e) => {
@@ -178,6 +224,24 @@ async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            _ = probe_tick.tick() => {
+                let now = Instant::now().into_std();
+                for ip in foreign.due(now) {
+                    probe(&socket, mac, ip, &name);
+                }
+                let now_found = foreign.conflicts(now);
+                if now_found != found {
+                    publish_metrics(&registry, &found, &now_found);
+                    conflicts.send_modify(|all| {
+                        if now_found.is_empty() {
+                            all.remove(&index);
+                        } else {
+                            all.insert(index, now_found.clone());
+                        }
+                    });
+                    found = now_found;
+                }
+            }
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 while let Some((t, ip)) = due.first().copied() {
@@ -191,6 +255,32 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// The foreign-answer gauge follows the conflicts found: one series per IP and other MAC.
+fn publish_metrics(registry: &Registry, before: &BTreeSet<Conflict>, after: &BTreeSet<Conflict>) {
+    for c in before.difference(after) {
+        registry.remove_matching(metrics::FOREIGN_ANSWERS, "ip", &c.ip.to_string());
+    }
+    for c in after.difference(before) {
+        let mac = crate::conflicts::mac_text(c.mac);
+        registry.set(
+            metrics::FOREIGN_ANSWERS,
+            &[("ip", &c.ip.to_string()), ("mac", &mac)],
+            1.0,
+        );
+    }
+}
+
+/// Asks the link who has `ip` (an ARP probe or a DAD solicitation): another holder answers.
+fn probe(socket: &LinkSocket, mac: MacAddr, ip: IpAddr, name: &str) {
+    let frame = match ip {
+        IpAddr::V4(v4) => packet::arp_probe(mac, v4),
+        IpAddr::V6(v6) => packet::dad_probe(mac, v6),
+    };
+    if let Err(e) = socket.send(&frame) {
+        tracing::debug!(interface = %name, %ip, "probing: {e}");
     }
 }
 

@@ -1,5 +1,6 @@
-//! An AF_PACKET socket on one interface that wakes only for ARP requests and ICMPv6
-//! Neighbor Solicitations (a classic BPF filter attached before bind), and sends raw frames.
+//! An AF_PACKET socket on one interface that wakes only for ARP and for ICMPv6 Neighbor
+//! Solicitations and Advertisements (a classic BPF filter attached before bind), and sends
+//! raw frames.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -9,19 +10,19 @@ use tokio::io::unix::AsyncFd;
 
 const ETH_P_ALL: u16 = 0x0003;
 
-/// ARP requests (ethertype 0x0806, op 1) and ICMPv6 type 135 directly after the IPv6 header.
-const FILTER: [libc::sock_filter; 11] = [
-    op(0x28, 0, 0, 12),     // ldh [12]          ethertype
-    op(0x15, 0, 2, 0x0806), // jeq ARP           -> 2, else 4
-    op(0x28, 0, 0, 20),     // ldh [20]          ARP operation
-    op(0x15, 5, 6, 1),      // jeq request       -> accept, else drop
-    op(0x15, 0, 5, 0x86dd), // jeq IPv6          -> 5, else drop
-    op(0x30, 0, 0, 20),     // ldb [20]          next header
-    op(0x15, 0, 3, 58),     // jeq ICMPv6        -> 7, else drop
-    op(0x30, 0, 0, 54),     // ldb [54]          ICMPv6 type
-    op(0x15, 0, 1, 135),    // jeq NS            -> accept, else drop
-    op(0x06, 0, 0, 0xffff), // accept
-    op(0x06, 0, 0, 0),      // drop
+/// ARP (ethertype 0x0806: requests to answer, and every sender's claim, replies included),
+/// and ICMPv6 types 135 (NS) and 136 (NA) directly after the IPv6 header.
+const FILTER: [libc::sock_filter; 10] = [
+    op(0x28, 0, 0, 12),     // 0: ldh [12]          ethertype
+    op(0x15, 6, 0, 0x0806), // 1: jeq ARP           -> accept, else 2
+    op(0x15, 0, 6, 0x86dd), // 2: jeq IPv6          -> 3, else drop
+    op(0x30, 0, 0, 20),     // 3: ldb [20]          next header
+    op(0x15, 0, 4, 58),     // 4: jeq ICMPv6        -> 5, else drop
+    op(0x30, 0, 0, 54),     // 5: ldb [54]          ICMPv6 type
+    op(0x15, 1, 0, 135),    // 6: jeq NS            -> accept, else 7
+    op(0x15, 0, 1, 136),    // 7: jeq NA            -> accept, else drop
+    op(0x06, 0, 0, 0xffff), // 8: accept
+    op(0x06, 0, 0, 0),      // 9: drop
 ];
 
 const fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {

@@ -3,6 +3,7 @@
 
 mod announcements;
 mod announcer;
+mod conflicts;
 mod election;
 mod endpoints;
 mod gossip;

@@ -8,8 +8,14 @@ pub const ANSWERS: &str = "herald_speaker_requests_answered_total";
 pub const MEMBERS: &str = "herald_speaker_members";
 pub const OWNERSHIP_CHANGES: &str = "herald_speaker_ownership_changes_total";
 pub const ISOLATED: &str = "herald_speaker_isolated";
+pub const FOREIGN_ANSWERS: &str = "herald_speaker_foreign_answers";
 
 pub fn describe(r: &Registry) {
+    r.describe(
+        FOREIGN_ANSWERS,
+        Kind::Gauge,
+        "1 per IP this node announces that another host (label mac) also answers ARP or NDP for: kube-proxy in IPVS mode without strictARP, or the address on a host's interface.",
+    );
     r.describe(
         ISOLATED,
         Kind::Gauge,

@@ -4,7 +4,7 @@
 //! Received ICMPv6 options are walked by hand: pnet_packet's `get_options()` can panic on
 //! hostile option lengths.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use pnet_base::MacAddr;
 use pnet_packet::Packet;
@@ -22,6 +22,7 @@ const IPV6_HEADER: usize = 40;
 const NA_LEN: usize = 24 + 8;
 const NS_MIN_LEN: usize = 24;
 const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
 
 /// A question from the LAN the speaker may have to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +129,132 @@ fn parse_ns(eth_source: MacAddr, payload: &[u8]) -> Option<Query> {
         source_ip,
         target,
     })
+}
+
+/// Someone on the LAN saying `ip` is at `mac`: the sender of an ARP packet (a request,
+/// gratuitous or not, or a reply), or the target of a Neighbor Advertisement carrying a
+/// Target Link-Layer Address. How another host answering for an IP this node announces shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+}
+
+/// Reads a `Claim` out of an Ethernet frame; anything else or malformed is `None`.
+pub fn claim(frame: &[u8]) -> Option<Claim> {
+    let eth = EthernetPacket::new(frame)?;
+    match eth.get_ethertype() {
+        EtherTypes::Arp => claim_arp(eth.payload()),
+        EtherTypes::Ipv6 => claim_na(eth.payload()),
+        _ => None,
+    }
+}
+
+fn claim_arp(payload: &[u8]) -> Option<Claim> {
+    let arp = ArpPacket::new(payload)?;
+    let op = arp.get_operation();
+    let well_formed = arp.get_hardware_type() == ArpHardwareTypes::Ethernet
+        && arp.get_protocol_type() == EtherTypes::Ipv4
+        && arp.get_hw_addr_len() == 6
+        && arp.get_proto_addr_len() == 4
+        && (op == ArpOperations::Request || op == ArpOperations::Reply);
+    let ip = arp.get_sender_proto_addr();
+    // A probe (RFC 5227, from 0.0.0.0) claims nothing.
+    (well_formed && !ip.is_unspecified()).then(|| Claim {
+        ip: ip.into(),
+        mac: arp.get_sender_hw_addr(),
+    })
+}
+
+/// A Neighbor Advertisement's target and link-layer address, validated as RFC 4861 7.1.2
+/// says (hop limit 255, code 0, checksum, a unicast target, no Solicited flag when sent to a
+/// multicast group).
+fn claim_na(payload: &[u8]) -> Option<Claim> {
+    let header = payload.get(..IPV6_HEADER)?;
+    if header[0] >> 4 != 6 || header[6] != 58 || header[7] != 255 {
+        return None;
+    }
+    let declared = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let icmp = payload.get(IPV6_HEADER..IPV6_HEADER + declared)?;
+    let source_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(8..24)?).ok()?);
+    let dest_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(24..40)?).ok()?);
+    if icmp.len() < NS_MIN_LEN || icmp[0] != ICMPV6_NEIGHBOR_ADVERT || icmp[1] != 0 {
+        return None;
+    }
+    if !icmpv6_checksum_ok(source_ip, dest_ip, icmp) {
+        return None;
+    }
+    let solicited = icmp[4] & 0x40 != 0;
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(icmp.get(8..24)?).ok()?);
+    if target.is_multicast() || (dest_ip.is_multicast() && solicited) {
+        return None;
+    }
+    let mut options = icmp.get(NS_MIN_LEN..)?;
+    let mut mac = None;
+    while !options.is_empty() {
+        let (kind, units) = (options.first()?, usize::from(*options.get(1)?));
+        if units == 0 {
+            return None;
+        }
+        let option = options.get(..units * 8)?;
+        if *kind == 2 {
+            let m = option.get(2..8)?;
+            mac = Some(MacAddr::new(m[0], m[1], m[2], m[3], m[4], m[5]));
+        }
+        options = options.get(units * 8..)?;
+    }
+    Some(Claim {
+        ip: target.into(),
+        mac: mac?,
+    })
+}
+
+/// An ARP probe for `ip` (RFC 5227: sender address 0.0.0.0, broadcast). Any host holding the
+/// address answers it, so another host answering for an IP this node announces shows up.
+pub fn arp_probe(our_mac: MacAddr, ip: Ipv4Addr) -> Vec<u8> {
+    arp_frame(
+        ArpOperations::Request,
+        our_mac,
+        Ipv4Addr::UNSPECIFIED,
+        MacAddr::zero(),
+        ip,
+        MacAddr::broadcast(),
+    )
+}
+
+/// A duplicate address detection probe for `ip` (RFC 4862 5.4.2: a Neighbor Solicitation from
+/// `::` to the solicited-node group, no options); a host holding the address answers to all
+/// nodes.
+pub fn dad_probe(our_mac: MacAddr, ip: Ipv6Addr) -> Vec<u8> {
+    let group = solicited_node_group(ip);
+    let mut icmp = vec![ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&ip.octets());
+    let checksum = Icmpv6Packet::new(&icmp)
+        .map(|p| pnet_packet::icmpv6::checksum(&p, &Ipv6Addr::UNSPECIFIED, &group))
+        .unwrap_or(0);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut buf = vec![0u8; ETH_HEADER + IPV6_HEADER];
+    if let Some(mut eth) = MutableEthernetPacket::new(&mut buf) {
+        eth.set_destination(multicast_mac(group));
+        eth.set_source(our_mac);
+        eth.set_ethertype(EtherTypes::Ipv6);
+    }
+    if let Some(mut ip6) = MutableIpv6Packet::new(&mut buf[ETH_HEADER..]) {
+        ip6.set_version(6);
+        ip6.set_payload_length(icmp.len() as u16);
+        ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        ip6.set_hop_limit(255);
+        ip6.set_source(Ipv6Addr::UNSPECIFIED);
+        ip6.set_destination(group);
+    }
+    buf.extend_from_slice(&icmp);
+    buf
+}
+
+/// The Ethernet source of a frame (to skip the speaker's own frames, which a packet socket
+/// also receives).
+pub fn eth_source(frame: &[u8]) -> Option<MacAddr> {
+    EthernetPacket::new(frame).map(|e| e.get_source())
 }
 
 /// Whether an ICMPv6 message's checksum (over the IPv6 pseudo-header and the message, RFC

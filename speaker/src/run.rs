@@ -21,6 +21,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::announcements::Seen;
 use crate::announcer::Announcer;
+use crate::conflicts::Conflict;
 use crate::election::{NodeFacts, has_condition};
 use crate::endpoints::ServingNodes;
 use crate::gossip::Gossip;
@@ -149,6 +150,12 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         .context("L2Announcement watch")?;
 
     let mut announcer = Announcer::new(config.refresh, registry.clone());
+    tokio::spawn(say_conflicts(
+        client.clone(),
+        announcer.conflicts(),
+        stores.services.clone(),
+        config.node.clone(),
+    ));
     // Events and L2Announcements are written by a task of their own, from the latest
     // decision: a burst of thousands of writes (a node died) never delays the next pass.
     let (decision_tx, decision_rx) = watch::channel(Arc::new(Decision::default()));
@@ -439,6 +446,74 @@ async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: 
     {
         tracing::warn!("publishing the SpeakerIsolated event: {e}");
     }
+}
+
+/// Says each new conflict (another host answering for an IP this node announces) as a
+/// Warning Event on the Services holding the IP, and in the log. A conflict that clears and
+/// comes back is said again.
+async fn say_conflicts(
+    client: Client,
+    mut found: watch::Receiver<crate::announcer::Conflicts>,
+    services: Cache<ServiceIps>,
+    me: String,
+) {
+    let reporter = herald_api::events::Reporter {
+        controller: "herald-speaker".into(),
+        instance: me.clone(),
+        action: "Announce".into(),
+    };
+    let mut said: BTreeSet<Conflict> = BTreeSet::new();
+    while found.changed().await.is_ok() {
+        let now: BTreeSet<Conflict> = found
+            .borrow_and_update()
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        for conflict in now.difference(&said) {
+            let message = conflict_message(conflict, &me);
+            tracing::warn!("{message}");
+            let holders: Vec<(String, Arc<ServiceIps>)> = services
+                .read()
+                .iter()
+                .filter(|(_, svc)| svc.ips.contains(&conflict.ip))
+                .map(|(key, svc)| (key.clone(), svc.clone()))
+                .collect();
+            let note = herald_api::events::Note::warning("ForeignAnswer", message);
+            for (key, svc) in &holders {
+                let about = svc.regarding(key);
+                let event = herald_api::events::build(about, &note, &reporter);
+                if let Err(e) = kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(
+                    client.clone(),
+                    about.namespace,
+                )
+                .create(&Default::default(), &event)
+                .await
+                {
+                    tracing::warn!(service = %key, "publishing the ForeignAnswer event: {e}");
+                }
+            }
+        }
+        said = now;
+    }
+}
+
+fn conflict_message(conflict: &Conflict, me: &str) -> String {
+    let (protocol, fix) = match conflict.ip {
+        IpAddr::V4(_) => (
+            "ARP",
+            "set `strictARP: true` under `ipvs` in kube-proxy's configuration, or `arp_ignore=1` and `arp_announce=2` on that host",
+        ),
+        IpAddr::V6(_) => ("NDP", "remove the address from that host's interfaces"),
+    };
+    format!(
+        "{ip} is announced by node {me}, but another host also answers {protocol} for it from MAC {mac}: \
+         clients will flip between the two and connections break. Usually kube-proxy in IPVS mode \
+         binding every Service IP on every node, or the address configured on a host: {fix}; \
+         or remove the address from that host.",
+        ip = conflict.ip,
+        mac = crate::conflicts::mac_text(conflict.mac),
+    )
 }
 
 /// What the heartbeats say, copied out once per pass: the gossip thread needs the lock for

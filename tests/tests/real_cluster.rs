@@ -220,4 +220,69 @@ async fn journey_rolling_upgrade_keeps_the_vip() {
     );
     assert!(gap < Duration::from_secs(1), "gap {gap:?}");
     cluster.one_answer(v4, SETTLE, |_| true);
+    // Handing IPs over and back is no foreign answer.
+    let events = herald_tests::objects::events(&client, "web").await;
+    assert!(
+        events
+            .iter()
+            .all(|(_, reason, _)| reason != "ForeignAnswer"),
+        "{events:?}"
+    );
+}
+
+/// Journey 7: another host answers ARP for a VIP Herald announces (kube-proxy's IPVS mode
+/// without strictARP binds every Service IP on every node; here the VIP is bound to another
+/// node's loopback with the kernel's default `arp_ignore`). The announcing speaker notices:
+/// a Warning Event on the Service and a metric naming the other MAC and the fix.
+#[tokio::test]
+async fn journey_a_foreign_answer_for_a_vip_is_reported() {
+    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let client = cluster.client();
+    deploy_web(&client, 1, Traffic::Cluster).await;
+    web_ready_on(&client, 1, SETTLE).await;
+    let (v4, _) = web_vips(&client).await;
+    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    let other = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name != owner)
+        .expect("another node");
+    let ns = other.host.ns.clone();
+    let other_mac = herald_tests::cluster::mac_text(other.host.mac);
+    for key in [
+        "net.ipv4.conf.all.arp_ignore",
+        "net.ipv4.conf.eth0.arp_ignore",
+    ] {
+        let out =
+            herald_tests::netns::command_in_net(&ns, std::path::Path::new("/usr/sbin/sysctl"))
+                .args(["-qw", &format!("{key}=0")])
+                .output()
+                .expect("sysctl");
+        assert!(out.status.success(), "{key}: {out:?}");
+    }
+    herald_tests::netns::ip(&["-n", &ns, "addr", "add", &format!("{v4}/32"), "dev", "lo"])
+        .expect("binding the VIP");
+    // The trap, as a client sees it: two answers.
+    let mut both = false;
+    for _ in 0..20 {
+        let answers = cluster.answers(v4);
+        if answers.len() == 2 {
+            both = true;
+            break;
+        }
+    }
+    assert!(both, "the other node's kernel does not answer for {v4}");
+    let (_, _, message) =
+        herald_tests::objects::wait_for_event(&client, "web", |(kind, reason, _)| {
+            kind == "Warning" && reason == "ForeignAnswer"
+        })
+        .await;
+    assert!(
+        message.contains(&other_mac) && message.contains(&owner) && message.contains("strictARP"),
+        "{message}"
+    );
+    let metrics = herald_tests::netns::http_get_in(&cluster.node(&owner).host.ns, 9473, "/metrics")
+        .expect("speaker metrics");
+    let series = format!("herald_speaker_foreign_answers{{ip=\"{v4}\",mac=\"{other_mac}\"}} 1");
+    assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
 }

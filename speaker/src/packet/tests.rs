@@ -263,3 +263,77 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn claims_come_from_arp_senders_and_advertised_targets() {
+    let vip = Ipv4Addr::new(192, 0, 2, 100);
+    // Another host's reply to a probe, and its gratuitous ARP: both say where the VIP is.
+    let reply = arp_reply(CLIENT_MAC, vip, OUR_MAC, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(
+        claim(&reply),
+        Some(Claim {
+            ip: vip.into(),
+            mac: CLIENT_MAC
+        })
+    );
+    assert_eq!(
+        claim(&gratuitous_arp(CLIENT_MAC, vip)),
+        Some(Claim {
+            ip: vip.into(),
+            mac: CLIENT_MAC
+        })
+    );
+    // A probe claims nothing; parse() still sees it as a question to answer.
+    let probe = arp_probe(CLIENT_MAC, vip);
+    assert_eq!(claim(&probe), None);
+    assert!(matches!(parse(&probe), Some(Query::Arp { target, .. }) if target == vip));
+    // An unsolicited NA (what a takeover sends) names its target and MAC.
+    let v6: Ipv6Addr = "2001:db8::100".parse().expect("ip");
+    assert_eq!(
+        claim(&neighbor_advert(CLIENT_MAC, v6, None)),
+        Some(Claim {
+            ip: v6.into(),
+            mac: CLIENT_MAC
+        })
+    );
+    // A DAD probe is a valid solicitation from :: for the target.
+    assert!(matches!(
+        parse(&dad_probe(CLIENT_MAC, v6)),
+        Some(Query::NeighborSolicit { target, source_ip, .. }) if target == v6 && source_ip.is_unspecified()
+    ));
+}
+
+#[test]
+fn advertisements_failing_rfc4861_checks_claim_nothing() {
+    let v6: Ipv6Addr = "2001:db8::100".parse().expect("ip");
+    let good = neighbor_advert(CLIENT_MAC, v6, None);
+    // Hop limit not 255 (forwarded by a router).
+    let mut routed = good.clone();
+    routed[ETH_HEADER + 7] = 64;
+    assert_eq!(claim(&routed), None);
+    // Bad checksum.
+    let mut corrupt = good.clone();
+    corrupt[ETH_HEADER + IPV6_HEADER + 2] ^= 0xff;
+    assert_eq!(claim(&corrupt), None);
+    // Solicited flag on a multicast advertisement: the checksum is fixed up so only the
+    // flag rule can drop it.
+    let mut solicited = good.clone();
+    let icmp_start = ETH_HEADER + IPV6_HEADER;
+    solicited[icmp_start + 4] |= 0x40;
+    solicited[icmp_start + 2..icmp_start + 4].copy_from_slice(&[0, 0]);
+    let sum = Icmpv6Packet::new(&solicited[icmp_start..])
+        .map(|p| pnet_packet::icmpv6::checksum(&p, &v6, &"ff02::1".parse().expect("ip")))
+        .expect("icmp");
+    solicited[icmp_start + 2..icmp_start + 4].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(claim(&solicited), None);
+    // Truncated.
+    assert_eq!(claim(&good[..good.len() - 4]), None);
+}
+
+proptest! {
+    #[test]
+    fn claim_never_panics(frame in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = claim(&frame);
+        let _ = eth_source(&frame);
+    }
+}
