@@ -69,6 +69,11 @@ struct RunArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERALD_LOG_JSON")]
     log_json: bool,
+    /// The ClusterRole that owns the L2Announcements this speaker writes (the chart passes
+    /// its speaker ClusterRole): uninstalling Herald deletes it, and Kubernetes' garbage
+    /// collector then deletes every record. Without it a record is owned by its Service.
+    #[arg(long, env = "HERALD_RECORDS_OWNER")]
+    records_owner: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -88,6 +93,7 @@ fn main() -> Result<()> {
         failure_timeout: Duration::from_millis(args.failure_timeout_ms),
         refresh: Duration::from_secs(args.refresh_seconds),
         metrics_address: args.metrics_address,
+        records_owner: args.records_owner,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -13,6 +13,7 @@ use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{self, Note, Reporter};
 use herald_api::watch::Cache;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, watch};
@@ -63,6 +64,8 @@ impl Claims {
 pub struct Notes {
     client: Client,
     reporter: Reporter,
+    /// The owner reference of every record (`None`: its Service).
+    owner: Option<OwnerReference>,
     /// What was said in Events per IP this speaker speaks for: per Service (fingerprint of
     /// key and uid), the outcome it was last told about (a fingerprint too). Forgotten when
     /// another speaker takes the IP over (or its Services go), so it is said again if the
@@ -83,8 +86,16 @@ pub struct Notes {
 }
 
 impl Notes {
+    /// Every record written gets `owner` (Herald's speaker ClusterRole) as its owner
+    /// reference instead of its Service.
+    pub fn owned_by(mut self, owner: Option<OwnerReference>) -> Self {
+        self.owner = owner;
+        self
+    }
+
     pub fn new(client: Client, node: &str, claims: Claims, wake: Arc<Notify>) -> Self {
         Self {
+            owner: None,
             client,
             reporter: Reporter {
                 controller: "herald-speaker".into(),
@@ -380,15 +391,15 @@ impl Notes {
                     metadata: kube::api::ObjectMeta {
                         name: Some(name.clone()),
                         namespace: Some(about.namespace.to_owned()),
-                        owner_references: Some(vec![
-                            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        owner_references: Some(vec![self.owner.clone().unwrap_or_else(|| {
+                            OwnerReference {
                                 api_version: "v1".into(),
                                 kind: "Service".into(),
                                 name: about.name.to_owned(),
                                 uid: about.uid.to_owned(),
                                 ..Default::default()
-                            },
-                        ]),
+                            }
+                        })]),
                         ..Default::default()
                     },
                     spec: desired.clone(),

@@ -32,6 +32,7 @@ use crate::metrics;
 use crate::notes::{Claims, Notes};
 use crate::plan::{self, Decision, View};
 use crate::service::ServiceIps;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 pub struct Config {
     pub node: String,
@@ -41,6 +42,8 @@ pub struct Config {
     pub failure_timeout: Duration,
     pub refresh: Duration,
     pub metrics_address: SocketAddr,
+    /// The ClusterRole owning the L2Announcements (`None`: each is owned by its Service).
+    pub records_owner: Option<String>,
 }
 
 const MIN_COALESCE: Duration = Duration::from_millis(10);
@@ -161,6 +164,10 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let (decision_tx, decision_rx) = watch::channel(Arc::new(Decision::default()));
     // Nodes that announced an IP over this speaker's claim: proof they run (isolation).
     let claims = Claims::default();
+    let owner = match &config.records_owner {
+        Some(name) => Some(records_owner(&client, name).await?),
+        None => None,
+    };
     tokio::spawn(
         Notes::new(
             client.clone(),
@@ -168,6 +175,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             claims.clone(),
             changed.clone(),
         )
+        .owned_by(owner)
         .run(
             stores.services.clone(),
             stores.announcements.0.clone(),
@@ -446,6 +454,24 @@ async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: 
     {
         tracing::warn!("publishing the SpeakerIsolated event: {e}");
     }
+}
+
+/// The owner reference every L2Announcement gets: the ClusterRole `name`, which goes when
+/// Herald is uninstalled (`helm uninstall`, `kubectl delete -f`), and its records with it.
+async fn records_owner(client: &Client, name: &str) -> Result<OwnerReference> {
+    let role = kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
+        .get(name)
+        .await
+        .with_context(|| {
+            format!("reading ClusterRole {name} (--records-owner), the owner of L2Announcements")
+        })?;
+    Ok(OwnerReference {
+        api_version: "rbac.authorization.k8s.io/v1".into(),
+        kind: "ClusterRole".into(),
+        name: name.to_owned(),
+        uid: role.metadata.uid.context("ClusterRole without a uid")?,
+        ..Default::default()
+    })
 }
 
 /// Says each new conflict (another host answering for an IP this node announces) as a

@@ -90,9 +90,10 @@ fn chart_lints_with_default_and_all_options() {
         .iter()
         .find(|o| o["kind"] == "Secret")
         .expect("generated Secret");
-    assert_eq!(
-        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
-        "keep"
+    // Uninstalling removes it with the rest: nothing of Herald's is left behind.
+    assert!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"].is_null(),
+        "{secret}"
     );
     let deploy = defaults
         .iter()
@@ -207,6 +208,12 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     let objects = render(None);
     apply_objects(&client, &objects).await;
 
+    // The chart makes the leader Lease (so uninstalling removes it); one deleted by hand is
+    // made again by the controller.
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), NS)
+        .delete("herald-controller", &Default::default())
+        .await
+        .expect("deleting the chart's Lease");
     // Run both binaries as the chart's ServiceAccounts and let them do their job.
     let controller_sa = format!("system:serviceaccount:{NS}:herald-controller");
     let speaker_sa = format!("system:serviceaccount:{NS}:herald-speaker");
@@ -232,6 +239,7 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
             .to_string()
     };
     cmd.args(["run", "--node-name", "rbac-node", "--gossip-port", &port()])
+        .args(["--records-owner", "herald-speaker"])
         .arg("--metrics-address")
         .arg(format!("127.0.0.1:{}", port()))
         .env("HERALD_GOSSIP_KEY", "rbac-test-key-0123456789")

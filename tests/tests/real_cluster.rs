@@ -286,3 +286,97 @@ async fn journey_a_foreign_answer_for_a_vip_is_reported() {
     let series = format!("herald_speaker_foreign_answers{{ip=\"{v4}\",mac=\"{other_mac}\"}} 1");
     assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
 }
+
+/// Journey 1: `helm install` with default values runs the controller and one Ready speaker
+/// per node, a pool and an advertisement with no interfaces are enough to serve a Service, and
+/// `helm uninstall` leaves nothing of Herald's behind but its CRDs.
+#[tokio::test]
+async fn journey_helm_install_serves_and_uninstall_leaves_nothing() {
+    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let ns = herald_tests::cluster::NAMESPACE;
+    let jsonpath = |kind: &str, path: &str| {
+        cluster
+            .kubectl(&["-n", ns, "get", kind, "-o", &format!("jsonpath={path}")])
+            .unwrap_or_else(|e| panic!("{kind}: {e:#}"))
+    };
+    assert_eq!(
+        jsonpath("deployment/herald-controller", "{.status.readyReplicas}"),
+        "2"
+    );
+    assert_eq!(
+        jsonpath("daemonset/herald-speaker", "{.status.numberReady}"),
+        "3"
+    );
+    let mut speaker_nodes: Vec<String> = jsonpath(
+        "pods",
+        "{range .items[?(@.metadata.labels.app\\.kubernetes\\.io/component==\"speaker\")]}{.spec.nodeName} {end}",
+    )
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect();
+    speaker_nodes.sort();
+    assert_eq!(speaker_nodes, ["n1", "n2", "n3"]);
+
+    let client = cluster.client();
+    deploy_web(&client, 1, Traffic::Cluster).await;
+    web_ready_on(&client, 1, SETTLE).await;
+    let (v4, v6) = web_vips(&client).await;
+    for vip in [v4, v6] {
+        cluster.one_answer(vip, SETTLE, |_| true);
+    }
+    let records = || {
+        cluster
+            .kubectl(&["get", "l2announcements", "-A", "-o", "name"])
+            .expect("listing L2Announcements")
+    };
+    herald_tests::client_view::eventually("L2Announcements written", SETTLE, || {
+        records().lines().count() == 2
+    });
+
+    cluster
+        .helm(&[
+            "uninstall",
+            herald_tests::cluster::RELEASE,
+            "-n",
+            ns,
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .expect("helm uninstall");
+    let left = || {
+        let mut left = records();
+        for kind in [
+            "leases",
+            "secrets",
+            "pods",
+            "configmaps,serviceaccounts,services",
+        ] {
+            let names = cluster
+                .kubectl(&["-n", ns, "get", kind, "-o", "name"])
+                .unwrap_or_default();
+            // Kubernetes' own: the namespace's root CA and default ServiceAccount.
+            left.extend(
+                names
+                    .lines()
+                    .filter(|n| !n.ends_with("/kube-root-ca.crt") && !n.ends_with("/default"))
+                    .map(|n| format!("{n}\n")),
+            );
+        }
+        left
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = left();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left a minute after helm uninstall:\n{left}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The CRDs stay (Helm never deletes crds/), and with them the users' pools.
+    assert!(cluster.kubectl(&["get", "ippools", "lan"]).is_ok());
+}
