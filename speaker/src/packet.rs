@@ -79,44 +79,13 @@ fn parse_arp(payload: &[u8]) -> Option<Query> {
 /// A Neighbor Solicitation, validated as RFC 4861 7.1.1 says: whatever fails a check is
 /// silently dropped.
 fn parse_ns(eth_source: MacAddr, payload: &[u8]) -> Option<Query> {
-    let header = payload.get(..IPV6_HEADER)?;
-    // Version 6, next header ICMPv6 (no extension headers in NDP), hop limit 255 (anything
-    // else was forwarded by a router).
-    if header[0] >> 4 != 6 || header[6] != 58 || header[7] != 255 {
-        return None;
-    }
-    // The ICMP length is derived from the IP length: a packet shorter than it says is
-    // truncated (Ethernet padding after it is fine).
-    let declared = usize::from(u16::from_be_bytes([header[4], header[5]]));
-    let icmp = payload.get(IPV6_HEADER..IPV6_HEADER + declared)?;
-    let source_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(8..24)?).ok()?);
-    let dest_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(24..40)?).ok()?);
-    if icmp.len() < NS_MIN_LEN || icmp[0] != ICMPV6_NEIGHBOR_SOLICIT || icmp[1] != 0 {
-        return None;
-    }
-    if !icmpv6_checksum_ok(source_ip, dest_ip, icmp) {
-        return None;
-    }
+    let (source_ip, dest_ip, icmp) = ndp_message(payload, ICMPV6_NEIGHBOR_SOLICIT)?;
     let target = Ipv6Addr::from(<[u8; 16]>::try_from(icmp.get(8..24)?).ok()?);
     if target.is_multicast() {
         return None;
     }
-    let mut source_link_layer = None;
-    let mut options = icmp.get(NS_MIN_LEN..)?;
-    while !options.is_empty() {
-        let (kind, units) = (options.first()?, usize::from(*options.get(1)?));
-        // A zero-length option is invalid and would loop forever.
-        if units == 0 {
-            return None;
-        }
-        let option = options.get(..units * 8)?;
-        if *kind == 1 {
-            // Source Link-Layer Address: where the answer must go.
-            let mac = option.get(2..8)?;
-            source_link_layer = Some(MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]));
-        }
-        options = options.get(units * 8..)?;
-    }
+    // Source Link-Layer Address: where the answer must go.
+    let source_link_layer = link_layer_option(icmp.get(NS_MIN_LEN..)?, 1)?;
     // Duplicate address detection (from ::) goes to the target's solicited-node group and
     // carries no source link-layer address.
     if source_ip.is_unspecified()
@@ -129,6 +98,45 @@ fn parse_ns(eth_source: MacAddr, payload: &[u8]) -> Option<Query> {
         source_ip,
         target,
     })
+}
+
+/// The ICMPv6 message of an NDP packet of type `kind` with its source and destination, checked
+/// as RFC 4861 7.1 says of every NDP message: IPv6 with ICMPv6 right after the header (no
+/// extension headers), hop limit 255 (anything else was forwarded by a router), not shorter
+/// than the IP length says (Ethernet padding after it is fine), code 0, a right checksum.
+fn ndp_message(payload: &[u8], kind: u8) -> Option<(Ipv6Addr, Ipv6Addr, &[u8])> {
+    let header = payload.get(..IPV6_HEADER)?;
+    if header[0] >> 4 != 6 || header[6] != 58 || header[7] != 255 {
+        return None;
+    }
+    let declared = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let icmp = payload.get(IPV6_HEADER..IPV6_HEADER + declared)?;
+    let source_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(8..24)?).ok()?);
+    let dest_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(24..40)?).ok()?);
+    if icmp.len() < NS_MIN_LEN || icmp[0] != kind || icmp[1] != 0 {
+        return None;
+    }
+    icmpv6_checksum_ok(source_ip, dest_ip, icmp).then_some((source_ip, dest_ip, icmp))
+}
+
+/// The link-layer address in the option of type `kind` (1 source, 2 target) among an NDP
+/// message's options: `None` when the options are malformed (a zero length, which would
+/// loop forever, or one running past the end), `Some(None)` when there is no such option.
+fn link_layer_option(mut options: &[u8], kind: u8) -> Option<Option<MacAddr>> {
+    let mut found = None;
+    while !options.is_empty() {
+        let (this, units) = (options.first()?, usize::from(*options.get(1)?));
+        if units == 0 {
+            return None;
+        }
+        let option = options.get(..units * 8)?;
+        if *this == kind {
+            let m = option.get(2..8)?;
+            found = Some(MacAddr::new(m[0], m[1], m[2], m[3], m[4], m[5]));
+        }
+        options = options.get(units * 8..)?;
+    }
+    Some(found)
 }
 
 /// Someone on the LAN saying `ip` is at `mac`: the sender of an ARP packet (a request,
@@ -170,42 +178,15 @@ fn claim_arp(payload: &[u8]) -> Option<Claim> {
 /// says (hop limit 255, code 0, checksum, a unicast target, no Solicited flag when sent to a
 /// multicast group).
 fn claim_na(payload: &[u8]) -> Option<Claim> {
-    let header = payload.get(..IPV6_HEADER)?;
-    if header[0] >> 4 != 6 || header[6] != 58 || header[7] != 255 {
-        return None;
-    }
-    let declared = usize::from(u16::from_be_bytes([header[4], header[5]]));
-    let icmp = payload.get(IPV6_HEADER..IPV6_HEADER + declared)?;
-    let source_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(8..24)?).ok()?);
-    let dest_ip = Ipv6Addr::from(<[u8; 16]>::try_from(header.get(24..40)?).ok()?);
-    if icmp.len() < NS_MIN_LEN || icmp[0] != ICMPV6_NEIGHBOR_ADVERT || icmp[1] != 0 {
-        return None;
-    }
-    if !icmpv6_checksum_ok(source_ip, dest_ip, icmp) {
-        return None;
-    }
+    let (_, dest_ip, icmp) = ndp_message(payload, ICMPV6_NEIGHBOR_ADVERT)?;
     let solicited = icmp[4] & 0x40 != 0;
     let target = Ipv6Addr::from(<[u8; 16]>::try_from(icmp.get(8..24)?).ok()?);
     if target.is_multicast() || (dest_ip.is_multicast() && solicited) {
         return None;
     }
-    let mut options = icmp.get(NS_MIN_LEN..)?;
-    let mut mac = None;
-    while !options.is_empty() {
-        let (kind, units) = (options.first()?, usize::from(*options.get(1)?));
-        if units == 0 {
-            return None;
-        }
-        let option = options.get(..units * 8)?;
-        if *kind == 2 {
-            let m = option.get(2..8)?;
-            mac = Some(MacAddr::new(m[0], m[1], m[2], m[3], m[4], m[5]));
-        }
-        options = options.get(units * 8..)?;
-    }
     Some(Claim {
         ip: target.into(),
-        mac: mac?,
+        mac: link_layer_option(icmp.get(NS_MIN_LEN..)?, 2)??,
     })
 }
 

@@ -13,7 +13,7 @@ pub mod host;
 pub mod journey;
 pub mod node;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -500,9 +500,4 @@ pub fn mac_text(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// An address of the LAN that no host has (for pools).
-pub fn lan_address(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
 }
