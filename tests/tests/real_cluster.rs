@@ -9,7 +9,7 @@ use herald_tests::cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, pin_web_to,
     web_ready_on, web_vips,
 };
-use herald_tests::cluster::{Cluster, ClusterOptions, NodeLink};
+use herald_tests::cluster::{Cluster, ClusterOptions, NodeLink, ProxyMode};
 use herald_tests::objects::apply;
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -25,10 +25,25 @@ async fn cluster_with_herald(options: ClusterOptions) -> Cluster {
 }
 
 /// Journey 2: a Deployment behind a LoadBalancer Service is reached through both VIPs, with
-/// kube-proxy in the path, and exactly one node answers ARP and NDP for them.
+/// kube-proxy (nftables, its default) in the path, and exactly one node answers ARP and NDP
+/// for them.
 #[tokio::test]
 async fn journey_service_reached_through_one_answer_per_vip() {
-    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    service_reached_through_one_answer_per_vip(ProxyMode::Nftables).await;
+}
+
+/// Journey 2 with kube-proxy in iptables mode.
+#[tokio::test]
+async fn journey_service_reached_with_kube_proxy_in_iptables_mode() {
+    service_reached_through_one_answer_per_vip(ProxyMode::Iptables).await;
+}
+
+async fn service_reached_through_one_answer_per_vip(proxy_mode: ProxyMode) {
+    let cluster = cluster_with_herald(ClusterOptions {
+        proxy_mode,
+        ..ClusterOptions::default()
+    })
+    .await;
     let client = cluster.client();
     deploy_web(&client, 2, Traffic::Cluster).await;
     web_ready_on(&client, 2, SETTLE).await;

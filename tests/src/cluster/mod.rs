@@ -34,6 +34,8 @@ pub use node::{Node, ProxyMode};
 const CONTROL_PLANE_LAST: u8 = 2;
 /// How long nodes may take to register and turn Ready once their daemons run.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Kubelet restarts allowed while the nodes come up (all nodes together).
+const MAX_KUBELET_RESTARTS: usize = 3;
 /// The namespace and release name the journeys install Herald as.
 pub const RELEASE: &str = "herald";
 pub const NAMESPACE: &str = "herald-system";
@@ -77,6 +79,8 @@ pub struct Cluster {
     lan: Lan,
     claim: host::Claim,
     started: Duration,
+    /// The kubeconfig the nodes' daemons use (the API server's LAN address).
+    lan_kubeconfig: PathBuf,
 }
 
 impl Cluster {
@@ -171,6 +175,7 @@ impl Cluster {
             lan,
             claim,
             started: Duration::ZERO,
+            lan_kubeconfig: inside.clone(),
         };
         cluster.wait_nodes_ready().await?;
         cluster.started = begin.elapsed();
@@ -185,6 +190,7 @@ impl Cluster {
     async fn wait_nodes_ready(&mut self) -> Result<()> {
         let api: Api<NodeObject> = Api::all(self.client());
         let deadline = Instant::now() + READY_TIMEOUT;
+        let mut restarts = 0;
         loop {
             let ready = api
                 .list(&ListParams::default())
@@ -207,6 +213,12 @@ impl Cluster {
                 return Ok(());
             }
             for node in &mut self.nodes {
+                if restarts < MAX_KUBELET_RESTARTS
+                    && node.restart_exited_kubelet(&self.lan_kubeconfig)?
+                {
+                    restarts += 1;
+                    continue;
+                }
                 if let Some(exited) = node.exited() {
                     bail!("a daemon of node {} exited: {exited}", node.name);
                 }

@@ -307,6 +307,20 @@ conntrack:
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Starts the kubelet again if it exited, as its service manager would on a real node
+    /// (a kubelet exits on some start-up races and relies on being restarted); says why in
+    /// the log. Returns whether it was restarted.
+    pub fn restart_exited_kubelet(&mut self, kubeconfig: &Path) -> Result<bool> {
+        let Some(exited) = self.kubelet.as_mut().and_then(Process::exited) else {
+            return Ok(false);
+        };
+        tracing::warn!(node = %self.name, "kubelet exited, restarting it: {exited}");
+        let log = self.dir.join("kubelet.log");
+        let _ = std::fs::rename(&log, self.dir.join("kubelet.log.1"));
+        self.start_kubelet(kubeconfig)?;
+        Ok(true)
+    }
+
     /// Whether any of the node's daemons has exited (with its last log lines).
     pub fn exited(&mut self) -> Option<String> {
         [&mut self.containerd, &mut self.kubelet, &mut self.proxy]
