@@ -264,10 +264,9 @@ fn publish_metrics(registry: &Registry, before: &BTreeSet<Conflict>, after: &BTr
         registry.remove_matching(metrics::FOREIGN_ANSWERS, "ip", &c.ip.to_string());
     }
     for c in after.difference(before) {
-        let mac = crate::conflicts::mac_text(c.mac);
         registry.set(
             metrics::FOREIGN_ANSWERS,
-            &[("ip", &c.ip.to_string()), ("mac", &mac)],
+            &[("ip", &c.ip.to_string()), ("mac", &c.mac.to_string())],
             1.0,
         );
     }

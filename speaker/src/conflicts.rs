@@ -32,7 +32,7 @@ pub const PROBES_PER_TICK: usize = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Conflict {
     pub ip: IpAddr,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -118,18 +118,10 @@ impl ForeignAnswers {
             .filter(|(_, s)| s.last.saturating_duration_since(s.first) >= CONFIRM)
             .map(|(ip, s)| Conflict {
                 ip: *ip,
-                mac: crate::packet::mac_bytes(s.mac),
+                mac: s.mac,
             })
             .collect()
     }
-}
-
-/// `02:42:00:00:00:0d`.
-pub fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]
@@ -165,7 +157,7 @@ mod tests {
             f.conflicts(t + CONFIRM),
             BTreeSet::from([Conflict {
                 ip: vip(),
-                mac: [2, 0, 0, 0, 0, 9]
+                mac: OTHER
             }])
         );
         // Not seen again: over after FORGET.

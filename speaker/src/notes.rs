@@ -85,6 +85,15 @@ pub struct Notes {
     failures_logged: crate::logs::RateLimit,
 }
 
+/// Who publishes the speaker's Events: the speaker of `node`, announcing.
+pub fn reporter(node: &str) -> Reporter {
+    Reporter {
+        controller: "herald-speaker".into(),
+        instance: node.into(),
+        action: "Announce".into(),
+    }
+}
+
 impl Notes {
     /// Every record written gets `owner` (Herald's speaker ClusterRole) as its owner
     /// reference instead of its Service.
@@ -97,11 +106,7 @@ impl Notes {
         Self {
             owner: None,
             client,
-            reporter: Reporter {
-                controller: "herald-speaker".into(),
-                instance: node.into(),
-                action: "Announce".into(),
-            },
+            reporter: reporter(node),
             said: HashMap::new(),
             written: HashMap::new(),
             claims,

@@ -441,11 +441,7 @@ async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: 
         .find(|n| n.metadata.name.as_deref() == Some(&me))
         .and_then(|n| n.metadata.uid.clone())
         .unwrap_or_default();
-    let reporter = herald_api::events::Reporter {
-        controller: "herald-speaker".into(),
-        instance: me.clone(),
-        action: "Announce".into(),
-    };
+    let reporter = crate::notes::reporter(&me);
     let note = herald_api::events::Note::warning("SpeakerIsolated", message);
     let event = herald_api::events::build_for_node(&me, &uid, &note, &reporter);
     if let Err(e) = kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client, "default")
@@ -483,11 +479,7 @@ async fn say_conflicts(
     services: Cache<ServiceIps>,
     me: String,
 ) {
-    let reporter = herald_api::events::Reporter {
-        controller: "herald-speaker".into(),
-        instance: me.clone(),
-        action: "Announce".into(),
-    };
+    let reporter = crate::notes::reporter(&me);
     let mut said: BTreeSet<Conflict> = BTreeSet::new();
     while found.changed().await.is_ok() {
         let now: BTreeSet<Conflict> = found
@@ -528,17 +520,17 @@ fn conflict_message(conflict: &Conflict, me: &str) -> String {
     let (protocol, fix) = match conflict.ip {
         IpAddr::V4(_) => (
             "ARP",
-            "set `strictARP: true` under `ipvs` in kube-proxy's configuration, or `arp_ignore=1` and `arp_announce=2` on that host",
+            "set `strictARP: true` under `ipvs` in kube-proxy's configuration, or `arp_ignore=1` \
+             and `arp_announce=2` on that host, or remove the address from it",
         ),
         IpAddr::V6(_) => ("NDP", "remove the address from that host's interfaces"),
     };
     format!(
         "{ip} is announced by node {me}, but another host also answers {protocol} for it from MAC {mac}: \
          clients will flip between the two and connections break. Usually kube-proxy in IPVS mode \
-         binding every Service IP on every node, or the address configured on a host: {fix}; \
-         or remove the address from that host.",
+         binding every Service IP on every node, or the address configured on a host: {fix}.",
         ip = conflict.ip,
-        mac = crate::conflicts::mac_text(conflict.mac),
+        mac = conflict.mac,
     )
 }
 
