@@ -70,6 +70,7 @@ pub struct ControlPlane {
     client: Client,
     url: String,
     kubeconfig: PathBuf,
+    pki: Pki,
     dir: TempDir,
 }
 
@@ -221,6 +222,7 @@ impl ControlPlane {
             client,
             url,
             kubeconfig,
+            pki,
             dir,
         };
         cp.wait_ready().await?;
@@ -264,13 +266,13 @@ impl ControlPlane {
     }
 
     /// The CA of the API server's certificates (also signs the admin's).
-    pub fn ca_cert(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
+    pub fn ca_cert(&self) -> &Path {
+        &self.pki.ca_cert
     }
 
     /// The key service-account tokens are signed with (for kube-controller-manager).
-    pub fn service_account_key(&self) -> PathBuf {
-        self.dir.path().join("service-account.key")
+    pub fn service_account_key(&self) -> &Path {
+        &self.pki.service_account_key
     }
 
     /// An admin client (`system:masters`).

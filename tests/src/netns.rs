@@ -120,19 +120,7 @@ impl Lan {
             ("net.ipv6.conf.default.accept_dad", "0"),
             ("net.ipv6.conf.eth0.accept_dad", "0"),
         ] {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &ns,
-                    "sysctl",
-                    "-qw",
-                    &format!("{key}={value}"),
-                ])
-                .output()?;
-            if !out.status.success() {
-                bail!("sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            sysctl(&ns, key, value)?;
         }
         ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
         ip(&[
@@ -272,6 +260,21 @@ pub fn command_in_net(ns: &str, program: &std::path::Path) -> Command {
         .arg("--")
         .arg(program);
     cmd
+}
+
+/// Sets the per-namespace sysctl `key` to `value` in `ns`.
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let out = command_in_net(ns, std::path::Path::new("sysctl"))
+        .args(["-qw", &format!("{key}={value}")])
+        .output()
+        .context("running sysctl")?;
+    if !out.status.success() {
+        bail!(
+            "sysctl {key}={value} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// A loopback port of the test process's namespace that leads to `target` inside `ns` (the API

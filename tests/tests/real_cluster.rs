@@ -196,22 +196,9 @@ async fn journey_rolling_upgrade_keeps_the_vip() {
     cluster.one_answer(v4, SETTLE, |_| true);
     let requests = Requests::start(&cluster, v4);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let chart = herald_tests::bins::repo_root().join("charts/herald");
-    let mut args = vec![
-        "upgrade",
-        herald_tests::cluster::RELEASE,
-        chart.to_str().expect("chart path"),
-        "--namespace",
-        herald_tests::cluster::NAMESPACE,
-        "--reuse-values",
-        "--set",
-        "speaker.refreshSeconds=20",
-        "--wait",
-        "--timeout",
-        "180s",
-    ];
-    args.extend(herald_tests::cluster::LOCAL_IMAGE);
-    cluster.helm(&args).expect("helm upgrade");
+    cluster
+        .upgrade_herald(&["--reuse-values", "--set", "speaker.refreshSeconds=20"])
+        .expect("helm upgrade");
     let rolled = cluster
         .kubectl(&[
             "-n",
@@ -268,12 +255,7 @@ async fn journey_a_foreign_answer_for_a_vip_is_reported() {
         "net.ipv4.conf.all.arp_ignore",
         "net.ipv4.conf.eth0.arp_ignore",
     ] {
-        let out =
-            herald_tests::netns::command_in_net(&ns, std::path::Path::new("/usr/sbin/sysctl"))
-                .args(["-qw", &format!("{key}=0")])
-                .output()
-                .expect("sysctl");
-        assert!(out.status.success(), "{key}: {out:?}");
+        herald_tests::netns::sysctl(&ns, key, "0").expect("default arp_ignore");
     }
     herald_tests::netns::ip(&["-n", &ns, "addr", "add", &format!("{v4}/32"), "dev", "lo"])
         .expect("binding the VIP");

@@ -14,13 +14,6 @@ use herald_tests::objects::{apply, ips, wait_for};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn answering(
     lan: &Lan,
     ip: IpAddr,
@@ -86,7 +79,7 @@ async fn main() -> Result<()> {
     let (owner, owner_mac) = answering(&lan, ip, None, Duration::from_secs(15))?;
     println!(
         "2. Node {owner} announces it: the client's ARP request for {ip} got exactly one answer, from {} ({owner}'s eth0).",
-        mac(owner_mac)
+        herald_tests::cluster::mac_text(owner_mac)
     );
     let reached = tcp_hello(&lan.client, ip, PORT)?;
     println!("3. The client connected to {ip}:{PORT} over TCP and was answered by node {reached}.");

@@ -213,6 +213,15 @@ impl Cluster {
     }
 }
 
+/// The test app's answer in a whole HTTP response: its body, `pod=NAME client=ADDRESS`.
+pub fn app_answer(response: &str) -> Option<String> {
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .map(|b| b.trim().to_owned())
+        .filter(|b| b.starts_with("pod="))
+}
+
 /// Requests through a VIP from the client, one after another, each with short timeouts, on
 /// a thread; `finish` gives what happened.
 pub struct Requests {
@@ -242,8 +251,7 @@ impl Requests {
                     Duration::from_millis(300),
                 )
                 .ok()
-                .and_then(|a| a.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned()))
-                .filter(|b| b.starts_with("pod="));
+                .and_then(|a| app_answer(&a));
                 let failed = answer.is_none();
                 out.push(Outcome {
                     at: Instant::now(),

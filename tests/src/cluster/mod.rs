@@ -79,8 +79,6 @@ pub struct Cluster {
     lan: Lan,
     claim: host::Claim,
     started: Duration,
-    /// The kubeconfig the nodes' daemons use (the API server's LAN address).
-    lan_kubeconfig: PathBuf,
 }
 
 impl Cluster {
@@ -159,10 +157,10 @@ impl Cluster {
             images: &images,
             proxy_mode: options.proxy_mode,
         };
+        let gateway = (IpAddr::V4(cp_host.v4), IpAddr::V6(cp_host.v6));
         let mut nodes = Vec::new();
         for (i, host) in hosts.into_iter().enumerate() {
             let others: Vec<_> = addresses.iter().filter(|a| a.0 != i + 1).cloned().collect();
-            let gateway = (IpAddr::V4(cp_host.v4), IpAddr::V6(cp_host.v6));
             node::routes(&host.ns, gateway, &others)?;
             let name = format!("n{}", i + 1);
             nodes.push(Node::start(i + 1, &name, host, &shared)?);
@@ -175,7 +173,6 @@ impl Cluster {
             lan,
             claim,
             started: Duration::ZERO,
-            lan_kubeconfig: inside.clone(),
         };
         cluster.wait_nodes_ready().await?;
         cluster.started = begin.elapsed();
@@ -213,9 +210,7 @@ impl Cluster {
                 return Ok(());
             }
             for node in &mut self.nodes {
-                if restarts < MAX_KUBELET_RESTARTS
-                    && node.restart_exited_kubelet(&self.lan_kubeconfig)?
-                {
+                if restarts < MAX_KUBELET_RESTARTS && node.restart_exited_kubelet()? {
                     restarts += 1;
                     continue;
                 }
@@ -267,11 +262,12 @@ impl Cluster {
         &self.lan.client
     }
 
+    /// The node `name`; panics when there is none (a test's mistake).
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()
             .find(|n| n.name == name)
-            .unwrap_or(&self.nodes[0])
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 
     pub fn node_mut(&mut self, name: &str) -> Option<&mut Node> {
@@ -320,14 +316,23 @@ impl Cluster {
     /// `helm install` of the chart in this repository with default values, the image built
     /// here, and `extra` arguments (`--set` ...); waits until every pod is Ready.
     pub fn install_herald(&self, extra: &[&str]) -> Result<String> {
+        self.helm_release("install", &[&["--create-namespace"], extra].concat())
+    }
+
+    /// `helm upgrade` of the release with the chart in this repository, the image built here
+    /// and `extra` arguments; waits until every pod is Ready.
+    pub fn upgrade_herald(&self, extra: &[&str]) -> Result<String> {
+        self.helm_release("upgrade", extra)
+    }
+
+    fn helm_release(&self, verb: &str, extra: &[&str]) -> Result<String> {
         let chart = repo_root().join("charts/herald");
         let mut args = vec![
-            "install",
+            verb,
             RELEASE,
             chart.to_str().context("chart path")?,
             "--namespace",
             NAMESPACE,
-            "--create-namespace",
         ];
         args.extend(LOCAL_IMAGE);
         args.extend(["--wait", "--timeout", "180s"]);
@@ -339,11 +344,7 @@ impl Cluster {
     /// (`pod=NAME client=ADDRESS`).
     pub fn get_from_client(&self, ip: IpAddr, port: u16, timeout: Duration) -> Result<String> {
         let answer = netns::http_get(&self.lan.client.ns, SocketAddr::new(ip, port), "/", timeout)?;
-        answer
-            .split("\r\n\r\n")
-            .nth(1)
-            .map(|b| b.trim().to_owned())
-            .filter(|b| b.starts_with("pod="))
+        journey::app_answer(&answer)
             .with_context(|| format!("unexpected answer from {ip}:{port}: {answer:?}"))
     }
 
@@ -401,7 +402,7 @@ impl Cluster {
 }
 
 /// The values that point the chart at the image built here.
-pub const LOCAL_IMAGE: [&str; 4] = [
+const LOCAL_IMAGE: [&str; 4] = [
     "--set",
     "image.repository=herald.local/herald",
     "--set",

@@ -50,6 +50,8 @@ pub struct Node {
     containerd: Option<Process>,
     dir: PathBuf,
     cgroup: String,
+    /// The kubeconfig of the node's daemons (the API server's LAN address).
+    kubeconfig: PathBuf,
 }
 
 /// What every node shares: where its files go, how it reaches the API server, what it loads.
@@ -78,11 +80,12 @@ impl Node {
             containerd: None,
             dir,
             cgroup,
+            kubeconfig: shared.kubeconfig.to_owned(),
         };
         node.write_cni(index)?;
         node.start_containerd()?;
         node.load_images(shared.images)?;
-        node.start_kubelet(shared.kubeconfig)?;
+        node.start_kubelet()?;
         node.start_proxy(shared)?;
         Ok(node)
     }
@@ -205,7 +208,7 @@ state = "{state}"
         Ok(())
     }
 
-    fn start_kubelet(&mut self, kubeconfig: &Path) -> Result<()> {
+    fn start_kubelet(&mut self) -> Result<()> {
         let d = |p: &str| self.dir.join(p).display().to_string();
         // Loose eviction and image GC thresholds: a busy disk must evict nothing here.
         let config = format!(
@@ -244,7 +247,7 @@ maxPods: 30
         cmd.arg("--config")
             .arg(&path)
             .arg("--kubeconfig")
-            .arg(kubeconfig)
+            .arg(&self.kubeconfig)
             .args(["--root-dir", &d("kubelet")])
             .args(["--cert-dir", &d("kubelet-pki")])
             .args(["--hostname-override", &self.name])
@@ -272,7 +275,7 @@ conntrack:
             mode = shared.proxy_mode.name(),
             name = self.name,
             cidrs = CLUSTER_CIDRS,
-            kubeconfig = shared.kubeconfig.display(),
+            kubeconfig = self.kubeconfig.display(),
         );
         let path = self.dir.join("kube-proxy.yaml");
         std::fs::write(&path, config)?;
@@ -310,14 +313,14 @@ conntrack:
     /// Starts the kubelet again if it exited, as its service manager would on a real node
     /// (a kubelet exits on some start-up races and relies on being restarted); says why in
     /// the log. Returns whether it was restarted.
-    pub fn restart_exited_kubelet(&mut self, kubeconfig: &Path) -> Result<bool> {
+    pub fn restart_exited_kubelet(&mut self) -> Result<bool> {
         let Some(exited) = self.kubelet.as_mut().and_then(Process::exited) else {
             return Ok(false);
         };
         tracing::warn!(node = %self.name, "kubelet exited, restarting it: {exited}");
         let log = self.dir.join("kubelet.log");
         let _ = std::fs::rename(&log, self.dir.join("kubelet.log.1"));
-        self.start_kubelet(kubeconfig)?;
+        self.start_kubelet()?;
         Ok(true)
     }
 
@@ -359,15 +362,7 @@ pub fn routes(
     // A node forwards (kubeadm's preflight demands it): a node with no pod yet has had no CNI
     // plugin turn it on, and kube-proxy's DNAT to a pod elsewhere would go nowhere.
     for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
-        let out = command_in_net(ns, Path::new("/usr/sbin/sysctl"))
-            .args(["-qw", &format!("{key}=1")])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "sysctl {key} in {ns}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        crate::netns::sysctl(ns, key, "1")?;
     }
     crate::netns::ip(&[
         "-n",
