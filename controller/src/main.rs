@@ -2,6 +2,7 @@
 
 mod allocator;
 mod convert;
+mod gossip_secret;
 mod leader;
 mod metrics;
 mod pools;
@@ -46,6 +47,8 @@ enum Command {
         metrics_address: SocketAddr,
         #[command(flatten)]
         leader: leader::LeaderArgs,
+        #[command(flatten)]
+        gossip: GossipArgs,
     },
     /// Convert MetalLB IPAddressPool / L2Advertisement YAML (stdin) to Herald's (stdout).
     ConvertMetallb,
@@ -55,6 +58,19 @@ enum Command {
         #[arg(long, default_value = herald_api::crds::CHART_CRD_DIR)]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct GossipArgs {
+    /// Create the speakers' gossip Secret (`NAME` in this pod's namespace, or
+    /// `NAMESPACE/NAME`) with a random key when it is missing; one that exists is never
+    /// changed. The chart passes it unless `speaker.gossipSecret` names a Secret of yours.
+    #[arg(long, env = "HERALD_GOSSIP_SECRET")]
+    gossip_secret: Option<String>,
+    /// The ClusterRole that owns the Secret it creates (the chart passes its controller
+    /// ClusterRole), so uninstalling Herald removes it.
+    #[arg(long, env = "HERALD_GOSSIP_SECRET_OWNER", requires = "gossip_secret")]
+    gossip_secret_owner: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +97,7 @@ fn main() -> Result<()> {
             log_json,
             metrics_address,
             leader,
+            gossip,
         } => {
             herald_telemetry::init_logging(log_json);
             let config = service::ClassConfig {
@@ -92,7 +109,7 @@ fn main() -> Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(config, metrics_address, leader))
+                .block_on(serve(config, metrics_address, leader, gossip))
         }
     }
 }
@@ -101,6 +118,7 @@ async fn serve(
     config: service::ClassConfig,
     metrics_address: SocketAddr,
     leader: leader::LeaderArgs,
+    gossip: GossipArgs,
 ) -> Result<()> {
     let registry = Arc::new(herald_telemetry::Registry::new());
     metrics::describe(&registry);
@@ -111,6 +129,15 @@ async fn serve(
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
+    if let Some(name) = gossip.gossip_secret {
+        // Every replica, leader or not: the speakers must not wait on an election.
+        let secret = herald_api::gossip::SecretRef::parse(&name, client.default_namespace());
+        tokio::spawn(gossip_secret::keep(
+            client.clone(),
+            secret,
+            gossip.gossip_secret_owner,
+        ));
+    }
     let identity = leader.identity();
     // A replica waiting for the Lease is ready: it serves its role (standing by), and a
     // Deployment rollout must not stall on it.

@@ -107,6 +107,19 @@ pub enum NoOwner {
 }
 
 impl NoOwner {
+    /// Every `label`, so a metric lists each (at 0 too).
+    pub const LABELS: [&'static str; 4] = [
+        "NotAdvertised",
+        "AllNodesExcluded",
+        "NoLiveSpeaker",
+        "NoLocalEndpoint",
+    ];
+
+    /// The cause as a metric label: the Event reason, or `NoLocalEndpoint`.
+    pub fn label(&self) -> &'static str {
+        self.reason().unwrap_or("NoLocalEndpoint")
+    }
+
     /// Event reason; `None` when the situation is normal and needs no Warning.
     pub fn reason(&self) -> Option<&'static str> {
         match self {

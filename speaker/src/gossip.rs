@@ -6,7 +6,7 @@
 //! arrive, not because this thread did not look.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -14,11 +14,12 @@ use ipnetwork::IpNetwork;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, watch};
 
-use crate::membership::{DecodeError, Heartbeat, Key, Kind, MAX_MESSAGE, Members};
+use crate::membership::{DecodeError, Heartbeat, Keys, Kind, MAX_MESSAGE, Members};
 
 pub struct Gossip {
     socket: UdpSocket,
-    key: Key,
+    /// Replaced whole when the gossip Secret changes (a key rotation).
+    keys: RwLock<Arc<Keys>>,
     me: String,
     port: u16,
     dual_stack: bool,
@@ -28,7 +29,12 @@ pub struct Gossip {
 }
 
 impl Gossip {
-    pub async fn bind(port: u16, key: Key, me: String, timeout: Duration) -> Result<Arc<Self>> {
+    pub async fn bind(
+        port: u16,
+        keys: Arc<Keys>,
+        me: String,
+        timeout: Duration,
+    ) -> Result<Arc<Self>> {
         // Dual-stack where the kernel allows it; IPv4 only otherwise.
         let (socket, dual_stack) = match UdpSocket::bind(("::", port)).await {
             Ok(s) => (s, true),
@@ -46,7 +52,7 @@ impl Gossip {
             .map_err(|_| anyhow::anyhow!("no randomness for the gossip incarnation"))?;
         Ok(Arc::new(Self {
             socket,
-            key,
+            keys: RwLock::new(keys),
             me,
             port,
             dual_stack,
@@ -54,6 +60,15 @@ impl Gossip {
             seq: Mutex::new(0),
             members: Mutex::new(Members::new(timeout)),
         }))
+    }
+
+    /// Takes new keys (the gossip Secret changed): the next heartbeat is signed with them.
+    pub fn set_keys(&self, keys: Arc<Keys>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn next_seq(&self) -> u64 {
@@ -70,7 +85,7 @@ impl Gossip {
             seq: self.next_seq(),
             subnets,
         };
-        let bytes = hb.encode(&self.key);
+        let bytes = hb.encode(&self.keys());
         for peer in peers {
             let ip = match peer {
                 IpAddr::V4(v4) if self.dual_stack => IpAddr::V6(v4.to_ipv6_mapped()),
@@ -137,7 +152,7 @@ impl Gossip {
     }
 
     fn handle(&self, datagram: &[u8], from: SocketAddr, changed: &Notify, log: &mut RejectionLog) {
-        match Heartbeat::decode(datagram, &self.key) {
+        match Heartbeat::decode(datagram, &self.keys()) {
             Ok(hb) if hb.node != self.me => {
                 let (node, kind) = (hb.node.clone(), hb.kind);
                 let moved = self

@@ -7,6 +7,7 @@ mod conflicts;
 mod election;
 mod endpoints;
 mod gossip;
+mod gossip_secret;
 mod interfaces;
 mod isolation;
 mod link_socket;
@@ -43,16 +44,23 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("gossip-keys").required(true).args(["gossip_key", "gossip_secret"])))]
 struct RunArgs {
     /// This node's name (the chart passes spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// UDP port of the speakers' heartbeats.
-    #[arg(long, env = "HERALD_GOSSIP_PORT", default_value_t = 7946)]
+    /// UDP port of the speakers' heartbeats (not 7946: MetalLB's memberlist may run beside).
+    #[arg(long, env = "HERALD_GOSSIP_PORT", default_value_t = 9474)]
     gossip_port: u16,
-    /// Shared secret that authenticates heartbeats (the chart fills it from a Secret).
+    /// Shared secret that authenticates heartbeats (16 bytes at least), fixed for the
+    /// process's life. Or use --gossip-secret.
     #[arg(long, env = "HERALD_GOSSIP_KEY", hide_env_values = true)]
-    gossip_key: String,
+    gossip_key: Option<String>,
+    /// The Secret holding the gossip keys (`NAME` in this pod's namespace, or
+    /// `NAMESPACE/NAME`): field `key` signs, `acceptedKey` is also accepted during a key
+    /// rotation. Watched: a rotation needs no restart. The chart's controller creates it.
+    #[arg(long, env = "HERALD_GOSSIP_SECRET")]
+    gossip_secret: Option<String>,
     /// Milliseconds between heartbeats.
     #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     heartbeat_ms: u64,
@@ -79,16 +87,20 @@ struct RunArgs {
 fn main() -> Result<()> {
     let Command::Run(args) = Cli::parse().command;
     herald_telemetry::init_logging(args.log_json);
-    if args.gossip_key.len() < 16 {
-        anyhow::bail!("--gossip-key must be at least 16 bytes (the chart generates 32)");
-    }
+    let gossip_keys = match (args.gossip_key, args.gossip_secret) {
+        (Some(key), _) => gossip_secret::KeySource::Fixed(std::sync::Arc::new(
+            membership::Keys::new(key.as_bytes(), None).context("--gossip-key")?,
+        )),
+        (None, Some(secret)) => gossip_secret::KeySource::Secret(secret),
+        (None, None) => anyhow::bail!("give --gossip-key or --gossip-secret"),
+    };
     if args.failure_timeout_ms <= args.heartbeat_ms {
         anyhow::bail!("--failure-timeout-ms must be larger than --heartbeat-ms");
     }
     let config = run::Config {
         node: args.node_name,
         gossip_port: args.gossip_port,
-        gossip_key: args.gossip_key.into_bytes(),
+        gossip_keys,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         failure_timeout: Duration::from_millis(args.failure_timeout_ms),
         refresh: Duration::from_secs(args.refresh_seconds),

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use herald_api::gossip::{ACCEPTED_KEY_FIELD, KEY_FIELD};
 use ipnetwork::IpNetwork;
 use ring::hmac;
 
@@ -64,17 +65,64 @@ pub enum DecodeError {
     Malformed,
 }
 
-/// The shared key that authenticates heartbeats.
-pub struct Key(hmac::Key);
+/// Shortest key accepted: an HMAC-SHA256 key much shorter than this is guessable.
+pub const MIN_KEY_LEN: usize = 16;
 
-impl Key {
-    pub fn new(secret: &[u8]) -> Self {
-        Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+/// The keys that authenticate heartbeats: one signs (and is accepted); during a rotation a
+/// second is accepted too, so speakers that switched and speakers that did not yet still hear
+/// each other.
+pub struct Keys {
+    sign: hmac::Key,
+    also_accepted: Option<hmac::Key>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the gossip key is missing (field `{0}`)")]
+    Missing(&'static str),
+    #[error("the gossip key in field `{field}` has {len} bytes; at least {MIN_KEY_LEN} are needed")]
+    TooShort { field: &'static str, len: usize },
+}
+
+impl Keys {
+    /// `sign` signs and is accepted; `also_accepted` (during a rotation) is accepted too.
+    pub fn new(sign: &[u8], also_accepted: Option<&[u8]>) -> Result<Self, KeyError> {
+        let check = |field: &'static str, key: &[u8]| {
+            if key.len() < MIN_KEY_LEN {
+                return Err(KeyError::TooShort {
+                    field,
+                    len: key.len(),
+                });
+            }
+            Ok(hmac::Key::new(hmac::HMAC_SHA256, key))
+        };
+        Ok(Self {
+            sign: check(KEY_FIELD, sign)?,
+            also_accepted: also_accepted
+                .filter(|k| !k.is_empty())
+                .map(|k| check(ACCEPTED_KEY_FIELD, k))
+                .transpose()?,
+        })
+    }
+
+    /// The keys held in a gossip Secret's data: `key` signs, `acceptedKey` (optional) is
+    /// accepted as well.
+    pub fn from_secret<'a>(
+        mut field: impl FnMut(&str) -> Option<&'a [u8]>,
+    ) -> Result<Self, KeyError> {
+        let sign = field(KEY_FIELD).ok_or(KeyError::Missing(KEY_FIELD))?;
+        Self::new(sign, field(ACCEPTED_KEY_FIELD))
+    }
+
+    fn verify(&self, body: &[u8], tag: &[u8]) -> bool {
+        std::iter::once(&self.sign)
+            .chain(&self.also_accepted)
+            .any(|key| hmac::verify(key, body, tag).is_ok())
     }
 }
 
 impl Heartbeat {
-    pub fn encode(&self, key: &Key) -> Vec<u8> {
+    pub fn encode(&self, keys: &Keys) -> Vec<u8> {
         let mut out = Vec::with_capacity(72 + self.node.len() + self.subnets.len() * 18);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
@@ -103,14 +151,14 @@ impl Heartbeat {
             }
             out.push(net.prefix());
         }
-        let tag = hmac::sign(&key.0, &out);
+        let tag = hmac::sign(&keys.sign, &out);
         out.extend_from_slice(tag.as_ref());
         out
     }
 
     /// Checks the tag before reading anything else: an unauthenticated sender learns nothing
     /// and changes nothing.
-    pub fn decode(bytes: &[u8], key: &Key) -> Result<Self, DecodeError> {
+    pub fn decode(bytes: &[u8], keys: &Keys) -> Result<Self, DecodeError> {
         if bytes.len() < MAGIC.len() + 2 + TAG_LEN || &bytes[..4] != MAGIC {
             return Err(DecodeError::NotOurs);
         }
@@ -118,7 +166,9 @@ impl Heartbeat {
             return Err(DecodeError::Version(bytes[4]));
         }
         let (body, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-        hmac::verify(&key.0, body, tag).map_err(|_| DecodeError::BadTag)?;
+        if !keys.verify(body, tag) {
+            return Err(DecodeError::BadTag);
+        }
         let mut r = Reader(&body[5..]);
         let kind = match r.u8()? {
             1 => Kind::Alive,
@@ -363,14 +413,21 @@ mod tests {
         }
     }
 
+    fn key(secret: &[u8]) -> Keys {
+        Keys::new(secret, None).unwrap()
+    }
+
+    const OLD: &[u8] = b"the old key 0123456789";
+    const NEW: &[u8] = b"the new key 0123456789";
+
     #[test]
     fn round_trip_and_authentication() {
-        let key = Key::new(b"right key");
+        let key = key(b"the right key 0123456789");
         let msg = hb("node-a", 7, Kind::Alive);
         let bytes = msg.encode(&key);
         assert_eq!(Heartbeat::decode(&bytes, &key), Ok(msg));
         assert_eq!(
-            Heartbeat::decode(&bytes, &Key::new(b"wrong key")),
+            Heartbeat::decode(&bytes, &self::key(b"the wrong key 0123456789")),
             Err(DecodeError::BadTag)
         );
         let mut flipped = bytes.clone();
@@ -383,6 +440,61 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(Heartbeat::decode(&bytes[..len], &key).is_err());
         }
+    }
+
+    /// A rotation in three steps (accept the new key; sign with it, accept the old; drop the
+    /// old): at every point, whatever step each speaker has reached, all hear each other.
+    #[test]
+    fn every_step_of_a_key_rotation_hears_its_neighbouring_steps() {
+        let steps = [
+            Keys::new(OLD, None).unwrap(),
+            Keys::new(OLD, Some(NEW)).unwrap(),
+            Keys::new(NEW, Some(OLD)).unwrap(),
+            Keys::new(NEW, None).unwrap(),
+        ];
+        let msg = hb("node-a", 1, Kind::Alive);
+        for (i, sender) in steps.iter().enumerate() {
+            for (j, receiver) in steps.iter().enumerate() {
+                if i.abs_diff(j) <= 1 {
+                    // A speaker one step behind or ahead of another: both hear each other.
+                    assert!(
+                        Heartbeat::decode(&msg.encode(sender), receiver).is_ok(),
+                        "{i} -> {j}"
+                    );
+                }
+            }
+        }
+        // Skipping a step is what breaks: the old key alone does not hear the new one.
+        assert!(Heartbeat::decode(&msg.encode(&steps[0]), &steps[3]).is_err());
+    }
+
+    #[test]
+    fn keys_from_a_secret_are_checked() {
+        let data = |fields: &'static [(&'static str, &'static [u8])]| {
+            move |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+        };
+        assert!(Keys::from_secret(data(&[("key", OLD)])).is_ok());
+        assert!(Keys::from_secret(data(&[("key", OLD), ("acceptedKey", NEW)])).is_ok());
+        // An empty acceptedKey is how a rotation's last step is often written.
+        assert!(Keys::from_secret(data(&[("key", OLD), ("acceptedKey", b"")])).is_ok());
+        assert_eq!(
+            Keys::from_secret(data(&[("acceptedKey", NEW)])).err(),
+            Some(KeyError::Missing("key"))
+        );
+        assert_eq!(
+            Keys::from_secret(data(&[("key", b"short")])).err(),
+            Some(KeyError::TooShort {
+                field: "key",
+                len: 5
+            })
+        );
+        assert_eq!(
+            Keys::from_secret(data(&[("key", OLD), ("acceptedKey", b"short")])).err(),
+            Some(KeyError::TooShort {
+                field: "acceptedKey",
+                len: 5
+            })
+        );
     }
 
     #[test]
@@ -487,12 +599,12 @@ mod tests {
         /// Datagrams from the network never panic the decoder, authenticated or not.
         #[test]
         fn random_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let key = Key::new(b"k");
+            let key = key(OLD);
             let _ = Heartbeat::decode(&bytes, &key);
             // Also with a valid tag over random content: the parser behind the tag is safe.
             let mut signed = b"HRLD\x02".to_vec();
             signed.extend_from_slice(&bytes);
-            let tag = hmac::sign(&key.0, &signed);
+            let tag = hmac::sign(&key.sign, &signed);
             signed.extend_from_slice(tag.as_ref());
             let _ = Heartbeat::decode(&signed, &key);
         }

@@ -9,8 +9,14 @@ pub const MEMBERS: &str = "herald_speaker_members";
 pub const OWNERSHIP_CHANGES: &str = "herald_speaker_ownership_changes_total";
 pub const ISOLATED: &str = "herald_speaker_isolated";
 pub const FOREIGN_ANSWERS: &str = "herald_speaker_foreign_answers";
+pub const UNANNOUNCED: &str = "herald_speaker_ips_unannounced";
 
 pub fn describe(r: &Registry) {
+    r.describe(
+        UNANNOUNCED,
+        Kind::Gauge,
+        "Assigned IPs no node may announce, by reason (reported by one speaker; the others say 0).",
+    );
     r.describe(
         FOREIGN_ANSWERS,
         Kind::Gauge,

@@ -25,19 +25,19 @@ use crate::conflicts::Conflict;
 use crate::election::{NodeFacts, has_condition};
 use crate::endpoints::ServingNodes;
 use crate::gossip::Gossip;
+use crate::gossip_secret::{self, KeySource};
 use crate::interfaces::{self, Snapshot};
 use crate::isolation::{Isolation, Proof, Verdict};
-use crate::membership::Key;
 use crate::metrics;
 use crate::notes::{Claims, Notes};
 use crate::plan::{self, Decision, View};
 use crate::service::ServiceIps;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use herald_api::gossip::SecretRef;
 
 pub struct Config {
     pub node: String,
     pub gossip_port: u16,
-    pub gossip_key: Vec<u8>,
+    pub gossip_keys: KeySource,
     pub heartbeat: Duration,
     pub failure_timeout: Duration,
     pub refresh: Duration,
@@ -60,6 +60,7 @@ struct Stores {
 }
 
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let registry = Arc::new(Registry::new());
     metrics::describe(&registry);
     let health = Arc::new(Health::new());
@@ -84,11 +85,20 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // Heartbeats get a thread of their own: a long decision pass (10,000 Services) must never
     // delay them, or the other speakers would count this one dead.
     let (gossip_tx, gossip_rx) = tokio::sync::oneshot::channel();
-    let (port, key, node) = (
-        config.gossip_port,
-        Key::new(&config.gossip_key),
-        config.node.clone(),
-    );
+    // Keys first: a speaker installed before the controller made the Secret waits for it.
+    let (keys, key_updates) = match config.gossip_keys {
+        KeySource::Fixed(keys) => (keys, None),
+        KeySource::Secret(text) => {
+            let secret = SecretRef::parse(&text, client.default_namespace());
+            let mut updates = gossip_secret::follow(client.clone(), secret.clone());
+            let keys = tokio::select! {
+                k = gossip_secret::first_keys(&mut updates, &secret) => k?,
+                _ = &mut shutdown => return Ok(()),
+            };
+            (keys, Some(updates))
+        }
+    };
+    let (port, node) = (config.gossip_port, config.node.clone());
     let (timeout, heartbeat, notify) = (config.failure_timeout, config.heartbeat, changed.clone());
     std::thread::Builder::new()
         .name("gossip".into())
@@ -104,7 +114,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                 }
             };
             runtime.block_on(async move {
-                match Gossip::bind(port, key, node, timeout).await {
+                match Gossip::bind(port, keys, node, timeout).await {
                     Ok(gossip) => {
                         let _ = gossip_tx.send(Ok(gossip.clone()));
                         gossip
@@ -119,6 +129,18 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         })
         .context("starting the gossip thread")?;
     let gossip = gossip_rx.await.context("the gossip thread ended")??;
+    if let Some(mut updates) = key_updates {
+        // A key rotation: the next heartbeat is signed, and the next received checked, with
+        // the Secret's new keys.
+        let gossip = gossip.clone();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                if let Some(keys) = updates.borrow_and_update().clone() {
+                    gossip.set_keys(keys);
+                }
+            }
+        });
+    }
 
     stores
         .services
@@ -165,7 +187,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // Nodes that announced an IP over this speaker's claim: proof they run (isolation).
     let claims = Claims::default();
     let owner = match &config.records_owner {
-        Some(name) => Some(records_owner(&client, name).await?),
+        Some(name) => Some(herald_api::owner::cluster_role(&client, name).await?),
         None => None,
     };
     tokio::spawn(
@@ -199,7 +221,6 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // and claim every IP: it listens for one failure timeout before it decides anything.
     let settle = config.failure_timeout + config.heartbeat;
     let settled_at = tokio::time::Instant::now() + settle;
-    let mut shutdown = std::pin::pin!(shutdown);
     // A periodic pass covers anything a notification missed (and a first pass at once);
     // every change is notified, so this is a safety net, not the mechanism.
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -259,6 +280,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             registry.add(metrics::OWNERSHIP_CHANGES, &[], changes as f64);
         }
         owned = now_owned;
+        for reason in crate::election::NoOwner::LABELS {
+            let count = decision
+                .ips
+                .values()
+                .filter(|d| d.outcome.as_ref().is_err_and(|e| e.label() == reason))
+                .count();
+            registry.set(metrics::UNANNOUNCED, &[("reason", reason)], count as f64);
+        }
         decision_tx.send_replace(Arc::new(decision));
         registry.set(metrics::MEMBERS, &[], (gossiped.heard.len() + 1) as f64);
         health.set_ready(!standing_by);
@@ -450,24 +479,6 @@ async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: 
     {
         tracing::warn!("publishing the SpeakerIsolated event: {e}");
     }
-}
-
-/// The owner reference every L2Announcement gets: the ClusterRole `name`, which goes when
-/// Herald is uninstalled (`helm uninstall`, `kubectl delete -f`), and its records with it.
-async fn records_owner(client: &Client, name: &str) -> Result<OwnerReference> {
-    let role = kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
-        .get(name)
-        .await
-        .with_context(|| {
-            format!("reading ClusterRole {name} (--records-owner), the owner of L2Announcements")
-        })?;
-    Ok(OwnerReference {
-        api_version: "rbac.authorization.k8s.io/v1".into(),
-        kind: "ClusterRole".into(),
-        name: name.to_owned(),
-        uid: role.metadata.uid.context("ClusterRole without a uid")?,
-        ..Default::default()
-    })
 }
 
 /// Says each new conflict (another host answering for an IP this node announces) as a

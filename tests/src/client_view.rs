@@ -127,7 +127,8 @@ fn gossip_rules(hooks: &[&str]) -> String {
     let mut script = String::from("add table inet herald_test\n");
     for hook in hooks {
         script.push_str(&format!(
-            "add chain inet herald_test {hook} {{ type filter hook {hook} priority 0; }}\nadd rule inet herald_test {hook} udp dport 7946 drop\n"
+            "add chain inet herald_test {hook} {{ type filter hook {hook} priority 0; }}\nadd rule inet herald_test {hook} udp dport {} drop\n",
+            crate::l2::GOSSIP_PORT
         ));
     }
     script

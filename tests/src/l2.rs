@@ -15,6 +15,8 @@ use crate::{ControlPlane, Process};
 
 pub const KEY: &str = "test-gossip-key-0123456789";
 pub const PORT: u16 = 8080;
+/// The speakers' default gossip port (`--gossip-port`), which the speakers here keep.
+pub const GOSSIP_PORT: u16 = 9474;
 
 pub async fn ready_node(client: &Client, name: &str, ip: &str, labels: &str) {
     apply(

@@ -51,6 +51,13 @@ fn render(values: Option<&str>) -> Vec<serde_json::Value> {
         .collect()
 }
 
+fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} is not rendered"))
+}
+
 #[test]
 fn chart_lints_with_default_and_all_options() {
     helm(&["lint", "--strict", "charts/herald"]);
@@ -69,40 +76,138 @@ fn chart_lints_with_default_and_all_options() {
         "ClusterRole",
         "Role",
         "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "PodDisruptionBudget",
         "Service",
     ] {
         assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
     }
-    // A given gossip Secret is used, not generated.
-    assert!(!all.iter().any(|o| o["kind"] == "Secret"));
-    let ds = all
-        .iter()
-        .find(|o| o["kind"] == "DaemonSet")
-        .expect("DaemonSet");
-    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    // No Secret is ever rendered (the controller makes it at run time) and CRDs are off.
+    assert!(!kinds.contains("Secret") && !kinds.contains("CustomResourceDefinition"));
+    // fullnameOverride names everything; nameOverride and commonLabels label everything.
+    for o in &all {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            name == "edge" || name.starts_with("edge-") || name == "lb-controller",
+            "{name}"
+        );
+        let labels = &o["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/name"], "edge-lb", "{name}");
+        assert_eq!(labels["team"], "network", "{name}");
+    }
+    let ds = find(&all, "DaemonSet", "edge-speaker");
+    let pod = &ds["spec"]["template"];
+    assert_eq!(pod["spec"]["serviceAccountName"], "existing-speaker");
+    assert_eq!(pod["metadata"]["labels"]["tier"], "node");
+    assert_eq!(pod["metadata"]["labels"]["team"], "network");
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.org/node-agent"],
+        "true"
+    );
+    assert_eq!(
+        pod["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["spec"]["containers"][0];
     assert_eq!(
         container["securityContext"]["capabilities"]["add"],
         serde_json::json!(["NET_RAW"])
     );
-    assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
-    let defaults = render(None);
-    let secret = defaults
-        .iter()
-        .find(|o| o["kind"] == "Secret")
-        .expect("generated Secret");
-    // Uninstalling removes it with the rest: nothing of Herald's is left behind.
     assert!(
-        secret["metadata"]["annotations"]["helm.sh/resource-policy"].is_null(),
-        "{secret}"
+        container["args"]
+            .as_array()
+            .expect("args")
+            .contains(&serde_json::json!("--gossip-secret=my-gossip-key"))
     );
-    let deploy = defaults
+    assert_eq!(pod["spec"]["hostNetwork"], true);
+    // A given gossip Secret: the controller makes none and may not create Secrets.
+    let deploy = find(&all, "Deployment", "edge-controller");
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(!args.contains("--gossip-secret"), "{args}");
+    assert!(
+        !find(&all, "Role", "edge-controller")
+            .to_string()
+            .contains("secrets")
+    );
+    assert_eq!(
+        find(&all, "ServiceAccount", "lb-controller")["metadata"]["annotations"]["example.org/role"],
+        "lb"
+    );
+    assert_eq!(
+        find(&all, "PodDisruptionBudget", "edge-controller")["spec"]["minAvailable"],
+        2
+    );
+    let dashboard = find(&all, "ConfigMap", "edge-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: serde_json::Value = serde_json::from_str(
+        dashboard["data"]["herald.json"]
+            .as_str()
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() > 5));
+
+    let defaults = render(None);
+    assert!(!defaults.iter().any(|o| o["kind"] == "Secret"));
+    // The CRDs come with the chart (so `helm upgrade` upgrades them) and stay on uninstall.
+    let crds: Vec<_> = defaults
         .iter()
-        .find(|o| o["kind"] == "Deployment")
-        .expect("Deployment");
-    let sc = &deploy["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds.len(), 3);
+    for crd in crds {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+    }
+    let deploy = find(&defaults, "Deployment", "herald-controller");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let sc = &pod["containers"][0]["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(args.contains("--gossip-secret=herald-gossip"), "{args}");
+    // The default gossip port is not MetalLB's memberlist port (7946).
+    let speaker = find(&defaults, "DaemonSet", "herald-speaker");
+    let args = speaker["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--gossip-port=9474"), "{args}");
+    // Alerts and dashboard are opt-in.
+    assert!(
+        !defaults
+            .iter()
+            .any(|o| o["kind"] == "PrometheusRule" || o["kind"] == "ConfigMap")
+    );
+}
+
+/// A typo in a value fails the install instead of being silently ignored.
+#[test]
+fn values_outside_the_schema_are_refused() {
+    for (set, complaint) in [
+        ("controler.replicas=3", "controler"),
+        ("speaker.gosipPort=9000", "gosipPort"),
+        ("speaker.gossipPort=70000", "gossipPort"),
+        ("logging.format=yaml", "format"),
+        (
+            "metrics.prometheusRule.poolUsagePercent=150",
+            "poolUsagePercent",
+        ),
+    ] {
+        let out = Command::new(go_binary("helm").expect("helm"))
+            .args(["template", "herald", "charts/herald", "--set", set])
+            .current_dir(repo_root())
+            .output()
+            .expect("helm");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(err.contains(complaint), "{set}: {err}");
+    }
 }
 
 async fn apply_objects(client: &kube::Client, objects: &[serde_json::Value]) {
@@ -201,7 +306,13 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     )
     .await;
     // The ServiceMonitor CRD, as the Prometheus Operator would install it (schema aside).
-    apply(&client, "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: servicemonitors.monitoring.coreos.com}\nspec:\n  group: monitoring.coreos.com\n  names: {kind: ServiceMonitor, plural: servicemonitors}\n  scope: Namespaced\n  versions: [{name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}]").await;
+    // The Prometheus Operator's CRDs, as it would install them (schema aside).
+    for (kind, plural) in [
+        ("ServiceMonitor", "servicemonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    ] {
+        apply(&client, &format!("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.monitoring.coreos.com}}\nspec:\n  group: monitoring.coreos.com\n  names: {{kind: {kind}, plural: {plural}}}\n  scope: Namespaced\n  versions: [{{name: v1, served: true, storage: true, schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}]")).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Every rendered object is accepted, with all options and with the defaults.
     apply_objects(&client, &render(Some("tests/chart/values-all.yaml"))).await;
@@ -217,14 +328,19 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     // Run both binaries as the chart's ServiceAccounts and let them do their job.
     let controller_sa = format!("system:serviceaccount:{NS}:herald-controller");
     let speaker_sa = format!("system:serviceaccount:{NS}:herald-speaker");
+    let port = || {
+        herald_tests::control_plane::free_port()
+            .expect("port")
+            .to_string()
+    };
+    let (controller_metrics, speaker_metrics) = (port(), port());
     let mut cmd =
         Command::new(herald_tests::bins::herald_binary("herald-controller").expect("bin"));
     cmd.args(["run", "--lease-namespace", NS, "--identity", "rbac-test"])
+        .args(["--gossip-secret", &format!("{NS}/herald-gossip")])
+        .args(["--gossip-secret-owner", "herald-controller"])
         .arg("--metrics-address")
-        .arg(format!(
-            "127.0.0.1:{}",
-            herald_tests::control_plane::free_port().expect("port")
-        ))
+        .arg(format!("127.0.0.1:{controller_metrics}"))
         .env(
             "KUBECONFIG",
             cp.kubeconfig_as(&controller_sa).expect("kubeconfig"),
@@ -233,16 +349,13 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     let _controller =
         Process::spawn("controller", cmd, &cp.dir().join("controller.log")).expect("controller");
     let mut cmd = Command::new(herald_tests::bins::herald_binary("herald-speaker").expect("bin"));
-    let port = || {
-        herald_tests::control_plane::free_port()
-            .expect("port")
-            .to_string()
-    };
     cmd.args(["run", "--node-name", "rbac-node", "--gossip-port", &port()])
         .args(["--records-owner", "herald-speaker"])
+        // The chart's way: keys from the Secret the controller makes, which the speaker
+        // waits for.
+        .args(["--gossip-secret", &format!("{NS}/herald-gossip")])
         .arg("--metrics-address")
-        .arg(format!("127.0.0.1:{}", port()))
-        .env("HERALD_GOSSIP_KEY", "rbac-test-key-0123456789")
+        .arg(format!("127.0.0.1:{speaker_metrics}"))
         .env(
             "KUBECONFIG",
             cp.kubeconfig_as(&speaker_sa).expect("kubeconfig"),
@@ -285,6 +398,51 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     // Let the pool status and the Events land.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    // The gossip Secret the controller made belongs to its ClusterRole (uninstalling
+    // removes it) and holds a 32-byte random key.
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .get("herald-gossip")
+        .await
+        .expect("the controller made the gossip Secret");
+    let owners = secret.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].name.as_str()),
+        ("ClusterRole", "herald-controller")
+    );
+    let data = secret.data.unwrap_or_default();
+    assert_eq!(data.get("key").map(|k| k.0.len()), Some(64));
+
+    // Every metric the alerts and the dashboard use is one the binaries export.
+    let mut exported = String::new();
+    for port in [&controller_metrics, &speaker_metrics] {
+        let port = port.parse().expect("port");
+        let (_, body) = herald_tests::controller::http_get(port, "/metrics")
+            .await
+            .expect("metrics");
+        exported += &body;
+    }
+    let with_extras = render(Some("tests/chart/values-all.yaml"));
+    let rules = find(&with_extras, "PrometheusRule", "edge").to_string();
+    let dashboard = find(&with_extras, "ConfigMap", "edge-dashboard").to_string();
+    let mut used_names = BTreeSet::new();
+    for text in [&rules, &dashboard] {
+        for (i, _) in text.match_indices("herald_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used_names.insert(name);
+        }
+    }
+    assert!(used_names.len() > 8, "{used_names:?}");
+    for name in &used_names {
+        assert!(
+            exported.contains(&format!("# TYPE {name} ")),
+            "the alerts or the dashboard use {name}, which no binary exports"
+        );
+    }
+
     let audit = std::fs::read_to_string(cp.audit_log()).expect("audit log");
     for (sa, name) in [
         (&controller_sa, "herald-controller"),
@@ -300,4 +458,99 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
         );
         assert!(!grants.is_empty());
     }
+}
+
+/// `helm ARGS` against `cp` as its admin.
+fn helm_on(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = Command::new(go_binary("helm").expect("helm"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("HELM_CACHE_HOME", cp.dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", cp.dir().join("helm/config"))
+        .env("HELM_DATA_HOME", cp.dir().join("helm/data"))
+        .output()
+        .expect("running helm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "helm {}: {text}", args.join(" "));
+    text
+}
+
+/// Copies a directory tree.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Helm never upgrades a chart's `crds/` directory; Herald's CRDs are templates so that
+/// `helm upgrade` brings a changed schema, and `helm uninstall` still leaves them (and the
+/// users' pools).
+#[tokio::test]
+async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start_with(Options {
+        install_crds: false,
+        ..Options::default()
+    })
+    .await
+    .expect("control plane");
+    // The previous chart: this one with a field missing from IPPool's schema.
+    let old = tempfile::tempdir().expect("tempdir");
+    copy_tree(&repo_root().join("charts/herald"), old.path());
+    let crd_file = old.path().join("files/crds/ippools.herald.dev.yaml");
+    let mut crd: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&crd_file).expect("crd")).expect("yaml");
+    let spec = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert!(
+        spec.as_object_mut()
+            .expect("properties")
+            .remove("avoidBuggyIPs")
+            .is_some()
+    );
+    std::fs::write(&crd_file, serde_yaml_ng::to_string(&crd).expect("yaml")).expect("write");
+
+    let has_field = || async {
+        let crd = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(cp.client())
+            .get("ippools.herald.dev")
+            .await
+            .expect("the IPPool CRD");
+        serde_json::to_value(&crd).expect("json")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            ["properties"]["spec"]["properties"]["avoidBuggyIPs"]
+            .is_object()
+    };
+    let old_chart = old.path().to_str().expect("path");
+    helm_on(
+        &cp,
+        &[
+            "install",
+            "herald",
+            old_chart,
+            "-n",
+            NS,
+            "--create-namespace",
+        ],
+    );
+    assert!(!has_field().await, "the old chart's CRD was installed");
+    helm_on(&cp, &["upgrade", "herald", "charts/herald", "-n", NS]);
+    assert!(has_field().await, "helm upgrade left the old IPPool schema");
+
+    apply(&cp.client(), "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: kept}\nspec: {addresses: [192.0.2.0/28], avoidBuggyIPs: true}").await;
+    helm_on(&cp, &["uninstall", "herald", "-n", NS, "--wait"]);
+    let pools: Api<herald_api::IPPool> = Api::all(cp.client());
+    let pool = pools
+        .get("kept")
+        .await
+        .expect("the pool outlives helm uninstall");
+    assert!(pool.spec.avoid_buggy_ips);
 }

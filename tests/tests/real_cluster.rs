@@ -374,6 +374,148 @@ async fn journey_helm_install_serves_and_uninstall_leaves_nothing() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // The CRDs stay (Helm never deletes crds/), and with them the users' pools.
+    // The CRDs stay (helm.sh/resource-policy: keep), and with them the users' pools.
     assert!(cluster.kubectl(&["get", "ippools", "lan"]).is_ok());
+}
+
+/// Applies a `helm template` render with `kubectl apply -f`, as a GitOps tool would, and
+/// waits for the controller and the speakers to be rolled out.
+fn apply_render(cluster: &Cluster, render: &str) {
+    let ns = herald_tests::cluster::NAMESPACE;
+    cluster
+        .kubectl_apply(render)
+        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}"));
+    for what in ["deployment/herald-controller", "daemonset/herald-speaker"] {
+        if let Err(e) = cluster.kubectl(&["-n", ns, "rollout", "status", what, "--timeout", "180s"])
+        {
+            panic!("{what} not rolled out: {e:#}\n{}", cluster.diagnose());
+        }
+    }
+}
+
+/// Herald's pods as `name uid restarts`, one per line, sorted.
+fn herald_pods(cluster: &Cluster) -> String {
+    let out = cluster
+        .kubectl(&[
+            "-n",
+            herald_tests::cluster::NAMESPACE,
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+        ])
+        .expect("pods");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
+fn gossip_key(cluster: &Cluster) -> String {
+    cluster
+        .kubectl(&[
+            "-n",
+            herald_tests::cluster::NAMESPACE,
+            "get",
+            "secret",
+            "herald-gossip",
+            "-o",
+            "jsonpath={.data.key}",
+        ])
+        .expect("the gossip Secret")
+}
+
+/// Journey 9: GitOps. `helm template` piped to `kubectl apply` (what Argo CD and Flux do):
+/// two renders of the same values are identical, the first serves, and applying a later
+/// render over it changes nothing: the same gossip key, no pod restarted, one answer per VIP.
+#[tokio::test]
+async fn journey_gitops_renders_applied_in_turn_change_nothing() {
+    herald_tests::init_tracing();
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster");
+    let first = cluster.render_herald(&[]).expect("helm template");
+    cluster
+        .kubectl(&["create", "namespace", herald_tests::cluster::NAMESPACE])
+        .expect("namespace");
+    apply_render(&cluster, &first);
+    let client = cluster.client();
+    apply(&client, LAN_POOL).await;
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    let (v4, v6) = web_vips(&client).await;
+    let owners: Vec<String> = [v4, v6]
+        .iter()
+        .map(|vip| cluster.one_answer(*vip, SETTLE, |_| true))
+        .collect();
+    let (key, pods) = (gossip_key(&cluster), herald_pods(&cluster));
+    assert!(key.len() > 40, "no gossip key: {key:?}");
+
+    // Later, the tool renders again and applies.
+    let second = cluster.render_herald(&[]).expect("helm template");
+    assert_eq!(first, second, "two renders of the same values differ");
+    apply_render(&cluster, &second);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        gossip_key(&cluster),
+        key,
+        "applying a render again changed the gossip key"
+    );
+    assert_eq!(
+        herald_pods(&cluster),
+        pods,
+        "applying a render again restarted pods"
+    );
+    for (vip, owner) in [v4, v6].iter().zip(&owners) {
+        for _ in 0..20 {
+            assert_eq!(&cluster.answers(*vip), &vec![owner.clone()], "{vip}");
+        }
+        let body = cluster
+            .get_from_client(*vip, 80, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("GET {vip}: {e:#}\n{}", cluster.diagnose()));
+        assert!(body.starts_with("pod=web-"), "{vip}: {body}");
+    }
+}
+
+/// Journey 10: beside MetalLB. Its speakers' memberlist holds port 7946 (UDP and TCP) on
+/// every node's host network; Herald installed with default values runs there, and serves.
+#[tokio::test]
+async fn journey_side_by_side_with_a_memberlist_on_7946() {
+    herald_tests::init_tracing();
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster");
+    // A stand-in for memberlist on each node: the sockets it binds (kept open here).
+    let mut memberlist = Vec::new();
+    for node in &cluster.nodes {
+        let sockets = herald_tests::netns::in_ns(&node.host.ns, || {
+            (
+                std::net::UdpSocket::bind("0.0.0.0:7946").expect("UDP 7946"),
+                std::net::TcpListener::bind("0.0.0.0:7946").expect("TCP 7946"),
+            )
+        })
+        .expect("in the node's namespace");
+        memberlist.push(sockets);
+    }
+    if let Err(e) = cluster.install_herald(&[]) {
+        panic!(
+            "helm install beside a memberlist on 7946: {e:#}\n{}",
+            cluster.diagnose()
+        );
+    }
+    let client = cluster.client();
+    apply(&client, LAN_POOL).await;
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    let (v4, v6) = web_vips(&client).await;
+    for vip in [v4, v6] {
+        let owner = cluster.one_answer(vip, SETTLE, |_| true);
+        for _ in 0..10 {
+            assert_eq!(cluster.answers(vip), vec![owner.clone()], "{vip}");
+        }
+        let body = cluster
+            .get_from_client(vip, 80, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("GET {vip}: {e:#}\n{}", cluster.diagnose()));
+        assert!(body.starts_with("pod=web-"), "{vip}: {body}");
+    }
+    drop(memberlist);
 }

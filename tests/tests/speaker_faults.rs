@@ -11,9 +11,11 @@ use herald_tests::client_view::{
     ClockBehind, block_inbound_gossip, eventually, metric, ready, round, settled, single, speakers,
     stays_single, vips,
 };
-use herald_tests::l2::{KEY, accept_locally, node_conditions, setup, speaker};
+use herald_tests::l2::{KEY, accept_locally, node_conditions, setup, speaker, speaker_command};
 use herald_tests::netns::Lan;
 use herald_tests::objects::wait_for_event_in;
+use herald_tests::{ControlPlane, Process};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -273,4 +275,112 @@ async fn a_node_whose_network_is_unavailable_stops_announcing() {
     eventually("the VIPs come back", Duration::from_secs(10), || {
         settled(&lan, &vips, Duration::from_secs(10)) == before
     });
+}
+
+/// A speaker keyed the chart's way: from the Secret the controller makes at run time.
+fn secret_keyed_speaker(cp: &ControlPlane, lan: &Lan, node: &str) -> Process {
+    let mut cmd = speaker_command(cp, &lan.node(node).ns, node, KEY);
+    cmd.env_remove("HERALD_GOSSIP_KEY")
+        .args(["--gossip-secret", "default/herald-gossip"]);
+    let log = format!("speaker-{node}-secret");
+    Process::spawn(&log, cmd, &cp.dir().join(format!("{log}.log"))).expect("speaker")
+}
+
+/// Sets fields of the gossip Secret (`None` removes one), as a user rotating the key would.
+async fn set_gossip_fields(client: &Client, fields: &[(&str, Option<&str>)]) {
+    let data: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                v.map_or(serde_json::Value::Null, |v| v.into()),
+            )
+        })
+        .collect();
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .patch(
+            "herald-gossip",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": data})),
+        )
+        .await
+        .expect("patching the gossip Secret");
+}
+
+/// The chart's keying: speakers started before the controller wait for the gossip Secret it
+/// makes, then serve; the key is rotated in the documented three steps (accept the new key;
+/// sign with it and accept the old; drop the old) with no restart, and through every step
+/// each VIP keeps exactly one answer, from the same node, and no speaker stands down. At the
+/// end only the new key is heard: a speaker started with it alone joins the others.
+#[tokio::test]
+async fn speakers_wait_for_the_controllers_gossip_secret_and_rotate_its_key_without_a_blip() {
+    let (cp, lan, mut first_controller) = setup(3).await;
+    let client = cp.client();
+    first_controller.kill();
+    let mut speakers: Vec<Process> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| secret_keyed_speaker(&cp, &lan, n))
+        .collect();
+    // No Secret yet: they wait, answer for nothing and are not ready.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(["n1", "n2", "n3"].iter().all(|n| !ready(&lan, n)));
+    let _controller = herald_tests::controller::spawn(
+        &cp,
+        "controller-with-secret",
+        &[
+            "--leader-elect=false",
+            "--gossip-secret",
+            "default/herald-gossip",
+        ],
+    );
+    for n in ["n1", "n2", "n3"] {
+        eventually(
+            "speakers ready once the Secret exists",
+            Duration::from_secs(20),
+            || ready(&lan, n),
+        );
+    }
+    let vips = vips(&client, &lan, 6).await;
+    let owners = settled(&lan, &vips, Duration::from_secs(20));
+    let secret = Api::<Secret>::namespaced(client.clone(), "default")
+        .get("herald-gossip")
+        .await
+        .expect("the controller made the Secret");
+    let old = String::from_utf8(secret.data.unwrap_or_default()["key"].0.clone()).expect("hex");
+    let new = "the-rotated-gossip-key-0123456789";
+
+    for (step, fields) in [
+        ("accept the new key", vec![("acceptedKey", Some(new))]),
+        (
+            "sign with the new key",
+            vec![("key", Some(new)), ("acceptedKey", Some(old.as_str()))],
+        ),
+        ("drop the old key", vec![("acceptedKey", None)]),
+    ] {
+        set_gossip_fields(&client, &fields).await;
+        // Several heartbeat timeouts in each step, the VIPs checked all along.
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            let answers = round(&lan, &vips);
+            assert!(single(&answers), "{step}: two answers or none: {answers:?}");
+            for (ip, nodes) in &answers {
+                assert_eq!(&nodes[0], &owners[ip], "{step}: {ip} moved");
+            }
+        }
+        for n in ["n1", "n2", "n3"] {
+            assert!(ready(&lan, n), "{step}: {n} stood down");
+            assert_eq!(
+                metric(&lan, n, "herald_speaker_members"),
+                Some(3.0),
+                "{step}: {n}"
+            );
+        }
+    }
+    // The others now sign and check with the new key alone.
+    speakers.pop().expect("n3").kill();
+    let _n3 = speaker(&cp, &lan, "n3", new, "speaker-n3-new-key");
+    eventually("n3 with the new key joins", Duration::from_secs(15), || {
+        ready(&lan, "n3") && metric(&lan, "n1", "herald_speaker_members") == Some(3.0)
+    });
+    settled(&lan, &vips, Duration::from_secs(10));
 }

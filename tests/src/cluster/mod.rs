@@ -325,6 +325,39 @@ impl Cluster {
         self.helm_release("upgrade", extra)
     }
 
+    /// `kubectl apply -f` of `manifests` (a file, as a user pipes a render into it).
+    pub fn kubectl_apply(&self, manifests: &str) -> Result<String> {
+        let file = self.claim.base().join("apply.yaml");
+        std::fs::write(&file, manifests).context("writing the manifests")?;
+        self.kubectl(&["apply", "-f", file.to_str().context("path")?])
+    }
+
+    /// `helm template` of the chart in this repository, as GitOps tools render it: default
+    /// values, the image built here, and `extra` arguments. The manifests only.
+    pub fn render_herald(&self, extra: &[&str]) -> Result<String> {
+        let chart = repo_root().join("charts/herald");
+        let mut args = vec![
+            "template",
+            RELEASE,
+            chart.to_str().context("chart path")?,
+            "--namespace",
+            NAMESPACE,
+        ];
+        args.extend(LOCAL_IMAGE);
+        args.extend(extra);
+        let out = Command::new(go_binary("helm")?)
+            .args(&args)
+            .env("HELM_CACHE_HOME", self.claim.base().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.claim.base().join("helm/config"))
+            .env("HELM_DATA_HOME", self.claim.base().join("helm/data"))
+            .output()
+            .context("running helm template")?;
+        if !out.status.success() {
+            bail!("helm template: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     fn helm_release(&self, verb: &str, extra: &[&str]) -> Result<String> {
         let chart = repo_root().join("charts/herald");
         let mut args = vec![
