@@ -120,11 +120,11 @@ async fn serve(
     leader: leader::LeaderArgs,
     gossip: GossipArgs,
 ) -> Result<()> {
-    let registry = Arc::new(herald_telemetry::Registry::new());
-    metrics::describe(&registry);
-    registry.set(metrics::LEADER, &[], 0.0);
+    let mut registry = herald_telemetry::registry("controller");
+    let metrics = metrics::Metrics::register(&mut registry);
     let health = Arc::new(herald_telemetry::Health::new());
-    let bound = herald_telemetry::serve(metrics_address, registry.clone(), health.clone()).await?;
+    let bound =
+        herald_telemetry::serve(metrics_address, Arc::new(registry), health.clone()).await?;
     tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
     let client = kube::Client::try_default()
         .await
@@ -153,9 +153,9 @@ async fn serve(
         _ = herald_telemetry::shutdown_signal() => return Ok(()),
     }
     health.set_ready(false);
-    registry.set(metrics::LEADER, &[], 1.0);
+    metrics.leader.set(1);
     let result = tokio::select! {
-        r = run::run(client, config, registry.clone(), identity, health.clone()) => r,
+        r = run::run(client, config, metrics.clone(), identity, health.clone()) => r,
         r = election.lost() => r,
         _ = herald_telemetry::shutdown_signal() => Ok(()),
     };

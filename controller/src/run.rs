@@ -4,7 +4,7 @@
 //! trip does not hold up the next Service, publishes the Events and updates the metrics.
 //! Every decision lives in `state` and the modules it uses; this one only reads and writes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use herald_api::keys::CONTROLLER_MANAGER;
 use herald_api::watch::{Cache, Change, cached, projected};
 use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
-use herald_telemetry::{Health, Registry};
+use herald_telemetry::Health;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,7 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::allocator::Family;
-use crate::metrics;
+use crate::metrics::{Metrics, PoolLabels, ReasonLabels, WriteLabels};
 use crate::service::ClassConfig;
 use crate::state::{self, POOL_FINALIZER, State, World, Write, fingerprint};
 use herald_api::events::{self, Note, Reporter};
@@ -87,7 +87,7 @@ impl World for Caches {
 
 pub struct Controller {
     client: Client,
-    registry: Arc<Registry>,
+    metrics: Metrics,
     caches: Caches,
     state: State,
     /// Events go to a task of their own, so that a pass never waits for them (they only
@@ -105,6 +105,11 @@ pub struct Controller {
     pool_status_pending: bool,
     /// Pools the gauges show.
     gauged_pools: BTreeSet<String>,
+    /// When the watch first told of each Service that may want an IP, for the allocation
+    /// duration; kept while the Service waits, dropped once it has its IP or wants none.
+    arrived: HashMap<String, tokio::time::Instant>,
+    /// Services whose status write failed in this pass (not counted as allocated yet).
+    failed_writes: BTreeSet<String>,
 }
 
 /// A pool write just made, to recognise the same one while the watch has not shown it.
@@ -133,7 +138,7 @@ impl PoolWrite {
 pub async fn run(
     client: Client,
     config: ClassConfig,
-    registry: Arc<Registry>,
+    metrics: Metrics,
     instance: String,
     health: Arc<Health>,
 ) -> Result<()> {
@@ -205,14 +210,14 @@ pub async fn run(
             instance,
             action: "Allocate".into(),
         },
-        registry.clone(),
+        metrics.clone(),
         events_rx,
         failures_tx,
     ));
     let mut controller = Controller::new(
         client,
         config,
-        registry,
+        metrics,
         services,
         pool_store,
         namespaces,
@@ -249,7 +254,13 @@ pub async fn run(
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
         {
             match t {
-                Trigger::Service(k) => keys.push(k),
+                Trigger::Service(k) => {
+                    controller
+                        .arrived
+                        .entry(k.clone())
+                        .or_insert_with(tokio::time::Instant::now);
+                    keys.push(k);
+                }
                 Trigger::All => all = true,
                 Trigger::PoolMeta => controller.pool_status_pending = true,
             }
@@ -300,7 +311,7 @@ impl Controller {
     fn new(
         client: Client,
         config: ClassConfig,
-        registry: Arc<Registry>,
+        metrics: Metrics,
         services: Cache<LbService>,
         pools: Store<IPPool>,
         namespaces: Store<Namespace>,
@@ -317,7 +328,7 @@ impl Controller {
         let state = State::rebuild(config, &caches);
         Controller {
             client,
-            registry,
+            metrics,
             caches,
             state,
             events_tx: events.0,
@@ -327,12 +338,15 @@ impl Controller {
             pool_status_written: None,
             pool_status_pending: false,
             gauged_pools: BTreeSet::new(),
+            arrived: HashMap::new(),
+            failed_writes: BTreeSet::new(),
         }
     }
 
     /// Looks at `keys` (or every Service), then at Services waiting for an IP if one freed
     /// up, and performs the writes that follow.
     async fn pass(&mut self, keys: Vec<String>, all: bool) {
+        let started = tokio::time::Instant::now();
         let mut keys = keys;
         if all {
             self.state.sync_pools(&self.caches);
@@ -372,6 +386,9 @@ impl Controller {
         }
         self.execute(writes).await;
         self.count();
+        self.metrics
+            .pass_duration
+            .observe(started.elapsed().as_secs_f64());
         let events = self.state.take_events();
         if !events.is_empty() && self.events_tx.send(events).is_err() {
             tracing::error!("the Event publisher stopped; Events are not published");
@@ -386,19 +403,32 @@ impl Controller {
     /// The pass's decisions as metrics.
     fn count(&mut self) {
         let tally = self.state.take_tally();
-        if tally.allocations > 0 {
-            self.registry
-                .add(metrics::ALLOCATIONS, &[], tally.allocations as f64);
+        self.metrics
+            .allocations
+            .inc_by(tally.allocated.len() as u64);
+        let now = tokio::time::Instant::now();
+        for key in &tally.allocated {
+            if !self.failed_writes.contains(key)
+                && let Some(arrived) = self.arrived.remove(key)
+            {
+                self.metrics
+                    .allocation_duration
+                    .observe((now - arrived).as_secs_f64());
+            }
         }
-        for reason in &tally.failures {
-            self.registry
-                .inc(metrics::ALLOCATION_FAILURES, &[("reason", reason.as_str())]);
+        self.failed_writes.clear();
+        // Only Services still waiting keep their arrival (bounded by the waiting ones).
+        let waiting: BTreeSet<&String> = self.state.waiting().collect();
+        self.arrived.retain(|key, _| waiting.contains(key));
+        for reason in tally.failures {
+            self.metrics
+                .allocation_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
         }
-        self.registry.set(
-            metrics::SERVICES_WAITING,
-            &[],
-            self.state.waiting_count() as f64,
-        );
+        self.metrics
+            .services_waiting
+            .set(self.state.waiting_count() as i64);
     }
 
     fn pool_status_due(&self) -> tokio::time::Instant {
@@ -446,8 +476,13 @@ impl Controller {
     fn pool_gauges(&mut self, reports: &[state::PoolReport]) {
         let live: BTreeSet<String> = reports.iter().map(|r| r.name.clone()).collect();
         for gone in self.gauged_pools.difference(&live) {
-            for family in metrics::POOL_GAUGES {
-                self.registry.remove_matching(family, "pool", gone);
+            for family in [Family::V4, Family::V6] {
+                let labels = PoolLabels {
+                    pool: gone.clone(),
+                    family: family.label(),
+                };
+                self.metrics.pool_assigned.remove(&labels);
+                self.metrics.pool_available.remove(&labels);
             }
         }
         self.gauged_pools = live;
@@ -455,12 +490,19 @@ impl Controller {
             let status = &report.status;
             for (family, usage) in [(Family::V4, &status.ipv4), (Family::V6, &status.ipv6)] {
                 if let Some(u) = usage {
-                    let labels = [("pool", report.name.as_str()), ("family", family.label())];
-                    self.registry
-                        .set(metrics::POOL_ASSIGNED, &labels, u.assigned as f64);
+                    let labels = PoolLabels {
+                        pool: report.name.clone(),
+                        family: family.label(),
+                    };
+                    self.metrics
+                        .pool_assigned
+                        .get_or_create(&labels)
+                        .set(u.assigned);
                     let available = u.available.parse::<f64>().unwrap_or(f64::INFINITY);
-                    self.registry
-                        .set(metrics::POOL_AVAILABLE, &labels, available);
+                    self.metrics
+                        .pool_available
+                        .get_or_create(&labels)
+                        .set(available);
                 }
             }
         }
@@ -482,9 +524,10 @@ impl Controller {
             .await;
         let now = tokio::time::Instant::now();
         for (write, result) in results {
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            self.registry
-                .inc(metrics::API_WRITES, &[("result", outcome)]);
+            self.metrics
+                .api_writes
+                .get_or_create(&WriteLabels::of(&result))
+                .inc();
             match (write, result) {
                 (Write::PoolStatus { name, status }, Ok(())) => {
                     let write = PoolWrite::Status(status);
@@ -504,6 +547,7 @@ impl Controller {
                 (_, Ok(())) => {}
                 (Write::Status { key, .. }, Err(e)) => {
                     tracing::warn!(service = %key, "writing status: {e:#}");
+                    self.failed_writes.insert(key.clone());
                     self.state.write_failed(key);
                 }
                 (Write::PoolStatus { name, .. }, Err(e)) => {
@@ -524,7 +568,7 @@ async fn publish_events(
     client: Client,
     services: Cache<LbService>,
     reporter: Reporter,
-    registry: Arc<Registry>,
+    metrics: Metrics,
     mut batches: mpsc::UnboundedReceiver<EventBatch>,
     failures: mpsc::UnboundedSender<EventFailure>,
 ) {
@@ -539,8 +583,10 @@ async fn publish_events(
             .collect()
             .await;
         for (key, note, result) in results {
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            registry.inc(metrics::API_WRITES, &[("result", outcome)]);
+            metrics
+                .api_writes
+                .get_or_create(&WriteLabels::of(&result))
+                .inc();
             if let Err(e) = result {
                 tracing::warn!(service = %key, "publishing event: {e:#}");
                 let _ = failures.send((key, fingerprint(&note)));
@@ -670,7 +716,7 @@ mod tests {
                 class: "herald.dev/lb".into(),
                 serve_unset: true,
             },
-            Arc::new(Registry::new()),
+            Metrics::register(&mut Default::default()),
             [("shop/web".to_owned(), web)].into_iter().collect(),
             pools,
             reflector::store().0,
@@ -733,7 +779,7 @@ mod tests {
             api.client(),
             services,
             reporter,
-            Arc::new(Registry::new()),
+            Metrics::register(&mut Default::default()),
             batches,
             failures_tx,
         ));

@@ -64,8 +64,8 @@ pub struct PoolReport {
 /// What the decisions since the last `take_tally` amount to, for the metrics.
 #[derive(Debug, Default, PartialEq)]
 pub struct Tally {
-    /// Services given new IPs (first allocation or a move).
-    pub allocations: u64,
+    /// Services given new IPs (first allocation or a move), by key.
+    pub allocated: Vec<String>,
     /// Services entering a failed state, by reason (on change, not per retry).
     pub failures: Vec<String>,
 }
@@ -238,7 +238,7 @@ impl State {
                         }
                         let after: Vec<IpAddr> = assigned.iter().map(|a| a.ip).collect();
                         if before != after {
-                            self.tally.allocations += 1;
+                            self.tally.allocated.push(svc.key());
                             self.freed |= before.iter().any(|ip| !after.contains(ip));
                             let eligible = &request.eligible_pools;
                             if let Some(note) =
@@ -524,7 +524,7 @@ mod tests {
         let writes = state.decide(&world, "shop/web", now());
         assert_eq!(assigned_ips(&writes), ["192.0.2.10"]);
         assert_eq!(reasons(&state.take_events()), ["IPAllocated"]);
-        assert_eq!(state.take_tally().allocations, 1);
+        assert_eq!(state.take_tally().allocated.len(), 1);
 
         // The namespace is relabelled: the reserved pool no longer admits the Service.
         world.namespaces.insert("shop".into(), BTreeMap::new());
@@ -558,7 +558,7 @@ mod tests {
         assert_eq!(
             state.take_tally(),
             Tally {
-                allocations: 0,
+                allocated: Vec::new(),
                 failures: vec!["PoolExhausted".into()]
             }
         );

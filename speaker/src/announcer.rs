@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_telemetry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -17,7 +16,7 @@ use tokio::time::Instant;
 use crate::conflicts::{Conflict, ForeignAnswers};
 use crate::interfaces::Interface;
 use crate::link_socket::LinkSocket;
-use crate::metrics;
+use crate::metrics::{ForeignLabels, Metrics, Protocol, ProtocolLabels};
 use crate::packet::{self, MacAddr, Query};
 
 /// How often a task probes the next due IPs and re-reads its conflicts.
@@ -49,16 +48,16 @@ struct Link {
 
 pub struct Announcer {
     refresh: Duration,
-    registry: Arc<Registry>,
+    metrics: Metrics,
     links: BTreeMap<u32, Task>,
     conflicts: Arc<watch::Sender<Conflicts>>,
 }
 
 impl Announcer {
-    pub fn new(refresh: Duration, registry: Arc<Registry>) -> Self {
+    pub fn new(refresh: Duration, metrics: Metrics) -> Self {
         Self {
             refresh,
-            registry,
+            metrics,
             links: BTreeMap::new(),
             conflicts: Arc::new(watch::channel(Conflicts::new()).0),
         }
@@ -92,7 +91,7 @@ impl Announcer {
                 gone = all.remove(&index).unwrap_or_default();
                 !gone.is_empty()
             });
-            publish_metrics(&self.registry, &gone, &BTreeSet::new());
+            publish_metrics(&self.metrics, &gone, &BTreeSet::new());
         }
         for (index, ips) in plan {
             if ips.is_empty() {
@@ -127,14 +126,13 @@ impl Announcer {
                 },
                 rx,
                 self.refresh,
-                self.registry.clone(),
+                self.metrics.clone(),
                 self.conflicts.clone(),
             ));
             self.links.insert(*index, (tx, task, iface.clone()));
         }
         let announced: usize = plan.values().map(BTreeSet::len).sum();
-        self.registry
-            .set(metrics::IPS_ANNOUNCED, &[], announced as f64);
+        self.metrics.ips_announced.set(announced as i64);
     }
 }
 
@@ -151,7 +149,7 @@ async fn serve(
     link: Link,
     mut owned: watch::Receiver<BTreeSet<IpAddr>>,
     refresh: Duration,
-    registry: Arc<Registry>,
+    metrics: Metrics,
     conflicts: Arc<watch::Sender<Conflicts>>,
 ) {
     let Link { index, name, mac } = link;
@@ -215,7 +213,7 @@ async fn serve(
                             foreign.saw(claim, mac, Instant::now().into_std());
                         }
                         if let Some(q) = packet::parse(frame) {
-                            answer(&socket, mac, &current, &q, &registry, &name);
+                            answer(&socket, mac, &current, &q, &metrics, &name);
                         }
                     }
                 }
@@ -231,7 +229,7 @@ async fn serve(
                 }
                 let now_found = foreign.conflicts(now);
                 if now_found != found {
-                    publish_metrics(&registry, &found, &now_found);
+                    publish_metrics(&metrics, &found, &now_found);
                     conflicts.send_modify(|all| {
                         if now_found.is_empty() {
                             all.remove(&index);
@@ -247,10 +245,10 @@ async fn serve(
                 while let Some((t, ip)) = due.first().copied() {
                     if t > now { break; }
                     due.pop_first();
-                    announce(&socket, mac, ip, &registry, &name);
+                    announce(&socket, mac, ip, &metrics, &name);
                 }
                 if !refresh.is_zero() && now >= next_refresh {
-                    for ip in &current { announce(&socket, mac, *ip, &registry, &name); }
+                    for ip in &current { announce(&socket, mac, *ip, &metrics, &name); }
                     next_refresh = now + refresh;
                 }
             }
@@ -259,16 +257,16 @@ async fn serve(
 }
 
 /// The foreign-answer gauge follows the conflicts found: one series per IP and other MAC.
-fn publish_metrics(registry: &Registry, before: &BTreeSet<Conflict>, after: &BTreeSet<Conflict>) {
+fn publish_metrics(metrics: &Metrics, before: &BTreeSet<Conflict>, after: &BTreeSet<Conflict>) {
+    let labels = |c: &Conflict| ForeignLabels {
+        ip: c.ip.to_string(),
+        mac: c.mac.to_string(),
+    };
     for c in before.difference(after) {
-        registry.remove_matching(metrics::FOREIGN_ANSWERS, "ip", &c.ip.to_string());
+        metrics.foreign_answers.remove(&labels(c));
     }
     for c in after.difference(before) {
-        registry.set(
-            metrics::FOREIGN_ANSWERS,
-            &[("ip", &c.ip.to_string()), ("mac", &c.mac.to_string())],
-            1.0,
-        );
+        metrics.foreign_answers.get_or_create(&labels(c)).set(1);
     }
 }
 
@@ -283,13 +281,20 @@ fn probe(socket: &LinkSocket, mac: MacAddr, ip: IpAddr, name: &str) {
     }
 }
 
-fn announce(socket: &LinkSocket, mac: MacAddr, ip: IpAddr, registry: &Registry, name: &str) {
-    let (frame, kind) = match ip {
-        IpAddr::V4(v4) => (packet::gratuitous_arp(mac, v4), "arp"),
-        IpAddr::V6(v6) => (packet::neighbor_advert(mac, v6, None), "ndp"),
+fn announce(socket: &LinkSocket, mac: MacAddr, ip: IpAddr, metrics: &Metrics, name: &str) {
+    let frame = match ip {
+        IpAddr::V4(v4) => packet::gratuitous_arp(mac, v4),
+        IpAddr::V6(v6) => packet::neighbor_advert(mac, v6, None),
     };
     match socket.send(&frame) {
-        Ok(()) => registry.inc(metrics::ANNOUNCEMENTS, &[("protocol", kind)]),
+        Ok(()) => {
+            metrics
+                .announcements
+                .get_or_create(&ProtocolLabels {
+                    protocol: Protocol::of(ip),
+                })
+                .inc();
+        }
         Err(e) => tracing::warn!(interface = %name, %ip, "announcing: {e}"),
     }
 }
@@ -299,29 +304,33 @@ fn answer(
     mac: MacAddr,
     owned: &BTreeSet<IpAddr>,
     query: &Query,
-    registry: &Registry,
+    metrics: &Metrics,
     name: &str,
 ) {
     if !owned.contains(&query.target()) {
         return;
     }
-    let (frame, kind) = match *query {
+    let frame = match *query {
         Query::Arp {
             sender_mac,
             sender_ip,
             target,
-        } => (packet::arp_reply(mac, target, sender_mac, sender_ip), "arp"),
+        } => packet::arp_reply(mac, target, sender_mac, sender_ip),
         Query::NeighborSolicit {
             reply_mac,
             source_ip,
             target,
-        } => (
-            packet::neighbor_advert(mac, target, Some((reply_mac, source_ip))),
-            "ndp",
-        ),
+        } => packet::neighbor_advert(mac, target, Some((reply_mac, source_ip))),
     };
     match socket.send(&frame) {
-        Ok(()) => registry.inc(metrics::ANSWERS, &[("protocol", kind)]),
+        Ok(()) => {
+            metrics
+                .answers
+                .get_or_create(&ProtocolLabels {
+                    protocol: Protocol::of(query.target()),
+                })
+                .inc();
+        }
         Err(e) => tracing::warn!(interface = %name, "answering: {e}"),
     }
 }

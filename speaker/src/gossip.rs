@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, watch};
 
 use crate::membership::{DecodeError, Heartbeat, Keys, Kind, MAX_MESSAGE, Members};
+use crate::metrics::Departure;
 
 pub struct Gossip {
     socket: UdpSocket,
@@ -26,7 +27,13 @@ pub struct Gossip {
     incarnation: u64,
     seq: Mutex<u64>,
     pub members: Mutex<Members>,
+    /// Peers gone since the last `take_departures`, and when they were last heard: the start
+    /// of a takeover, for its histogram.
+    departures: Mutex<Vec<(Departure, Instant)>>,
 }
+
+/// Departures kept between two decision passes at most (a mass failure is counted up to it).
+const MAX_DEPARTURES: usize = 1024;
 
 impl Gossip {
     pub async fn bind(
@@ -59,6 +66,7 @@ impl Gossip {
             incarnation: u64::from_be_bytes(incarnation),
             seq: Mutex::new(0),
             members: Mutex::new(Members::new(timeout)),
+            departures: Mutex::new(Vec::new()),
         }))
     }
 
@@ -69,6 +77,18 @@ impl Gossip {
 
     fn keys(&self) -> Arc<Keys> {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The peers gone since the last call, with when each was last heard.
+    pub fn take_departures(&self) -> Vec<(Departure, Instant)> {
+        std::mem::take(&mut *self.departures.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn departed(&self, how: Departure, last_heard: Instant) {
+        let mut departures = self.departures.lock().unwrap_or_else(|p| p.into_inner());
+        if departures.len() < MAX_DEPARTURES {
+            departures.push((how, last_heard));
+        }
     }
 
     fn next_seq(&self) -> u64 {
@@ -134,7 +154,11 @@ impl Gossip {
                         })
                         .unwrap_or_default();
                     if !dead.is_empty() {
-                        tracing::info!(dead = %crate::logs::bounded_list(&dead), "speakers stopped answering");
+                        for (_, last_heard) in &dead {
+                            self.departed(Departure::Died, *last_heard);
+                        }
+                        let names: Vec<&String> = dead.iter().map(|(n, _)| n).collect();
+                        tracing::info!(dead = %crate::logs::bounded_list(&names), "speakers stopped answering");
                     }
                     if !dead.is_empty() || rejecting {
                         changed.notify_one();
@@ -161,6 +185,9 @@ impl Gossip {
                     .map(|mut m| m.receive(hb, Instant::now()))
                     .unwrap_or(false);
                 if moved {
+                    if kind == Kind::Leaving {
+                        self.departed(Departure::Left, Instant::now());
+                    }
                     tracing::info!(%node, ?kind, "membership changed");
                     changed.notify_one();
                 }

@@ -343,16 +343,18 @@ impl Members {
     }
 
     /// Drops members not heard from within the timeout; returns their names.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    /// Forgets the members silent for longer than the timeout; returns each with the time
+    /// it was last heard.
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, Instant)> {
         let timeout = self.timeout;
         let stale = |last: &Instant| now.saturating_duration_since(*last) > timeout;
-        let dead: Vec<String> = self
+        let dead: Vec<(String, Instant)> = self
             .members
             .iter()
             .filter(|(_, m)| stale(&m.last_seen))
-            .map(|(n, _)| n.clone())
+            .map(|(n, m)| (n.clone(), m.last_seen))
             .collect();
-        for n in &dead {
+        for (n, _) in &dead {
             self.members.remove(n);
         }
         self.rejected.retain(|_, last| !stale(last));
@@ -512,7 +514,7 @@ mod tests {
         // a falls silent: dead after the timeout, not before.
         assert!(m.expire(t0 + ms(550)).is_empty());
         m.receive(hb("b", 2, Kind::Alive), t0 + ms(550));
-        assert_eq!(m.expire(t0 + ms(650)), vec!["a".to_owned()]);
+        assert_eq!(m.expire(t0 + ms(650)), vec![("a".to_owned(), t0 + ms(100))]);
         assert!(!m.hears("a") && m.hears("b"));
         // A replayed old heartbeat does not revive it; a new one (restart) does.
         assert!(!m.receive(hb("a", 11, Kind::Alive), t0 + ms(700)));

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use herald_api::watch::{Cache, cached, projected};
 use herald_api::{IPPool, L2Advertisement, ServiceObject};
-use herald_telemetry::{Health, Registry};
+use herald_telemetry::Health;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -28,7 +28,7 @@ use crate::gossip::Gossip;
 use crate::gossip_secret::{self, KeySource};
 use crate::interfaces::{self, Snapshot};
 use crate::isolation::{Isolation, Proof, Verdict};
-use crate::metrics;
+use crate::metrics::{Metrics, ReasonLabels, TakeoverLabels};
 use crate::notes::{Claims, Notes};
 use crate::plan::{self, Decision, View};
 use crate::service::ServiceIps;
@@ -61,11 +61,11 @@ struct Stores {
 
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
-    let registry = Arc::new(Registry::new());
-    metrics::describe(&registry);
+    let mut registry = herald_telemetry::registry("speaker");
+    let metrics = Metrics::register(&mut registry);
     let health = Arc::new(Health::new());
     let bound =
-        herald_telemetry::serve(config.metrics_address, registry.clone(), health.clone()).await?;
+        herald_telemetry::serve(config.metrics_address, Arc::new(registry), health.clone()).await?;
     tracing::info!(%bound, node = %config.node, "serving /metrics, /healthz and /readyz");
 
     let changed = Arc::new(Notify::new());
@@ -174,7 +174,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         .await
         .context("L2Announcement watch")?;
 
-    let mut announcer = Announcer::new(config.refresh, registry.clone());
+    let mut announcer = Announcer::new(config.refresh, metrics.clone());
     tokio::spawn(say_conflicts(
         client.clone(),
         announcer.conflicts(),
@@ -209,7 +209,6 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // may announce a few heartbeats before its first one arrives).
     let mut isolation = Isolation::new(config.heartbeat * 3);
     let mut was_isolated = false;
-    registry.set(metrics::ISOLATED, &[], 0.0);
     // IPs this node announced after the last pass (the ownership-change metric); not the
     // whole last decision, which at 10,000 IPs is megabytes.
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
@@ -250,11 +249,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         );
         if verdict.isolated != was_isolated {
             was_isolated = verdict.isolated;
-            registry.set(
-                metrics::ISOLATED,
-                &[],
-                f64::from(u8::from(verdict.isolated)),
-            );
+            metrics.isolated.set(i64::from(verdict.isolated));
             tokio::spawn(say_isolation(
                 client.clone(),
                 stores.nodes.clone(),
@@ -266,6 +261,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         standby_tx.send_if_modified(|old| std::mem::replace(old, isolated) != isolated);
         let standing_by = settling || isolated;
         let started = tokio::time::Instant::now();
+        // Peers gone since the last pass: if this pass takes IPs over, the takeover took
+        // from their last heartbeat (or leave) to now.
+        let departures = gossip.take_departures();
         let (decision, joining) = if standing_by {
             (Decision::default(), false)
         } else {
@@ -276,8 +274,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
         let now_owned: BTreeSet<IpAddr> = decision.announced().collect();
         let changes = now_owned.symmetric_difference(&owned).count();
-        if changes > 0 {
-            registry.add(metrics::OWNERSHIP_CHANGES, &[], changes as f64);
+        metrics.ownership_changes.inc_by(changes as u64);
+        if now_owned.difference(&owned).next().is_some() {
+            for (how, last_heard) in departures {
+                metrics
+                    .takeover
+                    .get_or_create(&TakeoverLabels { peer: how })
+                    .observe(last_heard.elapsed().as_secs_f64());
+            }
         }
         owned = now_owned;
         for reason in crate::election::NoOwner::LABELS {
@@ -286,10 +290,16 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                 .values()
                 .filter(|d| d.outcome.as_ref().is_err_and(|e| e.label() == reason))
                 .count();
-            registry.set(metrics::UNANNOUNCED, &[("reason", reason)], count as f64);
+            metrics
+                .unannounced
+                .get_or_create(&ReasonLabels { reason })
+                .set(count as i64);
         }
         decision_tx.send_replace(Arc::new(decision));
-        registry.set(metrics::MEMBERS, &[], (gossiped.heard.len() + 1) as f64);
+        metrics.members.set((gossiped.heard.len() + 1) as i64);
+        metrics
+            .pass_duration
+            .observe(started.elapsed().as_secs_f64());
         health.set_ready(!standing_by);
 
         tokio::select! {

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::Registry;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,9 +88,12 @@ async fn respond(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()),
     };
+    // HEAD: the headers GET would send (its Content-Length too), and no body.
+    let head_only = buf.starts_with(b"HEAD ");
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        if head_only { "" } else { body.as_str() }
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
@@ -127,11 +129,10 @@ fn route(
         return ("405 Method Not Allowed", TEXT, "only GET\n".into());
     }
     match path {
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            registry.render(),
-        ),
+        "/metrics" => {
+            let (content_type, body) = crate::encode(registry, &header(head, "accept"));
+            ("200 OK", content_type, body)
+        }
         "/healthz" | "/livez" => ("200 OK", TEXT, "ok\n".into()),
         "/readyz" if health.is_ready() => ("200 OK", TEXT, "ready\n".into()),
         "/readyz" => ("503 Service Unavailable", TEXT, "not ready\n".into()),
@@ -143,10 +144,24 @@ fn route(
     }
 }
 
+/// The value of header `name` (lower case) in a request head, or "".
+fn header(head: &[u8], name: &str) -> String {
+    String::from_utf8_lossy(head)
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Kind;
+    use prometheus_client::metrics::gauge::Gauge;
 
     async fn get(addr: SocketAddr, request: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -158,9 +173,11 @@ mod tests {
 
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
-        let registry = Arc::new(Registry::new());
-        registry.describe("herald_up", Kind::Gauge, "Up.");
-        registry.set("herald_up", &[], 1.0);
+        let mut registry = Registry::default();
+        let up = Gauge::<i64>::default();
+        registry.register("herald_up", "Up", up.clone());
+        up.set(1);
+        let registry = Arc::new(registry);
         let health = Arc::new(Health::new());
         let addr = serve("127.0.0.1:0".parse().unwrap(), registry, health.clone())
             .await
@@ -169,6 +186,31 @@ mod tests {
         let metrics = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
         assert!(metrics.ends_with("herald_up 1\n"), "{metrics}");
+        // HEAD: the same headers, no body.
+        let head = get(addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "HEAD answered with a body: {head}"
+        );
+        let length = |answer: &str| {
+            answer
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(str::to_owned)
+        };
+        assert_eq!(length(&head), length(&metrics));
+        // A scraper that asks for OpenMetrics gets it.
+        let open = get(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n",
+        )
+        .await;
+        assert!(
+            open.contains("Content-Type: application/openmetrics-text"),
+            "{open}"
+        );
+        assert!(open.ends_with("# EOF\n"), "{open}");
         assert!(
             get(addr, b"GET /healthz HTTP/1.1\r\n\r\n")
                 .await

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod objects;
 mod pki;
 pub mod process;
+pub mod prometheus;
 
 pub use control_plane::{ControlPlane, Options};
 pub use process::Process;

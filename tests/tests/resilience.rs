@@ -160,7 +160,8 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
         "herald_controller_leader 1",
         "herald_controller_allocations_total 200",
         "herald_pool_addresses_assigned{pool=\"lan\",family=\"ipv4\"} 200",
-        "herald_pool_addresses_available{pool=\"lan\",family=\"ipv4\"} 56",
+        // A float gauge (an IPv6 /64 holds 2^64).
+        "herald_pool_addresses_available{pool=\"lan\",family=\"ipv4\"} 56.0",
     ];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

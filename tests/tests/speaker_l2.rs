@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use herald_tests::client_view::metric;
 use herald_tests::Process;
 use herald_tests::netns::{self, Lan, http_get_in, resolve, tcp_hello};
 use herald_tests::objects::{apply, ips, wait_for, wait_for_event};
@@ -102,6 +103,12 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
     let after_kill = owner(&lan, v4, Some(&first), Duration::from_secs(10));
     tracing::info!(took = ?killed.elapsed(), to = %after_kill, "failover after kill -9");
     assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), after_kill);
+    // The taker counts the takeover in its histogram, from the dead peer's last heartbeat.
+    let takeovers = |node: &str, peer: &str| {
+        let name = format!("herald_speaker_takeover_seconds_count{{peer=\"{peer}\"}}");
+        metric(&lan, node, &name).unwrap_or(0.0)
+    };
+    assert!(takeovers(&after_kill, "died") >= 1.0);
 
     // SIGTERM: the speaker leaves and the last node takes over.
     speakers[idx(&after_kill)].signal(libc::SIGTERM);
@@ -110,6 +117,7 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
     tracing::info!(took = ?stopped.elapsed(), to = %last, "handover after SIGTERM");
     assert!(last != first && last != after_kill);
     assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), last);
+    assert!(takeovers(&last, "left") >= 1.0, "no takeover after a leave counted");
     let deadline = Instant::now() + Duration::from_secs(10);
     while announcement(v4).await.map(|a| a.0) != Some(last.clone()) {
         assert!(
