@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use herald_tests::client_view::metric;
 use herald_tests::Process;
+use herald_tests::client_view::metric;
 use herald_tests::netns::{self, Lan, http_get_in, resolve, tcp_hello};
 use herald_tests::objects::{apply, ips, wait_for, wait_for_event};
 use k8s_openapi::api::core::v1::Service;
@@ -117,7 +117,10 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
     tracing::info!(took = ?stopped.elapsed(), to = %last, "handover after SIGTERM");
     assert!(last != first && last != after_kill);
     assert_eq!(tcp_hello(&lan.client, v4, PORT).expect("tcp"), last);
-    assert!(takeovers(&last, "left") >= 1.0, "no takeover after a leave counted");
+    assert!(
+        takeovers(&last, "left") >= 1.0,
+        "no takeover after a leave counted"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while announcement(v4).await.map(|a| a.0) != Some(last.clone()) {
         assert!(

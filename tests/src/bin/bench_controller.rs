@@ -9,6 +9,9 @@
 //! 3. Latency: with those N present, 200 more are created one at a time; create-to-status
 //!    latency of each (create returned -> IP seen by a watch).
 //! 4. Memory: the controller's peak RSS (VmHWM) at the end.
+//! 5. Restart: the controller is killed (-9), one more Service is created, the controller
+//!    starts again; time from its start until that Service's IP is seen (it lists the N
+//!    Services and rebuilds its state from their statuses first).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -181,6 +184,19 @@ async fn limit(n: usize) -> Result<(f64, Vec<Duration>)> {
     Ok((limit_rate, rtts))
 }
 
+fn controller_command(controller_bin: &PathBuf, cp: &ControlPlane) -> Command {
+    let mut cmd = Command::new(controller_bin);
+    cmd.args([
+        "run",
+        "--leader-elect=false",
+        "--metrics-address",
+        "127.0.0.1:0",
+    ])
+    .env("KUBECONFIG", cp.kubeconfig())
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
 async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
     // HERALD_BENCH_SKIP_LIMIT=1: Herald's side only (quick memory checks); ratios print as 0.
     let (limit_rate, rtts) = if std::env::var_os("HERALD_BENCH_SKIP_LIMIT").is_some() {
@@ -195,17 +211,12 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
     let seen = watch_allocations(&client);
     let names: Vec<String> = (0..n).map(|i| format!("svc-{i}")).collect();
     create_many(&client, &names, None).await?;
-    let mut cmd = Command::new(controller_bin);
-    cmd.args([
-        "run",
-        "--leader-elect=false",
-        "--metrics-address",
-        "127.0.0.1:0",
-    ])
-    .env("KUBECONFIG", cp.kubeconfig())
-    .env("RUST_LOG", "warn");
     let started = Instant::now();
-    let controller = Process::spawn("herald-controller", cmd, &cp.dir().join("controller.log"))?;
+    let controller = Process::spawn(
+        "herald-controller",
+        controller_command(controller_bin, &cp),
+        &cp.dir().join("controller.log"),
+    )?;
     let done = wait_seen(&seen, &names, Duration::from_secs(600)).await?;
     let herald_rate = n as f64 / (done - started).as_secs_f64();
 
@@ -223,9 +234,29 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
     let rss = peak_rss_mib(controller.pid(), "VmHWM:")?;
     let rss_now = peak_rss_mib(controller.pid(), "VmRSS:")?;
 
+    // 5. Restart to first IP.
+    let mut controller = controller;
+    controller.kill();
+    let probe = "restart-probe".to_owned();
+    api.create(&PostParams::default(), &service(&probe, None)?)
+        .await?;
+    let restarted = Instant::now();
+    let _controller = Process::spawn(
+        "herald-controller-restarted",
+        controller_command(controller_bin, &cp),
+        &cp.dir().join("controller-restarted.log"),
+    )?;
+    let at = wait_seen(
+        &seen,
+        std::slice::from_ref(&probe),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let restart = at.saturating_duration_since(restarted);
+
     let p50 = percentile(&latencies, 0.5);
     Ok(format!(
-        "| {n} | {:.0}/s | {:.0}/s ({:.0}%) | {} | {} | {} | {} ({:.1}x) | {rss:.1} MiB (now {rss_now:.1}) |",
+        "| {n} | {:.0}/s | {:.0}/s ({:.0}%) | {} | {} | {} | {} ({:.1}x) | {rss:.1} MiB (now {rss_now:.1}) | {:.2} s |",
         limit_rate,
         herald_rate,
         100.0 * herald_rate / limit_rate,
@@ -234,6 +265,7 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         ms(p50),
         ms(percentile(&latencies, 0.99)),
         p50.as_secs_f64() / percentile(&rtts, 0.5).as_secs_f64(),
+        restart.as_secs_f64(),
     ))
 }
 
@@ -254,9 +286,9 @@ async fn main() -> Result<()> {
         sizes
     };
     println!(
-        "| Services | minimal client PATCH rate | Herald allocation rate (% of limit) | PATCH RTT p50 | PATCH RTT p99 | create-to-IP p50 | create-to-IP p99 (p50 / RTT p50) | controller peak RSS |"
+        "| Services | minimal client PATCH rate | Herald allocation rate (% of limit) | PATCH RTT p50 | PATCH RTT p99 | create-to-IP p50 | create-to-IP p99 (p50 / RTT p50) | controller peak RSS | restart to first IP |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         println!("{}", run_size(n, &controller_bin).await?);
     }
