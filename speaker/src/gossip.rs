@@ -1,10 +1,15 @@
-//! The UDP side of `membership`: sends this speaker's heartbeat to every other node each
-//! interval, receives theirs, expires the silent, and says "leaving" on shutdown.
+//! The UDP side of `membership`: sends this speaker's heartbeat to its segment each interval
+//! and to every other node each `FAR_ROUND`, receives theirs, expires the silent, and says
+//! "leaving" on shutdown. A node whose heartbeats arrive at the segment's pace gets ours at
+//! that pace too (segments are symmetric, this makes them so while views differ), and a
+//! speaker heard for the first time (a start) is answered at once, so it learns this one's
+//! subnets without waiting for a round.
 //!
 //! Under CPU starvation this thread may run late; before it expires anyone it reads every
 //! heartbeat already queued on the socket, so a peer is dead only if its heartbeats did not
 //! arrive, not because this thread did not look.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -16,6 +21,24 @@ use tokio::sync::{Notify, watch};
 
 use crate::membership::{DecodeError, Heartbeat, Keys, Kind, MAX_MESSAGE, Members};
 use crate::metrics::Departure;
+
+/// Where heartbeats go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peers {
+    /// The segment (`plan::segment`): every interval.
+    pub segment: Vec<IpAddr>,
+    /// Every other node: every `FAR_ROUND`.
+    pub all: Vec<IpAddr>,
+}
+
+/// How often every node hears from every other: enough to know each other's subnets (who is
+/// in whose segment), at a cost per node of (nodes / 10) datagrams a second each way.
+pub const FAR_ROUND: Duration = Duration::from_secs(10);
+
+/// Silence after which a node heard only in rounds counts as dead: three rounds missed.
+pub fn far_timeout(timeout: Duration) -> Duration {
+    FAR_ROUND * 3 + timeout
+}
 
 pub struct Gossip {
     socket: UdpSocket,
@@ -30,6 +53,10 @@ pub struct Gossip {
     /// Peers gone since the last `take_departures`, and when they were last heard: the start
     /// of a takeover, for its histogram.
     departures: Mutex<Vec<(Departure, Instant)>>,
+    /// Per sender address, its last two authenticated heartbeats: one sending at the
+    /// segment's pace gets ours at that pace.
+    senders: Mutex<HashMap<IpAddr, (Instant, Instant)>>,
+    timeout: Duration,
 }
 
 /// Departures kept between two decision passes at most (a mass failure is counted up to it).
@@ -65,8 +92,10 @@ impl Gossip {
             dual_stack,
             incarnation: u64::from_be_bytes(incarnation),
             seq: Mutex::new(0),
-            members: Mutex::new(Members::new(timeout)),
+            members: Mutex::new(Members::new(timeout).with_far_timeout(far_timeout(timeout))),
             departures: Mutex::new(Vec::new()),
+            senders: Mutex::new(HashMap::new()),
+            timeout,
         }))
     }
 
@@ -97,6 +126,30 @@ impl Gossip {
         *seq
     }
 
+    /// Addresses sending at the segment's pace now (their last two heartbeats, and the last
+    /// one, within a timeout); forgets senders silent for a far timeout.
+    fn reciprocal(&self, now: Instant) -> Vec<IpAddr> {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let forget = far_timeout(self.timeout);
+        senders.retain(|_, (_, last)| now.saturating_duration_since(*last) <= forget);
+        senders
+            .iter()
+            .filter(|(_, (prev, last))| {
+                last.saturating_duration_since(*prev) <= self.timeout
+                    && now.saturating_duration_since(*last) <= self.timeout
+            })
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
+    fn heard_from(&self, ip: IpAddr, now: Instant) {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = senders
+            .entry(ip)
+            .or_insert((now - far_timeout(self.timeout), now));
+        *entry = (entry.1, now);
+    }
+
     async fn send_all(&self, kind: Kind, subnets: Vec<IpNetwork>, peers: &[IpAddr]) {
         let hb = Heartbeat {
             kind,
@@ -124,7 +177,7 @@ impl Gossip {
     pub async fn run(
         self: Arc<Self>,
         interval: Duration,
-        peers: watch::Receiver<Vec<IpAddr>>,
+        peers: watch::Receiver<Peers>,
         subnets: watch::Receiver<Vec<IpNetwork>>,
         standby: watch::Receiver<bool>,
         changed: Arc<Notify>,
@@ -133,16 +186,42 @@ impl Gossip {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut log = RejectionLog::default();
+        // Rounds to every node; a node not greeted yet (this speaker just started, or the
+        // node is new) is greeted at the next tick, so it knows this one at once.
+        let mut next_round = Instant::now() + FAR_ROUND;
+        let mut greeted: BTreeSet<IpAddr> = BTreeSet::new();
+        let kind = |standby: &watch::Receiver<bool>| {
+            if *standby.borrow() {
+                Kind::Standby
+            } else {
+                Kind::Alive
+            }
+        };
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let peers = peers.borrow().clone();
-                    let subnets = subnets.borrow().clone();
-                    let kind = if *standby.borrow() { Kind::Standby } else { Kind::Alive };
-                    self.send_all(kind, subnets, &peers).await;
+                    let now = Instant::now();
+                    let mut targets: BTreeSet<IpAddr> = {
+                        let peers = peers.borrow();
+                        let all: BTreeSet<IpAddr> = peers.all.iter().copied().collect();
+                        let mut targets: BTreeSet<IpAddr> = if now >= next_round {
+                            next_round = now + FAR_ROUND;
+                            all.clone()
+                        } else {
+                            all.difference(&greeted).copied().collect()
+                        };
+                        targets.extend(peers.segment.iter().copied());
+                        greeted = all;
+                        targets
+                    };
+                    targets.extend(self.reciprocal(now));
+                    let targets: Vec<IpAddr> = targets.into_iter().collect();
+                    self.send_all(kind(&standby), subnets.borrow().clone(), &targets).await;
                     // Whatever arrived while this thread was not running counts first.
                     while let Ok((n, from)) = self.socket.try_recv_from(&mut buf) {
-                        self.handle(&buf[..n], from, &changed, &mut log);
+                        if let Some(new) = self.handle(&buf[..n], from, &changed, &mut log) {
+                            self.send_all(kind(&standby), subnets.borrow().clone(), &[new]).await;
+                        }
                     }
                     let (dead, rejecting) = self
                         .members
@@ -165,7 +244,11 @@ impl Gossip {
                     }
                 }
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, from)) => self.handle(&buf[..n], from, &changed, &mut log),
+                    Ok((n, from)) => {
+                        if let Some(new) = self.handle(&buf[..n], from, &changed, &mut log) {
+                            self.send_all(kind(&standby), subnets.borrow().clone(), &[new]).await;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!("receiving gossip: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -175,15 +258,31 @@ impl Gossip {
         }
     }
 
-    fn handle(&self, datagram: &[u8], from: SocketAddr, changed: &Notify, log: &mut RejectionLog) {
+    /// Applies one datagram; returns the address of a speaker heard for the first time
+    /// (started), to be answered at once.
+    fn handle(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        changed: &Notify,
+        log: &mut RejectionLog,
+    ) -> Option<IpAddr> {
         match Heartbeat::decode(datagram, &self.keys()) {
             Ok(hb) if hb.node != self.me => {
                 let (node, kind) = (hb.node.clone(), hb.kind);
-                let moved = self
+                let now = Instant::now();
+                let ip = from.ip().to_canonical();
+                if kind != Kind::Leaving {
+                    self.heard_from(ip, now);
+                }
+                let (moved, new) = self
                     .members
                     .lock()
-                    .map(|mut m| m.receive(hb, Instant::now()))
-                    .unwrap_or(false);
+                    .map(|mut m| {
+                        let new = kind != Kind::Leaving && m.is_new(&hb.node, hb.incarnation);
+                        (m.receive(hb, now), new)
+                    })
+                    .unwrap_or((false, false));
                 if moved {
                     if kind == Kind::Leaving {
                         self.departed(Departure::Left, Instant::now());
@@ -191,19 +290,19 @@ impl Gossip {
                     tracing::info!(%node, ?kind, "membership changed");
                     changed.notify_one();
                 }
+                new.then_some(ip)
             }
-            Ok(_) => {}
+            Ok(_) => None,
             Err(e @ DecodeError::BadTag) => {
                 let ip = from.ip().to_canonical();
-                let new = self
+                let (new, answer) = self
                     .members
                     .lock()
                     .map(|mut m| {
                         let new = !m.rejecting().any(|r| r == ip);
-                        m.rejected(ip, Instant::now());
-                        new
+                        (new, m.rejected(ip, Instant::now()))
                     })
-                    .unwrap_or(false);
+                    .unwrap_or((false, false));
                 if new {
                     changed.notify_one();
                 }
@@ -211,8 +310,14 @@ impl Gossip {
                 if log.due() {
                     tracing::warn!(%from, "rejected a heartbeat: {e}");
                 }
+                // Answered (at most once a timeout): it rejects the answer in turn, and so
+                // has proof that speakers run that it cannot hear, before it claims anything.
+                answer.then_some(ip)
             }
-            Err(e) => tracing::debug!(%from, "ignoring datagram: {e}"),
+            Err(e) => {
+                tracing::debug!(%from, "ignoring datagram: {e}");
+                None
+            }
         }
     }
 

@@ -243,6 +243,8 @@ struct Member {
     subnets: Vec<IpNetwork>,
     /// Running but not taking IPs (`Kind::Standby`).
     standby: bool,
+    /// Heard at the segment's pace (its last two heartbeats within a timeout).
+    fast: bool,
 }
 
 /// What a receiver knows of one sender's incarnations, to refuse replays.
@@ -280,6 +282,8 @@ impl Incarnations {
 #[derive(Debug)]
 pub struct Members {
     timeout: Duration,
+    /// For members that heartbeat this node only now and then (not in its segment).
+    far_timeout: Duration,
     members: BTreeMap<String, Member>,
     /// Per node, kept after death so replays stay refused.
     seen: BTreeMap<String, Incarnations>,
@@ -292,10 +296,25 @@ impl Members {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
+            far_timeout: timeout,
             members: BTreeMap::new(),
             seen: BTreeMap::new(),
             rejected: BTreeMap::new(),
         }
+    }
+
+    /// Members whose heartbeats come further apart than the timeout (they send to this node
+    /// only in their rounds to every node: it is not in their segment) count as dead after
+    /// `far_timeout` of silence instead.
+    pub fn with_far_timeout(mut self, far_timeout: Duration) -> Self {
+        self.far_timeout = far_timeout.max(self.timeout);
+        self
+    }
+
+    /// Whether `(node, incarnation)` has not been heard before: a speaker that (re)started,
+    /// to be answered at once so it learns this one's subnets without waiting for a round.
+    pub fn is_new(&self, node: &str, incarnation: u64) -> bool {
+        self.seen.get(node).is_none_or(|s| s.current != incarnation)
     }
 
     /// Applies a heartbeat; returns whether the candidates (or a member's subnets) changed.
@@ -317,6 +336,11 @@ impl Members {
                     Some(m) if !restarted => m.since,
                     _ => now,
                 };
+                // Heartbeats within a timeout of each other: the sender counts this node in
+                // its segment, and its silence means death after one timeout.
+                let fast = known.is_some_and(|m| {
+                    !restarted && now.saturating_duration_since(m.last_seen) <= self.timeout
+                });
                 self.members.insert(
                     hb.node,
                     Member {
@@ -324,6 +348,7 @@ impl Members {
                         last_seen: now,
                         subnets: hb.subnets,
                         standby,
+                        fast,
                     },
                 );
                 changed
@@ -331,13 +356,17 @@ impl Members {
         }
     }
 
-    /// A datagram from `from` failed authentication.
-    pub fn rejected(&mut self, from: IpAddr, now: Instant) {
-        // Bounded: addresses are forgotten one timeout after their last datagram (expire).
-        self.rejected.insert(from, now);
+    /// A datagram from `from` failed authentication. Returns whether the last one from there
+    /// was longer than a timeout ago (or never): then it is answered, so that a speaker with
+    /// another key, which hears this node only now and then, learns at once that it runs.
+    pub fn rejected(&mut self, from: IpAddr, now: Instant) -> bool {
+        // Bounded: addresses are forgotten a far timeout after their last datagram (expire),
+        // long enough to span the rounds in which such a speaker is heard.
+        let last = self.rejected.insert(from, now);
+        last.is_none_or(|last| now.saturating_duration_since(last) > self.timeout)
     }
 
-    /// Addresses that sent datagrams failing authentication within the last timeout.
+    /// Addresses that sent datagrams failing authentication within the last far timeout.
     pub fn rejecting(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.rejected.keys().copied()
     }
@@ -346,18 +375,21 @@ impl Members {
     /// Forgets the members silent for longer than the timeout; returns each with the time
     /// it was last heard.
     pub fn expire(&mut self, now: Instant) -> Vec<(String, Instant)> {
-        let timeout = self.timeout;
-        let stale = |last: &Instant| now.saturating_duration_since(*last) > timeout;
+        let (timeout, far_timeout) = (self.timeout, self.far_timeout);
         let dead: Vec<(String, Instant)> = self
             .members
             .iter()
-            .filter(|(_, m)| stale(&m.last_seen))
+            .filter(|(_, m)| {
+                let limit = if m.fast { timeout } else { far_timeout };
+                now.saturating_duration_since(m.last_seen) > limit
+            })
             .map(|(n, m)| (n.clone(), m.last_seen))
             .collect();
         for (n, _) in &dead {
             self.members.remove(n);
         }
-        self.rejected.retain(|_, last| !stale(last));
+        let far_stale = |last: &Instant| now.saturating_duration_since(*last) > far_timeout;
+        self.rejected.retain(|_, last| !far_stale(last));
         dead
     }
 
@@ -583,16 +615,46 @@ mod tests {
         assert_eq!(m.joining(ms(600), t0 + ms(800)).collect::<Vec<_>>(), ["a"]);
     }
 
+    /// A member heard at the segment's pace dies after one timeout of silence; one heard only
+    /// in rounds to every node (outside the segment) after the far timeout.
     #[test]
-    fn rejected_senders_are_remembered_for_one_timeout() {
+    fn segment_members_die_after_a_timeout_far_ones_after_the_far_timeout() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut m = Members::new(ms(500));
+        let mut m = Members::new(ms(500)).with_far_timeout(ms(30_000));
+        for (i, at) in [0, 100, 200].into_iter().enumerate() {
+            m.receive(hb("near", i as u64 + 1, Kind::Alive), t0 + ms(at));
+        }
+        for (i, at) in [0, 10_000, 20_000].into_iter().enumerate() {
+            m.receive(hb("far", i as u64 + 1, Kind::Alive), t0 + ms(at));
+        }
+        assert!(m.is_new("other", 1) && !m.is_new("far", 1) && m.is_new("far", 2));
+        // 20.6 s: near has been silent since 0.2 s, far heard at 20 s.
+        let dead: Vec<String> = m.expire(t0 + ms(20_600)).into_iter().map(|d| d.0).collect();
+        assert_eq!(dead, ["near"]);
+        assert!(
+            m.expire(t0 + ms(49_000)).is_empty(),
+            "far died before its far timeout"
+        );
+        let dead: Vec<String> = m.expire(t0 + ms(50_100)).into_iter().map(|d| d.0).collect();
+        assert_eq!(dead, ["far"]);
+    }
+
+    #[test]
+    fn rejected_senders_are_remembered_for_a_far_timeout_and_answered_once_a_timeout() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = Members::new(ms(500)).with_far_timeout(ms(2_000));
         let from: IpAddr = "192.0.2.7".parse().unwrap();
-        m.rejected(from, t0);
-        m.expire(t0 + ms(400));
+        assert!(m.rejected(from, t0), "the first is answered");
+        assert!(!m.rejected(from, t0 + ms(100)), "not a flood of answers");
+        assert!(
+            m.rejected(from, t0 + ms(700)),
+            "answered again a timeout later"
+        );
+        m.expire(t0 + ms(2_600));
         assert_eq!(m.rejecting().collect::<Vec<_>>(), [from]);
-        m.expire(t0 + ms(600));
+        m.expire(t0 + ms(2_800));
         assert_eq!(m.rejecting().count(), 0);
     }
 

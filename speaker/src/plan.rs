@@ -172,6 +172,58 @@ pub fn decide(view: &View) -> Decision {
     decision
 }
 
+/// The nodes this one must hear within a failure timeout: those it competes with for some
+/// IP. For each range of each pool this node may announce, the competitors are the nodes
+/// the pool's advertisements allow that have an interface in the range's subnet (the
+/// election prefers them, so nobody else can win while one lives), or every allowed node
+/// when none has (forced interfaces). Every speaker computes this from the same facts, so
+/// the relation is symmetric; a node outside it is heard only in the slower rounds to every
+/// node, which is enough to know its subnets. The cost of liveness per node is bounded by
+/// its segment, not by the cluster.
+pub fn segment(view: &View) -> BTreeSet<String> {
+    let pools: Vec<PoolFacts> = view
+        .pools
+        .iter()
+        .map(|p| PoolFacts::new(p, view.advertisements))
+        .collect();
+    let mut peers = BTreeSet::new();
+    let Some(me) = view.nodes.get(view.me) else {
+        return peers;
+    };
+    for pool in &pools {
+        if me.excluded || !pool.allows(me) {
+            continue;
+        }
+        let allowed: Vec<&str> = view
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.excluded && pool.allows(n))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        for range in &pool.ranges {
+            let on_subnet: Vec<&str> = allowed
+                .iter()
+                .copied()
+                .filter(|n| {
+                    view.node_subnets
+                        .get(*n)
+                        .is_some_and(|nets| nets.iter().any(|net| net.contains(range.start())))
+                })
+                .collect();
+            let competitors = if on_subnet.is_empty() {
+                &allowed
+            } else {
+                &on_subnet
+            };
+            if competitors.contains(&view.me) {
+                peers.extend(competitors.iter().map(|n| (*n).to_owned()));
+            }
+        }
+    }
+    peers.remove(view.me);
+    peers
+}
+
 /// The owner of `ip`, held by the Services `group`, and the interfaces forced by the
 /// advertisements that select its pool.
 fn owner<'v, 'p>(

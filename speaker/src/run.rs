@@ -24,7 +24,7 @@ use crate::announcer::Announcer;
 use crate::conflicts::Conflict;
 use crate::election::{NodeFacts, has_condition};
 use crate::endpoints::ServingNodes;
-use crate::gossip::Gossip;
+use crate::gossip::{Gossip, Peers};
 use crate::gossip_secret::{self, KeySource};
 use crate::interfaces::{self, Snapshot};
 use crate::isolation::{Isolation, Proof, Verdict};
@@ -47,6 +47,8 @@ pub struct Config {
 }
 
 const MIN_COALESCE: Duration = Duration::from_millis(10);
+/// How long after a peer's departure a gain of IPs counts as taking over from it.
+const DEPARTURE_RELEVANCE: Duration = Duration::from_secs(5);
 const MAX_COALESCE: Duration = Duration::from_millis(250);
 
 struct Stores {
@@ -78,7 +80,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         }
     });
 
-    let (peers_tx, peers_rx) = watch::channel(Vec::<IpAddr>::new());
+    let (peers_tx, peers_rx) = watch::channel(Peers::default());
     let (subnets_tx, subnets_rx) = watch::channel(Vec::<IpNetwork>::new());
     // On standby (heard by the others, taking no IP) while isolated.
     let (standby_tx, standby_rx) = watch::channel(false);
@@ -212,6 +214,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // IPs this node announced after the last pass (the ownership-change metric); not the
     // whole last decision, which at 10,000 IPs is megabytes.
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut departures: Vec<(crate::metrics::Departure, Instant)> = Vec::new();
     // Passes over many Services cost milliseconds: bursts of watch events are coalesced for
     // twice the last pass's time (at least 10 ms), so a speaker spends at most a third of a
     // core deciding while thousands of Services change.
@@ -232,13 +235,10 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             old.clone_from(&own_subnets);
             differs
         });
-        let peers = peer_addresses(&stores.nodes, &config.node);
-        peers_tx.send_if_modified(|old| {
-            let differs = *old != peers;
-            *old = peers.clone();
-            differs
-        });
         let settling = tokio::time::Instant::now() < settled_at;
+        // Peers gone, taken before the members are read: the first pass that takes IPs over
+        // after a departure counts the takeover, from the last heartbeat (or leave) to now.
+        departures.extend(gossip.take_departures());
         let gossiped = Gossiped::read(&gossip, &config.node, own_subnets, settle);
         let verdict = judge(
             &mut isolation,
@@ -261,28 +261,37 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         standby_tx.send_if_modified(|old| std::mem::replace(old, isolated) != isolated);
         let standing_by = settling || isolated;
         let started = tokio::time::Instant::now();
-        // Peers gone since the last pass: if this pass takes IPs over, the takeover took
-        // from their last heartbeat (or leave) to now.
-        let departures = gossip.take_departures();
-        let (decision, joining) = if standing_by {
-            (Decision::default(), false)
-        } else {
-            let decision = decide(&stores, &gossiped, &config.node, &snapshot, &owned);
-            (decision, !gossiped.joining.is_empty())
-        };
+        let (decision, segment) = decide(
+            &stores,
+            &gossiped,
+            &config.node,
+            &snapshot,
+            &owned,
+            standing_by,
+        );
+        let joining = !standing_by && !gossiped.joining.is_empty();
+        let peers = peers_of(&stores.nodes, &config.node, &segment);
+        peers_tx.send_if_modified(|old| {
+            let differs = *old != peers;
+            *old = peers;
+            differs
+        });
         announcer.apply(&decision.plan, &snapshot.interfaces);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
         let now_owned: BTreeSet<IpAddr> = decision.announced().collect();
         let changes = now_owned.symmetric_difference(&owned).count();
         metrics.ownership_changes.inc_by(changes as u64);
         if now_owned.difference(&owned).next().is_some() {
-            for (how, last_heard) in departures {
+            for (how, last_heard) in departures.drain(..) {
                 metrics
                     .takeover
                     .get_or_create(&TakeoverLabels { peer: how })
                     .observe(last_heard.elapsed().as_secs_f64());
             }
         }
+        // A departure that gave this node nothing yet may still (a held-over IP): kept a
+        // few seconds, then it was not this node's to take.
+        departures.retain(|(_, at)| at.elapsed() < DEPARTURE_RELEVANCE);
         owned = now_owned;
         for reason in crate::election::NoOwner::LABELS {
             let count = decision
@@ -318,8 +327,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     }
     // Leave first so the others take over at once, then stop answering.
     tracing::info!("leaving: telling the other speakers, then stopping announcements");
-    let peers = peer_addresses(&stores.nodes, &config.node);
-    gossip.leave(&peers).await;
+    let peers = peers_of(&stores.nodes, &config.node, &BTreeSet::new());
+    gossip.leave(&peers.all).await;
     drop(announcer);
     Ok(())
 }
@@ -392,24 +401,28 @@ fn spawn_watch<E: Send + 'static>(
 }
 
 /// The other nodes' first InternalIP: where heartbeats go.
-fn peer_addresses(nodes: &Store<Node>, me: &str) -> Vec<IpAddr> {
-    let mut peers: Vec<IpAddr> = nodes
-        .state()
-        .iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(me))
-        .filter_map(|n| {
-            n.status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .find(|a| a.type_ == "InternalIP")?
-                .address
-                .parse()
-                .ok()
-        })
-        .collect();
-    peers.sort();
+/// Where heartbeats go: every other node's InternalIP, and among them the segment's.
+fn peers_of(nodes: &Store<Node>, me: &str, segment: &BTreeSet<String>) -> Peers {
+    let mut peers = Peers::default();
+    for n in nodes.state() {
+        let Some(name) = n.metadata.name.as_deref().filter(|n| *n != me) else {
+            continue;
+        };
+        let address = n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .and_then(|a| a.address.parse::<IpAddr>().ok());
+        if let Some(ip) = address {
+            peers.all.push(ip);
+            if segment.contains(name) {
+                peers.segment.push(ip);
+            }
+        }
+    }
+    peers.all.sort_unstable();
+    peers.segment.sort_unstable();
     peers
 }
 
@@ -593,7 +606,8 @@ fn decide(
     me: &str,
     snapshot: &Snapshot,
     announcing: &BTreeSet<IpAddr>,
-) -> Decision {
+    standing_by: bool,
+) -> (Decision, BTreeSet<String>) {
     let node_subnets = &gossiped.node_subnets;
     let nodes: BTreeMap<String, NodeFacts> = stores
         .nodes
@@ -625,7 +639,7 @@ fn decide(
     let pools: Vec<&IPPool> = pools.iter().map(|p| &**p).collect();
     let ads = stores.ads.state();
     let ads: Vec<&L2Advertisement> = ads.iter().map(|a| &**a).collect();
-    plan::decide(&View {
+    let view = View {
         me,
         // The alphabetically first live speaker reports IPs nobody may announce: one
         // Warning per Service, not one per node.
@@ -639,5 +653,12 @@ fn decide(
         interfaces: snapshot,
         joining: &gossiped.joining,
         announcing,
-    })
+    };
+    // A speaker standing by decides nothing, but keeps its segment hearing it.
+    let decision = if standing_by {
+        Decision::default()
+    } else {
+        plan::decide(&view)
+    };
+    (decision, plan::segment(&view))
 }

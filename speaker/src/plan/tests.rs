@@ -106,6 +106,41 @@ impl Fixture {
         })
     }
 
+    /// The segment of node `me` (see `segment`), with nodes in `off_subnet` on 10.0.0.0/8.
+    fn segment_of(&self, me: &str) -> BTreeSet<String> {
+        let pools: Vec<&IPPool> = self.pools.iter().collect();
+        let ads: Vec<&L2Advertisement> = self.ads.iter().collect();
+        let snap = snapshot();
+        let subnets = self.subnets();
+        segment(&View {
+            me,
+            reports_unannounced: false,
+            services: &self.services,
+            nodes: &self.nodes,
+            node_subnets: &subnets,
+            pools: &pools,
+            advertisements: &ads,
+            endpoints: &self.endpoints,
+            interfaces: &snap,
+            joining: &self.joining,
+            announcing: &self.announcing,
+        })
+    }
+
+    fn subnets(&self) -> BTreeMap<String, Vec<IpNetwork>> {
+        self.nodes
+            .keys()
+            .map(|n| {
+                let subnet = if self.off_subnet.contains(n.as_str()) {
+                    "10.0.0.0/8"
+                } else {
+                    "192.0.2.0/24"
+                };
+                (n.clone(), vec![subnet.parse().unwrap()])
+            })
+            .collect()
+    }
+
     /// Who announces 192.0.2.10 (the node whose decision has it announced), or why nobody
     /// does (from the reporter's decision).
     fn owner(&self) -> Result<String, NoOwner> {
@@ -246,4 +281,46 @@ fn a_joining_owner_gets_the_ip_only_once_it_has_settled() {
     f.announcing.insert(ip);
     f.joining.clear();
     assert_eq!(f.owner(), Ok(owner));
+}
+
+fn names(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+/// Liveness is kept fast only among competitors: the nodes on the pool's subnet (when some
+/// are), or every allowed node (when none is); symmetric, and empty for a node that may
+/// announce nothing.
+#[test]
+fn a_segment_is_the_nodes_competing_for_the_same_ips() {
+    let mut f = Fixture::new();
+    f.nodes.insert("d".into(), node("y"));
+    f.off_subnet.insert("d");
+    // a, b, c on the pool's subnet: each other's segment; d, off the subnet, competes for
+    // nothing while they live, so it is in nobody's segment and has none.
+    assert_eq!(f.segment_of("a"), names(&["b", "c"]));
+    assert_eq!(f.segment_of("b"), names(&["a", "c"]));
+    assert_eq!(f.segment_of("d"), names(&[]));
+    // A second pool no node has a subnet for (forced interfaces): every allowed node
+    // competes for it, so everyone is in everyone's segment.
+    f.pools.push(yaml(
+        "metadata: {name: vlan}\nspec: {addresses: [198.51.100.0/24]}",
+    ));
+    assert_eq!(f.segment_of("d"), names(&["a", "b", "c"]));
+    assert_eq!(f.segment_of("a"), names(&["b", "c", "d"]));
+    // Advertisements that allow some nodes only: the others are out of the segment.
+    f.ads = vec![yaml(
+        "metadata: {name: x}\nspec: {nodeSelectors: [{matchLabels: {zone: x}}]}",
+    )];
+    assert_eq!(f.segment_of("a"), names(&["b", "c"]));
+    assert_eq!(f.segment_of("d"), names(&[]));
+    // An excluded node competes for nothing.
+    f.nodes.get_mut("c").unwrap().excluded = true;
+    assert_eq!(f.segment_of("a"), names(&["b"]));
+    assert_eq!(f.segment_of("c"), names(&[]));
+    // Symmetric whatever the set-up.
+    for me in ["a", "b", "c", "d"] {
+        for peer in f.segment_of(me) {
+            assert!(f.segment_of(&peer).contains(me), "{me} -> {peer}");
+        }
+    }
 }

@@ -7,9 +7,11 @@
 //! (segment 0 is the LAN the real node is on), with one L2Advertisement and no selectors,
 //! as users write it. A simulator in the client namespace sends the authenticated heartbeats
 //! of the N-1 simulated nodes (the wire format written here again, from the protocol's
-//! description, so a change to it shows) and receives the real speaker's: every simulated
-//! node heartbeats the real one every 100 ms, as speakers do today (each to every other
-//! node). 100 Services hold IPs of segment 0. Measured over 20 steady seconds: the speaker's
+//! description, so a change to it shows) and receives the real speaker's. Simulated nodes
+//! behave as speakers do (`--protocol segments`, the default): those of the real node's
+//! segment heartbeat it every 100 ms, the others once per 10-second round; or as speakers
+//! did before segments (`--protocol all-to-all`): every node every 100 ms, to compare.
+//! 100 Services hold IPs of segment 0. Measured over 20 steady seconds: the speaker's
 //! CPU (share of one core), RSS, and datagrams in and out per second. Then segment 0's
 //! simulated nodes fall silent at once: the real speaker takes their IPs over, and its
 //! `herald_speaker_takeover_seconds` histogram gives the time from their last heartbeat to
@@ -37,6 +39,16 @@ const SERVICES: usize = 100;
 const STEADY: Duration = Duration::from_secs(20);
 /// Simulated nodes' InternalIPs: 10.96.0.0/16, delivered to the simulator's namespace.
 const SIM_NET: &str = "10.96.0.0/16";
+/// Rounds to every node (speaker/src/gossip.rs `FAR_ROUND`).
+const FAR_ROUND: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    /// Every node heartbeats every other every 100 ms (Herald before segments).
+    AllToAll,
+    /// Segment peers every 100 ms, every other node once per round.
+    Segments,
+}
 
 fn sim_name(i: usize) -> String {
     format!("sim-{i:05}")
@@ -114,7 +126,7 @@ struct Simulator {
 }
 
 impl Simulator {
-    fn start(lan: &Lan, peers: usize) -> Result<Self> {
+    fn start(lan: &Lan, peers: usize, protocol: Protocol) -> Result<Self> {
         let client_ns = lan.client.ns.clone();
         let real: SocketAddr = (IpAddr::V4(lan.node("n1").v4), GOSSIP_PORT).into();
         let socket = in_ns(&client_ns, || {
@@ -143,6 +155,7 @@ impl Simulator {
         std::thread::spawn(move || {
             let key = hmac::Key::new(hmac::HMAC_SHA256, KEY.as_bytes());
             let names: Vec<String> = (0..peers).map(sim_name).collect();
+            let ticks_per_round = (FAR_ROUND.as_millis() / HEARTBEAT.as_millis()) as u64;
             let mut seq = 0u64;
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -151,6 +164,13 @@ impl Simulator {
                 for (i, name) in names.iter().enumerate() {
                     let k = segment_of(i);
                     if quiet && k == 0 {
+                        continue;
+                    }
+                    // Outside the real node's segment: once a round, rounds spread over nodes.
+                    if protocol == Protocol::Segments
+                        && k != 0
+                        && !(seq + i as u64).is_multiple_of(ticks_per_round)
+                    {
                         continue;
                     }
                     let datagram = heartbeat(&key, name, 7 + i as u64, seq, segment_subnet(k));
@@ -274,7 +294,7 @@ fn metrics(lan: &Lan) -> HashMap<String, f64> {
         .collect()
 }
 
-async fn run_size(n: usize) -> Result<String> {
+async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
     let peers = n - 1;
     let segments = n.div_ceil(SEGMENT);
     let cp = ControlPlane::start().await?;
@@ -305,7 +325,7 @@ async fn run_size(n: usize) -> Result<String> {
     let client = cp.client();
     nodes(&client, &lan, peers).await?;
     pools_and_services(&client, segments).await?;
-    let sim = Simulator::start(&lan, peers)?;
+    let sim = Simulator::start(&lan, peers, protocol)?;
     let real = speaker(&cp, &lan, "n1", KEY, "speaker-n1");
     // Settled: the speaker hears every peer and owns its share of segment 0.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -364,10 +384,15 @@ async fn run_size(n: usize) -> Result<String> {
 #[tokio::main]
 async fn main() -> Result<()> {
     herald_tests::init_tracing();
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().context("sizes are node counts"))
-        .collect::<Result<_>>()?;
+    let mut protocol = Protocol::Segments;
+    let mut sizes = Vec::new();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--protocol=all-to-all" => protocol = Protocol::AllToAll,
+            "--protocol=segments" => protocol = Protocol::Segments,
+            n => sizes.push(n.parse::<usize>().context("sizes are node counts")?),
+        }
+    }
     let sizes = if sizes.is_empty() {
         vec![100, 1_000, 5_000]
     } else {
@@ -378,7 +403,7 @@ async fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        println!("{}", run_size(n).await?);
+        println!("{}", run_size(n, protocol).await?);
     }
     Ok(())
 }
