@@ -111,7 +111,7 @@ pub fn projected<K, T>(
 )
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
-    T: Send + Sync + 'static,
+    T: PartialEq + Send + Sync + 'static,
 {
     let (cache, mut filler) = Filler::new(project);
     let stream = watcher(Api::<K>::all(client), watcher::Config::default())
@@ -154,6 +154,7 @@ impl<T, F> Filler<T, F> {
     fn apply<K>(&mut self, event: watcher::Event<K>) -> Option<Change>
     where
         K: Resource,
+        T: PartialEq,
         F: Fn(K) -> Option<T>,
     {
         let key = |o: &K| {
@@ -187,9 +188,13 @@ impl<T, F> Filler<T, F> {
             watcher::Event::Apply(o) => {
                 let k = key(&o);
                 let cached = match (self.project)(o) {
+                    // A write that changes nothing the projection keeps (a kubelet's status
+                    // heartbeat, another controller's field) is no change.
                     Some(t) => {
-                        write().insert(k.clone(), Arc::new(t));
-                        true
+                        let t = Arc::new(t);
+                        write()
+                            .insert(k.clone(), t.clone())
+                            .is_none_or(|old| old != t)
                     }
                     // Not kept: a change only if it was kept before.
                     None => write().remove(&k).is_some(),
@@ -262,6 +267,8 @@ mod tests {
             f.apply(Event::Apply(cm("c", Some("3")))),
             Some(Change::Object("ns/c".into()))
         );
+        // A write that leaves the projection as it was is no change (no pass for it).
+        assert_eq!(f.apply(Event::Apply(cm("c", Some("3")))), None);
         // The watch broke and relisted: b and c were deleted meanwhile, a changed. Until the
         // relist completes, readers keep the old complete view.
         f.apply(Event::Init);

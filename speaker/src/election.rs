@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Node;
+use crate::node::NodeView;
 
 /// One node as far as one IP is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +34,17 @@ pub fn owner<'a>(ip: IpAddr, candidates: &[Candidate<'a>]) -> Option<&'a str> {
 /// `std`'s hasher, because speakers of different versions must agree during an upgrade.
 pub fn weight(node: &str, ip: IpAddr) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let ip_bytes: Vec<u8> = match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+    // No allocation: this runs for every candidate of every IP of every pass.
+    let (v4, v6);
+    let ip_bytes: &[u8] = match ip {
+        IpAddr::V4(a) => {
+            v4 = a.octets();
+            &v4
+        }
+        IpAddr::V6(a) => {
+            v6 = a.octets();
+            &v6
+        }
     };
     for b in node
         .as_bytes()
@@ -68,25 +76,16 @@ impl NodeFacts {
     /// True and its `NetworkUnavailable` condition is not: the network plugin says its pod
     /// network is not set up, so traffic for a Service sent there would not reach the pods
     /// (MetalLB moves IPs away from such nodes too).
-    pub fn of(node: &Node, live: bool) -> Self {
-        let labels = node.metadata.labels.clone().unwrap_or_default();
+    pub fn of(node: &NodeView, live: bool) -> Self {
         NodeFacts {
-            ready: has_condition(node, "Ready") && !has_condition(node, "NetworkUnavailable"),
-            excluded: labels.contains_key(herald_api::keys::EXCLUDE_FROM_LB_LABEL),
+            ready: node.ready && !node.network_unavailable,
+            excluded: node
+                .labels
+                .contains_key(herald_api::keys::EXCLUDE_FROM_LB_LABEL),
             live,
-            labels,
+            labels: node.labels.clone(),
         }
     }
-}
-
-/// Whether the Node's condition `kind` is True.
-pub fn has_condition(node: &Node, kind: &str) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == kind && c.status == "True")
 }
 
 /// Why nobody may announce an IP.
@@ -136,12 +135,12 @@ impl NoOwner {
 /// no advertisement selects the pool) and, for `externalTrafficPolicy: Local`, the nodes with
 /// a ready endpoint.
 pub fn eligible<'a>(
-    nodes: &'a BTreeMap<String, NodeFacts>,
+    nodes: impl IntoIterator<Item = (&'a String, &'a NodeFacts)>,
     allowed: &dyn Fn(&NodeFacts) -> bool,
     local_endpoints: Option<&BTreeSet<&str>>,
 ) -> Result<Vec<&'a str>, NoOwner> {
     let admitted: Vec<(&String, &NodeFacts)> = nodes
-        .iter()
+        .into_iter()
         .filter(|(_, n)| !n.excluded && allowed(n))
         .collect();
     if admitted.is_empty() {
@@ -175,11 +174,12 @@ mod tests {
 
     #[test]
     fn a_node_whose_network_is_unavailable_does_not_count_as_ready() {
-        let node = |conditions: &str| -> Node {
-            serde_yaml_ng::from_str(&format!(
+        let node = |conditions: &str| -> NodeView {
+            let node: k8s_openapi::api::core::v1::Node = serde_yaml_ng::from_str(&format!(
                 "metadata: {{name: n1, labels: {{zone: a}}}}\nstatus: {{conditions: [{conditions}]}}"
             ))
-            .expect("yaml")
+            .expect("yaml");
+            NodeView::of(node).expect("named")
         };
         let ready = "{type: Ready, status: 'True'}";
         assert!(NodeFacts::of(&node(ready), true).ready);

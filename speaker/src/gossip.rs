@@ -53,10 +53,19 @@ pub struct Gossip {
     /// Peers gone since the last `take_departures`, and when they were last heard: the start
     /// of a takeover, for its histogram.
     departures: Mutex<Vec<(Departure, Instant)>>,
-    /// Per sender address, its last two authenticated heartbeats: one sending at the
-    /// segment's pace gets ours at that pace.
-    senders: Mutex<HashMap<IpAddr, (Instant, Instant)>>,
+    /// Senders at the segment's pace: address and last heartbeat. Each gets ours at that
+    /// pace while it keeps it.
+    senders: Mutex<Senders>,
     timeout: Duration,
+    /// Set by `leave`: the heartbeat thread sends nothing more.
+    leaving: std::sync::atomic::AtomicBool,
+}
+
+/// Who heartbeats this node: every sender's last heartbeat, and those at the segment's pace.
+#[derive(Default)]
+struct Senders {
+    last: HashMap<IpAddr, Instant>,
+    fast: HashMap<IpAddr, Instant>,
 }
 
 /// Departures kept between two decision passes at most (a mass failure is counted up to it).
@@ -94,8 +103,9 @@ impl Gossip {
             seq: Mutex::new(0),
             members: Mutex::new(Members::new(timeout).with_far_timeout(far_timeout(timeout))),
             departures: Mutex::new(Vec::new()),
-            senders: Mutex::new(HashMap::new()),
+            senders: Mutex::new(Senders::default()),
             timeout,
+            leaving: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -127,30 +137,38 @@ impl Gossip {
     }
 
     /// Addresses sending at the segment's pace now (their last two heartbeats, and the last
-    /// one, within a timeout); forgets senders silent for a far timeout.
+    /// one, within a timeout).
     fn reciprocal(&self, now: Instant) -> Vec<IpAddr> {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-        let forget = far_timeout(self.timeout);
-        senders.retain(|_, (_, last)| now.saturating_duration_since(*last) <= forget);
+        let timeout = self.timeout;
         senders
-            .iter()
-            .filter(|(_, (prev, last))| {
-                last.saturating_duration_since(*prev) <= self.timeout
-                    && now.saturating_duration_since(*last) <= self.timeout
-            })
-            .map(|(ip, _)| *ip)
-            .collect()
+            .fast
+            .retain(|_, last| now.saturating_duration_since(*last) <= timeout);
+        senders.fast.keys().copied().collect()
     }
 
     fn heard_from(&self, ip: IpAddr, now: Instant) {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = senders
-            .entry(ip)
-            .or_insert((now - far_timeout(self.timeout), now));
-        *entry = (entry.1, now);
+        if let Some(last) = senders.last.insert(ip, now)
+            && now.saturating_duration_since(last) <= self.timeout
+        {
+            senders.fast.insert(ip, now);
+        }
+    }
+
+    /// Forgets senders silent for a far timeout (once a round: the map holds every node).
+    fn forget_senders(&self, now: Instant) {
+        let forget = far_timeout(self.timeout);
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        senders
+            .last
+            .retain(|_, last| now.saturating_duration_since(*last) <= forget);
     }
 
     async fn send_all(&self, kind: Kind, subnets: Vec<IpNetwork>, peers: &[IpAddr]) {
+        if kind != Kind::Leaving && self.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let hb = Heartbeat {
             kind,
             node: self.me.clone(),
@@ -177,7 +195,7 @@ impl Gossip {
     pub async fn run(
         self: Arc<Self>,
         interval: Duration,
-        peers: watch::Receiver<Peers>,
+        mut peers: watch::Receiver<Peers>,
         subnets: watch::Receiver<Vec<IpNetwork>>,
         standby: watch::Receiver<bool>,
         changed: Arc<Notify>,
@@ -189,7 +207,9 @@ impl Gossip {
         // Rounds to every node; a node not greeted yet (this speaker just started, or the
         // node is new) is greeted at the next tick, so it knows this one at once.
         let mut next_round = Instant::now() + FAR_ROUND;
-        let mut greeted: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut all: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut segment: Vec<IpAddr> = Vec::new();
+        let mut fresh: Vec<IpAddr> = Vec::new();
         let kind = |standby: &watch::Receiver<bool>| {
             if *standby.borrow() {
                 Kind::Standby
@@ -201,19 +221,23 @@ impl Gossip {
             tokio::select! {
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    let mut targets: BTreeSet<IpAddr> = {
-                        let peers = peers.borrow();
-                        let all: BTreeSet<IpAddr> = peers.all.iter().copied().collect();
-                        let mut targets: BTreeSet<IpAddr> = if now >= next_round {
-                            next_round = now + FAR_ROUND;
-                            all.clone()
-                        } else {
-                            all.difference(&greeted).copied().collect()
-                        };
-                        targets.extend(peers.segment.iter().copied());
-                        greeted = all;
-                        targets
+                    // The peer sets change rarely: they are copied only then (5,000 nodes).
+                    if peers.has_changed().unwrap_or(false) {
+                        let p = peers.borrow_and_update();
+                        let now_all: BTreeSet<IpAddr> = p.all.iter().copied().collect();
+                        fresh.extend(now_all.difference(&all));
+                        all = now_all;
+                        segment.clone_from(&p.segment);
+                    }
+                    let mut targets: BTreeSet<IpAddr> = if now >= next_round {
+                        next_round = now + FAR_ROUND;
+                        self.forget_senders(now);
+                        fresh.clear();
+                        all.clone()
+                    } else {
+                        fresh.drain(..).collect()
                     };
+                    targets.extend(segment.iter().copied());
                     targets.extend(self.reciprocal(now));
                     let targets: Vec<IpAddr> = targets.into_iter().collect();
                     self.send_all(kind(&standby), subnets.borrow().clone(), &targets).await;
@@ -321,8 +345,11 @@ impl Gossip {
         }
     }
 
-    /// Tells every peer this speaker is going, so its IPs move without waiting for expiry.
+    /// Tells every peer this speaker is going, so its IPs move without waiting for expiry;
+    /// no heartbeat goes out after it.
     pub async fn leave(&self, peers: &[IpAddr]) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.send_all(Kind::Leaving, Vec::new(), peers).await;
     }
 }

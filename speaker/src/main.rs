@@ -14,6 +14,7 @@ mod link_socket;
 mod logs;
 mod membership;
 mod metrics;
+mod node;
 mod notes;
 mod packet;
 mod plan;

@@ -255,6 +255,9 @@ struct Incarnations {
     high: u64,
     /// Incarnations seen before the current one, newest last.
     retired: VecDeque<u64>,
+    /// The current incarnation said it leaves: a heartbeat of it sent after (its heartbeat
+    /// thread still ticking while it stops) must not bring it back; only a restart does.
+    left: bool,
 }
 
 impl Incarnations {
@@ -322,9 +325,10 @@ impl Members {
         // A name never heard of costs an entry: bounded by what authenticated senders say.
         let seen = self.seen.entry(hb.node.clone()).or_default();
         let restarted = seen.current != hb.incarnation;
-        if !seen.accept(hb.incarnation, hb.seq) {
+        if !seen.accept(hb.incarnation, hb.seq) || (seen.left && !restarted) {
             return false;
         }
+        seen.left = hb.kind == Kind::Leaving;
         match hb.kind {
             Kind::Leaving => self.members.remove(&hb.node).is_some(),
             Kind::Alive | Kind::Standby => {
@@ -559,6 +563,23 @@ mod tests {
         assert_eq!(m.subnets("a").len(), 2);
     }
 
+    /// A speaker that said it leaves stays gone even if a heartbeat of it arrives after
+    /// (its heartbeat thread ticks while it stops); its next start is heard.
+    #[test]
+    fn a_heartbeat_after_leaving_does_not_bring_a_speaker_back() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = Members::new(ms(500));
+        m.receive(hb("a", 1, Kind::Alive), t0);
+        assert!(m.receive(hb("a", 2, Kind::Leaving), t0 + ms(10)));
+        assert!(!m.receive(hb("a", 3, Kind::Alive), t0 + ms(20)));
+        assert!(!m.hears("a"));
+        let mut restarted = hb("a", 1, Kind::Alive);
+        restarted.incarnation = 2;
+        assert!(m.receive(restarted, t0 + ms(900)));
+        assert!(m.hears("a"));
+    }
+
     #[test]
     fn a_restart_is_heard_whatever_its_clock_and_old_incarnations_stay_refused() {
         let t0 = Instant::now();
@@ -581,7 +602,9 @@ mod tests {
         assert!(!m.receive(beat(900, 5_002), t0), "a retired incarnation");
         assert!(!m.receive(beat(17, 1), t0), "a replayed counter");
         assert!(!m.hears("a"));
-        assert!(m.receive(beat(17, 3), t0));
+        // A heartbeat sent after its leave does not bring it back; its next start does.
+        assert!(!m.receive(beat(17, 3), t0));
+        assert!(m.receive(beat(18, 1), t0));
     }
 
     #[test]

@@ -13,7 +13,6 @@ use herald_api::watch::{Cache, cached, projected};
 use herald_api::{IPPool, L2Advertisement, ServiceObject};
 use herald_telemetry::Health;
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -22,13 +21,14 @@ use tokio::sync::{Notify, watch};
 use crate::announcements::Seen;
 use crate::announcer::Announcer;
 use crate::conflicts::Conflict;
-use crate::election::{NodeFacts, has_condition};
+use crate::election::NodeFacts;
 use crate::endpoints::ServingNodes;
 use crate::gossip::{Gossip, Peers};
 use crate::gossip_secret::{self, KeySource};
 use crate::interfaces::{self, Snapshot};
 use crate::isolation::{Isolation, Proof, Verdict};
 use crate::metrics::{Metrics, ReasonLabels, TakeoverLabels};
+use crate::node::NodeView;
 use crate::notes::{Claims, Notes};
 use crate::plan::{self, Decision, View};
 use crate::service::ServiceIps;
@@ -55,7 +55,7 @@ struct Stores {
     services: Cache<ServiceIps>,
     /// L2Announcements, for `notes` (which is told of their changes through the Notify).
     announcements: (Cache<Seen>, Arc<Notify>),
-    nodes: Store<Node>,
+    nodes: Cache<NodeView>,
     slices: Cache<ServingNodes>,
     pools: Store<IPPool>,
     ads: Store<L2Advertisement>,
@@ -334,25 +334,13 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 }
 
 fn watch_all(client: &Client, changed: Arc<Notify>, me: &str) -> Stores {
-    let (nodes, w2) = reflector::store();
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
     let (services, service_changes) =
         projected(client.clone(), |o: ServiceObject| ServiceIps::of(o.service));
     spawn_watch(service_changes, changed.clone(), "Services");
-    spawn_watch(
-        cached(client.clone(), w2, |n: &mut Node| {
-            n.metadata.managed_fields = None;
-            // Images and volumes change often and say nothing about eligibility.
-            if let Some(s) = n.status.as_mut() {
-                s.images = None;
-                s.volumes_attached = None;
-                s.volumes_in_use = None;
-            }
-        }),
-        changed.clone(),
-        "Nodes",
-    );
+    let (nodes, node_changes) = projected(client.clone(), NodeView::of);
+    spawn_watch(node_changes, changed.clone(), "Nodes");
     let me = me.to_owned();
     let (announcements, announcement_changes) =
         projected(client.clone(), move |a| Seen::mine(a, &me));
@@ -402,21 +390,15 @@ fn spawn_watch<E: Send + 'static>(
 
 /// The other nodes' first InternalIP: where heartbeats go.
 /// Where heartbeats go: every other node's InternalIP, and among them the segment's.
-fn peers_of(nodes: &Store<Node>, me: &str, segment: &BTreeSet<String>) -> Peers {
+fn peers_of(nodes: &Cache<NodeView>, me: &str, segment: &BTreeSet<String>) -> Peers {
     let mut peers = Peers::default();
-    for n in nodes.state() {
-        let Some(name) = n.metadata.name.as_deref().filter(|n| *n != me) else {
+    for n in nodes.read().values() {
+        if &*n.name == me {
             continue;
-        };
-        let address = n
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .and_then(|a| a.address.parse::<IpAddr>().ok());
-        if let Some(ip) = address {
+        }
+        if let Some(ip) = n.internal_ip {
             peers.all.push(ip);
-            if segment.contains(name) {
+            if segment.contains(&*n.name) {
                 peers.segment.push(ip);
             }
         }
@@ -431,21 +413,21 @@ fn peers_of(nodes: &Store<Node>, me: &str, segment: &BTreeSet<String>) -> Peers 
 /// about nodes the API shows Ready.
 fn judge(
     isolation: &mut Isolation,
-    nodes: &Store<Node>,
+    nodes: &Cache<NodeView>,
     gossiped: &Gossiped,
     claims: &Claims,
     me: &str,
 ) -> Verdict {
-    let nodes = nodes.state();
-    let ready: BTreeMap<&str, &Node> = nodes
-        .iter()
-        .filter(|n| has_condition(n, "Ready"))
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
+    let nodes = nodes.read();
+    let ready: BTreeMap<&str, &NodeView> = nodes
+        .values()
+        .filter(|n| n.ready)
+        .map(|n| (&*n.name, &**n))
         .collect();
     let (heard, rejecting) = (&gossiped.heard, &gossiped.rejecting);
     let mut proof = BTreeMap::new();
     for (name, node) in &ready {
-        if addresses(node).any(|a| rejecting.contains(&a)) {
+        if node.addresses.iter().any(|a| rejecting.contains(a)) {
             proof.insert((*name).to_owned(), Proof::WrongKey);
         }
     }
@@ -456,19 +438,9 @@ fn judge(
     isolation.judge(me, heard, proof, Instant::now())
 }
 
-/// A node's addresses (heartbeats come from one of them).
-fn addresses(node: &Node) -> impl Iterator<Item = IpAddr> + '_ {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.address.parse().ok())
-}
-
 /// Says loudly that this speaker stands down (or serves again): a log line and, when it
 /// stands down, a Warning Event on its Node.
-async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: Verdict) {
+async fn say_isolation(client: Client, nodes: Cache<NodeView>, me: String, verdict: Verdict) {
     if !verdict.isolated {
         tracing::info!("hears enough of its peers again: answering for its IPs");
         return;
@@ -488,10 +460,8 @@ async fn say_isolation(client: Client, nodes: Store<Node>, me: String, verdict: 
     );
     tracing::warn!("{message}");
     let uid = nodes
-        .state()
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(&me))
-        .and_then(|n| n.metadata.uid.clone())
+        .get(&format!("/{me}"))
+        .map(|n| n.uid.to_string())
         .unwrap_or_default();
     let reporter = crate::notes::reporter(&me);
     let note = herald_api::events::Note::warning("SpeakerIsolated", message);
@@ -611,12 +581,11 @@ fn decide(
     let node_subnets = &gossiped.node_subnets;
     let nodes: BTreeMap<String, NodeFacts> = stores
         .nodes
-        .state()
-        .iter()
-        .filter_map(|n| {
-            let name = n.metadata.name.clone()?;
-            let facts = NodeFacts::of(n, node_subnets.contains_key(&name));
-            Some((name, facts))
+        .read()
+        .values()
+        .map(|n| {
+            let facts = NodeFacts::of(n, node_subnets.contains_key(&*n.name));
+            (n.name.to_string(), facts)
         })
         .collect();
     // The watches run on this thread: holding the read guard for the pass blocks nobody.

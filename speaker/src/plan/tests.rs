@@ -324,3 +324,36 @@ fn a_segment_is_the_nodes_competing_for_the_same_ips() {
         }
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    /// The shortcut through the subnet index picks the owner the full election over every
+    /// node picks: for any mix of ready, live, excluded, on- and off-subnet nodes.
+    #[test]
+    fn the_subnet_shortcut_elects_whom_the_full_election_elects(
+        facts in proptest::collection::vec((proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY), 1..8)
+    ) {
+        let mut f = Fixture::new();
+        f.nodes.clear();
+        for (i, (ready, live, excluded, off)) in facts.iter().enumerate() {
+            let name = ["a", "b", "c", "d", "e", "f", "g", "h"][i];
+            let mut n = node("x");
+            (n.ready, n.live, n.excluded) = (*ready, *live, *excluded);
+            f.nodes.insert(name.to_owned(), n);
+            if *off {
+                f.off_subnet.insert(name);
+            }
+        }
+        // "a" reports; keep it in the cluster so a reason is always given.
+        f.nodes.entry("a".to_owned()).or_insert_with(|| node("x"));
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        let reference = election::eligible(&f.nodes, &|_| true, None).ok().and_then(|e| {
+            let candidates: Vec<Candidate> = e
+                .iter()
+                .map(|node| Candidate { node, on_subnet: !f.off_subnet.contains(node) })
+                .collect();
+            election::owner(ip, &candidates).map(str::to_owned)
+        });
+        proptest::prop_assert_eq!(f.owner().ok(), reference);
+    }
+}

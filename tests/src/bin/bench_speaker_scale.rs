@@ -350,6 +350,14 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
     let datagrams_in = (sim.sent.load(Ordering::Relaxed) - s0) as f64 / secs;
     let datagrams_out = (sim.received.load(Ordering::Relaxed) - r0) as f64 / secs;
     let rss = rss_mib(pid, "VmRSS:")?;
+    let m = metrics(&lan);
+    let pass = m
+        .get("herald_speaker_pass_duration_seconds_sum")
+        .copied()
+        .unwrap_or_default()
+        / m.get("herald_speaker_pass_duration_seconds_count")
+            .copied()
+            .unwrap_or(1.0);
     let owned_before = metrics(&lan)
         .get("herald_speaker_ips_announced")
         .copied()
@@ -375,8 +383,9 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
         .unwrap_or_default();
     drop(sim);
     Ok(format!(
-        "| {n} | {segments} | {:.1}% | {rss:.1} MiB | {datagrams_in:.0}/s | {datagrams_out:.0}/s | {:.0} ms | {owned_before} → {owned_after} |",
+        "| {n} | {segments} | {:.1}% | {rss:.1} MiB | {datagrams_in:.0}/s | {datagrams_out:.0}/s | {:.1} ms | {:.0} ms | {owned_before} → {owned_after} |",
         cpu * 100.0,
+        pass * 1000.0,
         takeover * 1000.0
     ))
 }
@@ -399,9 +408,9 @@ async fn main() -> Result<()> {
         sizes
     };
     println!(
-        "| nodes | segments | speaker CPU (one core) | speaker RSS | datagrams in | datagrams out | takeover (last heartbeat → announced) | IPs announced (before → after) |"
+        "| nodes | segments | speaker CPU (one core) | speaker RSS | datagrams in | datagrams out | decision pass (mean) | takeover (last heartbeat → announced) | IPs announced (before → after) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         println!("{}", run_size(n, protocol).await?);
     }
