@@ -145,3 +145,35 @@ pub async fn endpoints_on(client: &Client, service: &str, nodes: &[(&str, bool)]
     .await
     .expect("endpoint slice");
 }
+
+/// LoadBalancer Services `(name, ip)` in `default` whose status says Herald's controller
+/// allocated `ip` (written directly, as the controller would; their class is one no
+/// controller serves), 32 at a time: what speakers announce, without a controller.
+pub async fn allocated_services(
+    client: &Client,
+    services: &[(String, String)],
+) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    futures::stream::iter(services)
+        .map(|(name, ip)| {
+            let api = api.clone();
+            async move {
+                let svc = serde_yaml_ng::from_str(&format!(
+                    "metadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{{port: 80}}]}}"
+                ))?;
+                api.create(&Default::default(), &svc).await?;
+                let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
+                    "loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]},
+                    "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
+                        "reason": "Allocated", "message": "static", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                api.patch_status(name, &PatchParams::apply("static").force(), &Patch::Apply(&status))
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}

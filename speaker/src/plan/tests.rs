@@ -74,8 +74,9 @@ impl Fixture {
         }
     }
 
-    /// The decision of node `me`; node "a" reports IPs nobody may announce.
-    fn decide_as(&self, me: &str) -> Decision {
+    /// The view of node `me` (node "a" reports IPs nobody may announce; nodes in
+    /// `off_subnet` are on 10.0.0.0/8), handed to `f`.
+    fn view_as<R>(&self, me: &str, f: impl FnOnce(&View) -> R) -> R {
         let pools: Vec<&IPPool> = self.pools.iter().collect();
         let ads: Vec<&L2Advertisement> = self.ads.iter().collect();
         let snap = snapshot();
@@ -91,7 +92,7 @@ impl Fixture {
                 (n.clone(), vec![subnet.parse().unwrap()])
             })
             .collect();
-        decide(&View {
+        f(&View {
             me,
             reports_unannounced: me == "a",
             services: &self.services,
@@ -106,39 +107,12 @@ impl Fixture {
         })
     }
 
-    /// The segment of node `me` (see `segment`), with nodes in `off_subnet` on 10.0.0.0/8.
-    fn segment_of(&self, me: &str) -> BTreeSet<String> {
-        let pools: Vec<&IPPool> = self.pools.iter().collect();
-        let ads: Vec<&L2Advertisement> = self.ads.iter().collect();
-        let snap = snapshot();
-        let subnets = self.subnets();
-        segment(&View {
-            me,
-            reports_unannounced: false,
-            services: &self.services,
-            nodes: &self.nodes,
-            node_subnets: &subnets,
-            pools: &pools,
-            advertisements: &ads,
-            endpoints: &self.endpoints,
-            interfaces: &snap,
-            joining: &self.joining,
-            announcing: &self.announcing,
-        })
+    fn decide_as(&self, me: &str) -> Decision {
+        self.view_as(me, decide)
     }
 
-    fn subnets(&self) -> BTreeMap<String, Vec<IpNetwork>> {
-        self.nodes
-            .keys()
-            .map(|n| {
-                let subnet = if self.off_subnet.contains(n.as_str()) {
-                    "10.0.0.0/8"
-                } else {
-                    "192.0.2.0/24"
-                };
-                (n.clone(), vec![subnet.parse().unwrap()])
-            })
-            .collect()
+    fn segment_of(&self, me: &str) -> BTreeSet<String> {
+        self.view_as(me, segment)
     }
 
     /// Who announces 192.0.2.10 (the node whose decision has it announced), or why nobody

@@ -96,16 +96,6 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn peak_rss_mib(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no such field")?;
-    Ok(kib / 1024.0)
-}
-
 async fn wait_seen(
     seen: &Mutex<HashMap<String, Instant>>,
     names: &[String],
@@ -231,8 +221,8 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         latencies.push(at.saturating_duration_since(created));
     }
     latencies.sort();
-    let rss = peak_rss_mib(controller.pid(), "VmHWM:")?;
-    let rss_now = peak_rss_mib(controller.pid(), "VmRSS:")?;
+    let rss = herald_tests::process::memory_mib(controller.pid(), "VmHWM:")?;
+    let rss_now = herald_tests::process::memory_mib(controller.pid(), "VmRSS:")?;
 
     // 5. Restart to first IP.
     let mut controller = controller;

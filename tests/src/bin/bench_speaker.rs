@@ -12,15 +12,14 @@
 use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use futures::{StreamExt, TryStreamExt, stream};
+use anyhow::{Result, bail};
 use herald_tests::l2::{KEY, PORT, accept_locally, setup, speaker};
 use herald_tests::netns::{Lan, in_ns, resolve, tcp_hello};
 
 use herald_tests::objects::{apply, ips, wait_for};
 use herald_tests::{ControlPlane, Process};
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 
 fn owner_now(lan: &Lan, ip: IpAddr) -> Option<String> {
     match resolve(&lan.client, ip, Duration::from_millis(100))
@@ -124,29 +123,8 @@ async fn failover(
     Ok(samples)
 }
 
-fn rss_mib(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context(field.to_owned())?;
-    Ok(kib / 1024.0)
-}
-
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
 async fn footprint(cp: &ControlPlane, lan: &Lan, speakers: &[Process], n: usize) -> Result<String> {
     let client = cp.client();
-    let api: Api<Service> = Api::namespaced(client.clone(), "default");
     // Addresses in 198.18.0.0/15 (benchmarking range), never sent to: only announced. No
     // node has an interface in that range, so its advertisement names the interface (as a
     // user announcing an off-subnet range would).
@@ -162,34 +140,21 @@ async fn footprint(cp: &ControlPlane, lan: &Lan, speakers: &[Process], n: usize)
     Api::<herald_api::L2Advertisement>::all(client.clone())
         .patch("many", &PatchParams::apply("bench"), &Patch::Apply(&ad))
         .await?;
-    stream::iter(0..n)
+    let services: Vec<(String, String)> = (0..n)
         .map(|i| {
-            let api = api.clone();
-            async move {
-                let name = format!("many-{i}");
-                let ip = format!("198.18.{}.{}", i / 250, i % 250 + 1);
-                let svc: Service = serde_yaml_ng::from_str(&format!(
-                    "metadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{{port: 80}}]}}"
-                ))?;
-                api.create(&PostParams::default(), &svc).await?;
-                let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
-                    "loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]},
-                    "conditions": [{"type": "herald.dev/IPAllocated", "status": "True", "reason": "Allocated",
-                        "message": "bench", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-                api.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&status))
-                    .await?;
-                anyhow::Ok(())
-            }
+            (
+                format!("many-{i}"),
+                format!("198.18.{}.{}", i / 250, i % 250 + 1),
+            )
         })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
+        .collect();
+    herald_tests::l2::allocated_services(&client, &services).await?;
     // Let every speaker see them all and settle, then measure 30 idle seconds.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let pid = speakers[0].pid();
-    let cpu0 = cpu_seconds(pid)?;
+    let cpu0 = herald_tests::process::cpu_seconds(pid)?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let cpu = (cpu_seconds(pid)? - cpu0) / 30.0 * 100.0;
+    let cpu = (herald_tests::process::cpu_seconds(pid)? - cpu0) / 30.0 * 100.0;
     let metrics = herald_tests::netns::http_get_in(&lan.nodes[0].ns, 9473, "/metrics")?;
     let announced = metrics
         .lines()
@@ -198,8 +163,8 @@ async fn footprint(cp: &ControlPlane, lan: &Lan, speakers: &[Process], n: usize)
         .to_owned();
     Ok(format!(
         "{n} Services with an IP; speaker on n1 answers for {announced}: peak RSS {:.1} MiB, RSS now {:.1} MiB, idle CPU {cpu:.1}% of one core",
-        rss_mib(pid, "VmHWM:")?,
-        rss_mib(pid, "VmRSS:")?,
+        herald_tests::process::memory_mib(pid, "VmHWM:")?,
+        herald_tests::process::memory_mib(pid, "VmRSS:")?,
     ))
 }
 

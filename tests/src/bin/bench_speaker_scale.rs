@@ -29,7 +29,8 @@ use herald_tests::ControlPlane;
 use herald_tests::l2::{GOSSIP_PORT, KEY, speaker};
 use herald_tests::netns::{self, Lan, http_get_in, in_ns};
 use herald_tests::objects::apply;
-use k8s_openapi::api::core::v1::{Node, Service};
+use herald_tests::process::{cpu_seconds, memory_mib};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use ring::hmac;
 
@@ -239,47 +240,10 @@ async fn pools_and_services(client: &kube::Client, segments: usize) -> Result<()
     yaml +=
         "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}";
     apply(client, &yaml).await;
-    let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    stream::iter(0..SERVICES)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let name = format!("vip-{i}");
-                let svc: Service = serde_yaml_ng::from_str(&format!(
-                    "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, loadBalancerClass: bench.example/none, allocateLoadBalancerNodePorts: false, ports: [{{port: 80}}]}}"
-                ))?;
-                api.create(&PostParams::default(), &svc).await?;
-                // The speaker announces only what Herald's controller allocated (its condition).
-                let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
-                    "loadBalancer": {"ingress": [{"ip": format!("192.0.2.{}", 100 + i), "ipMode": "VIP"}]},
-                    "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
-                        "reason": "Allocated", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-                api.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&status))
-                    .await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("stat")? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-fn rss_mib(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no such field")?;
-    Ok(kib / 1024.0)
+    let services: Vec<(String, String)> = (0..SERVICES)
+        .map(|i| (format!("vip-{i}"), format!("192.0.2.{}", 100 + i)))
+        .collect();
+    herald_tests::l2::allocated_services(client, &services).await
 }
 
 fn metrics(lan: &Lan) -> HashMap<String, f64> {
@@ -339,17 +303,17 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let pid = real.pid();
-    let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+    let (t0, c0) = (Instant::now(), cpu_seconds(pid)?);
     let (s0, r0) = (
         sim.sent.load(Ordering::Relaxed),
         sim.received.load(Ordering::Relaxed),
     );
     tokio::time::sleep(STEADY).await;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(pid)? - c0) as f64 / 100.0 / secs;
+    let cpu = (cpu_seconds(pid)? - c0) / secs;
     let datagrams_in = (sim.sent.load(Ordering::Relaxed) - s0) as f64 / secs;
     let datagrams_out = (sim.received.load(Ordering::Relaxed) - r0) as f64 / secs;
-    let rss = rss_mib(pid, "VmRSS:")?;
+    let rss = memory_mib(pid, "VmRSS:")?;
     let m = metrics(&lan);
     let pass = m
         .get("herald_speaker_pass_duration_seconds_sum")
