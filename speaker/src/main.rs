@@ -83,6 +83,12 @@ struct RunArgs {
     /// collector then deletes every record. Without it a record is owned by its Service.
     #[arg(long, env = "HERALD_RECORDS_OWNER")]
     records_owner: Option<String>,
+    /// Heartbeat every 100 ms only the segment (the nodes competing for the same IPs) and
+    /// every other node once per 10-second round, instead of every node every interval: the
+    /// per-node cost of liveness bounded by the segment (docs/benchmarks.md, 5,000 nodes).
+    /// Off by default while a partition-heal case is investigated (docs/configuration.md).
+    #[arg(long, env = "HERALD_SEGMENTED_LIVENESS")]
+    segmented_liveness: bool,
 }
 
 fn main() -> Result<()> {
@@ -107,6 +113,7 @@ fn main() -> Result<()> {
         refresh: Duration::from_secs(args.refresh_seconds),
         metrics_address: args.metrics_address,
         records_owner: args.records_owner,
+        segmented_liveness: args.segmented_liveness,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

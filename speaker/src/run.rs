@@ -44,6 +44,8 @@ pub struct Config {
     pub metrics_address: SocketAddr,
     /// The ClusterRole owning the L2Announcements (`None`: each is owned by its Service).
     pub records_owner: Option<String>,
+    /// Heartbeats at the interval to the segment only (else to every node).
+    pub segmented_liveness: bool,
 }
 
 const MIN_COALESCE: Duration = Duration::from_millis(10);
@@ -270,7 +272,11 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             standing_by,
         );
         let joining = !standing_by && !gossiped.joining.is_empty();
-        let peers = peers_of(&stores.nodes, &config.node, &segment);
+        let mut peers = peers_of(&stores.nodes, &config.node, &segment);
+        if !config.segmented_liveness {
+            // Every node is heartbeated every interval, as in the segment.
+            peers.segment.clone_from(&peers.all);
+        }
         peers_tx.send_if_modified(|old| {
             let differs = *old != peers;
             *old = peers;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt, stream};
 use herald_tests::ControlPlane;
-use herald_tests::l2::{GOSSIP_PORT, KEY, speaker};
+use herald_tests::l2::{GOSSIP_PORT, KEY, speaker_command};
 use herald_tests::netns::{self, Lan, http_get_in, in_ns};
 use herald_tests::objects::apply;
 use herald_tests::process::{cpu_seconds, memory_mib};
@@ -290,7 +290,11 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
     nodes(&client, &lan, peers).await?;
     pools_and_services(&client, segments).await?;
     let sim = Simulator::start(&lan, peers, protocol)?;
-    let real = speaker(&cp, &lan, "n1", KEY, "speaker-n1");
+    let mut cmd = speaker_command(&cp, &lan.node("n1").ns, "n1", KEY);
+    if protocol == Protocol::Segments {
+        cmd.arg("--segmented-liveness");
+    }
+    let real = herald_tests::Process::spawn("speaker-n1", cmd, &cp.dir().join("speaker-n1.log"))?;
     // Settled: the speaker hears every peer and owns its share of segment 0.
     let deadline = Instant::now() + Duration::from_secs(120);
     while metrics(&lan).get("herald_speaker_members") != Some(&(n as f64)) {
