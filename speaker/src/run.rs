@@ -49,9 +49,9 @@ pub struct Config {
 }
 
 const MIN_COALESCE: Duration = Duration::from_millis(10);
+const MAX_COALESCE: Duration = Duration::from_millis(250);
 /// How long after a peer's departure a gain of IPs counts as taking over from it.
 const DEPARTURE_RELEVANCE: Duration = Duration::from_secs(5);
-const MAX_COALESCE: Duration = Duration::from_millis(250);
 
 struct Stores {
     services: Cache<ServiceIps>,
@@ -269,14 +269,13 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             &config.node,
             &snapshot,
             &owned,
-            standing_by,
+            Pass {
+                standing_by,
+                segmented: config.segmented_liveness,
+            },
         );
         let joining = !standing_by && !gossiped.joining.is_empty();
-        let mut peers = peers_of(&stores.nodes, &config.node, &segment);
-        if !config.segmented_liveness {
-            // Every node is heartbeated every interval, as in the segment.
-            peers.segment.clone_from(&peers.all);
-        }
+        let peers = peers_of(&stores.nodes, &config.node, segment.as_ref());
         peers_tx.send_if_modified(|old| {
             let differs = *old != peers;
             *old = peers;
@@ -333,7 +332,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     }
     // Leave first so the others take over at once, then stop answering.
     tracing::info!("leaving: telling the other speakers, then stopping announcements");
-    let peers = peers_of(&stores.nodes, &config.node, &BTreeSet::new());
+    let peers = peers_of(&stores.nodes, &config.node, None);
     gossip.leave(&peers.all).await;
     drop(announcer);
     Ok(())
@@ -395,8 +394,9 @@ fn spawn_watch<E: Send + 'static>(
 }
 
 /// The other nodes' first InternalIP: where heartbeats go.
-/// Where heartbeats go: every other node's InternalIP, and among them the segment's.
-fn peers_of(nodes: &Cache<NodeView>, me: &str, segment: &BTreeSet<String>) -> Peers {
+/// Where heartbeats go: every other node's InternalIP, and among them the segment's
+/// (`None`: every node is heartbeated every interval).
+fn peers_of(nodes: &Cache<NodeView>, me: &str, segment: Option<&BTreeSet<String>>) -> Peers {
     let mut peers = Peers::default();
     for n in nodes.read().values() {
         if &*n.name == me {
@@ -404,7 +404,7 @@ fn peers_of(nodes: &Cache<NodeView>, me: &str, segment: &BTreeSet<String>) -> Pe
         }
         if let Some(ip) = n.internal_ip {
             peers.all.push(ip);
-            if segment.contains(&*n.name) {
+            if segment.is_none_or(|s| s.contains(&*n.name)) {
                 peers.segment.push(ip);
             }
         }
@@ -582,8 +582,8 @@ fn decide(
     me: &str,
     snapshot: &Snapshot,
     announcing: &BTreeSet<IpAddr>,
-    standing_by: bool,
-) -> (Decision, BTreeSet<String>) {
+    pass: Pass,
+) -> (Decision, Option<BTreeSet<String>>) {
     let node_subnets = &gossiped.node_subnets;
     let nodes: BTreeMap<String, NodeFacts> = stores
         .nodes
@@ -630,10 +630,20 @@ fn decide(
         announcing,
     };
     // A speaker standing by decides nothing, but keeps its segment hearing it.
-    let decision = if standing_by {
+    let decision = if pass.standing_by {
         Decision::default()
     } else {
         plan::decide(&view)
     };
-    (decision, plan::segment(&view))
+    // Without segmented liveness every node is heartbeated: no segment to work out.
+    let segment = pass.segmented.then(|| plan::segment(&view));
+    (decision, segment)
+}
+
+/// What a pass is asked for besides the view.
+struct Pass {
+    /// Settling or isolated: decide nothing.
+    standing_by: bool,
+    /// Work out the segment (`--segmented-liveness`).
+    segmented: bool,
 }

@@ -24,14 +24,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, stream};
 use herald_tests::ControlPlane;
-use herald_tests::l2::{GOSSIP_PORT, KEY, speaker_command};
+use herald_tests::l2::{GOSSIP_PORT, KEY, ready_node, speaker_command};
 use herald_tests::netns::{self, Lan, http_get_in, in_ns};
 use herald_tests::objects::apply;
 use herald_tests::process::{cpu_seconds, memory_mib};
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use ring::hmac;
 
 const SEGMENT: usize = 50;
@@ -199,32 +197,16 @@ impl Drop for Simulator {
 }
 
 /// The N-1 simulated Nodes, Ready, with their InternalIPs, and n1.
-async fn nodes(client: &kube::Client, lan: &Lan, peers: usize) -> Result<()> {
-    let api: Api<Node> = Api::all(client.clone());
+async fn nodes(client: &kube::Client, lan: &Lan, peers: usize) {
     let mut all: Vec<(String, IpAddr)> = (0..peers)
         .map(|i| (sim_name(i), IpAddr::V4(sim_address(i))))
         .collect();
     all.push(("n1".into(), IpAddr::V4(lan.node("n1").v4)));
     stream::iter(all)
-        .map(|(name, ip)| {
-            let api = api.clone();
-            async move {
-                let node: Node = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))?;
-                api.create(&PostParams::default(), &node).await?;
-                let status = serde_json::json!({"apiVersion": "v1", "kind": "Node", "status": {
-                    "addresses": [{"type": "InternalIP", "address": ip.to_string()}],
-                    "conditions": [{"type": "Ready", "status": "True", "reason": "Bench", "message": "",
-                        "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-                api.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&status))
-                    .await?;
-                anyhow::Ok(())
-            }
+        .for_each_concurrent(32, |(name, ip)| async move {
+            ready_node(client, &name, &ip.to_string(), "").await;
         })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
+        .await;
 }
 
 /// One pool per segment, the default advertisement, and `SERVICES` Services holding IPs of
@@ -287,7 +269,7 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
         &via,
     ])?;
     let client = cp.client();
-    nodes(&client, &lan, peers).await?;
+    nodes(&client, &lan, peers).await;
     pools_and_services(&client, segments).await?;
     let sim = Simulator::start(&lan, peers, protocol)?;
     let mut cmd = speaker_command(&cp, &lan.node("n1").ns, "n1", KEY);
