@@ -258,6 +258,9 @@ struct Incarnations {
     /// The current incarnation said it leaves: a heartbeat of it sent after (its heartbeat
     /// thread still ticking while it stops) must not bring it back; only a restart does.
     left: bool,
+    /// The subnets its last heartbeat said (empty once it left): kept while it is silent or
+    /// on standby, so that it stays in the segments it was in (`Members::remembered`).
+    subnets: Vec<IpNetwork>,
 }
 
 impl Incarnations {
@@ -329,6 +332,9 @@ impl Members {
             return false;
         }
         seen.left = hb.kind == Kind::Leaving;
+        if seen.subnets != hb.subnets {
+            seen.subnets.clone_from(&hb.subnets);
+        }
         match hb.kind {
             Kind::Leaving => self.members.remove(&hb.node).is_some(),
             Kind::Alive | Kind::Standby => {
@@ -430,6 +436,21 @@ impl Members {
     /// Every member heard, on standby or not.
     pub fn heard(&self) -> impl Iterator<Item = &str> {
         self.members.keys().map(String::as_str)
+    }
+
+    /// Speakers heard before that are not candidates now (on standby, or silent) and did not
+    /// say they leave, with the subnets they last said. Segments keep them: a speaker cut off
+    /// for a while is heartbeated (and heartbeats) at the segment's pace as before, so when
+    /// it hears again it hears every peer within an interval, not in the next round.
+    pub fn remembered(&self) -> impl Iterator<Item = (&str, &[IpNetwork])> {
+        self.seen
+            .iter()
+            .filter(|(node, s)| {
+                !s.left
+                    && !s.subnets.is_empty()
+                    && self.members.get(*node).is_none_or(|m| m.standby)
+            })
+            .map(|(node, s)| (node.as_str(), s.subnets.as_slice()))
     }
 }
 
@@ -661,6 +682,43 @@ mod tests {
         );
         let dead: Vec<String> = m.expire(t0 + ms(50_100)).into_iter().map(|d| d.0).collect();
         assert_eq!(dead, ["far"]);
+    }
+
+    /// Speakers that went silent or stand by are remembered with their last subnets (they
+    /// stay in segments); live candidates are not (they are members), nor speakers that
+    /// said they leave.
+    #[test]
+    fn silent_and_standby_speakers_are_remembered_until_they_leave() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = Members::new(ms(500));
+        m.receive(hb("silent", 1, Kind::Alive), t0);
+        m.receive(hb("standby", 1, Kind::Standby), t0);
+        m.receive(hb("live", 1, Kind::Alive), t0 + ms(600));
+        m.receive(hb("leaves", 1, Kind::Alive), t0);
+        m.receive(
+            Heartbeat {
+                subnets: Vec::new(),
+                ..hb("leaves", 2, Kind::Leaving)
+            },
+            t0 + ms(100),
+        );
+        m.receive(hb("standby", 2, Kind::Standby), t0 + ms(600));
+        assert_eq!(
+            m.expire(t0 + ms(700))
+                .into_iter()
+                .map(|d| d.0)
+                .collect::<Vec<_>>(),
+            ["silent"]
+        );
+        let remembered: Vec<(&str, usize)> = m.remembered().map(|(n, s)| (n, s.len())).collect();
+        assert_eq!(remembered, [("silent", 2), ("standby", 2)]);
+        // Heard again as a candidate: a member, no longer only remembered.
+        m.receive(hb("silent", 2, Kind::Alive), t0 + ms(800));
+        assert_eq!(
+            m.remembered().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["standby"]
+        );
     }
 
     #[test]

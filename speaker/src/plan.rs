@@ -27,6 +27,9 @@ pub struct View<'a> {
     /// peers' from their heartbeats, this node's the `Snapshot::subnets` it sends them. One
     /// source for every node, so every speaker judges every node (itself too) alike.
     pub node_subnets: &'a BTreeMap<String, Vec<IpNetwork>>,
+    /// Speakers heard before that are not candidates now (on standby or silent, not left),
+    /// with the subnets they last said: they stay in segments (`segment`).
+    pub remembered_subnets: &'a BTreeMap<String, Vec<IpNetwork>>,
     pub pools: &'a [&'a IPPool],
     pub advertisements: &'a [&'a L2Advertisement],
     /// Nodes with a serving endpoint, per Service key (`namespace/name`).
@@ -142,7 +145,7 @@ pub fn decide(view: &View) -> Decision {
         .iter()
         .map(|p| PoolFacts::new(p, view.advertisements))
         .collect();
-    let index = SubnetIndex::new(view.node_subnets);
+    let index = SubnetIndex::new(view.node_subnets.iter());
     let mut decision = Decision {
         reporter: view.reports_unannounced,
         ..Decision::default()
@@ -179,7 +182,7 @@ pub fn decide(view: &View) -> Decision {
 struct SubnetIndex<'a>(BTreeMap<IpNetwork, Vec<&'a str>>);
 
 impl<'a> SubnetIndex<'a> {
-    fn new(node_subnets: &'a BTreeMap<String, Vec<IpNetwork>>) -> Self {
+    fn new(node_subnets: impl Iterator<Item = (&'a String, &'a Vec<IpNetwork>)>) -> Self {
         let mut by_subnet: BTreeMap<IpNetwork, Vec<&str>> = BTreeMap::new();
         for (node, nets) in node_subnets {
             for net in nets {
@@ -212,7 +215,13 @@ pub fn segment(view: &View) -> BTreeSet<String> {
     let Some(me) = view.nodes.get(view.me).filter(|m| !m.excluded) else {
         return peers;
     };
-    let index = SubnetIndex::new(view.node_subnets);
+    // A speaker that went quiet or stood by stays in the segment while its node is Ready:
+    // when it hears again, every peer it competes with heartbeats it already, and it them,
+    // so nobody claims an IP with a view that misses a competitor for a whole round.
+    let remembered = view.remembered_subnets.iter().filter(|(node, _)| {
+        !view.node_subnets.contains_key(*node) && view.nodes.get(*node).is_some_and(|n| n.ready)
+    });
+    let index = SubnetIndex::new(view.node_subnets.iter().chain(remembered));
     for pool in view
         .pools
         .iter()

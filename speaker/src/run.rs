@@ -278,6 +278,13 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         let peers = peers_of(&stores.nodes, &config.node, segment.as_ref());
         peers_tx.send_if_modified(|old| {
             let differs = *old != peers;
+            if differs && old.segment != peers.segment {
+                tracing::info!(
+                    nodes = peers.segment.len(),
+                    segment = %crate::logs::bounded_list(&peers.segment),
+                    "heartbeating a new segment every interval"
+                );
+            }
             *old = peers;
             differs
         });
@@ -549,6 +556,8 @@ fn conflict_message(conflict: &Conflict, me: &str) -> String {
 struct Gossiped {
     /// The candidates, this speaker too, each with the subnets it can announce on.
     node_subnets: BTreeMap<String, Vec<IpNetwork>>,
+    /// Speakers heard before that are not candidates now, with their last subnets.
+    remembered: BTreeMap<String, Vec<IpNetwork>>,
     /// Candidates heard for less than a settle time.
     joining: BTreeSet<String>,
     /// Every speaker heard (on standby too), this one not included.
@@ -565,6 +574,10 @@ impl Gossiped {
                 .candidates()
                 .map(|n| (n.to_owned(), members.subnets(n).to_vec()))
                 .chain([(me.to_owned(), own_subnets)])
+                .collect(),
+            remembered: members
+                .remembered()
+                .map(|(n, subnets)| (n.to_owned(), subnets.to_vec()))
                 .collect(),
             joining: members
                 .joining(settle, Instant::now())
@@ -622,6 +635,7 @@ fn decide(
         services: &services,
         nodes: &nodes,
         node_subnets,
+        remembered_subnets: &gossiped.remembered,
         pools: &pools,
         advertisements: &ads,
         endpoints: &endpoints,

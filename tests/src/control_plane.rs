@@ -50,7 +50,14 @@ pub struct Options {
     pub install_crds: bool,
     /// Write an audit log of every request (metadata level) to `audit_log()`.
     pub audit: bool,
+    /// `--service-cluster-ip-range`: the first range must hold `KUBERNETES_SERVICE_IP`.
+    pub service_cidrs: String,
+    /// More kube-apiserver flags (after the defaults, so they win).
+    pub apiserver_args: Vec<String>,
 }
+
+/// The default service range: 65,534 ClusterIPs, like most clusters'.
+pub const DEFAULT_SERVICE_CIDRS: &str = "10.96.0.0/16,fd00:10:96::/112";
 
 impl Default for Options {
     fn default() -> Self {
@@ -58,6 +65,8 @@ impl Default for Options {
             placement: Placement::Loopback,
             install_crds: std::env::var_os("HERALD_NO_CRDS").is_none(),
             audit: false,
+            service_cidrs: DEFAULT_SERVICE_CIDRS.to_owned(),
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -167,10 +176,7 @@ impl ControlPlane {
             .arg("--service-account-signing-key-file")
             .arg(&pki.service_account_key)
             .args(["--service-account-issuer", "https://kubernetes.default.svc"])
-            .args([
-                "--service-cluster-ip-range",
-                "10.96.0.0/16,fd00:10:96::/112",
-            ])
+            .args(["--service-cluster-ip-range", &options.service_cidrs])
             .args(["--authorization-mode", "RBAC"])
             // `kubectl logs/exec` reach kubelets by address (node names resolve nowhere).
             .args(["--kubelet-preferred-address-types", "InternalIP,Hostname"])
@@ -194,6 +200,7 @@ impl ControlPlane {
                 .args(["--audit-log-format", "json", "--audit-log-mode", "blocking"]);
         }
         apiserver.arg("--cert-dir").arg(root.join("certs"));
+        apiserver.args(&options.apiserver_args);
         let apiserver = Process::spawn(
             "kube-apiserver",
             apiserver,
@@ -393,6 +400,35 @@ impl From<std::io::Error> for StartError {
 }
 
 /// The scratch directory lives on tmpfs when there is one: etcd's writes cost nothing there.
+impl Drop for ControlPlane {
+    /// A failing test keeps its logs (every process's: API server, etcd, the controllers
+    /// and speakers it started in `dir()`) in /tmp/herald-failed, named in its output.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(name) = self.dir.path().file_name() else {
+            return;
+        };
+        let keep = Path::new("/tmp/herald-failed").join(name);
+        let copied = std::fs::create_dir_all(&keep).and_then(|()| {
+            for entry in std::fs::read_dir(self.dir.path())? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "log")
+                    && let Some(file) = path.file_name()
+                {
+                    std::fs::copy(&path, keep.join(file))?;
+                }
+            }
+            Ok(())
+        });
+        match copied {
+            Ok(()) => eprintln!("logs of the failed test kept in {}", keep.display()),
+            Err(e) => eprintln!("keeping the logs in {}: {e}", keep.display()),
+        }
+    }
+}
+
 fn scratch_dir() -> Result<TempDir> {
     let builder = {
         let mut b = tempfile::Builder::new();

@@ -50,6 +50,9 @@ struct Fixture {
     endpoints: BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// Nodes whose heartbeats say they are on another subnet than the pool's.
     off_subnet: BTreeSet<&'static str>,
+    /// Nodes whose speakers are not candidates now (silent or on standby) but were heard:
+    /// their subnets are remembered, not live.
+    remembered: BTreeSet<&'static str>,
     joining: BTreeSet<String>,
     /// What every deciding node announces now (the same set for all, for brevity).
     announcing: BTreeSet<IpAddr>,
@@ -69,6 +72,7 @@ impl Fixture {
             ads: vec![yaml("metadata: {name: all}\nspec: {}")],
             endpoints: BTreeMap::new(),
             off_subnet: BTreeSet::new(),
+            remembered: BTreeSet::new(),
             joining: BTreeSet::new(),
             announcing: BTreeSet::new(),
         }
@@ -92,12 +96,16 @@ impl Fixture {
                 (n.clone(), vec![subnet.parse().unwrap()])
             })
             .collect();
+        let (remembered, subnets): (BTreeMap<_, _>, BTreeMap<_, _>) = subnets
+            .into_iter()
+            .partition(|(n, _)| self.remembered.contains(n.as_str()));
         f(&View {
             me,
             reports_unannounced: me == "a",
             services: &self.services,
             nodes: &self.nodes,
             node_subnets: &subnets,
+            remembered_subnets: &remembered,
             pools: &pools,
             advertisements: &ads,
             endpoints: &self.endpoints,
@@ -297,6 +305,25 @@ fn a_segment_is_the_nodes_competing_for_the_same_ips() {
             assert!(f.segment_of(&peer).contains(me), "{me} -> {peer}");
         }
     }
+}
+
+/// A speaker cut off from gossip (silent, or on standby because it hears nobody) stays in
+/// the segments it was in while its node is Ready, and keeps its own: when it hears again,
+/// every competitor already heartbeats it at the segment's pace and it them. Without this,
+/// it and they would meet only in the next round, and it could claim IPs with a view that
+/// misses a competitor for up to a round (answers from two nodes).
+#[test]
+fn a_speaker_cut_off_stays_in_the_segments_it_was_in() {
+    let mut f = Fixture::new();
+    f.remembered.insert("c");
+    assert_eq!(f.segment_of("a"), names(&["b", "c"]));
+    // c itself remembers a and b, heard before it was cut off.
+    f.remembered = BTreeSet::from(["a", "b"]);
+    assert_eq!(f.segment_of("c"), names(&["a", "b"]));
+    // A remembered node whose Node is not Ready (powered off) is dropped from segments.
+    f.remembered = BTreeSet::from(["c"]);
+    f.nodes.get_mut("c").unwrap().ready = false;
+    assert_eq!(f.segment_of("a"), names(&["b"]));
 }
 
 proptest::proptest! {

@@ -96,7 +96,7 @@ impl Cluster {
             },
             // Helm installs Herald's CRDs, as it does for users.
             install_crds: false,
-            audit: false,
+            ..Options::default()
         })
         .await?;
         let inside = cp.kubeconfig_for(
