@@ -121,6 +121,12 @@ fn chart_lints_with_default_and_all_options() {
             .expect("args")
             .contains(&serde_json::json!("--gossip-secret=my-gossip-key"))
     );
+    assert!(
+        container["args"]
+            .as_array()
+            .expect("args")
+            .contains(&serde_json::json!("--segmented-liveness=false"))
+    );
     assert_eq!(pod["spec"]["hostNetwork"], true);
     // A given gossip Secret: the controller makes none and may not create Secrets.
     let deploy = find(&all, "Deployment", "edge-controller");
@@ -179,6 +185,7 @@ fn chart_lints_with_default_and_all_options() {
     let speaker = find(&defaults, "DaemonSet", "herald-speaker");
     let args = speaker["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--gossip-port=9474"), "{args}");
+    assert!(args.contains("--segmented-liveness=true"), "{args}");
     // Alerts and dashboard are opt-in.
     assert!(
         !defaults

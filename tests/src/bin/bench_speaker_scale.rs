@@ -272,10 +272,9 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
     nodes(&client, &lan, peers).await;
     pools_and_services(&client, segments).await?;
     let sim = Simulator::start(&lan, peers, protocol)?;
-    let mut cmd = speaker_command(&cp, &lan.node("n1").ns, "n1", KEY);
-    if protocol == Protocol::Segments {
-        cmd.arg("--segmented-liveness");
-    }
+    // Segmented liveness is the default: with `--protocol=all-to-all` only the simulated
+    // peers send as speakers did before segments (the receiving side of the old cost).
+    let cmd = speaker_command(&cp, &lan.node("n1").ns, "n1", KEY);
     let real = herald_tests::Process::spawn("speaker-n1", cmd, &cp.dir().join("speaker-n1.log"))?;
     // Settled: the speaker hears every peer and owns its share of segment 0.
     let deadline = Instant::now() + Duration::from_secs(120);
