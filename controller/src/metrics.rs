@@ -68,6 +68,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub allocation_duration: Histogram,
     pub pass_duration: Histogram,
+    pub events_dropped: Counter,
 }
 
 impl Metrics {
@@ -85,6 +86,7 @@ impl Metrics {
             allocation_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             // 100 µs to ~3.3 s.
             pass_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            events_dropped: Counter::default(),
         };
         registry.register(
             "herald_controller_allocations",
@@ -132,6 +134,11 @@ impl Metrics {
             "One allocation pass: decisions and the writes that follow",
             Unit::Seconds,
             m.pass_duration.clone(),
+        );
+        registry.register(
+            "herald_controller_events_dropped",
+            "Events not published because the queue was full (a burst of thousands of Services): their statuses say the same",
+            m.events_dropped.clone(),
         );
         m
     }

@@ -43,6 +43,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(10);
 const POOL_STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Writes decided before they are performed; bounds a pass's memory at 10,000 Services.
 const CHUNK: usize = 256;
+/// Writes decided in a long pass wait at most this long for their chunk to fill.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 enum Trigger {
     Service(String),
@@ -52,8 +54,16 @@ enum Trigger {
     PoolMeta,
 }
 
-/// Events of one pass for the publisher: (Service key, what to say).
-type EventBatch = Vec<(String, Note)>;
+/// An Event for the publisher: (Service key, what to say).
+type QueuedEvent = (String, Note);
+/// Events waiting to be published, at most (client-go's broadcaster queues 1,000 too): a
+/// burst of 100,000 allocations (a first install, a restore) says the first 1,000 and drops
+/// the rest, counted, instead of holding 100,000 in memory and writing 100,000 Events while
+/// statuses wait. Statuses and conditions always say what an Event would.
+const MAX_QUEUED_EVENTS: usize = 1_000;
+/// Events published at a time: fewer than status writes (`WRITE_CONCURRENCY`), which the
+/// Services wait for.
+const EVENT_CONCURRENCY: usize = 8;
 /// An Event the publisher could not publish: (Service key, fingerprint of the note).
 type EventFailure = (String, u64);
 
@@ -92,7 +102,9 @@ pub struct Controller {
     state: State,
     /// Events go to a task of their own, so that a pass never waits for them (they only
     /// inform) and the next Service's status is not queued behind them.
-    events_tx: mpsc::UnboundedSender<EventBatch>,
+    events_tx: mpsc::Sender<QueuedEvent>,
+    /// When dropping Events was last logged (at most once a minute).
+    events_dropped_logged: Option<tokio::time::Instant>,
     /// Events that could not be published, by Service and fingerprint.
     event_failures: mpsc::UnboundedReceiver<EventFailure>,
     /// Set by the retry tick: look at the Services waiting for an IP.
@@ -200,7 +212,7 @@ pub async fn run(
         .await
         .context("Namespace watch")?;
 
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::channel(MAX_QUEUED_EVENTS);
     let (failures_tx, event_failures) = mpsc::unbounded_channel();
     tokio::spawn(publish_events(
         client.clone(),
@@ -316,7 +328,7 @@ impl Controller {
         pools: Store<IPPool>,
         namespaces: Store<Namespace>,
         events: (
-            mpsc::UnboundedSender<EventBatch>,
+            mpsc::Sender<QueuedEvent>,
             mpsc::UnboundedReceiver<EventFailure>,
         ),
     ) -> Self {
@@ -332,6 +344,7 @@ impl Controller {
             caches,
             state,
             events_tx: events.0,
+            events_dropped_logged: None,
             event_failures: events.1,
             retry_waiting: false,
             pool_writes_in_flight: BTreeMap::new(),
@@ -361,11 +374,17 @@ impl Controller {
         // Statuses go out in chunks while the pass goes on (memory stays bounded, the first
         // Services get their IPs at once); Events, which only inform, after every status.
         let mut writes = Vec::new();
+        let mut flushed = tokio::time::Instant::now();
         for key in keys {
             if seen.insert(key.clone()) {
                 writes.extend(self.state.decide(&self.caches, &key, Timestamp::now()));
-                if writes.len() >= CHUNK {
+                // A pass over 100,000 Services that need nothing takes seconds: the few
+                // that do (a Service created while the controller was down) are written
+                // as they come, not after it.
+                if writes.len() >= CHUNK || (!writes.is_empty() && flushed.elapsed() >= FLUSH_EVERY)
+                {
                     self.execute(std::mem::take(&mut writes)).await;
+                    flushed = tokio::time::Instant::now();
                 }
             }
         }
@@ -389,14 +408,43 @@ impl Controller {
         self.metrics
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
-        let events = self.state.take_events();
-        if !events.is_empty() && self.events_tx.send(events).is_err() {
-            tracing::error!("the Event publisher stopped; Events are not published");
-        }
+        self.queue_events();
         if seen.len() > CHUNK {
             // A large pass (start-up, a pool change) allocates and frees a lot; give the
             // freed pages back to the system instead of keeping them as heap.
             herald_telemetry::release_free_heap();
+        }
+    }
+
+    /// Hands the pass's Events to the publisher; drops (and counts) those the full queue
+    /// cannot take.
+    fn queue_events(&mut self) {
+        let mut dropped = 0u64;
+        for event in self.state.take_events() {
+            match self.events_tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!("the Event publisher stopped; Events are not published");
+                    return;
+                }
+            }
+        }
+        if dropped == 0 {
+            return;
+        }
+        self.metrics.events_dropped.inc_by(dropped);
+        let now = tokio::time::Instant::now();
+        if self
+            .events_dropped_logged
+            .is_none_or(|t| now - t >= Duration::from_secs(60))
+        {
+            self.events_dropped_logged = Some(now);
+            tracing::warn!(
+                dropped,
+                queued = MAX_QUEUED_EVENTS,
+                "the Event queue is full; Events dropped (statuses say the same; counted in herald_controller_events_dropped_total)"
+            );
         }
     }
 
@@ -562,37 +610,37 @@ impl Controller {
     }
 }
 
-/// Publishes the Events of each pass, `WRITE_CONCURRENCY` at a time, built from the cached
+/// Publishes the queued Events, `EVENT_CONCURRENCY` at a time, built from the cached
 /// Service when sent; reports failures back so the next pass says them again.
 async fn publish_events(
     client: Client,
     services: Cache<LbService>,
     reporter: Reporter,
     metrics: Metrics,
-    mut batches: mpsc::UnboundedReceiver<EventBatch>,
+    queue: mpsc::Receiver<QueuedEvent>,
     failures: mpsc::UnboundedSender<EventFailure>,
 ) {
-    while let Some(batch) = batches.recv().await {
-        let (client, services, reporter) = (&client, &services, &reporter);
-        let results: Vec<(String, Note, Result<()>)> = stream::iter(batch)
-            .map(|(key, note)| async move {
-                let result = publish_event(client, services, reporter, &key, &note).await;
-                (key, note, result)
-            })
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .collect()
-            .await;
-        for (key, note, result) in results {
-            metrics
-                .api_writes
-                .get_or_create(&WriteLabels::of(&result))
-                .inc();
-            if let Err(e) = result {
-                tracing::warn!(service = %key, "publishing event: {e:#}");
-                let _ = failures.send((key, fingerprint(&note)));
-            }
+    let (client, services, reporter) = (&client, &services, &reporter);
+    stream::unfold(queue, |mut queue| async move {
+        queue.recv().await.map(|event| (event, queue))
+    })
+    .map(|(key, note)| async move {
+        let result = publish_event(client, services, reporter, &key, &note).await;
+        (key, note, result)
+    })
+    .buffer_unordered(EVENT_CONCURRENCY)
+    .for_each(|(key, note, result)| {
+        metrics
+            .api_writes
+            .get_or_create(&WriteLabels::of(&result))
+            .inc();
+        if let Err(e) = result {
+            tracing::warn!(service = %key, "publishing event: {e:#}");
+            let _ = failures.send((key, fingerprint(&note)));
         }
-    }
+        futures::future::ready(())
+    })
+    .await;
 }
 
 /// Publishes `note` about the Service `key`, built from the cached Service.
@@ -696,19 +744,22 @@ mod tests {
     /// cached, writing to `api`; and the receiving end of its Event queue.
     fn controller(
         api: &FakeApi,
+        queue: usize,
     ) -> (
         Controller,
-        mpsc::UnboundedReceiver<EventBatch>,
+        mpsc::Receiver<QueuedEvent>,
         mpsc::UnboundedSender<EventFailure>,
     ) {
-        let web: LbService = yaml(
-            "metadata: {name: web, namespace: shop, uid: u1}\nspec: {type: LoadBalancer, ports: [{port: 80}]}",
-        );
+        let service = |name: &str| -> LbService {
+            yaml(&format!(
+                "metadata: {{name: {name}, namespace: shop, uid: u-{name}}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}"
+            ))
+        };
         let (pools, mut pool_writer) = reflector::store();
         pool_writer.apply_watcher_event(&watcher::Event::Apply(yaml::<IPPool>(
             "metadata: {name: lan}\nspec: {addresses: [192.0.2.0/24]}",
         )));
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(queue);
         let (failures_tx, event_failures) = mpsc::unbounded_channel();
         let controller = Controller::new(
             api.client(),
@@ -717,7 +768,10 @@ mod tests {
                 serve_unset: true,
             },
             Metrics::register(&mut Default::default()),
-            [("shop/web".to_owned(), web)].into_iter().collect(),
+            ["web", "api", "db"]
+                .into_iter()
+                .map(|n| (format!("shop/{n}"), service(n)))
+                .collect(),
             pools,
             reflector::store().0,
             (events_tx, event_failures),
@@ -725,30 +779,26 @@ mod tests {
         (controller, events_rx, failures_tx)
     }
 
-    fn reasons(batch: &[(String, Note)]) -> Vec<(&str, &str)> {
-        batch
-            .iter()
-            .map(|(key, note)| (key.as_str(), note.reason.as_str()))
-            .collect()
-    }
-
     #[tokio::test]
     async fn an_event_that_could_not_be_published_is_said_again_on_the_next_pass() {
         let api = FakeApi::default();
-        let (mut c, mut queued, failures) = controller(&api);
+        let (mut c, mut queued, failures) = controller(&api, MAX_QUEUED_EVENTS);
         let web = vec!["shop/web".to_owned()];
 
         c.pass(web.clone(), false).await;
         assert!(api.take().contains(&STATUS.to_owned()));
         let first = queued.try_recv().expect("an Event queued");
-        assert_eq!(reasons(&first), [("shop/web", "IPAllocated")]);
+        assert_eq!(
+            (first.0.as_str(), first.1.reason.as_str()),
+            ("shop/web", "IPAllocated")
+        );
 
         // Said once: looking at the Service again queues nothing.
         c.pass(web.clone(), false).await;
         assert!(queued.try_recv().is_err());
 
         // The publisher could not publish it: the next pass, whatever woke it, says it again.
-        let (key, note) = &first[0];
+        let (key, note) = &first;
         failures
             .send((key.clone(), fingerprint(note)))
             .expect("send");
@@ -763,12 +813,32 @@ mod tests {
         assert!(queued.try_recv().is_err());
     }
 
+    /// A burst bigger than the Event queue: every status is written, the Events the queue
+    /// cannot take are dropped and counted, not held.
+    #[tokio::test]
+    async fn events_beyond_the_queue_are_dropped_and_counted_statuses_all_written() {
+        let api = FakeApi::default();
+        let (mut c, mut queued, _failures) = controller(&api, 2);
+        c.pass(Vec::new(), true).await;
+        let writes = api.take();
+        for name in ["web", "api", "db"] {
+            let status = format!("PATCH /api/v1/namespaces/shop/services/{name}/status");
+            assert!(writes.contains(&status), "{name}: {writes:?}");
+        }
+        assert!(queued.try_recv().is_ok() && queued.try_recv().is_ok());
+        assert!(
+            queued.try_recv().is_err(),
+            "more queued than the queue holds"
+        );
+        assert_eq!(c.metrics.events_dropped.get(), 1);
+    }
+
     #[tokio::test]
     async fn the_publisher_reports_events_it_could_not_publish() {
         let api = FakeApi::default();
         let web: LbService = yaml("metadata: {name: web, namespace: shop, uid: u1}");
         let services: Cache<LbService> = [("shop/web".to_owned(), web)].into_iter().collect();
-        let (batches_tx, batches) = mpsc::unbounded_channel();
+        let (queue_tx, queue) = mpsc::channel(MAX_QUEUED_EVENTS);
         let (failures_tx, mut failures) = mpsc::unbounded_channel();
         let reporter = Reporter {
             controller: CONTROLLER_MANAGER.into(),
@@ -780,19 +850,19 @@ mod tests {
             services,
             reporter,
             Metrics::register(&mut Default::default()),
-            batches,
+            queue,
             failures_tx,
         ));
         let allocated = Note::normal("IPAllocated", "assigned 192.0.2.1");
         let gone = Note::normal("IPAllocated", "about a Service deleted meanwhile");
         api.fail_events(1);
-        batches_tx
-            .send(vec![
-                ("shop/web".to_owned(), allocated.clone()),
-                ("shop/gone".to_owned(), gone),
-            ])
-            .expect("send");
-        drop(batches_tx);
+        for event in [
+            ("shop/web".to_owned(), allocated.clone()),
+            ("shop/gone".to_owned(), gone),
+        ] {
+            queue_tx.try_send(event).expect("send");
+        }
+        drop(queue_tx);
         publisher.await.expect("publisher");
         assert_eq!(
             failures.try_recv().expect("a failure"),

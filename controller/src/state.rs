@@ -116,6 +116,11 @@ impl State {
                 (true, Intent::Wants(w)) => {
                     if let Err(e) = state.allocator.restore(&key, &ips, &w.sharing) {
                         tracing::warn!(service = %key, "not restoring its IPs: {e}");
+                    } else {
+                        // Said by the replica that allocated it: a restart or a new leader
+                        // does not say it again for every Service (100,000 Events).
+                        let note = allocated_note(state.allocator.assigned(&key));
+                        state.last_note.insert(key.clone(), fingerprint(&note));
                     }
                 }
                 (true, _) => {}
@@ -247,8 +252,7 @@ impl State {
                                 self.note(&svc, note);
                             }
                         }
-                        let message = format!("assigned {}", status::describe(&assigned));
-                        self.note(&svc, Note::normal("IPAllocated", message));
+                        self.note(&svc, allocated_note(&assigned));
                         writes
                     }
                     Err(e) => {
@@ -378,6 +382,14 @@ impl State {
         self.last_note.insert(key.clone(), fp);
         self.events.push((key, note));
     }
+}
+
+/// What is said of a Service given (or keeping) `assigned`.
+fn allocated_note(assigned: &[Assigned]) -> Note {
+    Note::normal(
+        "IPAllocated",
+        format!("assigned {}", status::describe(assigned)),
+    )
 }
 
 /// The pools a Service may take addresses from: the allocator's boundary.
@@ -626,6 +638,35 @@ mod tests {
             finalizers.as_slice(),
             [Write::PoolFinalizer { name, protect: false }] if name == "lan"
         ));
+    }
+
+    /// A restarted controller (or a new leader) rebuilds from the statuses: it says nothing
+    /// again about Services whose IPs it restored (100,000 Events on every restart).
+    #[test]
+    fn a_restart_says_nothing_again_about_services_it_restored() {
+        let mut world = Maps::default();
+        world.add_pool("metadata: {name: lan}\nspec: {addresses: [192.0.2.0/24]}");
+        world.add_service(WEB);
+        // The first controller allocates and writes the status.
+        let mut first = State::rebuild(config(), &world);
+        let written = first.decide(&world, "shop/web", now());
+        let Some(Write::Status { apply, .. }) = written.first() else {
+            panic!("no status written: {written:?}");
+        };
+        let mut web: serde_json::Value = yaml(WEB);
+        web["status"] = serde_json::to_value(&apply.status).expect("status");
+        let web: LbService = serde_json::from_value(web).expect("a Service");
+        world.services.insert(web.key(), Arc::new(web));
+        // The next one rebuilds from it.
+        let mut state = State::rebuild(config(), &world);
+        let writes = state.decide(&world, "shop/web", now());
+        assert!(assigned_ips(&writes).is_empty(), "rewrote a current status");
+        assert!(state.take_events().is_empty(), "said IPAllocated again");
+        // A Service allocated after the restart is spoken of as ever.
+        world.add_service(&WEB.replace("name: web", "name: api"));
+        let writes = state.decide(&world, "shop/api", now());
+        assert_eq!(assigned_ips(&writes), ["192.0.2.1"]);
+        assert_eq!(reasons(&state.take_events()), ["IPAllocated"]);
     }
 
     #[test]
