@@ -144,7 +144,15 @@ impl State {
     /// Every Service worth a look in a full pass: those cached, and those only the state
     /// still knows (deleted while a watch was re-listing).
     pub fn every_service(&self, world: &impl World) -> Vec<String> {
-        let mut keys: Vec<String> = sorted(world.services()).iter().map(|s| s.key()).collect();
+        // Those without an address first: after a restart over 100,000 Services, the few
+        // created meanwhile get theirs at once, not after the pass has looked at the others.
+        let mut keys: Vec<(bool, String)> = world
+            .services()
+            .iter()
+            .map(|s| (!s.status.ingress.is_empty(), s.key()))
+            .collect();
+        keys.sort_unstable();
+        let mut keys: Vec<String> = keys.into_iter().map(|(_, key)| key).collect();
         keys.extend(self.allocator.services().cloned());
         keys.extend(self.last_note.keys().cloned());
         keys
@@ -400,7 +408,7 @@ fn eligible_pools(world: &impl World, svc: &LbService) -> Vec<String> {
 }
 
 fn sorted(mut services: Vec<Arc<LbService>>) -> Vec<Arc<LbService>> {
-    services.sort_by_key(|s| s.key());
+    services.sort_by_cached_key(|s| s.key());
     services
 }
 
@@ -662,6 +670,14 @@ mod tests {
         let writes = state.decide(&world, "shop/web", now());
         assert!(assigned_ips(&writes).is_empty(), "rewrote a current status");
         assert!(state.take_events().is_empty(), "said IPAllocated again");
+        // A full pass looks first at the Services without an address (created while no
+        // controller ran), then at the others.
+        world.add_service(&WEB.replace("name: web", "name: zed"));
+        assert_eq!(
+            state.every_service(&world)[..2],
+            ["shop/zed".to_owned(), "shop/web".to_owned()]
+        );
+        world.services.remove("shop/zed");
         // A Service allocated after the restart is spoken of as ever.
         world.add_service(&WEB.replace("name: web", "name: api"));
         let writes = state.decide(&world, "shop/api", now());

@@ -46,9 +46,10 @@ impl ServiceOutcome {
 
     /// Whether the Service shows something else now (times and generations aside).
     pub fn differs_from(&self, svc: &LbService) -> bool {
-        let same_condition = svc.status.condition.as_ref().is_some_and(|c| {
-            c.allocated == self.allocated && c.reason == self.reason && c.message == self.message
-        });
+        let same_condition =
+            svc.status.condition.as_ref().is_some_and(|c| {
+                c.allocated == self.allocated && c.says(&self.reason, &self.message)
+            });
         svc.status.ingress != self.ingress || !same_condition
     }
 
