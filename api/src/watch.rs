@@ -113,8 +113,25 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     T: PartialEq + Send + Sync + 'static,
 {
+    projected_with(client, watcher::Config::default(), project)
+}
+
+/// `projected`, listing with `config` (a larger page: fewer list calls for a start over
+/// 100,000 objects, at the cost of a larger page held while it is parsed).
+pub fn projected_with<K, T>(
+    client: Client,
+    config: watcher::Config,
+    project: impl Fn(K) -> Option<T> + Send + 'static,
+) -> (
+    Cache<T>,
+    impl Stream<Item = Result<Change, watcher::Error>> + Send,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: PartialEq + Send + Sync + 'static,
+{
     let (cache, mut filler) = Filler::new(project);
-    let stream = watcher(Api::<K>::all(client), watcher::Config::default())
+    let stream = watcher(Api::<K>::all(client), config)
         .default_backoff()
         .map_ok(move |event| filler.apply(event))
         .filter_map(|r| futures::future::ready(r.transpose()));

@@ -4,14 +4,14 @@
 //! trip does not hold up the next Service, publishes the Events and updates the metrics.
 //! Every decision lives in `state` and the modules it uses; this one only reads and writes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
 use herald_api::keys::CONTROLLER_MANAGER;
-use herald_api::watch::{Cache, Change, cached, projected};
+use herald_api::watch::{Cache, Change, cached, projected_with};
 use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
 use herald_telemetry::Health;
@@ -43,6 +43,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(10);
 const POOL_STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Writes decided before they are performed; bounds a pass's memory at 10,000 Services.
 const CHUNK: usize = 256;
+/// Services per list call when the controller (re)lists them.
+const SERVICE_LIST_PAGE: u32 = 2_000;
 /// Writes decided in a long pass wait at most this long for their chunk to fill.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
@@ -159,7 +161,13 @@ pub async fn run(
     let (pool_store, pool_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
 
-    let (services, svc_stream) = projected(client.clone(), |o: ServiceObject| Some(o.service));
+    // Pages of 2,000: each list call makes etcd count every Service (a paginated list
+    // reports how many remain), so 100,000 Services in pages of 500 cost 200 such counts.
+    let (services, svc_stream) = projected_with(
+        client.clone(),
+        watcher::Config::default().page_size(SERVICE_LIST_PAGE),
+        |o: ServiceObject| Some(o.service),
+    );
     let svc_stream = svc_stream.map(|e| match e {
         Ok(Change::Object(key)) => Some(Trigger::Service(key)),
         Ok(Change::Relisted) => Some(Trigger::All),
@@ -375,20 +383,23 @@ impl Controller {
         if all {
             self.state.sync_pools(&self.caches);
             keys = self.state.every_service(&self.caches);
+            self.state.forget_notes_except(&keys);
         }
         while let Ok((key, fp)) = self.event_failures.try_recv() {
             self.state.event_failed(key, fp);
         }
         keys.extend(self.state.take_retry());
         let retry_waiting = std::mem::take(&mut self.retry_waiting);
-        let mut seen = BTreeSet::new();
+        // Borrowed from `keys`: a first pass over 100,000 Services holds no second copy of
+        // every name.
+        let mut seen: HashSet<&str> = HashSet::new();
         // Statuses go out in chunks while the pass goes on (memory stays bounded, the first
         // Services get their IPs at once); Events, which only inform, after every status.
         let mut writes = Vec::new();
         let mut flushed = tokio::time::Instant::now();
-        for key in keys {
-            if seen.insert(key.clone()) {
-                writes.extend(self.state.decide(&self.caches, &key, Timestamp::now()));
+        for key in &keys {
+            if seen.insert(key.as_str()) {
+                writes.extend(self.state.decide(&self.caches, key, Timestamp::now()));
                 // A pass over 100,000 Services that need nothing takes seconds: the few
                 // that do (a Service created while the controller was down) are written
                 // as they come, not after it.
@@ -399,14 +410,17 @@ impl Controller {
                 }
             }
         }
+        let looked_at = seen.len();
         if self.state.take_freed() || retry_waiting || all {
             let waiting: Vec<String> = self.state.waiting().cloned().collect();
             for key in waiting {
-                if seen.insert(key.clone()) {
+                if !seen.contains(key.as_str()) {
                     writes.extend(self.state.decide(&self.caches, &key, Timestamp::now()));
                 }
             }
         }
+        drop(seen);
+        drop(keys);
         if all || tokio::time::Instant::now() >= self.pool_status_due() {
             writes.extend(self.pool_writes());
             self.pool_status_written = Some(tokio::time::Instant::now());
@@ -420,7 +434,7 @@ impl Controller {
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
         self.queue_events();
-        if seen.len() > CHUNK {
+        if looked_at > CHUNK {
             // A large pass (start-up, a pool change) allocates and frees a lot; give the
             // freed pages back to the system instead of keeping them as heap.
             herald_telemetry::release_free_heap();
