@@ -24,6 +24,15 @@ pub use l2::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
 pub use service::{LbService, ServiceObject};
 
+/// A 64-bit fingerprint of anything hashable, for equality checks within one process (what
+/// was written or said, kept without a copy of it). Not stable across builds: never send it.
+pub fn fingerprint(value: &(impl std::hash::Hash + ?Sized)) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
 /// API group of every Herald resource.
 pub const GROUP: &str = "herald.dev";
 /// API version of every Herald resource.

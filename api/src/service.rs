@@ -132,10 +132,7 @@ pub struct LbCondition {
 impl LbCondition {
     /// The digest of a condition's reason and message (`says`).
     pub fn digest(reason: &str, message: &str) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (reason, message).hash(&mut h);
-        h.finish()
+        crate::fingerprint(&(reason, message))
     }
 
     /// Whether the condition's reason and message are these.

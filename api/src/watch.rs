@@ -101,24 +101,9 @@ pub enum Change {
 /// Watches every `K`, keeps `project(object)` in the returned cache, and reports each change.
 /// An object projected to `None` is not kept (as if it did not exist): a binary that reads only
 /// some objects of a kind pays nothing for the others. Drive the stream: the cache is filled
-/// as it is polled.
+/// as it is polled. `config`: how to list (a larger page means fewer list calls for a start
+/// over 100,000 objects, and a larger page held while it is parsed).
 pub fn projected<K, T>(
-    client: Client,
-    project: impl Fn(K) -> Option<T> + Send + 'static,
-) -> (
-    Cache<T>,
-    impl Stream<Item = Result<Change, watcher::Error>> + Send,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
-    T: PartialEq + Send + Sync + 'static,
-{
-    projected_with(client, watcher::Config::default(), project)
-}
-
-/// `projected`, listing with `config` (a larger page: fewer list calls for a start over
-/// 100,000 objects, at the cost of a larger page held while it is parsed).
-pub fn projected_with<K, T>(
     client: Client,
     config: watcher::Config,
     project: impl Fn(K) -> Option<T> + Send + 'static,

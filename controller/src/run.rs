@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
 use herald_api::keys::CONTROLLER_MANAGER;
-use herald_api::watch::{Cache, Change, cached, projected_with};
+use herald_api::watch::{Cache, Change, cached, projected};
 use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
 use herald_telemetry::Health;
@@ -163,7 +163,7 @@ pub async fn run(
 
     // Pages of 2,000: each list call makes etcd count every Service (a paginated list
     // reports how many remain), so 100,000 Services in pages of 500 cost 200 such counts.
-    let (services, svc_stream) = projected_with(
+    let (services, svc_stream) = projected(
         client.clone(),
         watcher::Config::default().page_size(SERVICE_LIST_PAGE),
         |o: ServiceObject| Some(o.service),

@@ -153,8 +153,14 @@ impl State {
             .collect();
         keys.sort_unstable();
         let mut keys: Vec<String> = keys.into_iter().map(|(_, key)| key).collect();
-        keys.extend(self.allocator.services().cloned());
-        keys.extend(self.waiting.iter().cloned());
+        // Only those the cache no longer shows: no second copy of 100,000 names.
+        keys.extend(
+            self.allocator
+                .services()
+                .chain(self.waiting.iter())
+                .filter(|key| world.service(key).is_none())
+                .cloned(),
+        );
         keys
     }
 
@@ -448,13 +454,9 @@ pub fn fingerprint(note: &Note) -> u64 {
         events::Kind::Normal => "N",
         events::Kind::Warning => "W",
     };
-    fnv1a([kind, "\0", &note.reason, "\0", &note.message])
-}
-
-fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
-    parts
-        .into_iter()
-        .flat_map(str::bytes)
+    [kind, "\0", &note.reason, "\0", &note.message]
+        .iter()
+        .flat_map(|s| s.bytes())
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         })
@@ -468,18 +470,20 @@ struct LastNotes(std::collections::HashMap<u64, u64>);
 
 impl LastNotes {
     fn get(&self, key: &str) -> Option<u64> {
-        self.0.get(&fnv1a([key])).copied()
+        self.0.get(&herald_api::fingerprint(key)).copied()
     }
     fn insert(&mut self, key: &str, fingerprint: u64) {
-        self.0.insert(fnv1a([key]), fingerprint);
+        self.0.insert(herald_api::fingerprint(key), fingerprint);
     }
     fn remove(&mut self, key: &str) {
-        self.0.remove(&fnv1a([key]));
+        self.0.remove(&herald_api::fingerprint(key));
     }
     /// Keeps only the Services in `keys` (a full pass: those deleted unseen go).
     fn retain<'k>(&mut self, keys: impl IntoIterator<Item = &'k String>) {
-        let live: std::collections::HashSet<u64> =
-            keys.into_iter().map(|k| fnv1a([k.as_str()])).collect();
+        let live: std::collections::HashSet<u64> = keys
+            .into_iter()
+            .map(|k| herald_api::fingerprint(k.as_str()))
+            .collect();
         self.0.retain(|k, _| live.contains(k));
         self.0.shrink_to_fit();
     }

@@ -10,7 +10,6 @@
 //! this speaker's written again at once, which tells the other node the same about this
 //! one: the side that is cut off learns it within a few API round trips.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -68,13 +67,7 @@ pub fn spec_fingerprint(spec: &L2AnnouncementSpec) -> u64 {
     ))
 }
 
-/// A 64-bit fingerprint of anything hashable, for equality checks within this process
-/// (what the speaker wrote or said, kept without copies of it).
-pub fn fingerprint(value: &(impl Hash + ?Sized)) -> u64 {
-    let mut h = DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
-}
+pub use herald_api::fingerprint;
 
 /// This speaker's last successful write of one object.
 #[derive(Debug, Clone)]

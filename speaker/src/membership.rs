@@ -240,7 +240,6 @@ struct Member {
     /// First heard in this incarnation (or since it was last counted dead).
     since: Instant,
     last_seen: Instant,
-    subnets: Vec<IpNetwork>,
     /// Running but not taking IPs (`Kind::Standby`).
     standby: bool,
     /// Heard at the segment's pace (its last two heartbeats within a timeout).
@@ -258,8 +257,9 @@ struct Incarnations {
     /// The current incarnation said it leaves: a heartbeat of it sent after (its heartbeat
     /// thread still ticking while it stops) must not bring it back; only a restart does.
     left: bool,
-    /// The subnets its last heartbeat said (empty once it left): kept while it is silent or
-    /// on standby, so that it stays in the segments it was in (`Members::remembered`).
+    /// The subnets its last heartbeat said (empty once it left): a member's, and kept while
+    /// it is silent or on standby, so that it stays in the segments it was in
+    /// (`Members::remembered`).
     subnets: Vec<IpNetwork>,
 }
 
@@ -332,15 +332,16 @@ impl Members {
             return false;
         }
         seen.left = hb.kind == Kind::Leaving;
-        if seen.subnets != hb.subnets {
-            seen.subnets.clone_from(&hb.subnets);
+        let subnets_changed = seen.subnets != hb.subnets;
+        if subnets_changed {
+            seen.subnets = hb.subnets;
         }
         match hb.kind {
             Kind::Leaving => self.members.remove(&hb.node).is_some(),
             Kind::Alive | Kind::Standby => {
                 let standby = hb.kind == Kind::Standby;
                 let known = self.members.get(&hb.node);
-                let changed = known.is_none_or(|m| m.subnets != hb.subnets || m.standby != standby);
+                let changed = subnets_changed || known.is_none_or(|m| m.standby != standby);
                 // A new incarnation joins anew.
                 let since = match known {
                     Some(m) if !restarted => m.since,
@@ -356,7 +357,6 @@ impl Members {
                     Member {
                         since,
                         last_seen: now,
-                        subnets: hb.subnets,
                         standby,
                         fast,
                     },
@@ -409,10 +409,12 @@ impl Members {
         self.members.contains_key(node)
     }
 
+    /// A member's subnets (none for a node that is not one).
     pub fn subnets(&self, node: &str) -> &[IpNetwork] {
         self.members
             .get(node)
-            .map(|m| m.subnets.as_slice())
+            .and(self.seen.get(node))
+            .map(|s| s.subnets.as_slice())
             .unwrap_or(&[])
     }
 

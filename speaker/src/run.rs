@@ -348,21 +348,27 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 fn watch_all(client: &Client, changed: Arc<Notify>, me: &str) -> Stores {
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
-    let (services, service_changes) =
-        projected(client.clone(), |o: ServiceObject| ServiceIps::of(o.service));
+    let (services, service_changes) = projected(
+        client.clone(),
+        watcher::Config::default(),
+        |o: ServiceObject| ServiceIps::of(o.service),
+    );
     spawn_watch(service_changes, changed.clone(), "Services");
-    let (nodes, node_changes) = projected(client.clone(), NodeView::of);
+    let (nodes, node_changes) = projected(client.clone(), watcher::Config::default(), NodeView::of);
     spawn_watch(node_changes, changed.clone(), "Nodes");
     let me = me.to_owned();
     let (announcements, announcement_changes) =
-        projected(client.clone(), move |a| Seen::mine(a, &me));
+        projected(client.clone(), watcher::Config::default(), move |a| {
+            Seen::mine(a, &me)
+        });
     let announcements_changed = Arc::new(Notify::new());
     spawn_watch(
         announcement_changes,
         announcements_changed.clone(),
         "L2Announcements",
     );
-    let (slices, slice_changes) = projected(client.clone(), ServingNodes::of);
+    let (slices, slice_changes) =
+        projected(client.clone(), watcher::Config::default(), ServingNodes::of);
     spawn_watch(slice_changes, changed.clone(), "EndpointSlices");
     spawn_watch(
         cached(client.clone(), w4, |_: &mut IPPool| {}),

@@ -399,7 +399,6 @@ impl From<std::io::Error> for StartError {
     }
 }
 
-/// The scratch directory lives on tmpfs when there is one: etcd's writes cost nothing there.
 impl Drop for ControlPlane {
     /// A failing test keeps its logs (every process's: API server, etcd, the controllers
     /// and speakers it started in `dir()`) in /tmp/herald-failed, named in its output.
@@ -429,6 +428,7 @@ impl Drop for ControlPlane {
     }
 }
 
+/// The scratch directory lives on tmpfs when there is one: etcd's writes cost nothing there.
 fn scratch_dir() -> Result<TempDir> {
     let builder = {
         let mut b = tempfile::Builder::new();
