@@ -11,9 +11,11 @@ pub mod keys;
 pub mod l2;
 pub mod owner;
 pub mod pool;
+pub mod proto;
 mod schema;
 pub mod selector;
 pub mod service;
+pub mod service_watch;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod watch;

@@ -115,8 +115,24 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     T: PartialEq + Send + Sync + 'static,
 {
+    projected_from(watcher(Api::<K>::all(client), config), project)
+}
+
+/// `projected`, fed by another watch of the same events (`service_watch::events`: Services
+/// listed in protobuf). Retried with kube-runtime's default backoff.
+pub fn projected_from<K, T>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    project: impl Fn(K) -> Option<T> + Send + 'static,
+) -> (
+    Cache<T>,
+    impl Stream<Item = Result<Change, watcher::Error>> + Send,
+)
+where
+    K: Resource + Send,
+    T: PartialEq + Send + Sync + 'static,
+{
     let (cache, mut filler) = Filler::new(project);
-    let stream = watcher(Api::<K>::all(client), config)
+    let stream = events
         .default_backoff()
         .map_ok(move |event| filler.apply(event))
         .filter_map(|r| futures::future::ready(r.transpose()));

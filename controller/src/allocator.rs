@@ -7,12 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use herald_api::IpRange;
 use herald_api::address::to_u128;
 
-/// `namespace/name` of a Service.
-pub type ServiceKey = String;
+/// `namespace/name` of a Service: one allocation per Service, shared by every map that
+/// names it (at 100,000 Services each copy of the names is ~3 MB).
+pub type ServiceKey = Arc<str>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
@@ -46,7 +48,8 @@ impl std::fmt::Display for Family {
 /// A pool as the allocator sees it: valid ranges only (the caller reports invalid entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
-    pub name: String,
+    /// Shared with every `Assigned` from this pool.
+    pub name: Arc<str>,
     pub ranges: Vec<IpRange>,
     pub auto_assign: bool,
     pub avoid_buggy_ips: bool,
@@ -83,6 +86,11 @@ impl Sharing {
         ports: impl IntoIterator<Item = Port>,
         local_selector: Option<BTreeMap<String, String>>,
     ) -> Self {
+        // Without a key the IP is shared with nobody, whatever the ports and pods: keep
+        // neither (no allocation per Service that does not share).
+        if key.is_none() {
+            return Self::default();
+        }
         let mut ports: Vec<Port> = ports.into_iter().collect();
         ports.sort();
         ports.dedup();
@@ -180,7 +188,7 @@ pub struct Request {
 pub struct Assigned {
     pub ip: IpAddr,
     /// `None` when the IP was found in the Service's status but is in no pool any more.
-    pub pool: Option<String>,
+    pub pool: Option<Arc<str>>,
 }
 
 /// Why a Service got no IP. Variants double as metric labels (`reason()`).
@@ -280,7 +288,7 @@ impl Allocator {
     /// an IP in use is never silently taken from a Service.
     pub fn set_pools(&mut self, pools: impl IntoIterator<Item = Pool>) {
         let pools: BTreeMap<String, Pool> =
-            pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+            pools.into_iter().map(|p| (p.name.to_string(), p)).collect();
         if pools == self.pools {
             return;
         }
@@ -338,10 +346,7 @@ impl Allocator {
 
     /// Marks an IP taken by something that is not Herald's (another load balancer's status).
     pub fn reserve_foreign(&mut self, service: &str, ip: IpAddr) {
-        self.foreign
-            .entry(ip)
-            .or_default()
-            .insert(service.to_owned());
+        self.foreign.entry(ip).or_default().insert(service.into());
         self.take_from_cursor(ip);
     }
 
@@ -408,7 +413,7 @@ impl Allocator {
             // Refresh what the Service brings to its IPs (ports may have changed).
             for a in &kept {
                 if let Some(holders) = self.used.get_mut(&a.ip) {
-                    holders.insert(&req.service, &req.sharing);
+                    holders.insert(req.service.clone(), &req.sharing);
                 }
             }
             let added = self.missing_preferred(req, &kept);
@@ -667,7 +672,7 @@ impl Allocator {
             family,
             pools: with_family
                 .iter()
-                .map(|p| p.name.as_str())
+                .map(|p| &*p.name)
                 .collect::<Vec<_>>()
                 .join(", "),
         })
@@ -682,7 +687,7 @@ impl Allocator {
             };
             // Whoever holds an address of a pool being deleted keeps it; nobody else gets it.
             if pool.terminating && !held.contains(&ip) {
-                return Err(AllocError::PoolTerminating(pool.name.clone()));
+                return Err(AllocError::PoolTerminating(pool.name.to_string()));
             }
             if let Some(why) = self.why_unusable(ip, &req.service, &req.sharing) {
                 return Err(AllocError::InUse { ip, why });
@@ -699,14 +704,14 @@ impl Allocator {
     fn why_not_allowed(&self, req: &Request, ip: IpAddr) -> AllocError {
         let holder = self.pool_of(ip);
         match (&req.pool, holder) {
-            (Some(requested), Some(pool)) if pool.name != *requested => AllocError::WrongPool {
+            (Some(requested), Some(pool)) if *pool.name != **requested => AllocError::WrongPool {
                 ip,
-                pool: pool.name.clone(),
+                pool: pool.name.to_string(),
                 requested: requested.clone(),
             },
             (_, Some(pool)) => AllocError::IpNotAllowed {
                 ip,
-                pool: pool.name.clone(),
+                pool: pool.name.to_string(),
             },
             (_, None) => AllocError::NotInPool { ip },
         }
@@ -720,7 +725,7 @@ impl Allocator {
         let holders = self.used.get(&ip)?;
         holders
             .iter()
-            .filter(|(k, _)| k.as_str() != service)
+            .filter(|(k, _)| &***k != service)
             .find_map(|(k, s)| sharing.conflict(s, k))
     }
 
@@ -732,7 +737,7 @@ impl Allocator {
     /// at; above it the scan walks only over taken addresses, so it is bounded by the IPs in
     /// use, never by the size of the pool.
     fn first_free(&self, pool: &Pool, family: Family) -> Option<IpAddr> {
-        let cursors = self.cursors.get(&pool.name)?;
+        let cursors = self.cursors.get(&*pool.name)?;
         for (range, cursor) in pool.ranges.iter().zip(cursors) {
             if Family::of(range.start()) != family {
                 continue;
@@ -762,12 +767,17 @@ impl Allocator {
     }
 
     fn take(&mut self, service: &str, ip: IpAddr, sharing: &Sharing) {
-        self.used.entry(ip).or_default().insert(service, sharing);
         let pool = self.pool_of(ip).map(|p| p.name.clone());
-        let entry = self.by_service.entry(service.to_owned()).or_default();
+        // The Service's key as `by_service` holds it, shared with `used`.
+        let key = match self.by_service.get_key_value(service) {
+            Some((key, _)) => key.clone(),
+            None => ServiceKey::from(service),
+        };
+        let entry = self.by_service.entry(key.clone()).or_default();
         if !entry.iter().any(|a| a.ip == ip) {
             entry.push(Assigned { ip, pool });
         }
+        self.used.entry(ip).or_default().insert(key, sharing);
         self.take_from_cursor(ip);
     }
 
@@ -869,19 +879,19 @@ fn check_requested(req: &Request) -> Result<(), AllocError> {
 struct Holders(Vec<(ServiceKey, Sharing)>);
 
 impl Holders {
-    fn insert(&mut self, service: &str, sharing: &Sharing) {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(service)) {
+    fn insert(&mut self, service: ServiceKey, sharing: &Sharing) {
+        match self.0.binary_search_by(|(k, _)| (**k).cmp(&*service)) {
             Ok(i) => self.0[i].1 = sharing.clone(),
             Err(i) => {
                 // Exactly one more: `Vec` would otherwise round up to four holders per IP.
                 self.0.reserve_exact(1);
-                self.0.insert(i, (service.to_owned(), sharing.clone()));
+                self.0.insert(i, (service, sharing.clone()));
             }
         }
     }
 
     fn remove(&mut self, service: &str) {
-        self.0.retain(|(k, _)| k != service);
+        self.0.retain(|(k, _)| &**k != service);
     }
 
     fn is_empty(&self) -> bool {

@@ -30,7 +30,7 @@ pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
                 }
             }
             let pool = Pool {
-                name: p.metadata.name.clone().unwrap_or_default(),
+                name: p.metadata.name.clone().unwrap_or_default().into(),
                 ranges,
                 auto_assign: p.spec.auto_assign,
                 avoid_buggy_ips: p.spec.avoid_buggy_ips,
@@ -53,7 +53,7 @@ pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
                     .iter()
                     .any(|a| parsed[j].pool.ranges.iter().any(|b| a.overlaps(b)));
             if overlap {
-                let other = parsed[j].pool.name.clone();
+                let other = parsed[j].pool.name.to_string();
                 parsed[i].overlaps.push(other);
             }
         }

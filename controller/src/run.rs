@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
 use herald_api::keys::CONTROLLER_MANAGER;
-use herald_api::watch::{Cache, Change, cached, projected};
+use herald_api::service_watch;
+use herald_api::watch::{Cache, Change, cached, projected_from};
 use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
 use herald_telemetry::Health;
@@ -161,11 +162,14 @@ pub async fn run(
     let (pool_store, pool_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
 
-    // Pages of 2,000: each list call makes etcd count every Service (a paginated list
+    // Listed in protobuf (`service_watch`); in JSON only where that is refused, then in
+    // pages of 2,000: each list call makes etcd count every Service (a paginated list
     // reports how many remain), so 100,000 Services in pages of 500 cost 200 such counts.
-    let (services, svc_stream) = projected(
-        client.clone(),
-        watcher::Config::default().page_size(SERVICE_LIST_PAGE),
+    let (services, svc_stream) = projected_from(
+        service_watch::events(
+            client.clone(),
+            watcher::Config::default().page_size(SERVICE_LIST_PAGE),
+        ),
         |o: ServiceObject| Some(o.service),
     );
     let svc_stream = svc_stream.map(|e| match e {

@@ -132,6 +132,7 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
 
     let mut order: Vec<Family> = spec
         .ip_families
+        .as_slice()
         .iter()
         .map(|f| match f {
             IpFamily::V4 => Family::V4,
@@ -170,7 +171,7 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
         sharing_key.map(str::to_owned),
         spec.ports.iter().copied(),
         spec.local_traffic
-            .then(|| spec.selector.clone().unwrap_or_default()),
+            .then(|| spec.selector.as_deref().cloned().unwrap_or_default()),
     );
 
     Intent::Wants(Wants {

@@ -108,7 +108,7 @@ impl State {
         state.sync_pools(world);
         for svc in sorted(world.services()) {
             let key = svc.key();
-            let ips = svc.status.ingress.clone();
+            let ips = svc.status.ingress.to_vec();
             if ips.is_empty() {
                 continue;
             }
@@ -157,9 +157,10 @@ impl State {
         keys.extend(
             self.allocator
                 .services()
-                .chain(self.waiting.iter())
+                .map(|key| &**key)
+                .chain(self.waiting.iter().map(String::as_str))
                 .filter(|key| world.service(key).is_none())
-                .cloned(),
+                .map(str::to_owned),
         );
         keys
     }
@@ -246,7 +247,7 @@ impl State {
                 let before: Vec<IpAddr> =
                     self.allocator.assigned(key).iter().map(|a| a.ip).collect();
                 let request = Request {
-                    service: key.to_owned(),
+                    service: key.into(),
                     families: wants.families,
                     requested_ips: wants.requested_ips,
                     pool: wants.pool,
@@ -297,7 +298,7 @@ impl State {
             let status = status::pool_status(parsed, &self.allocator, generation, shown, now);
             finalizers.extend(finalizer_write(object.as_deref(), &self.allocator));
             reports.push(PoolReport {
-                name: name.clone(),
+                name: name.to_string(),
                 differs: !shown.is_some_and(|shown| status::same_pool_status(shown, &status)),
                 status,
             });
@@ -336,7 +337,8 @@ impl State {
         let refused: Vec<String> = left()
             .filter_map(|ip| {
                 let pool = self.allocator.pool_of(*ip)?;
-                (!eligible.contains(&pool.name)).then(|| format!("{ip} (IPPool {})", pool.name))
+                (!eligible.iter().any(|e| **e == *pool.name))
+                    .then(|| format!("{ip} (IPPool {})", pool.name))
             })
             .collect();
         let why = match (gone.is_empty(), refused.is_empty()) {
@@ -359,7 +361,7 @@ impl State {
     /// IPs another load balancer wrote stay reserved while they are in a status.
     fn track_foreign(&mut self, svc: &LbService) {
         let key = svc.key();
-        let mut ips = svc.status.ingress.clone();
+        let mut ips = svc.status.ingress.to_vec();
         ips.sort();
         if self.allocator.foreign_of(&key) == ips {
             return;
@@ -414,9 +416,9 @@ fn allocated_note(assigned: &[Assigned]) -> Note {
 
 /// The pools a Service may take addresses from: the allocator's boundary.
 fn eligible_pools(world: &impl World, svc: &LbService) -> Vec<String> {
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
-    let ns_labels = world.namespace_labels(&ns);
-    pools::eligible(&world.pools(), &ns, &ns_labels, svc.labels())
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    let ns_labels = world.namespace_labels(ns);
+    pools::eligible(&world.pools(), ns, &ns_labels, svc.labels())
 }
 
 fn sorted(mut services: Vec<Arc<LbService>>) -> Vec<Arc<LbService>> {
@@ -427,8 +429,13 @@ fn sorted(mut services: Vec<Arc<LbService>>) -> Vec<Arc<LbService>> {
 fn status_write(svc: &LbService, apply: Service) -> Write {
     Write::Status {
         key: svc.key(),
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
+        namespace: svc
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or_default()
+            .to_owned(),
+        name: svc.metadata.name.as_deref().unwrap_or_default().to_owned(),
         apply: Box::new(apply),
     }
 }

@@ -50,7 +50,7 @@ impl ServiceOutcome {
             svc.status.condition.as_ref().is_some_and(|c| {
                 c.allocated == self.allocated && c.says(&self.reason, &self.message)
             });
-        svc.status.ingress != self.ingress || !same_condition
+        *svc.status.ingress != *self.ingress || !same_condition
     }
 
     /// The status apply for `svc`. `lastTransitionTime` moves to `now` only when the
@@ -103,8 +103,8 @@ pub fn service_clear(svc: &LbService) -> Service {
 
 fn meta_of(svc: &LbService) -> ObjectMeta {
     ObjectMeta {
-        name: svc.metadata.name.clone(),
-        namespace: svc.metadata.namespace.clone(),
+        name: svc.metadata.name.as_deref().map(str::to_owned),
+        namespace: svc.metadata.namespace.as_deref().map(str::to_owned),
         ..Default::default()
     }
 }

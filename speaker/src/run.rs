@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
-use herald_api::watch::{Cache, cached, projected};
+use herald_api::service_watch;
+use herald_api::watch::{Cache, cached, projected, projected_from};
 use herald_api::{IPPool, L2Advertisement, ServiceObject};
 use herald_telemetry::Health;
 use ipnetwork::IpNetwork;
@@ -348,9 +349,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 fn watch_all(client: &Client, changed: Arc<Notify>, me: &str) -> Stores {
     let (pools, w4) = reflector::store();
     let (ads, w5) = reflector::store();
-    let (services, service_changes) = projected(
-        client.clone(),
-        watcher::Config::default(),
+    let (services, service_changes) = projected_from(
+        service_watch::events(client.clone(), watcher::Config::default()),
         |o: ServiceObject| ServiceIps::of(o.service),
     );
     spawn_watch(service_changes, changed.clone(), "Services");

@@ -25,9 +25,9 @@ impl ServiceIps {
             return None;
         }
         Some(Self {
-            uid: svc.metadata.uid.unwrap_or_default().into(),
+            uid: svc.metadata.uid.unwrap_or_default(),
             local_traffic: svc.spec.local_traffic,
-            ips: svc.status.ingress.into(),
+            ips: svc.status.ingress,
         })
     }
 
@@ -84,7 +84,7 @@ status: {{loadBalancer: {{ingress: [{{ip: 192.0.2.10}}, {{ip: '2001:db8::10'}}]}
             c.allocated = false;
         }
         let mut no_ip = web;
-        no_ip.status.ingress.clear();
+        no_ip.status.ingress = Box::default();
         for svc in [not_lb, foreign, failed, no_ip] {
             assert_eq!(ServiceIps::of(svc), None);
         }

@@ -534,14 +534,14 @@ proptest! {
             for (svc, allowed) in &admitted {
                 for held in a.assigned(svc) {
                     prop_assert!(seen.insert(held.ip), "{} held twice", held.ip);
-                    let ok = pools.iter().any(|p| allowed.contains(&p.name) && p.contains(held.ip));
+                    let ok = pools.iter().any(|p| allowed.iter().any(|n| **n == *p.name) && p.contains(held.ip));
                     prop_assert!(ok, "{svc} holds {} from no pool it may use ({allowed:?})", held.ip);
                 }
             }
             for held in a.assigned(&service) {
                 prop_assert!(r.families.order.contains(&Family::of(held.ip)), "{} not of {:?}", held.ip, r.families);
                 if let Some(name) = &r.pool {
-                    prop_assert_eq!(held.pool.as_ref(), Some(name));
+                    prop_assert_eq!(held.pool.as_deref(), Some(name.as_str()));
                 }
             }
         }

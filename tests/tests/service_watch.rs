@@ -1,0 +1,142 @@
+//! Both binaries list Services in protobuf (`herald_api::service_watch`), with field numbers
+//! of our own: on a real API server, every field Herald reads must come out of the protobuf
+//! list exactly as it does out of the JSON one, and the watch that follows must see changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use herald_api::service_watch;
+use herald_api::{LbService, ServiceObject};
+use herald_tests::ControlPlane;
+use herald_tests::objects::apply;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+
+/// The objects of a stream's first complete list, by `namespace/name`.
+async fn first_list(
+    events: &mut (impl Stream<Item = Result<Event<ServiceObject>, watcher::Error>> + Unpin),
+) -> BTreeMap<String, LbService> {
+    let mut listed = BTreeMap::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("the list within 30 s")
+            .expect("the stream goes on")
+            .expect("no error");
+        match event {
+            Event::Init => listed.clear(),
+            Event::InitApply(o) => {
+                listed.insert(o.service.key(), o.service);
+            }
+            Event::InitDone => return listed,
+            other => panic!("before the list ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn services_listed_in_protobuf_read_as_in_json_and_the_watch_follows() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(
+        &client,
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  labels: {tier: front}
+  annotations: {herald.dev/pool: lan, metallb.universe.tf/allow-shared-ip: k, unrelated: x}
+  finalizers: [herald.dev/test]
+spec:
+  type: LoadBalancer
+  loadBalancerClass: herald.dev/l2
+  loadBalancerIP: 192.0.2.7
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv6, IPv4]
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: default}
+spec: {ports: [{port: 8080}]}"#,
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let status = serde_json::json!({"status": {
+        "loadBalancer": {"ingress": [{"ip": "192.0.2.7", "ipMode": "VIP"}, {"ip": "2001:db8::7"}]},
+        "conditions": [{"type": "herald.dev/IPAllocated", "status": "True", "reason": "IPAllocated",
+            "message": "assigned 192.0.2.7", "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "observedGeneration": 1}]}});
+    services
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status");
+    // Held by its finalizer: listed with a deletionTimestamp.
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+
+    let mut protobuf = service_watch::events(client.clone(), watcher::Config::default());
+    let from_protobuf = first_list(&mut protobuf).await;
+    let mut json = watcher::watcher(
+        Api::<ServiceObject>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .boxed();
+    let from_json = first_list(&mut json).await;
+    assert_eq!(from_protobuf, from_json);
+
+    // Not equal by being empty: what was set came through.
+    let web = &from_protobuf["default/web"];
+    assert!(web.spec.load_balancer && web.spec.local_traffic && web.metadata.deleting);
+    assert_eq!(web.spec.ports.len(), 2);
+    assert_eq!(web.spec.ip_families.as_slice().len(), 2);
+    assert_eq!(web.spec.load_balancer_ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(
+        web.spec.load_balancer_class.as_deref(),
+        Some("herald.dev/l2")
+    );
+    assert_eq!(web.status.ingress.len(), 2);
+    assert!(web.allocated_by_herald());
+    assert!(web.metadata.uid.is_some());
+    assert_eq!(web.labels().get("tier").map(String::as_str), Some("front"));
+    assert_eq!(
+        web.annotation(&herald_api::keys::SHARING_KEYS),
+        Ok(Some("k"))
+    );
+    assert!(from_protobuf.contains_key("default/kubernetes"));
+
+    // The watch after the protobuf list: a change, then a deletion.
+    apply(
+        &client,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: plain, namespace: default, labels: {v: '2'}}\nspec: {ports: [{port: 8080}]}",
+    )
+    .await;
+    services
+        .delete("plain", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), protobuf.next())
+            .await
+            .expect("watch events within 30 s")
+            .expect("the stream goes on")
+            .expect("no error");
+        match event {
+            Event::Apply(o) if o.service.key() == "default/plain" => {
+                seen.push(format!("changed {:?}", o.service.labels().get("v")))
+            }
+            Event::Delete(o) => seen.push(format!("deleted {}", o.service.key())),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["changed Some(\"2\")", "deleted default/plain"]);
+}
