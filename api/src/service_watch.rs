@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::{AsyncBufRead, Stream, StreamExt, TryStreamExt};
 use http_body_util::BodyExt;
-use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, VersionMatch, WatchEvent, WatchParams};
 use kube::core::{Request, Status};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -37,7 +37,7 @@ const IDLE: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 10);
 pub fn events(client: Client, config: watcher::Config) -> Events {
     let api = Api::<ServiceObject>::all(client.clone());
     futures::stream::unfold(
-        (State::Empty, client, api, config),
+        (State::Empty(None), client, api, config),
         |(state, client, api, config)| async move {
             let (event, next) = step(&client, &api, state).await;
             let next = match next {
@@ -58,9 +58,11 @@ pub fn events(client: Client, config: watcher::Config) -> Events {
 }
 
 enum State {
-    /// Nothing listed yet, or a relist is due.
-    Empty,
-    Listing(ListReader<Body>),
+    /// Nothing listed yet, or a relist is due: of a state no older than this resourceVersion
+    /// once one was seen (another API server's cache may lag behind the one that served it,
+    /// and a list from the past would show taken IPs as free).
+    Empty(Option<String>),
+    Listing(ListReader<Body>, Option<String>),
     /// Listed (or watched) up to this resourceVersion; a watch is due.
     Listed(String),
     Watching(String, Changes),
@@ -74,16 +76,18 @@ async fn step(
     state: State,
 ) -> (Option<Result<Event<ServiceObject>, watcher::Error>>, State) {
     match state {
-        State::Empty => match list(client, api).await {
-            Ok(Listed::Reader(reader)) => (Some(Ok(Event::Init)), State::Listing(reader)),
+        State::Empty(seen) => match list(client, api, seen.as_deref()).await {
+            Ok(Listed::Reader(reader)) => (Some(Ok(Event::Init)), State::Listing(reader, seen)),
             Ok(Listed::Refused(why)) => (None, State::Refused(why)),
             Err(e) => (
                 Some(Err(watcher::Error::InitialListFailed(e))),
-                State::Empty,
+                State::Empty(seen),
             ),
         },
-        State::Listing(mut reader) => match reader.next().await {
-            Ok(ListItem::Object(o)) => (Some(Ok(Event::InitApply(*o))), State::Listing(reader)),
+        State::Listing(mut reader, seen) => match reader.next().await {
+            Ok(ListItem::Object(o)) => {
+                (Some(Ok(Event::InitApply(*o))), State::Listing(reader, seen))
+            }
             Ok(ListItem::End { resource_version }) => {
                 (Some(Ok(Event::InitDone)), State::Listed(resource_version))
             }
@@ -91,7 +95,7 @@ async fn step(
                 Some(Err(watcher::Error::InitialListFailed(
                     kube::Error::Service(Box::new(e)),
                 ))),
-                State::Empty,
+                State::Empty(seen),
             ),
         },
         State::Listed(rv) => {
@@ -100,7 +104,7 @@ async fn step(
                 Ok(changes) => (None, State::Watching(rv, changes.boxed())),
                 Err(kube::Error::Api(s)) if s.code == 410 => (
                     Some(Err(watcher::Error::WatchStartFailed(kube::Error::Api(s)))),
-                    State::Empty,
+                    State::Empty(Some(rv)),
                 ),
                 Err(e) => (
                     Some(Err(watcher::Error::WatchStartFailed(e))),
@@ -124,7 +128,7 @@ async fn step(
                 // Too far behind: what happened meanwhile is only known from a new list.
                 Ok(Some(Ok(WatchEvent::Error(e)))) if e.code == 410 => (
                     Some(Err(watcher::Error::WatchError(e.boxed()))),
-                    State::Empty,
+                    State::Empty(Some(rv)),
                 ),
                 Ok(Some(Ok(WatchEvent::Error(e)))) => (
                     Some(Err(watcher::Error::WatchError(e.boxed()))),
@@ -140,7 +144,7 @@ async fn step(
         }
         State::Json(mut events) => match events.next().await {
             Some(event) => (Some(event), State::Json(events)),
-            None => (None, State::Empty),
+            None => (None, State::Empty(None)),
         },
         State::Refused(why) => (None, State::Refused(why)),
     }
@@ -152,11 +156,21 @@ enum Listed {
     Refused(String),
 }
 
-/// Asks for every Service in protobuf, from the watch cache (`resourceVersion=0`: as
-/// informers list; it spares etcd and answers in one response).
-async fn list(client: &Client, api: &Api<ServiceObject>) -> Result<Listed, kube::Error> {
+/// Asks for every Service in protobuf, from the watch cache (as informers list: it spares
+/// etcd and answers in one response): any state at first (`resourceVersion=0`), then none
+/// older than what was seen.
+async fn list(
+    client: &Client,
+    api: &Api<ServiceObject>,
+    seen: Option<&str>,
+) -> Result<Listed, kube::Error> {
+    let params = ListParams {
+        resource_version: Some(seen.unwrap_or("0").to_owned()),
+        version_match: Some(VersionMatch::NotOlderThan),
+        ..ListParams::default()
+    };
     let mut request = Request::new(api.resource_url())
-        .list(&ListParams::default().match_any())
+        .list(&params)
         .map_err(kube::Error::BuildRequest)?;
     request.headers_mut().insert(
         http::header::ACCEPT,
