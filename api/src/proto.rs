@@ -53,6 +53,10 @@ pub enum ProtoError {
     },
     #[error("the list ended without a resourceVersion")]
     NoResourceVersion,
+    /// Only part of the list came (a continue token): never taken for all of it, since a
+    /// Service missing from the list would leave its IPs looking free.
+    #[error("the list came in pages (a continue token), though it asked for every object")]
+    Paginated,
 }
 
 /// What a list yields, in order: every object, then its end.
@@ -71,6 +75,7 @@ pub struct ListReader<R> {
     /// Bytes of the list (the envelope's `raw` field) not read yet; `None` outside it.
     list_left: Option<u64>,
     resource_version: Option<String>,
+    paginated: bool,
 }
 
 impl<R: AsyncBufRead + Unpin> ListReader<R> {
@@ -90,6 +95,7 @@ impl<R: AsyncBufRead + Unpin> ListReader<R> {
             reader,
             list_left: None,
             resource_version: None,
+            paginated: false,
         })
     }
 
@@ -111,6 +117,7 @@ impl<R: AsyncBufRead + Unpin> ListReader<R> {
                                 }
                             })?;
                             self.resource_version = meta.resource_version;
+                            self.paginated = meta.continue_.is_some_and(|c| !c.is_empty());
                             None
                         }
                         (2, LEN) => {
@@ -136,6 +143,9 @@ impl<R: AsyncBufRead + Unpin> ListReader<R> {
                 None => {
                     let mut counted = Counted::new(&mut self.reader, u64::MAX);
                     if counted.at_end().await? {
+                        if self.paginated {
+                            return Err(ProtoError::Paginated);
+                        }
                         return match self.resource_version.take() {
                             Some(rv) if !rv.is_empty() => Ok(ListItem::End {
                                 resource_version: rv,
@@ -291,6 +301,8 @@ struct Status {
 struct ListMeta {
     #[prost(string, optional, tag = "2")]
     resource_version: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    continue_: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -31,7 +31,7 @@ pub struct LbService {
 
 /// The metadata Herald reads (field names as in `ObjectMeta`). Strings are boxed and maps
 /// behind a pointer: every Service is cached, so each word saved is 800 KB at 100,000 (this
-/// struct and `LbSpec` were 296 bytes with `String`s, `Vec`s and inline maps; now 144).
+/// struct and `LbSpec` were 296 bytes with `String`s, `Vec`s and inline maps; now 152).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LbMeta {
     pub name: Option<Box<str>>,

@@ -91,6 +91,11 @@ async fn step(
             Ok(ListItem::End { resource_version }) => {
                 (Some(Ok(Event::InitDone)), State::Listed(resource_version))
             }
+            // Something between here and the API server pages lists: the JSON watcher
+            // follows pages (and starts over with `Init`, dropping this partial list).
+            Err(proto::ProtoError::Paginated) => {
+                (None, State::Refused("it answered a list in pages".into()))
+            }
             Err(e) => (
                 Some(Err(watcher::Error::InitialListFailed(
                     kube::Error::Service(Box::new(e)),

@@ -145,6 +145,7 @@ fn body(items: &[Vec<u8>], resource_version: Option<&str>) -> Vec<u8> {
     let mut list = Vec::new();
     let meta = ListMeta {
         resource_version: resource_version.map(str::to_owned),
+        continue_: Some(String::new()),
     };
     field(1, &meta.encode_to_vec(), &mut list);
     for item in items {
@@ -230,6 +231,23 @@ fn an_empty_list_ends_at_once_and_one_without_resource_version_is_an_error() {
     assert!(matches!(
         read(&body(&[bare("a")], Some("")), &[usize::MAX]),
         Err(ProtoError::NoResourceVersion)
+    ));
+}
+
+#[test]
+fn a_list_with_a_continue_token_is_never_taken_for_the_whole_list() {
+    let mut list = Vec::new();
+    let meta = ListMeta {
+        resource_version: Some("5".into()),
+        continue_: Some("next-page".into()),
+    };
+    field(1, &meta.encode_to_vec(), &mut list);
+    field(2, &bare("a"), &mut list);
+    let mut out = MAGIC.to_vec();
+    field(2, &list, &mut out);
+    assert!(matches!(
+        read(&out, &[usize::MAX]),
+        Err(ProtoError::Paginated)
     ));
 }
 
