@@ -109,25 +109,16 @@ impl<R: AsyncBufRead + Unpin> ListReader<R> {
                     let (field, wire_type) = counted.tag().await?;
                     let item = match (field, wire_type) {
                         (1, LEN) => {
-                            let bytes = counted.bytes("list metadata", MAX_LIST_META_BYTES).await?;
-                            let meta = ListMeta::decode(bytes.as_slice()).map_err(|source| {
-                                ProtoError::Decode {
-                                    what: "list metadata",
-                                    source,
-                                }
-                            })?;
+                            let meta: ListMeta = counted
+                                .message("list metadata", MAX_LIST_META_BYTES)
+                                .await?;
                             self.resource_version = meta.resource_version;
                             self.paginated = meta.continue_.is_some_and(|c| !c.is_empty());
                             None
                         }
                         (2, LEN) => {
-                            let bytes = counted.bytes("Service", MAX_OBJECT_BYTES).await?;
-                            let service = Service::decode(bytes.as_slice()).map_err(|source| {
-                                ProtoError::Decode {
-                                    what: "Service",
-                                    source,
-                                }
-                            })?;
+                            let service: Service =
+                                counted.message("Service", MAX_OBJECT_BYTES).await?;
                             Some(Box::new(ServiceObject::from(wire::Service::from(service))))
                         }
                         _ => {
@@ -176,6 +167,9 @@ pub fn decode_status(body: &[u8]) -> Option<(u16, String)> {
 /// Wire type of length-delimited fields (messages, strings, bytes).
 const LEN: u8 = 2;
 
+const OVERRUN: ProtoError = ProtoError::Malformed("a field runs past its message");
+const TRUNCATED: ProtoError = ProtoError::Malformed("the list ends in the middle of a field");
+
 /// Reads at most `limit` bytes of a protobuf stream, counting them.
 struct Counted<'r, R> {
     reader: &'r mut R,
@@ -197,14 +191,10 @@ impl<'r, R: AsyncBufRead + Unpin> Counted<'r, R> {
     }
 
     async fn byte(&mut self) -> Result<u8, ProtoError> {
-        if self.used >= self.limit {
-            return Err(ProtoError::Malformed("a field runs past its message"));
-        }
+        self.fits(1)?;
         let buf = self.reader.fill_buf().await?;
         let Some(&b) = buf.first() else {
-            return Err(ProtoError::Malformed(
-                "the list ends in the middle of a field",
-            ));
+            return Err(TRUNCATED);
         };
         self.reader.consume_unpin(1);
         self.used += 1;
@@ -230,26 +220,34 @@ impl<'r, R: AsyncBufRead + Unpin> Counted<'r, R> {
         Ok((tag >> 3, wire_type))
     }
 
-    /// A length-delimited field's bytes, at most `max` of them.
-    async fn bytes(&mut self, what: &'static str, max: u64) -> Result<Vec<u8>, ProtoError> {
+    /// Whether `len` more bytes stay within the message being read.
+    fn fits(&self, len: u64) -> Result<(), ProtoError> {
+        if len > self.limit - self.used {
+            return Err(OVERRUN);
+        }
+        Ok(())
+    }
+
+    /// A length-delimited field decoded as `M`, at most `max` bytes of it.
+    async fn message<M: Message + Default>(
+        &mut self,
+        what: &'static str,
+        max: u64,
+    ) -> Result<M, ProtoError> {
         let len = self.varint().await?;
         if len > max {
             return Err(ProtoError::TooLarge { what, len, max });
         }
-        if len > self.limit - self.used {
-            return Err(ProtoError::Malformed("a field runs past its message"));
-        }
-        let mut out = vec![0u8; len as usize];
-        futures::AsyncReadExt::read_exact(&mut self.reader, &mut out)
+        self.fits(len)?;
+        let mut bytes = vec![0u8; len as usize];
+        futures::AsyncReadExt::read_exact(&mut self.reader, &mut bytes)
             .await
             .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    ProtoError::Malformed("the list ends in the middle of a field")
-                }
+                io::ErrorKind::UnexpectedEof => TRUNCATED,
                 _ => ProtoError::Io(e),
             })?;
         self.used += len;
-        Ok(out)
+        M::decode(bytes.as_slice()).map_err(|source| ProtoError::Decode { what, source })
     }
 
     /// Skips a field of a type Herald does not read.
@@ -261,16 +259,12 @@ impl<'r, R: AsyncBufRead + Unpin> Counted<'r, R> {
             5 => 4,
             _ => return Err(ProtoError::Malformed("an unknown wire type")),
         };
-        if len > self.limit - self.used {
-            return Err(ProtoError::Malformed("a field runs past its message"));
-        }
+        self.fits(len)?;
         let mut left = len;
         while left > 0 {
             let buf = self.reader.fill_buf().await?;
             if buf.is_empty() {
-                return Err(ProtoError::Malformed(
-                    "the list ends in the middle of a field",
-                ));
+                return Err(TRUNCATED);
             }
             let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             self.reader.consume_unpin(n);

@@ -19,6 +19,7 @@ use kube::core::{Request, Status};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
+use crate::events::bounded;
 use crate::proto::{self, ListItem, ListReader};
 use crate::service::ServiceObject;
 
@@ -39,17 +40,7 @@ pub fn events(client: Client, config: watcher::Config) -> Events {
     futures::stream::unfold(
         (State::Empty(None), client, api, config),
         |(state, client, api, config)| async move {
-            let (event, next) = step(&client, &api, state).await;
-            let next = match next {
-                // Not served in protobuf: kube-runtime's JSON watcher from here on.
-                State::Refused(why) => {
-                    tracing::info!(
-                        "Services are not listed in protobuf here ({why}): listing in JSON"
-                    );
-                    State::Json(watcher::watcher(api.clone(), config.clone()).boxed())
-                }
-                next => next,
-            };
+            let (event, next) = step(&client, &api, &config, state).await;
             Some((event, (next, client, api, config)))
         },
     )
@@ -66,19 +57,26 @@ enum State {
     /// Listed (or watched) up to this resourceVersion; a watch is due.
     Listed(String),
     Watching(String, Changes),
-    Refused(String),
+    /// Not served in protobuf: kube-runtime's JSON watcher from here on.
     Json(Events),
+}
+
+/// Switches to kube-runtime's JSON watcher, saying why once.
+fn json(api: &Api<ServiceObject>, config: &watcher::Config, why: &str) -> State {
+    tracing::info!("Services are not listed in protobuf here ({why}): listing in JSON");
+    State::Json(watcher::watcher(api.clone(), config.clone()).boxed())
 }
 
 async fn step(
     client: &Client,
     api: &Api<ServiceObject>,
+    config: &watcher::Config,
     state: State,
 ) -> (Option<Result<Event<ServiceObject>, watcher::Error>>, State) {
     match state {
         State::Empty(seen) => match list(client, api, seen.as_deref()).await {
             Ok(Listed::Reader(reader)) => (Some(Ok(Event::Init)), State::Listing(reader, seen)),
-            Ok(Listed::Refused(why)) => (None, State::Refused(why)),
+            Ok(Listed::Refused(why)) => (None, json(api, config, &why)),
             Err(e) => (
                 Some(Err(watcher::Error::InitialListFailed(e))),
                 State::Empty(seen),
@@ -94,7 +92,7 @@ async fn step(
             // Something between here and the API server pages lists: the JSON watcher
             // follows pages (and starts over with `Init`, dropping this partial list).
             Err(proto::ProtoError::Paginated) => {
-                (None, State::Refused("it answered a list in pages".into()))
+                (None, json(api, config, "it answered a list in pages"))
             }
             Err(e) => (
                 Some(Err(watcher::Error::InitialListFailed(
@@ -151,7 +149,6 @@ async fn step(
             Some(event) => (Some(event), State::Json(events)),
             None => (None, State::Empty(None)),
         },
-        State::Refused(why) => (None, State::Refused(why)),
     }
 }
 
@@ -198,7 +195,7 @@ async fn list(
     if !content_type.starts_with(proto::MEDIA_TYPE) {
         return Ok(Listed::Refused(format!(
             "answered as {}",
-            content_type.chars().take(80).collect::<String>()
+            bounded(content_type, 80)
         )));
     }
     let body: Body = Box::pin(
@@ -221,8 +218,10 @@ fn error_status(status: http::StatusCode, body: &[u8]) -> Status {
         return s;
     }
     let (code, message) = proto::decode_status(body).unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(body);
-        (status.as_u16(), text.chars().take(200).collect())
+        (
+            status.as_u16(),
+            bounded(&String::from_utf8_lossy(body), 200),
+        )
     });
     Status::failure(&message, status.canonical_reason().unwrap_or_default()).with_code(code)
 }

@@ -14,18 +14,22 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 
+type Events = dyn Stream<Item = Result<Event<ServiceObject>, watcher::Error>> + Unpin;
+
+/// The stream's next event, within 30 s and without error.
+async fn next_event(events: &mut Events) -> Event<ServiceObject> {
+    tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("an event within 30 s")
+        .expect("the stream goes on")
+        .expect("no error")
+}
+
 /// The objects of a stream's first complete list, by `namespace/name`.
-async fn first_list(
-    events: &mut (impl Stream<Item = Result<Event<ServiceObject>, watcher::Error>> + Unpin),
-) -> BTreeMap<String, LbService> {
+async fn first_list(events: &mut Events) -> BTreeMap<String, LbService> {
     let mut listed = BTreeMap::new();
     loop {
-        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
-            .await
-            .expect("the list within 30 s")
-            .expect("the stream goes on")
-            .expect("no error");
-        match event {
+        match next_event(events).await {
             Event::Init => listed.clear(),
             Event::InitApply(o) => {
                 listed.insert(o.service.key(), o.service);
@@ -125,12 +129,7 @@ spec: {ports: [{port: 8080}]}"#,
         .expect("delete");
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        let event = tokio::time::timeout(Duration::from_secs(30), protobuf.next())
-            .await
-            .expect("watch events within 30 s")
-            .expect("the stream goes on")
-            .expect("no error");
-        match event {
+        match next_event(&mut protobuf).await {
             Event::Apply(o) if o.service.key() == "default/plain" => {
                 seen.push(format!("changed {:?}", o.service.labels().get("v")))
             }
