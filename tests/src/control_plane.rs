@@ -2,6 +2,7 @@
 //! generated certificates, an admin kubeconfig, Herald's CRDs installed. Dropping the
 //! `ControlPlane` stops both processes and removes every file, also when the test panics.
 
+use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +76,9 @@ pub struct ControlPlane {
     // Field order is drop order: the API server stops before etcd, the files go last.
     _forward: Option<Forward>,
     apiserver: Process,
+    /// How the API server was started, to start it again or a second one beside it.
+    apiserver_spec: ApiServer,
+    apiserver_port: u16,
     etcd: Process,
     client: Client,
     url: String,
@@ -159,32 +163,39 @@ impl ControlPlane {
                 (IpAddr::V6(Ipv6Addr::UNSPECIFIED), *address, NAMESPACE_PORT)
             }
         };
-        let mut apiserver = command(&apiserver_binary()?);
-        apiserver
-            .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_client}")])
-            .args(["--bind-address", &bind.to_string()])
-            .args(["--advertise-address", &advertise.to_string()])
-            .args(["--secure-port", &port.to_string()])
-            .arg("--tls-cert-file")
-            .arg(&pki.serving_cert)
-            .arg("--tls-private-key-file")
-            .arg(&pki.serving_key)
-            .arg("--client-ca-file")
-            .arg(&pki.ca_cert)
-            .arg("--service-account-key-file")
-            .arg(&pki.service_account_public_key)
-            .arg("--service-account-signing-key-file")
-            .arg(&pki.service_account_key)
-            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
-            .args(["--service-cluster-ip-range", &options.service_cidrs])
-            .args(["--authorization-mode", "RBAC"])
-            // `kubectl logs/exec` reach kubelets by address (node names resolve nowhere).
-            .args(["--kubelet-preferred-address-types", "InternalIP,Hostname"])
-            .args(["--allow-privileged", "--profiling=false", "--v", "0"]);
+        let mut args: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: &dyn AsRef<OsStr>| {
+            args.push(name.into());
+            args.push(value.as_ref().to_owned());
+        };
+        flag("--etcd-servers", &format!("http://127.0.0.1:{etcd_client}"));
+        flag("--bind-address", &bind.to_string());
+        flag("--advertise-address", &advertise.to_string());
+        flag("--tls-cert-file", &pki.serving_cert);
+        flag("--tls-private-key-file", &pki.serving_key);
+        flag("--client-ca-file", &pki.ca_cert);
+        flag(
+            "--service-account-key-file",
+            &pki.service_account_public_key,
+        );
+        flag(
+            "--service-account-signing-key-file",
+            &pki.service_account_key,
+        );
+        flag(
+            "--service-account-issuer",
+            &"https://kubernetes.default.svc",
+        );
+        flag("--service-cluster-ip-range", &options.service_cidrs);
+        flag("--authorization-mode", &"RBAC");
+        // `kubectl logs/exec` reach kubelets by address (node names resolve nowhere).
+        flag("--kubelet-preferred-address-types", &"InternalIP,Hostname");
+        flag("--v", &"0");
+        flag("--cert-dir", &root.join("certs"));
         if let Placement::Loopback = options.placement {
             // No kubelet or kube-proxy reads the `kubernetes` endpoints here, and a loopback
             // advertise address would make the reconciler log errors forever.
-            apiserver.args(["--endpoint-reconciler-type", "none"]);
+            flag("--endpoint-reconciler-type", &"none");
         }
         if options.audit {
             let policy = root.join("audit-policy.yaml");
@@ -192,20 +203,18 @@ impl ControlPlane {
                 &policy,
                 "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules: [{level: Metadata}]\n",
             )?;
-            apiserver
-                .arg("--audit-policy-file")
-                .arg(&policy)
-                .arg("--audit-log-path")
-                .arg(root.join("audit.log"))
-                .args(["--audit-log-format", "json", "--audit-log-mode", "blocking"]);
+            flag("--audit-policy-file", &policy);
+            flag("--audit-log-path", &root.join("audit.log"));
+            flag("--audit-log-format", &"json");
+            flag("--audit-log-mode", &"blocking");
         }
-        apiserver.arg("--cert-dir").arg(root.join("certs"));
-        apiserver.args(&options.apiserver_args);
-        let apiserver = Process::spawn(
-            "kube-apiserver",
-            apiserver,
-            &root.join("kube-apiserver.log"),
-        )?;
+        args.extend(["--allow-privileged".into(), "--profiling=false".into()]);
+        args.extend(options.apiserver_args.iter().map(OsString::from));
+        let apiserver = ApiServer {
+            placement: options.placement.clone(),
+            args,
+        };
+        let process = apiserver.spawn(port, &root.join("kube-apiserver.log"))?;
 
         let forward = match &options.placement {
             Placement::Loopback => None,
@@ -224,7 +233,9 @@ impl ControlPlane {
 
         let mut cp = Self {
             _forward: forward,
-            apiserver,
+            apiserver: process,
+            apiserver_spec: apiserver,
+            apiserver_port: port,
             etcd,
             client,
             url,
@@ -317,31 +328,43 @@ impl ControlPlane {
     }
 
     async fn wait_ready(&mut self) -> Result<(), StartError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        loop {
-            if let Some(exited) = self.apiserver.exited().or_else(|| self.etcd.exited()) {
-                return Err(StartError::Exited(exited));
-            }
-            let request = http::Request::get("/readyz")
-                .body(Vec::new())
-                .map_err(anyhow::Error::from)?;
-            let ready = self
-                .client
-                .request_text(request)
-                .await
-                .is_ok_and(|body| body.trim() == "ok");
-            if ready && namespaces.get_opt("default").await.ok().flatten().is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(StartError::Other(anyhow!(
-                    "kube-apiserver not ready after {READY_TIMEOUT:?}; last log lines:\n{}",
-                    self.apiserver.log_tail(30)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_ready(&mut self.apiserver, Some(&mut self.etcd), &self.client).await
+    }
+
+    /// Kills the API server (etcd keeps everything): a crash, or an HA control plane's member
+    /// going down. `restart_apiserver` brings it back.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.kill();
+    }
+
+    /// Starts the API server again, with the same flags on the same port (a fresh watch
+    /// cache: watches cannot resume from before), and waits until it is ready.
+    pub async fn restart_apiserver(&mut self) -> Result<()> {
+        self.apiserver.kill();
+        self.apiserver = self.apiserver_spec.spawn(
+            self.apiserver_port,
+            &self.dir.path().join("kube-apiserver-restarted.log"),
+        )?;
+        self.wait_ready().await.map_err(StartError::into_anyhow)
+    }
+
+    /// A second API server on the same etcd, on a free loopback port (an HA control plane's
+    /// other member), ready, with an admin client of its own. Stops when the `Process` drops.
+    pub async fn second_apiserver(&self) -> Result<(Process, Client)> {
+        anyhow::ensure!(
+            matches!(self.apiserver_spec.placement, Placement::Loopback),
+            "a second API server runs on loopback only"
+        );
+        let port = free_port()?;
+        let mut process = self
+            .apiserver_spec
+            .spawn(port, &self.dir.path().join("kube-apiserver-second.log"))?;
+        let url = format!("https://127.0.0.1:{port}");
+        let client = client_from(&self.kubeconfig_for("kubeconfig-second", &url)?).await?;
+        wait_ready(&mut process, None, &client)
+            .await
+            .map_err(StartError::into_anyhow)?;
+        Ok((process, client))
     }
 
     /// Applies every manifest in `charts/herald/crds` and waits until each is established.
@@ -387,6 +410,15 @@ enum StartError {
     Other(anyhow::Error),
 }
 
+impl StartError {
+    fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            Self::Exited(e) => anyhow!(e),
+            Self::Other(e) => e,
+        }
+    }
+}
+
 impl From<anyhow::Error> for StartError {
     fn from(e: anyhow::Error) -> Self {
         Self::Other(e)
@@ -425,6 +457,61 @@ impl Drop for ControlPlane {
             Ok(()) => eprintln!("logs of the failed test kept in {}", keep.display()),
             Err(e) => eprintln!("keeping the logs in {}: {e}", keep.display()),
         }
+    }
+}
+
+/// How an API server of this control plane is started: where, and every flag but its port.
+#[derive(Debug, Clone)]
+struct ApiServer {
+    placement: Placement,
+    args: Vec<OsString>,
+}
+
+impl ApiServer {
+    fn spawn(&self, port: u16, log: &Path) -> Result<Process> {
+        let bin = apiserver_binary()?;
+        let mut command = match &self.placement {
+            Placement::Loopback => Command::new(&bin),
+            Placement::Namespace { ns, .. } => netns::command_in_net(ns, &bin),
+        };
+        // The port first: `Options::apiserver_args`, last, win over every default.
+        command
+            .args(["--secure-port", &port.to_string()])
+            .args(&self.args);
+        Process::spawn("kube-apiserver", command, log)
+    }
+}
+
+/// Waits until the API server answers `/readyz` and serves the `default` namespace.
+async fn wait_ready(
+    apiserver: &mut Process,
+    mut etcd: Option<&mut Process>,
+    client: &Client,
+) -> Result<(), StartError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    loop {
+        let etcd_exited = etcd.as_deref_mut().and_then(Process::exited);
+        if let Some(exited) = apiserver.exited().or(etcd_exited) {
+            return Err(StartError::Exited(exited));
+        }
+        let request = http::Request::get("/readyz")
+            .body(Vec::new())
+            .map_err(anyhow::Error::from)?;
+        let ready = client
+            .request_text(request)
+            .await
+            .is_ok_and(|body| body.trim() == "ok");
+        if ready && namespaces.get_opt("default").await.ok().flatten().is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(StartError::Other(anyhow!(
+                "kube-apiserver not ready after {READY_TIMEOUT:?}; last log lines:\n{}",
+                apiserver.log_tail(30)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

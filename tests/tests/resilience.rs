@@ -222,3 +222,38 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
         .collect();
     assert_eq!(new_ips.len(), 10);
 }
+
+/// An HA control plane: the controller's API server goes down while Services change through
+/// the other one. It comes back with a fresh watch cache, where the controller's watch cannot
+/// resume (410 Gone): the controller must list again and see every change it missed. Two
+/// addresses: the Services created meanwhile only both get one if the deleted Service's
+/// address was seen free.
+#[tokio::test]
+async fn changes_made_through_another_api_server_while_ours_was_down_are_all_seen() {
+    herald_tests::init_tracing();
+    let mut cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(&client, &pool("198.51.100.10-198.51.100.11")).await;
+    let mut controller = spawn(&cp, "controller", &[]);
+    create_all(&client, ["first".to_owned(), "kept".to_owned()].into_iter()).await;
+    let before = all_allocated(&client, 2).await;
+
+    let (_second, other) = cp.second_apiserver().await.expect("second API server");
+    cp.stop_apiserver();
+    Api::<Service>::namespaced(other.clone(), "default")
+        .delete("first", &Default::default())
+        .await
+        .expect("deleting through the other API server");
+    create_all(&other, ["late".to_owned()].into_iter()).await;
+    cp.restart_apiserver().await.expect("API server back");
+
+    let after = all_allocated(&client, 2).await;
+    assert_distinct(&after);
+    assert!(!after.contains_key("first"), "{after:?}");
+    assert_eq!(after["kept"], before["kept"], "kept's IP changed");
+    assert_eq!(
+        after["late"], before["first"],
+        "the freed address went to late"
+    );
+    assert!(controller.process.exited().is_none(), "controller died");
+}

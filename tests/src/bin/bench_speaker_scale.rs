@@ -1,5 +1,6 @@
 //! `herald-bench-speaker-scale`: what one real speaker costs in a cluster of N nodes, against
-//! simulated peers. Run through `bench/speaker-scale` (release builds, needs root).
+//! simulated peers. Run through `bench/speaker-scale` (the image's static musl build of the
+//! speaker, needs root).
 //!
 //! For each N: N Node objects in a real API server (the real speaker's node `n1` on a LAN of
 //! network namespaces, N-1 simulated nodes), cut into 50-node segments: segment k's nodes
@@ -12,7 +13,7 @@
 //! segment heartbeat it every 100 ms, the others once per 10-second round; or as speakers
 //! did before segments (`--protocol all-to-all`): every node every 100 ms, to compare.
 //! 100 Services hold IPs of segment 0. Measured over 20 steady seconds: the speaker's
-//! CPU (share of one core), RSS, and datagrams in and out per second. Then segment 0's
+//! CPU (share of one core), RSS (and its peak since start), and datagrams in and out per second. Then segment 0's
 //! simulated nodes fall silent at once: the real speaker takes their IPs over, and its
 //! `herald_speaker_takeover_seconds` histogram gives the time from their last heartbeat to
 //! its announcement.
@@ -298,7 +299,7 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
     let cpu = (cpu_seconds(pid)? - c0) / secs;
     let datagrams_in = (sim.sent.load(Ordering::Relaxed) - s0) as f64 / secs;
     let datagrams_out = (sim.received.load(Ordering::Relaxed) - r0) as f64 / secs;
-    let rss = memory_mib(pid, "VmRSS:")?;
+    let (rss, peak) = (memory_mib(pid, "VmRSS:")?, memory_mib(pid, "VmHWM:")?);
     let m = metrics(&lan);
     let pass = m
         .get("herald_speaker_pass_duration_seconds_sum")
@@ -332,7 +333,7 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
         .unwrap_or_default();
     drop(sim);
     Ok(format!(
-        "| {n} | {segments} | {:.1}% | {rss:.1} MiB | {datagrams_in:.0}/s | {datagrams_out:.0}/s | {:.1} ms | {:.0} ms | {owned_before} → {owned_after} |",
+        "| {n} | {segments} | {:.1}% | {rss:.1} MiB ({peak:.1}) | {datagrams_in:.0}/s | {datagrams_out:.0}/s | {:.1} ms | {:.0} ms | {owned_before} → {owned_after} |",
         cpu * 100.0,
         pass * 1000.0,
         takeover * 1000.0
@@ -357,7 +358,7 @@ async fn main() -> Result<()> {
         sizes
     };
     println!(
-        "| nodes | segments | speaker CPU (one core) | speaker RSS | datagrams in | datagrams out | decision pass (mean) | takeover (last heartbeat → announced) | IPs announced (before → after) |"
+        "| nodes | segments | speaker CPU (one core) | speaker RSS (peak) | datagrams in | datagrams out | decision pass (mean) | takeover (last heartbeat → announced) | IPs announced (before → after) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
