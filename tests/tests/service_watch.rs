@@ -40,6 +40,79 @@ async fn first_list(events: &mut Events) -> BTreeMap<String, LbService> {
     }
 }
 
+/// How a proxy between Herald and the API server treats a protobuf request.
+#[derive(Clone, Copy, Debug)]
+enum JsonOnly {
+    /// Answers 406 Not Acceptable.
+    Refuses,
+    /// Asks the API server for JSON instead: a JSON body comes back.
+    Rewrites,
+}
+
+/// `client` behind a proxy that never passes protobuf on.
+fn json_only(client: &kube::Client, proxy: JsonOnly) -> kube::Client {
+    let inner = client.clone();
+    let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        async move {
+            let accept = http::header::ACCEPT;
+            let protobuf = request
+                .headers()
+                .get(&accept)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("protobuf"));
+            match proxy {
+                JsonOnly::Refuses if protobuf => {
+                    let mut response = http::Response::new(kube::client::Body::from(Vec::new()));
+                    *response.status_mut() = http::StatusCode::NOT_ACCEPTABLE;
+                    return Ok(response);
+                }
+                JsonOnly::Rewrites if protobuf => {
+                    let json = http::HeaderValue::from_static("application/json");
+                    request.headers_mut().insert(accept, json);
+                }
+                _ => {}
+            }
+            inner.send(request).await
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
+/// Behind a proxy that refuses protobuf or turns it into JSON, Services are listed and
+/// watched in JSON: the same objects as the protobuf list, and the watch follows.
+#[tokio::test]
+async fn behind_a_proxy_without_protobuf_services_are_listed_in_json() {
+    herald_tests::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(
+        &client,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 80}]}",
+    )
+    .await;
+    for proxy in [JsonOnly::Refuses, JsonOnly::Rewrites] {
+        let mut protobuf = service_watch::events(client.clone(), watcher::Config::default());
+        let direct = first_list(&mut protobuf).await;
+        assert!(direct.contains_key("default/web"), "{direct:?}");
+        let mut events =
+            service_watch::events(json_only(&client, proxy), watcher::Config::default());
+        assert_eq!(first_list(&mut events).await, direct, "{proxy:?}");
+        let name = format!("after-{proxy:?}").to_lowercase();
+        apply(
+            &client,
+            &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}"),
+        )
+        .await;
+        loop {
+            match next_event(&mut events).await {
+                Event::Apply(o) if o.service.key() == format!("default/{name}") => break,
+                _ => {}
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn services_listed_in_protobuf_read_as_in_json_and_the_watch_follows() {
     herald_tests::init_tracing();
