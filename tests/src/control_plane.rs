@@ -37,6 +37,16 @@ pub enum Placement {
     Namespace { ns: String, address: IpAddr },
 }
 
+impl Placement {
+    /// A command that runs `bin` where this placement says.
+    fn command(&self, bin: &Path) -> Command {
+        match self {
+            Placement::Loopback => Command::new(bin),
+            Placement::Namespace { ns, .. } => netns::command_in_net(ns, bin),
+        }
+    }
+}
+
 /// The API server's port inside a namespace (`Placement::Namespace`).
 pub const NAMESPACE_PORT: u16 = 6443;
 
@@ -122,13 +132,8 @@ impl ControlPlane {
             sans.push(*address);
         }
         let pki = Pki::generate(root, &sans)?;
-        let command = |bin: &Path| match &options.placement {
-            Placement::Loopback => Command::new(bin),
-            Placement::Namespace { ns, .. } => netns::command_in_net(ns, bin),
-        };
-
         let (etcd_client, etcd_peer) = (free_port()?, free_port()?);
-        let mut etcd = command(&go_binary("etcd")?);
+        let mut etcd = options.placement.command(&go_binary("etcd")?);
         etcd.args(["--name", "herald", "--data-dir"])
             .arg(root.join("etcd"))
             .args([
@@ -469,11 +474,7 @@ struct ApiServer {
 
 impl ApiServer {
     fn spawn(&self, port: u16, log: &Path) -> Result<Process> {
-        let bin = apiserver_binary()?;
-        let mut command = match &self.placement {
-            Placement::Loopback => Command::new(&bin),
-            Placement::Namespace { ns, .. } => netns::command_in_net(ns, &bin),
-        };
+        let mut command = self.placement.command(&apiserver_binary()?);
         // The port first: `Options::apiserver_args`, last, win over every default.
         command
             .args(["--secure-port", &port.to_string()])

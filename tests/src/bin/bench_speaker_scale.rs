@@ -13,10 +13,10 @@
 //! segment heartbeat it every 100 ms, the others once per 10-second round; or as speakers
 //! did before segments (`--protocol all-to-all`): every node every 100 ms, to compare.
 //! 100 Services hold IPs of segment 0. Measured over 20 steady seconds: the speaker's
-//! CPU (share of one core), RSS (and its peak since start), and datagrams in and out per second. Then segment 0's
-//! simulated nodes fall silent at once: the real speaker takes their IPs over, and its
-//! `herald_speaker_takeover_seconds` histogram gives the time from their last heartbeat to
-//! its announcement.
+//! CPU (share of one core), RSS (and its peak since start), and datagrams in and out per
+//! second. Then segment 0's simulated nodes fall silent at once: the real speaker takes
+//! their IPs over, and its `herald_speaker_takeover_seconds` histogram gives the time from
+//! their last heartbeat to its announcement.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
