@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use herald_api::service_watch;
 use herald_api::{LbService, ServiceObject};
 use herald_tests::ControlPlane;
-use herald_tests::objects::apply;
+use herald_tests::objects::{apply, wait_for};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -159,6 +159,16 @@ spec: {ports: [{port: 8080}]}"#,
         .delete("web", &DeleteParams::default())
         .await
         .expect("delete");
+
+    // The API server makes `default/kubernetes` on its own, some time after it is ready: wait
+    // for it, so that both lists below are taken of the same Services.
+    wait_for(
+        &services,
+        "kubernetes",
+        "the API server's own Service",
+        |_| Some(()),
+    )
+    .await;
 
     let mut protobuf = service_watch::events(client.clone(), watcher::Config::default());
     let from_protobuf = first_list(&mut protobuf).await;
