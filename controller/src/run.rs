@@ -17,10 +17,9 @@ use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
 use herald_telemetry::Health;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PartialObjectMetaExt, Patch, PatchParams, PostParams};
+use kube::api::{Api, PartialObjectMetaExt, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -30,7 +29,7 @@ use crate::allocator::Family;
 use crate::metrics::{Metrics, PoolLabels, ReasonLabels, WriteLabels};
 use crate::service::ClassConfig;
 use crate::state::{self, POOL_FINALIZER, State, World, Write, fingerprint};
-use herald_api::events::{self, Note, Reporter};
+use herald_api::events::{Note, Publisher, Reporter};
 
 /// Writes in flight at once. The API server handles these in parallel; more than this only
 /// queues inside it.
@@ -229,13 +228,15 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::channel(MAX_QUEUED_EVENTS);
     let (failures_tx, event_failures) = mpsc::unbounded_channel();
     tokio::spawn(publish_events(
-        client.clone(),
+        Publisher::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_MANAGER.into(),
+                instance,
+                action: "Allocate".into(),
+            },
+        ),
         services.clone(),
-        Reporter {
-            controller: CONTROLLER_MANAGER.into(),
-            instance,
-            action: "Allocate".into(),
-        },
         metrics.clone(),
         events_rx,
         failures_tx,
@@ -646,19 +647,18 @@ impl Controller {
 /// Publishes the queued Events, `EVENT_CONCURRENCY` at a time, built from the cached
 /// Service when sent; reports failures back so the next pass says them again.
 async fn publish_events(
-    client: Client,
+    events: Publisher,
     services: Cache<LbService>,
-    reporter: Reporter,
     metrics: Metrics,
     queue: mpsc::Receiver<QueuedEvent>,
     failures: mpsc::UnboundedSender<EventFailure>,
 ) {
-    let (client, services, reporter) = (&client, &services, &reporter);
+    let (events, services) = (&events, &services);
     stream::unfold(queue, |mut queue| async move {
         queue.recv().await.map(|event| (event, queue))
     })
     .map(|(key, note)| async move {
-        let result = publish_event(client, services, reporter, &key, &note).await;
+        let result = publish_event(events, services, &key, &note).await;
         (key, note, result)
     })
     .buffer_unordered(EVENT_CONCURRENCY)
@@ -678,9 +678,8 @@ async fn publish_events(
 
 /// Publishes `note` about the Service `key`, built from the cached Service.
 async fn publish_event(
-    client: &Client,
+    events: &Publisher,
     services: &Cache<LbService>,
-    reporter: &Reporter,
     key: &str,
     note: &Note,
 ) -> Result<()> {
@@ -688,12 +687,8 @@ async fn publish_event(
     let Some(svc) = services.get(key) else {
         return Ok(());
     };
-    let about = svc.regarding();
-    Api::<Event>::namespaced(client.clone(), about.namespace)
-        .create(
-            &PostParams::default(),
-            &events::build(about, note, reporter),
-        )
+    events
+        .about_service(svc.regarding(), note)
         .await
         .context("creating Event")?;
     Ok(())
@@ -879,9 +874,8 @@ mod tests {
             action: "Allocate".into(),
         };
         let publisher = tokio::spawn(publish_events(
-            api.client(),
+            Publisher::new(api.client(), reporter),
             services,
-            reporter,
             Metrics::register(&mut Default::default()),
             queue,
             failures_tx,

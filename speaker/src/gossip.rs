@@ -21,6 +21,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::membership::{DecodeError, Heartbeat, Keys, Kind, MAX_MESSAGE, Members};
 use crate::metrics::Departure;
+use crate::pass::Gossiped;
 
 /// Where heartbeats go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,6 +67,70 @@ pub struct Gossip {
 struct Senders {
     last: HashMap<IpAddr, Instant>,
     fast: HashMap<IpAddr, Instant>,
+}
+
+/// How the run loop steers the heartbeat thread: each a watch the thread follows.
+pub struct Steering {
+    /// Where heartbeats go.
+    pub peers: watch::Sender<Peers>,
+    /// The subnets this node can announce on (its heartbeats say them).
+    pub subnets: watch::Sender<Vec<IpNetwork>>,
+    /// On standby: heard by the others, taking no IP.
+    pub standby: watch::Sender<bool>,
+}
+
+/// Binds the gossip socket and runs the heartbeats on a thread of their own, with its own
+/// runtime: a long decision pass (10,000 Services) must never delay them, or the other
+/// speakers would count this one dead. `changed` is told when the members change.
+pub async fn start(
+    port: u16,
+    keys: Arc<Keys>,
+    me: String,
+    timeout: Duration,
+    heartbeat: Duration,
+    changed: Arc<Notify>,
+) -> Result<(Arc<Gossip>, Steering)> {
+    let (peers, peers_rx) = watch::channel(Peers::default());
+    let (subnets, subnets_rx) = watch::channel(Vec::new());
+    let (standby, standby_rx) = watch::channel(false);
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gossip".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = started_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Gossip::bind(port, keys, me, timeout).await {
+                    Ok(gossip) => {
+                        let _ = started_tx.send(Ok(gossip.clone()));
+                        gossip
+                            .run(heartbeat, peers_rx, subnets_rx, standby_rx, changed)
+                            .await;
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .context("starting the gossip thread")?;
+    let gossip = started.await.context("the gossip thread ended")??;
+    Ok((
+        gossip,
+        Steering {
+            peers,
+            subnets,
+            standby,
+        },
+    ))
 }
 
 /// Departures kept between two decision passes at most (a mass failure is counted up to it).
@@ -119,6 +184,30 @@ impl Gossip {
     }
 
     /// The peers gone since the last call, with when each was last heard.
+    /// What the heartbeats say now, for a pass: `me` with `own_subnets` (what its heartbeats
+    /// tell the others) among the candidates, and the peers heard for less than `settle`
+    /// counted as joining.
+    pub fn view(&self, me: &str, own_subnets: Vec<IpNetwork>, settle: Duration) -> Gossiped {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        Gossiped {
+            node_subnets: members
+                .candidates()
+                .map(|n| (n.to_owned(), members.subnets(n).to_vec()))
+                .chain([(me.to_owned(), own_subnets)])
+                .collect(),
+            remembered: members
+                .remembered()
+                .map(|(n, subnets)| (n.to_owned(), subnets.to_vec()))
+                .collect(),
+            joining: members
+                .joining(settle, Instant::now())
+                .map(str::to_owned)
+                .collect(),
+            heard: members.heard().map(str::to_owned).collect(),
+            rejecting: members.rejecting().collect(),
+        }
+    }
+
     pub fn take_departures(&self) -> Vec<(Departure, Instant)> {
         std::mem::take(&mut *self.departures.lock().unwrap_or_else(|p| p.into_inner()))
     }

@@ -17,9 +17,12 @@ mod metrics;
 mod node;
 mod notes;
 mod packet;
+mod pass;
 mod plan;
+mod prose;
 mod run;
 mod service;
+mod targets;
 
 use std::net::SocketAddr;
 use std::time::Duration;

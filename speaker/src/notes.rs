@@ -10,16 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
-use herald_api::events::{self, Note, Reporter};
+use herald_api::events::{Publisher, Reporter};
 use herald_api::watch::Cache;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use tokio::sync::{Notify, watch};
 
 use crate::announcements::{self, Seen, Step, Written, fingerprint};
 use crate::plan::{Decision, IpDecision};
+use crate::prose;
 use crate::service::ServiceIps;
 
 /// Objects are compared with what the API shows on every decision and every change of an
@@ -49,11 +49,9 @@ impl Claims {
             .insert(node.to_owned());
     }
 
-    /// Keeps the nodes `keep` says still count; returns them.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut claims = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        claims.retain(|n| keep(n));
-        claims.iter().cloned().collect()
+    /// Runs `f` on the claims (the pass reads them and forgets those that no longer count).
+    pub fn with<R>(&self, f: impl FnOnce(&mut BTreeSet<String>) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -63,7 +61,7 @@ impl Claims {
 /// again after a failed write; objects are kept equal to the decision.
 pub struct Notes {
     client: Client,
-    reporter: Reporter,
+    events: Publisher,
     /// The owner reference of every record (`None`: its Service).
     owner: Option<OwnerReference>,
     /// What was said in Events per IP this speaker speaks for: per Service (fingerprint of
@@ -105,8 +103,8 @@ impl Notes {
     pub fn new(client: Client, node: &str, claims: Claims, wake: Arc<Notify>) -> Self {
         Self {
             owner: None,
+            events: Publisher::new(client.clone(), reporter(node)),
             client,
-            reporter: reporter(node),
             said: HashMap::new(),
             written: HashMap::new(),
             claims,
@@ -264,7 +262,7 @@ impl Notes {
         for (key, svc) in &current {
             self.keep_true(objects, key, svc, ip, d).await;
         }
-        let me = self.reporter.instance.as_str();
+        let me = self.events.reporter().instance.as_str();
         let said = self.said.entry(ip).or_default();
         // The node announcing changes with the outcome; the interfaces alone do not make an
         // Event ("announced by node X" is said when X changes, and only then).
@@ -284,34 +282,17 @@ impl Notes {
             return;
         }
         let note = match &d.outcome {
-            Ok(interfaces) => Some(Note::normal(
-                "IPAnnounced",
-                format!(
-                    "{ip} is announced by node {me} on {}",
-                    if interfaces.is_empty() {
-                        "no interface (none is up)".to_owned()
-                    } else {
-                        interfaces.join(", ")
-                    }
-                ),
-            )),
-            Err(e) => e
-                .reason()
-                .map(|reason| Note::warning(reason, format!("{ip} is not announced: {e}"))),
+            Ok(interfaces) => Some(prose::announced(ip, me, interfaces)),
+            Err(e) => prose::not_announced(ip, e),
         };
         for (key, svc, k) in untold {
-            if let Some(note) = &note {
-                let about = svc.regarding(key);
-                let event = events::build(about, note, &self.reporter);
-                if let Err(e) = Api::<Event>::namespaced(self.client.clone(), about.namespace)
-                    .create(&PostParams::default(), &event)
-                    .await
-                {
-                    if let Some(suppressed) = self.failures_logged.allow(Instant::now()) {
-                        tracing::warn!(service = %key, earlier_failures_not_logged = suppressed, "publishing event: {e}");
-                    }
-                    continue;
+            if let Some(note) = &note
+                && let Err(e) = self.events.about_service(svc.regarding(key), note).await
+            {
+                if let Some(suppressed) = self.failures_logged.allow(Instant::now()) {
+                    tracing::warn!(service = %key, earlier_failures_not_logged = suppressed, "publishing event: {e}");
                 }
+                continue;
             }
             said.retain(|(s, _)| *s != k);
             said.push((k, told));
@@ -329,7 +310,7 @@ impl Notes {
         ip: IpAddr,
         d: &IpDecision,
     ) {
-        let me = self.reporter.instance.clone();
+        let me = self.events.reporter().instance.clone();
         let me = me.as_str();
         let about = svc.regarding(key);
         let desired = L2AnnouncementSpec {

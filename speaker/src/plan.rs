@@ -2,9 +2,8 @@
 //! node answers for on which interface. Every speaker computes the same owners from the same
 //! view. Pure.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use herald_api::selector::matches;
 use herald_api::{AddressEntry, IPPool, IpRange, L2Advertisement};
@@ -13,15 +12,15 @@ use ipnetwork::IpNetwork;
 use crate::announcer::Plan;
 use crate::election::{self, Candidate, NoOwner, NodeFacts};
 use crate::interfaces::Snapshot;
-use crate::service::ServiceIps;
+use crate::targets::{Target, Targets};
 
 /// Everything the decision depends on.
 pub struct View<'a> {
     pub me: &'a str,
     /// This node reports the IPs nobody may announce (one reporter for all speakers).
     pub reports_unannounced: bool,
-    /// Services with IPs to announce, by key (`namespace/name`).
-    pub services: &'a HashMap<String, Arc<ServiceIps>>,
+    /// Every Service IP and what it asks of its announcer (the protocol seam: `targets`).
+    pub targets: &'a Targets<'a>,
     pub nodes: &'a BTreeMap<String, NodeFacts>,
     /// The live speakers, this one included, each with the subnets it can announce on:
     /// peers' from their heartbeats, this node's the `Snapshot::subnets` it sends them. One
@@ -32,8 +31,6 @@ pub struct View<'a> {
     pub remembered_subnets: &'a BTreeMap<String, Vec<IpNetwork>>,
     pub pools: &'a [&'a IPPool],
     pub advertisements: &'a [&'a L2Advertisement],
-    /// Nodes with a serving endpoint, per Service key (`namespace/name`).
-    pub endpoints: &'a BTreeMap<&'a str, BTreeSet<&'a str>>,
     pub interfaces: &'a Snapshot,
     /// Speakers heard for less than their settle time: they do not answer yet.
     pub joining: &'a BTreeSet<String>,
@@ -132,14 +129,9 @@ impl<'a> PoolFacts<'a> {
     }
 }
 
+/// The L2 announcer's share of the targets: one owner per IP, elected among the nodes that
+/// may announce it.
 pub fn decide(view: &View) -> Decision {
-    // Every (IP, Service) pair, grouped by IP by sorting: one allocation, not one per IP.
-    let mut held: Vec<(IpAddr, &str, &ServiceIps)> = view
-        .services
-        .iter()
-        .flat_map(|(key, svc)| svc.ips.iter().map(move |ip| (*ip, key.as_str(), &**svc)))
-        .collect();
-    held.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     let pools: Vec<PoolFacts> = view
         .pools
         .iter()
@@ -150,9 +142,9 @@ pub fn decide(view: &View) -> Decision {
         reporter: view.reports_unannounced,
         ..Decision::default()
     };
-    for group in held.chunk_by(|a, b| a.0 == b.0) {
-        let ip = group[0].0;
-        let owner = owner(view, &index, &pools, ip, group);
+    for target in view.targets.iter() {
+        let ip = target.ip;
+        let owner = owner(view, &index, &pools, &target);
         let outcome = match owner {
             // Held over: the new owner has not settled yet, so it does not answer yet.
             Ok((owner, forced))
@@ -170,7 +162,7 @@ pub fn decide(view: &View) -> Decision {
             Err(_) if !view.reports_unannounced => continue,
             Err(e) => Err(e),
         };
-        let services = group.iter().map(|(_, key, _)| (*key).to_owned()).collect();
+        let services = target.service_keys().map(str::to_owned).collect();
         decision.ips.insert(ip, IpDecision { services, outcome });
     }
     decision
@@ -255,15 +247,15 @@ pub fn segment(view: &View) -> BTreeSet<String> {
     peers
 }
 
-/// The owner of `ip`, held by the Services `group`, and the interfaces forced by the
-/// advertisements that select its pool.
+/// The owner of the target's IP and the interfaces forced by the advertisements that select
+/// its pool.
 fn owner<'v, 'p>(
     view: &View<'v>,
     index: &SubnetIndex<'v>,
     pools: &'p [PoolFacts],
-    ip: IpAddr,
-    group: &[(IpAddr, &str, &ServiceIps)],
+    target: &Target,
 ) -> Result<(&'v str, &'p [String]), NoOwner> {
+    let ip = target.ip;
     let pool = pools
         .iter()
         .find(|p| p.ranges.iter().any(|r| r.contains(ip)))
@@ -271,25 +263,14 @@ fn owner<'v, 'p>(
     if let Err(e) = &pool.advertisements {
         return Err(e.clone());
     }
-    // Sharers of one IP: every one of them must be served from the owner. For ETP Local
-    // they select the same pods (the controller enforces it), so one endpoint set stands
-    // for all; intersecting keeps this safe even if it did not.
-    let mut local: Option<BTreeSet<&str>> = None;
-    for (_, key, svc) in group {
-        if svc.local_traffic {
-            let eps = view.endpoints.get(*key).cloned().unwrap_or_default();
-            local = Some(match local {
-                None => eps,
-                Some(prev) => prev.intersection(&eps).copied().collect(),
-            });
-        }
-    }
+    // Every sharer of the IP must be served from the owner (ETP Local: `serving_nodes`).
+    let local = target.serving_nodes.as_ref();
     // The election prefers nodes on the IP's subnet: when some of them are eligible, the
     // owner is among them, and the rest of the cluster need not be looked at.
     let near = index.on_subnet(ip);
     if !near.is_empty() {
         let subset = near.iter().filter_map(|n| view.nodes.get_key_value(*n));
-        if let Ok(eligible) = election::eligible(subset, &|n| pool.allows(n), local.as_ref()) {
+        if let Ok(eligible) = election::eligible(subset, &|n| pool.allows(n), local) {
             let candidates: Vec<Candidate> = eligible
                 .iter()
                 .map(|node| Candidate {
@@ -302,7 +283,7 @@ fn owner<'v, 'p>(
             }
         }
     }
-    let eligible = election::eligible(view.nodes, &|n| pool.allows(n), local.as_ref())?;
+    let eligible = election::eligible(view.nodes, &|n| pool.allows(n), local)?;
     let candidates: Vec<Candidate> = eligible
         .iter()
         .map(|node| Candidate {

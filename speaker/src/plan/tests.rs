@@ -1,5 +1,9 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use super::*;
 use crate::interfaces::Interface;
+use crate::service::ServiceIps;
 
 fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
     serde_yaml_ng::from_str(s).expect("yaml")
@@ -99,16 +103,16 @@ impl Fixture {
         let (remembered, subnets): (BTreeMap<_, _>, BTreeMap<_, _>) = subnets
             .into_iter()
             .partition(|(n, _)| self.remembered.contains(n.as_str()));
+        let targets = Targets::with_serving(&self.services, self.endpoints.clone());
         f(&View {
             me,
             reports_unannounced: me == "a",
-            services: &self.services,
+            targets: &targets,
             nodes: &self.nodes,
             node_subnets: &subnets,
             remembered_subnets: &remembered,
             pools: &pools,
             advertisements: &ads,
-            endpoints: &self.endpoints,
             interfaces: &snap,
             joining: &self.joining,
             announcing: &self.announcing,

@@ -1,0 +1,187 @@
+//! What each Service IP asks of whoever announces it, whatever the protocol: the Services
+//! holding it (several when shared) and, when one of them has `externalTrafficPolicy: Local`,
+//! the only nodes that may announce it (those with a serving endpoint). The protocol seam:
+//! the pass works this out once, and each way of announcing (L2 today: an election among
+//! these nodes; BGP: every one of them) decides from it. Pure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::endpoints::ServingNodes;
+use crate::service::ServiceIps;
+
+/// One Service holding one IP: `(ip, namespace/name, its Service)`.
+pub type Holder<'a> = (IpAddr, &'a str, &'a ServiceIps);
+
+/// Every Service IP of the cluster, in address order.
+pub struct Targets<'a> {
+    /// Every (IP, Service) pair, sorted by IP then Service: one allocation for the pass, not
+    /// one per IP (10,000 IPs every pass).
+    held: Vec<Holder<'a>>,
+    /// Nodes with a serving endpoint, for the Services with `externalTrafficPolicy: Local`
+    /// only (the others may be announced from any node).
+    serving: BTreeMap<&'a str, BTreeSet<&'a str>>,
+}
+
+/// One IP and what it asks for.
+#[derive(Debug)]
+pub struct Target<'t> {
+    pub ip: IpAddr,
+    /// The Services holding it, by key, sorted.
+    pub holders: &'t [Holder<'t>],
+    /// `Some`: only these nodes may announce it (the nodes serving every `Local` holder;
+    /// sharers of a `Local` IP select the same pods, which the controller enforces, and the
+    /// intersection keeps this safe even if they did not). `None`: any node may.
+    pub serving_nodes: Option<BTreeSet<&'t str>>,
+}
+
+impl<'t> Target<'t> {
+    /// The keys (`namespace/name`) of the Services holding the IP.
+    pub fn service_keys(&self) -> impl Iterator<Item = &'t str> + '_ {
+        self.holders.iter().map(|(_, key, _)| *key)
+    }
+}
+
+impl<'a> Targets<'a> {
+    /// From the Services with IPs and the EndpointSlices (by their cache key).
+    pub fn new(
+        services: &'a HashMap<String, Arc<ServiceIps>>,
+        slices: &'a HashMap<String, Arc<ServingNodes>>,
+    ) -> Self {
+        let mut serving: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for slice in slices.values() {
+            if let Some((key, _)) = services
+                .get_key_value(&slice.service)
+                .filter(|(_, s)| s.local_traffic)
+            {
+                serving
+                    .entry(key.as_str())
+                    .or_default()
+                    .extend(slice.nodes.iter().map(String::as_str));
+            }
+        }
+        Self::with_serving(services, serving)
+    }
+
+    /// From the Services with IPs and, per `Local` Service key, the nodes serving it.
+    pub fn with_serving(
+        services: &'a HashMap<String, Arc<ServiceIps>>,
+        serving: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    ) -> Self {
+        let mut held: Vec<Holder> = services
+            .iter()
+            .flat_map(|(key, svc)| svc.ips.iter().map(move |ip| (*ip, key.as_str(), &**svc)))
+            .collect();
+        held.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        Self { held, serving }
+    }
+
+    /// Each IP with what it asks for, in address order.
+    pub fn iter(&self) -> impl Iterator<Item = Target<'_>> {
+        self.held.chunk_by(|a, b| a.0 == b.0).map(|holders| {
+            let mut serving_nodes: Option<BTreeSet<&str>> = None;
+            for (_, key, svc) in holders {
+                if svc.local_traffic {
+                    let nodes = self.serving.get(key).cloned().unwrap_or_default();
+                    serving_nodes = Some(match serving_nodes {
+                        None => nodes,
+                        Some(prev) => prev.intersection(&nodes).copied().collect(),
+                    });
+                }
+            }
+            Target {
+                ip: holders[0].0,
+                holders,
+                serving_nodes,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(
+        namespace: &str,
+        name: &str,
+        ips: &[&str],
+        local: bool,
+    ) -> (String, Arc<ServiceIps>) {
+        let ingress: Vec<String> = ips.iter().map(|ip| format!("{{ip: '{ip}'}}")).collect();
+        let svc: herald_api::LbService = serde_yaml_ng::from_str(&format!(
+            "metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{type: LoadBalancer, externalTrafficPolicy: {}}}
+status:
+  loadBalancer: {{ingress: [{}]}}
+  conditions: [{{type: herald.dev/IPAllocated, status: 'True', reason: Allocated, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}]",
+            if local { "Local" } else { "Cluster" },
+            ingress.join(", "),
+        ))
+        .expect("yaml");
+        let kept = ServiceIps::of(svc).expect("an allocated LoadBalancer");
+        (format!("{namespace}/{name}"), Arc::new(kept))
+    }
+
+    fn slice(service: &str, nodes: &[&str]) -> (String, Arc<ServingNodes>) {
+        let slice = ServingNodes {
+            service: service.into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        };
+        (format!("{service}-{}", nodes.join("")), Arc::new(slice))
+    }
+
+    #[test]
+    fn sharers_are_one_target_and_local_ones_only_where_all_are_served() {
+        let services = HashMap::from([
+            service("shop", "web", &["192.0.2.10", "2001:db8::10"], true),
+            service("shop", "web-udp", &["192.0.2.10"], true),
+            service("shop", "api", &["192.0.2.9"], false),
+        ]);
+        let slices = HashMap::from([
+            slice("shop/web", &["a", "b"]),
+            slice("shop/web", &["c"]),
+            slice("shop/web-udp", &["b", "c", "d"]),
+            // A Cluster Service's endpoints do not restrict its announcers.
+            slice("shop/api", &["a"]),
+        ]);
+        let targets = Targets::new(&services, &slices);
+        type Seen<'a> = (String, Vec<&'a str>, Option<Vec<&'a str>>);
+        let seen: Vec<Seen> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.ip.to_string(),
+                    t.service_keys().collect(),
+                    t.serving_nodes.map(|n| n.into_iter().collect()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("192.0.2.9".into(), vec!["shop/api"], None),
+                (
+                    "192.0.2.10".into(),
+                    vec!["shop/web", "shop/web-udp"],
+                    Some(vec!["b", "c"])
+                ),
+                (
+                    "2001:db8::10".into(),
+                    vec!["shop/web"],
+                    Some(vec!["a", "b", "c"])
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_local_service_without_endpoints_may_be_announced_by_no_node() {
+        let services = HashMap::from([service("shop", "web", &["192.0.2.10"], true)]);
+        let slices = HashMap::new();
+        let targets = Targets::new(&services, &slices);
+        let only: Vec<Option<BTreeSet<&str>>> = targets.iter().map(|t| t.serving_nodes).collect();
+        assert_eq!(only, [Some(BTreeSet::new())]);
+    }
+}
