@@ -105,11 +105,39 @@ pub enum FamilyPolicy {
     RequireDualStack,
 }
 
+/// An IP family: of a Service (`spec.ipFamilies`), of an address, of a pool's range.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IpFamily {
     #[default]
     V4,
     V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

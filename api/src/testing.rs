@@ -5,7 +5,9 @@
 //! Compiled only with the `testing` feature (dev-dependencies).
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -30,7 +32,7 @@ impl FakeApi {
                 let line = format!("{} {}", req.method(), req.uri().path());
                 let event = line.ends_with("/events");
                 let fail = event && api.take_event_failure();
-                lock(&api.requests).push(line);
+                api.requests.lock().push(line);
                 let (status, body) = if fail {
                     (StatusCode::INTERNAL_SERVER_ERROR, FAILURE.to_vec())
                 } else {
@@ -55,22 +57,18 @@ impl FakeApi {
 
     /// The next `n` Event creations fail with a 500.
     pub fn fail_events(&self, n: usize) {
-        *lock(&self.fail_events) = n;
+        *self.fail_events.lock() = n;
     }
 
     /// `METHOD path` of each request since the last call.
     pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.requests))
+        std::mem::take(&mut *self.requests.lock())
     }
 
     fn take_event_failure(&self) -> bool {
-        let mut left = lock(&self.fail_events);
+        let mut left = self.fail_events.lock();
         let fail = *left > 0;
         *left = left.saturating_sub(1);
         fail
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

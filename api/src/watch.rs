@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use kube::runtime::reflector::store::Writer;
@@ -58,9 +60,8 @@ impl<T> Cache<T> {
 
     /// Every object with its `namespace/name`, read in place (no copy of the keys). The watch
     /// cannot update the cache while the guard lives: keep it for one synchronous pass only.
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<T>>> {
-        // A panic while holding the lock cannot leave the map half-written (single inserts).
-        self.objects.read().unwrap_or_else(|p| p.into_inner())
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<T>>> {
+        self.objects.read()
     }
 
     pub fn len(&self) -> usize {
@@ -182,7 +183,7 @@ impl<T, F> Filler<T, F> {
                 o.meta().name.as_deref().unwrap_or_default()
             )
         };
-        let write = || self.objects.write().unwrap_or_else(|p| p.into_inner());
+        let write = || self.objects.write();
         match event {
             watcher::Event::Init => {
                 self.relisting = Some(HashMap::new());

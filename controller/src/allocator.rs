@@ -11,39 +11,11 @@ use std::sync::Arc;
 
 use herald_api::IpRange;
 use herald_api::address::to_u128;
+use herald_api::service::IpFamily;
 
 /// `namespace/name` of a Service: one allocation per Service, shared by every map that
 /// names it (at 100,000 Services each copy of the names is ~3 MB).
 pub type ServiceKey = Arc<str>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
-    }
-
-    /// Metric label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
 
 /// A pool as the allocator sees it: valid ranges only (the caller reports invalid entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,14 +108,14 @@ impl Sharing {
 /// Which families a Service needs, in its preferred order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Families {
-    pub order: Vec<Family>,
+    pub order: Vec<IpFamily>,
     /// RequireDualStack: all of `order` or nothing. Otherwise the first is required and the
     /// second (PreferDualStack) is best effort.
     pub all_required: bool,
 }
 
 impl Families {
-    pub fn single(family: Family) -> Self {
+    pub fn single(family: IpFamily) -> Self {
         Self {
             order: vec![family],
             all_required: true,
@@ -221,7 +193,7 @@ pub enum AllocError {
     #[error("requested IP {ip} is {family}, but the Service's ipFamilies are {families}")]
     WrongFamily {
         ip: IpAddr,
-        family: Family,
+        family: IpFamily,
         families: String,
     },
     #[error(
@@ -231,9 +203,9 @@ pub enum AllocError {
     #[error("IPPool {0} is being deleted: it gives no new addresses")]
     PoolTerminating(String),
     #[error("no IPPool with {family} addresses may serve this Service{detail}")]
-    NoPool { family: Family, detail: String },
+    NoPool { family: IpFamily, detail: String },
     #[error("no free {family} address in IPPool(s) {pools}")]
-    Exhausted { family: Family, pools: String },
+    Exhausted { family: IpFamily, pools: String },
     #[error("the Service requires {0} and dual-stack allocation failed: {1}")]
     DualStack(String, Box<AllocError>),
 }
@@ -422,7 +394,7 @@ impl Allocator {
             }
             kept.extend(added);
             kept.sort_by_key(|a| {
-                let family = Family::of(a.ip);
+                let family = IpFamily::of(a.ip);
                 req.families.order.iter().position(|f| *f == family)
             });
             self.by_service.insert(req.service.clone(), kept.clone());
@@ -463,12 +435,12 @@ impl Allocator {
     }
 
     /// IPs of `family` in use inside `pool`.
-    pub fn assigned_in(&self, pool: &Pool, family: Family) -> u128 {
+    pub fn assigned_in(&self, pool: &Pool, family: IpFamily) -> u128 {
         let mut seen = BTreeSet::new();
         for r in pool
             .ranges
             .iter()
-            .filter(|r| Family::of(r.start()) == family)
+            .filter(|r| IpFamily::of(r.start()) == family)
         {
             let in_range = self.used.range(r.start()..=r.end()).map(|(ip, _)| *ip);
             let foreign = self.foreign.range(r.start()..=r.end()).map(|(ip, _)| *ip);
@@ -478,11 +450,11 @@ impl Allocator {
     }
 
     /// Addresses of `family` the pool can hand out at all (ranges merged, buggy ones skipped).
-    pub fn capacity(pool: &Pool, family: Family) -> u128 {
+    pub fn capacity(pool: &Pool, family: IpFamily) -> u128 {
         let mut ranges: Vec<(u128, u128)> = pool
             .ranges
             .iter()
-            .filter(|r| Family::of(r.start()) == family)
+            .filter(|r| IpFamily::of(r.start()) == family)
             .map(|r| (to_u128(r.start()), to_u128(r.end())))
             .collect();
         ranges.sort();
@@ -495,7 +467,7 @@ impl Allocator {
                 _ => start,
             };
             let mut n = (end - start).saturating_add(1);
-            if pool.avoid_buggy_ips && family == Family::V4 {
+            if pool.avoid_buggy_ips && family == IpFamily::V4 {
                 n -= buggy_between(start, end);
             }
             total = total.saturating_add(n);
@@ -542,7 +514,7 @@ impl Allocator {
             });
         }
         let fits = if req.requested_ips.is_empty() {
-            let families: Vec<Family> = kept.iter().map(|a| Family::of(a.ip)).collect();
+            let families: Vec<IpFamily> = kept.iter().map(|a| IpFamily::of(a.ip)).collect();
             families.len() >= req.families.required()
                 && families.iter().all(|f| req.families.order.contains(f))
                 && families.first() == req.families.order.first()
@@ -567,7 +539,7 @@ impl Allocator {
         req.families
             .order
             .iter()
-            .filter(|f| !kept.iter().any(|a| Family::of(a.ip) == **f))
+            .filter(|f| !kept.iter().any(|a| IpFamily::of(a.ip) == **f))
             .filter_map(|f| {
                 self.pick_family(req, &pools, *f)
                     .ok()
@@ -625,12 +597,12 @@ impl Allocator {
         &self,
         req: &Request,
         pools: &[&Pool],
-        family: Family,
+        family: IpFamily,
     ) -> Result<Assigned, AllocError> {
         let with_family: Vec<&Pool> = pools
             .iter()
             .copied()
-            .filter(|p| p.ranges.iter().any(|r| Family::of(r.start()) == family))
+            .filter(|p| p.ranges.iter().any(|r| IpFamily::of(r.start()) == family))
             .collect();
         if with_family.is_empty() {
             let detail = match &req.pool {
@@ -644,7 +616,7 @@ impl Allocator {
         if req.sharing.key.is_some() {
             for pool in &with_family {
                 let shared = self.used.iter().find(|(ip, holders)| {
-                    Family::of(**ip) == family
+                    IpFamily::of(**ip) == family
                         && pool.contains(**ip)
                         && !holders.is_empty()
                         && holders.iter().any(|(_, s)| s.key == req.sharing.key)
@@ -736,10 +708,10 @@ impl Allocator {
     /// Lowest free address of `family` in `pool`. Below a cursor only `freed` needs looking
     /// at; above it the scan walks only over taken addresses, so it is bounded by the IPs in
     /// use, never by the size of the pool.
-    fn first_free(&self, pool: &Pool, family: Family) -> Option<IpAddr> {
+    fn first_free(&self, pool: &Pool, family: IpFamily) -> Option<IpAddr> {
         let cursors = self.cursors.get(&*pool.name)?;
         for (range, cursor) in pool.ranges.iter().zip(cursors) {
-            if Family::of(range.start()) != family {
+            if IpFamily::of(range.start()) != family {
                 continue;
             }
             let ip_of = |v| from_u128(v, family);
@@ -785,7 +757,7 @@ impl Allocator {
     /// `freed`) after `ip` is taken.
     fn take_from_cursor(&mut self, ip: IpAddr) {
         let value = to_u128(ip);
-        let family = Family::of(ip);
+        let family = IpFamily::of(ip);
         for (name, cursors) in self.cursors.iter_mut() {
             let Some(pool) = self.pools.get(name) else {
                 continue;
@@ -849,18 +821,18 @@ fn check_requested(req: &Request) -> Result<(), AllocError> {
     if !req
         .requested_ips
         .iter()
-        .all(|ip| families.insert(Family::of(*ip)))
+        .all(|ip| families.insert(IpFamily::of(*ip)))
     {
         return Err(AllocError::SameFamilyTwice(list()));
     }
     if let Some(&ip) = req
         .requested_ips
         .iter()
-        .find(|ip| !req.families.order.contains(&Family::of(**ip)))
+        .find(|ip| !req.families.order.contains(&IpFamily::of(**ip)))
     {
         return Err(AllocError::WrongFamily {
             ip,
-            family: Family::of(ip),
+            family: IpFamily::of(ip),
             families: req.families.to_string(),
         });
     }
@@ -921,10 +893,10 @@ fn buggy_between(start: u128, end: u128) -> u128 {
     count(0) + count(255)
 }
 
-fn from_u128(value: u128, family: Family) -> IpAddr {
+fn from_u128(value: u128, family: IpFamily) -> IpAddr {
     match family {
-        Family::V4 => IpAddr::V4((value as u32).into()),
-        Family::V6 => IpAddr::V6(value.into()),
+        IpFamily::V4 => IpAddr::V4((value as u32).into()),
+        IpFamily::V6 => IpAddr::V6(value.into()),
     }
 }
 

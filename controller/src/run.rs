@@ -25,11 +25,12 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::allocator::Family;
 use crate::metrics::{Metrics, PoolLabels, ReasonLabels, WriteLabels};
 use crate::service::ClassConfig;
-use crate::state::{self, POOL_FINALIZER, State, World, Write, fingerprint};
+use crate::state::{self, POOL_FINALIZER, State, World, Write};
 use herald_api::events::{Note, Publisher, Reporter};
+use herald_api::fingerprint;
+use herald_api::service::IpFamily;
 
 /// Writes in flight at once. The API server handles these in parallel; more than this only
 /// queues inside it.
@@ -186,21 +187,20 @@ pub async fn run(
     let pool_stream = cached(client.clone(), pool_writer, |_| {}).map(trigger_on_change(
         "IPPools",
         |p: &IPPool| {
-            format!(
-                "{:?} {}",
+            (
                 p.metadata.generation,
-                p.metadata.deletion_timestamp.is_some()
+                p.metadata.deletion_timestamp.is_some(),
             )
         },
-        |p: &IPPool| format!("{:?} {:?}", p.status, p.metadata.finalizers),
+        |p: &IPPool| (p.status.clone(), p.metadata.finalizers.clone()),
     ));
     let ns_stream = cached(client.clone(), ns_writer, |n: &mut Namespace| {
         n.metadata.managed_fields = None;
     })
     .map(trigger_on_change(
         "Namespaces",
-        |n: &Namespace| format!("{:?}", n.metadata.labels),
-        |_| String::new(),
+        |n: &Namespace| n.metadata.labels.clone(),
+        |_| (),
     ));
     let merged = stream::select(svc_stream, stream::select(pool_stream, ns_stream));
     tokio::spawn(async move {
@@ -308,12 +308,12 @@ pub async fn run(
 /// Maps watch events to a full pass, but only when `full` (what the controller reads of the
 /// object to allocate) changed, or the object went away, or a watch (re)listed; to a look at
 /// the pools' own statuses when only `meta` (what the controller writes on it) changed.
-fn trigger_on_change<K: Resource>(
+fn trigger_on_change<K: Resource, Full: Clone + PartialEq, Meta: Clone + PartialEq>(
     what: &'static str,
-    full: fn(&K) -> String,
-    meta: fn(&K) -> String,
+    full: fn(&K) -> Full,
+    meta: fn(&K) -> Meta,
 ) -> impl FnMut(Result<watcher::Event<K>, watcher::Error>) -> Option<Trigger> {
-    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (Full, Meta)> = BTreeMap::new();
     move |e| match e {
         Ok(watcher::Event::Apply(o)) => {
             let now = (full(&o), meta(&o));
@@ -558,7 +558,7 @@ impl Controller {
     fn pool_gauges(&mut self, reports: &[state::PoolReport]) {
         let live: BTreeSet<String> = reports.iter().map(|r| r.name.clone()).collect();
         for gone in self.gauged_pools.difference(&live) {
-            for family in [Family::V4, Family::V6] {
+            for family in [IpFamily::V4, IpFamily::V6] {
                 let labels = PoolLabels {
                     pool: gone.clone(),
                     family: family.label(),
@@ -570,7 +570,7 @@ impl Controller {
         self.gauged_pools = live;
         for report in reports {
             let status = &report.status;
-            for (family, usage) in [(Family::V4, &status.ipv4), (Family::V6, &status.ipv6)] {
+            for (family, usage) in [(IpFamily::V4, &status.ipv4), (IpFamily::V6, &status.ipv6)] {
                 if let Some(u) = usage {
                     let labels = PoolLabels {
                         pool: report.name.clone(),

@@ -6,7 +6,7 @@ use herald_api::events::bounded;
 use herald_api::keys;
 use herald_api::service::{FamilyPolicy, IpFamily, LbService};
 
-use crate::allocator::{Families, Family, Sharing};
+use crate::allocator::{Families, Sharing};
 
 /// Which Services this controller serves.
 #[derive(Debug, Clone)]
@@ -130,27 +130,19 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
         }
     }
 
-    let mut order: Vec<Family> = spec
-        .ip_families
-        .as_slice()
-        .iter()
-        .map(|f| match f {
-            IpFamily::V4 => Family::V4,
-            IpFamily::V6 => Family::V6,
-        })
-        .collect();
+    let mut order: Vec<IpFamily> = spec.ip_families.as_slice().to_vec();
     if order.is_empty() {
-        order = requested_ips.iter().map(|ip| Family::of(*ip)).collect();
+        order = requested_ips.iter().map(|ip| IpFamily::of(*ip)).collect();
     }
     if order.is_empty() {
-        order.push(Family::V4);
+        order.push(IpFamily::V4);
     }
     let families = match spec.ip_family_policy {
         FamilyPolicy::RequireDualStack => {
-            let other = if order[0] == Family::V4 {
-                Family::V6
+            let other = if order[0] == IpFamily::V4 {
+                IpFamily::V6
             } else {
-                Family::V4
+                IpFamily::V4
             };
             if order.len() < 2 {
                 order.push(other);
@@ -255,7 +247,7 @@ spec: {type: LoadBalancer, loadBalancerIP: 192.0.2.5, ipFamilyPolicy: RequireDua
         assert_eq!(
             w.families,
             Families {
-                order: vec![Family::V4, Family::V6],
+                order: vec![IpFamily::V4, IpFamily::V6],
                 all_required: true
             }
         );

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use herald_api::events::{self, Note};
+use herald_api::events::Note;
+use herald_api::fingerprint;
 use herald_api::{IPPool, IPPoolStatus, LbService};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
@@ -206,8 +207,8 @@ impl State {
 
     /// Publishing an Event failed: say it again on the next pass, unless something newer
     /// was said meanwhile.
-    pub fn event_failed(&mut self, key: String, fingerprint: u64) {
-        if self.last_note.get(&key) == Some(fingerprint) {
+    pub fn event_failed(&mut self, key: String, note: u64) {
+        if self.last_note.get(&key) == Some(note) {
             self.last_note.remove(&key);
             self.retry.insert(key);
         }
@@ -455,20 +456,6 @@ fn finalizer_write(pool: Option<&IPPool>, allocator: &Allocator) -> Option<Write
     (protect != has).then_some(Write::PoolFinalizer { name, protect })
 }
 
-/// A stable 64-bit fingerprint of a note (FNV-1a); equal notes, equal fingerprints.
-pub fn fingerprint(note: &Note) -> u64 {
-    let kind = match note.kind {
-        events::Kind::Normal => "N",
-        events::Kind::Warning => "W",
-    };
-    [kind, "\0", &note.reason, "\0", &note.message]
-        .iter()
-        .flat_map(|s| s.bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-}
-
 /// The fingerprint of the note last said per Service, by a 64-bit digest of its key: 16
 /// bytes a Service instead of a copy of its name (8 MB at 100,000). Two keys with one
 /// digest (odds of 1 in 10^10 at 100,000 Services) would at worst silence a repeated note.
@@ -477,20 +464,18 @@ struct LastNotes(std::collections::HashMap<u64, u64>);
 
 impl LastNotes {
     fn get(&self, key: &str) -> Option<u64> {
-        self.0.get(&herald_api::fingerprint(key)).copied()
+        self.0.get(&fingerprint(key)).copied()
     }
-    fn insert(&mut self, key: &str, fingerprint: u64) {
-        self.0.insert(herald_api::fingerprint(key), fingerprint);
+    fn insert(&mut self, key: &str, note: u64) {
+        self.0.insert(fingerprint(key), note);
     }
     fn remove(&mut self, key: &str) {
-        self.0.remove(&herald_api::fingerprint(key));
+        self.0.remove(&fingerprint(key));
     }
     /// Keeps only the Services in `keys` (a full pass: those deleted unseen go).
     fn retain<'k>(&mut self, keys: impl IntoIterator<Item = &'k String>) {
-        let live: std::collections::HashSet<u64> = keys
-            .into_iter()
-            .map(|k| herald_api::fingerprint(k.as_str()))
-            .collect();
+        let live: std::collections::HashSet<u64> =
+            keys.into_iter().map(|k| fingerprint(k.as_str())).collect();
         self.0.retain(|k, _| live.contains(k));
         self.0.shrink_to_fit();
     }

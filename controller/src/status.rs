@@ -10,8 +10,9 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Servic
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::allocator::{Allocator, Assigned, Family};
+use crate::allocator::{Allocator, Assigned};
 use crate::pools::ParsedPool;
+use herald_api::service::IpFamily;
 
 pub use herald_api::keys::IP_ALLOCATED_CONDITION as CONDITION;
 
@@ -139,7 +140,7 @@ pub fn pool_status(
         let assigned = allocator.assigned_in(&parsed.pool, family);
         (capacity > 0).then(|| (assigned, capacity.saturating_sub(assigned)))
     };
-    let (v4, v6) = (usage(Family::V4), usage(Family::V6));
+    let (v4, v6) = (usage(IpFamily::V4), usage(IpFamily::V6));
     let total = |pick: fn((u128, u128)) -> u128| {
         [v4, v6]
             .into_iter()

@@ -11,11 +11,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, watch};
 
@@ -176,11 +177,11 @@ impl Gossip {
 
     /// Takes new keys (the gossip Secret changed): the next heartbeat is signed with them.
     pub fn set_keys(&self, keys: Arc<Keys>) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        *self.keys.write() = keys;
     }
 
     fn keys(&self) -> Arc<Keys> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.keys.read().clone()
     }
 
     /// The peers gone since the last call, with when each was last heard.
@@ -188,7 +189,7 @@ impl Gossip {
     /// tell the others) among the candidates, and the peers heard for less than `settle`
     /// counted as joining.
     pub fn view(&self, me: &str, own_subnets: Vec<IpNetwork>, settle: Duration) -> Gossiped {
-        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let members = self.members.lock();
         Gossiped {
             node_subnets: members
                 .candidates()
@@ -209,18 +210,18 @@ impl Gossip {
     }
 
     pub fn take_departures(&self) -> Vec<(Departure, Instant)> {
-        std::mem::take(&mut *self.departures.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.departures.lock())
     }
 
     fn departed(&self, how: Departure, last_heard: Instant) {
-        let mut departures = self.departures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut departures = self.departures.lock();
         if departures.len() < MAX_DEPARTURES {
             departures.push((how, last_heard));
         }
     }
 
     fn next_seq(&self) -> u64 {
-        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seq = self.seq.lock();
         *seq += 1;
         *seq
     }
@@ -228,7 +229,7 @@ impl Gossip {
     /// Addresses sending at the segment's pace now (their last two heartbeats, and the last
     /// one, within a timeout).
     fn reciprocal(&self, now: Instant) -> Vec<IpAddr> {
-        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut senders = self.senders.lock();
         let timeout = self.timeout;
         senders
             .fast
@@ -237,7 +238,7 @@ impl Gossip {
     }
 
     fn heard_from(&self, ip: IpAddr, now: Instant) {
-        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut senders = self.senders.lock();
         if let Some(last) = senders.last.insert(ip, now)
             && now.saturating_duration_since(last) <= self.timeout
         {
@@ -248,7 +249,7 @@ impl Gossip {
     /// Forgets senders silent for a far timeout (once a round: the map holds every node).
     fn forget_senders(&self, now: Instant) {
         let forget = far_timeout(self.timeout);
-        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut senders = self.senders.lock();
         senders
             .last
             .retain(|_, last| now.saturating_duration_since(*last) <= forget);
@@ -336,15 +337,12 @@ impl Gossip {
                             self.send_all(kind(&standby), subnets.borrow().clone(), &[new]).await;
                         }
                     }
-                    let (dead, rejecting) = self
-                        .members
-                        .lock()
-                        .map(|mut m| {
-                            let before = m.rejecting().count();
-                            let dead = m.expire(Instant::now());
-                            (dead, before != m.rejecting().count())
-                        })
-                        .unwrap_or_default();
+                    let (dead, rejecting) = {
+                        let mut m = self.members.lock();
+                        let before = m.rejecting().count();
+                        let dead = m.expire(Instant::now());
+                        (dead, before != m.rejecting().count())
+                    };
                     if !dead.is_empty() {
                         for (_, last_heard) in &dead {
                             self.departed(Departure::Died, *last_heard);
@@ -388,14 +386,11 @@ impl Gossip {
                 if kind != Kind::Leaving {
                     self.heard_from(ip, now);
                 }
-                let (moved, new) = self
-                    .members
-                    .lock()
-                    .map(|mut m| {
-                        let new = kind != Kind::Leaving && m.is_new(&hb.node, hb.incarnation);
-                        (m.receive(hb, now), new)
-                    })
-                    .unwrap_or((false, false));
+                let (moved, new) = {
+                    let mut m = self.members.lock();
+                    let new = kind != Kind::Leaving && m.is_new(&hb.node, hb.incarnation);
+                    (m.receive(hb, now), new)
+                };
                 if moved {
                     if kind == Kind::Leaving {
                         self.departed(Departure::Left, Instant::now());
@@ -408,14 +403,11 @@ impl Gossip {
             Ok(_) => None,
             Err(e @ DecodeError::BadTag) => {
                 let ip = from.ip().to_canonical();
-                let (new, answer) = self
-                    .members
-                    .lock()
-                    .map(|mut m| {
-                        let new = !m.rejecting().any(|r| r == ip);
-                        (new, m.rejected(ip, Instant::now()))
-                    })
-                    .unwrap_or((false, false));
+                let (new, answer) = {
+                    let mut m = self.members.lock();
+                    let new = !m.rejecting().any(|r| r == ip);
+                    (new, m.rejected(ip, Instant::now()))
+                };
                 if new {
                     changed.notify_one();
                 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
@@ -15,6 +15,7 @@ use herald_api::watch::Cache;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use crate::announcements::{self, Seen, Step, Written, fingerprint};
@@ -43,15 +44,12 @@ pub struct Claims(Arc<Mutex<BTreeSet<String>>>);
 
 impl Claims {
     fn add(&self, node: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node.to_owned());
+        self.0.lock().insert(node.to_owned());
     }
 
     /// Runs `f` on the claims (the pass reads them and forgets those that no longer count).
     pub fn with<R>(&self, f: impl FnOnce(&mut BTreeSet<String>) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut self.0.lock())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use anyhow::{Context, Result, bail};
 
@@ -51,7 +51,7 @@ pub fn herald_binary(name: &str) -> Result<PathBuf> {
     if profile_dir.file_name().is_some_and(|n| n == "deps") {
         profile_dir = profile_dir.parent().context("no profile directory")?;
     }
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILT.lock();
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);

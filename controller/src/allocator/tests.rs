@@ -22,7 +22,7 @@ fn pool(name: &str, entries: &[&str]) -> Pool {
 fn request(service: &str, pools: &[&str]) -> Request {
     Request {
         service: service.into(),
-        families: Families::single(Family::V4),
+        families: Families::single(IpFamily::V4),
         requested_ips: vec![],
         pool: None,
         eligible_pools: pools.iter().map(|p| p.to_string()).collect(),
@@ -81,7 +81,7 @@ fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
         got.iter().flat_map(|g| ips(g)).collect::<Vec<_>>(),
         ["192.0.2.254", "192.0.3.1"]
     );
-    assert_eq!(Allocator::capacity(&p, Family::V4), 2);
+    assert_eq!(Allocator::capacity(&p, IpFamily::V4), 2);
 }
 
 #[test]
@@ -147,14 +147,14 @@ fn dual_stack_policies() {
     ]);
     let mut r = request("ns/dual", &["v4", "v6"]);
     r.families = Families {
-        order: vec![Family::V6, Family::V4],
+        order: vec![IpFamily::V6, IpFamily::V4],
         all_required: true,
     };
     assert_eq!(ips(&a.allocate(&r).unwrap()), ["2001:db8::", "192.0.2.1"]);
     // IPv4 is exhausted now: RequireDualStack gets nothing, PreferDualStack gets IPv6 only.
     let mut r2 = request("ns/req", &["v4", "v6"]);
     r2.families = Families {
-        order: vec![Family::V6, Family::V4],
+        order: vec![IpFamily::V6, IpFamily::V4],
         all_required: true,
     };
     let err = a.allocate(&r2).unwrap_err();
@@ -163,7 +163,7 @@ fn dual_stack_policies() {
     r2.families.all_required = false;
     assert_eq!(ips(&a.allocate(&r2).unwrap()), ["2001:db8::1"]);
     let mut v6only = request("ns/six", &["v4"]);
-    v6only.families = Families::single(Family::V6);
+    v6only.families = Families::single(IpFamily::V6);
     assert_eq!(a.allocate(&v6only).unwrap_err().reason(), "NoEligiblePool");
 }
 
@@ -265,15 +265,15 @@ fn huge_ipv6_pools_cost_nothing_until_used() {
     a.set_pools([pool("big", &["2001:db8::/64", "2001:db8:1::/48"])]);
     let p = a.pool("big").unwrap().clone();
     assert_eq!(
-        Allocator::capacity(&p, Family::V6),
+        Allocator::capacity(&p, IpFamily::V6),
         (1u128 << 64) + (1u128 << 80)
     );
     let mut r = request("ns/a", &["big"]);
-    r.families = Families::single(Family::V6);
+    r.families = Families::single(IpFamily::V6);
     assert_eq!(ips(&a.allocate(&r).unwrap()), ["2001:db8::"]);
-    assert_eq!(a.assigned_in(&p, Family::V6), 1);
+    assert_eq!(a.assigned_in(&p, IpFamily::V6), 1);
     let all = pool("all", &["::/0"]);
-    assert_eq!(Allocator::capacity(&all, Family::V6), u128::MAX);
+    assert_eq!(Allocator::capacity(&all, IpFamily::V6), u128::MAX);
 }
 
 #[derive(Debug, Clone)]
@@ -303,7 +303,7 @@ proptest! {
             match op {
                 Op::Alloc(s, v6, want) => {
                     let mut r = request(&format!("ns/s{s}"), &["p"]);
-                    if v6 { r.families = Families::single(Family::V6); }
+                    if v6 { r.families = Families::single(IpFamily::V6); }
                     if let Some(w) = want.filter(|w| w % 4 == 0) {
                         r.requested_ips = vec![if v6 { ip(&format!("2001:db8::{w:x}")) } else { ip(&format!("198.51.100.{}", w % 8)) }];
                     }
@@ -311,11 +311,11 @@ proptest! {
                         Ok(got) => {
                             prop_assert_eq!(got.len(), 1);
                             prop_assert!(p4.contains(got[0].ip), "{} outside the pool", got[0].ip);
-                            prop_assert_eq!(Family::of(got[0].ip), if v6 { Family::V6 } else { Family::V4 });
+                            prop_assert_eq!(IpFamily::of(got[0].ip), if v6 { IpFamily::V6 } else { IpFamily::V4 });
                         }
                         Err(AllocError::Exhausted { .. }) => {
-                            let used = a.assigned_in(&p4, Family::V4);
-                            prop_assert_eq!(used, Allocator::capacity(&p4, Family::V4), "exhausted with free addresses left");
+                            let used = a.assigned_in(&p4, IpFamily::V4);
+                            prop_assert_eq!(used, Allocator::capacity(&p4, IpFamily::V4), "exhausted with free addresses left");
                         }
                         Err(AllocError::NotInPool { ip }) => prop_assert!(buggy && is_buggy(ip), "{ip} is in the pool"),
                         Err(e) => prop_assert!(matches!(e, AllocError::InUse { .. }), "{e}"),
@@ -388,7 +388,7 @@ fn requested_ips_must_match_the_service_families() {
     let mut a = Allocator::new();
     a.set_pools([pool("lan", &["192.0.2.0/24", "2001:db8::/64"])]);
     let mut r = request("ns/v6", &["lan"]);
-    r.families = Families::single(Family::V6);
+    r.families = Families::single(IpFamily::V6);
     r.requested_ips = vec![ip("192.0.2.5")];
     let err = a.allocate(&r).unwrap_err();
     assert_eq!(err.reason(), "FamilyMismatch");
@@ -403,7 +403,7 @@ fn requested_ips_must_match_the_service_families() {
     // RequireDualStack with one address asked for: refused, not half-served.
     let mut r = request("ns/dual", &["lan"]);
     r.families = Families {
-        order: vec![Family::V4, Family::V6],
+        order: vec![IpFamily::V4, IpFamily::V6],
         all_required: true,
     };
     r.requested_ips = vec![ip("192.0.2.5")];
@@ -418,7 +418,7 @@ fn prefer_dual_stack_gains_its_second_family_when_a_pool_has_it() {
     a.set_pools([pool("lan", &["192.0.2.0/24"])]);
     let mut r = request("ns/prefer", &["lan"]);
     r.families = Families {
-        order: vec![Family::V4, Family::V6],
+        order: vec![IpFamily::V4, IpFamily::V6],
         all_required: false,
     };
     assert_eq!(ips(&a.allocate(&r).unwrap()), ["192.0.2.0"]);
@@ -509,7 +509,7 @@ proptest! {
             let service = format!("ns/s{}", q.service);
             let eligible: Vec<String> = (0..4).filter(|i| q.eligible & (1 << i) != 0).map(|i| format!("p{i}")).collect();
             let (v4_first, dual, policy) = q.families;
-            let mut order = if v4_first { vec![Family::V4, Family::V6] } else { vec![Family::V6, Family::V4] };
+            let mut order = if v4_first { vec![IpFamily::V4, IpFamily::V6] } else { vec![IpFamily::V6, IpFamily::V4] };
             if !dual { order.truncate(1); }
             let mut r = request(&service, &[]);
             r.eligible_pools = eligible.clone();
@@ -539,7 +539,7 @@ proptest! {
                 }
             }
             for held in a.assigned(&service) {
-                prop_assert!(r.families.order.contains(&Family::of(held.ip)), "{} not of {:?}", held.ip, r.families);
+                prop_assert!(r.families.order.contains(&IpFamily::of(held.ip)), "{} not of {:?}", held.ip, r.families);
                 if let Some(name) = &r.pool {
                     prop_assert_eq!(held.pool.as_deref(), Some(name.as_str()));
                 }

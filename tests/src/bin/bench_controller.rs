@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -114,7 +116,8 @@ fn watch_allocations(client: &Client) -> Arc<Mutex<HashMap<String, Instant>>> {
                 .and_then(|s| s.load_balancer.as_ref())
                 .and_then(|l| l.ingress.as_ref())
                 .is_some_and(|i| !i.is_empty());
-            if has_ip && let Ok(mut seen) = sink.lock() {
+            if has_ip {
+                let mut seen = sink.lock();
                 seen.entry(svc.metadata.name.unwrap_or_default())
                     .or_insert_with(Instant::now);
             }
@@ -140,7 +143,7 @@ async fn wait_seen(
     let deadline = Instant::now() + limit;
     loop {
         {
-            let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let seen = seen.lock();
             if names.iter().all(|n| seen.contains_key(n)) {
                 return Ok(names
                     .iter()

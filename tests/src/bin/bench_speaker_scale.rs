@@ -121,7 +121,7 @@ struct Simulator {
     received: Arc<AtomicU64>,
     /// Segment 0's simulated nodes fall silent when set.
     silence_segment_0: Arc<AtomicBool>,
-    last_segment_0: Arc<std::sync::Mutex<Option<Instant>>>,
+    last_segment_0: Arc<parking_lot::Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -178,7 +178,8 @@ impl Simulator {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                if !quiet && let Ok(mut last) = last.lock() {
+                if !quiet {
+                    let mut last = last.lock();
                     *last = Some(Instant::now());
                 }
                 next += HEARTBEAT;
