@@ -7,6 +7,7 @@ pub mod announcement;
 pub mod crds;
 pub mod events;
 pub mod gossip;
+pub mod key;
 pub mod keys;
 pub mod l2;
 pub mod owner;
@@ -22,6 +23,7 @@ pub mod watch;
 
 pub use address::{AddressEntry, AddressError, IpRange};
 pub use announcement::{L2Announcement, L2AnnouncementSpec};
+pub use key::ObjectKey;
 pub use l2::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
 pub use service::{LbService, ServiceObject};

@@ -201,11 +201,11 @@ impl LbCondition {
 impl LbService {
     /// `namespace/name`.
     pub fn key(&self) -> String {
-        format!(
-            "{}/{}",
+        crate::ObjectKey::new(
             self.metadata.namespace.as_deref().unwrap_or_default(),
-            self.metadata.name.as_deref().unwrap_or_default()
+            self.metadata.name.as_deref().unwrap_or_default(),
         )
+        .to_string()
     }
 
     /// The Service as an Event's subject.

@@ -176,13 +176,7 @@ impl<T, F> Filler<T, F> {
         T: PartialEq,
         F: Fn(K) -> Option<T>,
     {
-        let key = |o: &K| {
-            format!(
-                "{}/{}",
-                o.meta().namespace.as_deref().unwrap_or_default(),
-                o.meta().name.as_deref().unwrap_or_default()
-            )
-        };
+        let key = |o: &K| crate::ObjectKey::of(o.meta()).to_string();
         let write = || self.objects.write();
         match event {
             watcher::Event::Init => {

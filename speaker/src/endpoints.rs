@@ -2,6 +2,7 @@
 //! elects among. A speaker caches every EndpointSlice of the cluster (thousands, each with
 //! addresses, ports, zones and hints), so it keeps only this of each.
 
+use herald_api::ObjectKey;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +38,7 @@ impl ServingNodes {
         nodes.dedup();
         nodes.shrink_to_fit();
         Some(Self {
-            service: format!("{namespace}/{service}"),
+            service: ObjectKey::new(&namespace, &service).to_string(),
             nodes,
         })
     }

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_api::ObjectKey;
 use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
 use herald_api::events::{Publisher, Reporter};
 use herald_api::watch::Cache;
@@ -193,11 +194,11 @@ impl Notes {
                 }
             };
             for object in &page.items {
-                let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
-                let name = object.metadata.name.as_deref().unwrap_or_default();
-                let service = services.get(&format!("{namespace}/{}", object.spec.service));
+                let key = ObjectKey::of(&object.metadata);
+                let service = ObjectKey::new(key.namespace, &object.spec.service);
+                let service = services.get(&service.to_string());
                 if announcements::stale(&object.spec, service.as_deref()) {
-                    stale.push(format!("{namespace}/{name}"));
+                    stale.push(key.to_string());
                 }
             }
             match page.metadata.continue_ {
@@ -217,9 +218,7 @@ impl Notes {
     async fn delete(&mut self, keys: Vec<String>) {
         let mut deleted = Vec::new();
         for key in keys {
-            let Some((namespace, name)) = key.split_once('/') else {
-                continue;
-            };
+            let ObjectKey { namespace, name } = ObjectKey::parse(&key);
             match Api::<L2Announcement>::namespaced(self.client.clone(), namespace)
                 .delete(name, &DeleteParams::default())
                 .await
@@ -323,7 +322,7 @@ impl Notes {
             reason: d.outcome.as_ref().err().map(ToString::to_string),
         };
         let name = announcement::name(about.name, ip);
-        let object_key = format!("{}/{name}", about.namespace);
+        let object_key = ObjectKey::new(about.namespace, &name).to_string();
         let mut seen = objects.get(&object_key);
         let now = Instant::now();
         let owner = fingerprint(&svc.uid);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
+use herald_api::ObjectKey;
 use herald_api::events::Publisher;
 use herald_api::gossip::SecretRef;
 use herald_api::service_watch;
@@ -374,7 +375,7 @@ fn say_isolation(events: &Publisher, nodes: &Cache<NodeView>, me: &str, verdict:
     };
     tracing::warn!("{}", note.message);
     let uid = nodes
-        .get(&format!("/{me}"))
+        .get(&ObjectKey::cluster(me).to_string())
         .map(|n| n.uid.to_string())
         .unwrap_or_default();
     let (events, me) = (events.clone(), me.to_owned());

@@ -4,8 +4,8 @@
 
 use std::net::IpAddr;
 
-use herald_api::LbService;
 use herald_api::events::Regarding;
+use herald_api::{LbService, ObjectKey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceIps {
@@ -33,7 +33,7 @@ impl ServiceIps {
 
     /// The Service `namespace/name` (its cache key) as an Event's subject.
     pub fn regarding<'a>(&'a self, key: &'a str) -> Regarding<'a> {
-        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+        let ObjectKey { namespace, name } = ObjectKey::parse(key);
         Regarding {
             namespace,
             name,

@@ -124,20 +124,25 @@ pub fn condition(svc: &Service) -> Option<(String, String, String)> {
     Some((c.status, c.reason, c.message))
 }
 
-/// `(type, reason, message)` of the Events Herald's controller or speakers published about
-/// the object `name` in `default`. Other components' Events (the API server's own
+/// An Event as a test reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenEvent {
+    /// `Normal` or `Warning`.
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The Events Herald's controller or speakers published about the object `name` in
+/// `default`. Other components' Events (the API server's own
 /// `ClusterIPNotAllocated`, the scheduler's) are left out: a test waiting for "a Warning"
 /// means one of Herald's.
-pub async fn events(client: &Client, name: &str) -> Vec<(String, String, String)> {
+pub async fn events(client: &Client, name: &str) -> Vec<SeenEvent> {
     events_in(client, "default", name).await
 }
 
 /// `events` in `namespace`.
-pub async fn events_in(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Vec<(String, String, String)> {
+pub async fn events_in(client: &Client, namespace: &str, name: &str) -> Vec<SeenEvent> {
     let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     let list = api
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
@@ -150,12 +155,10 @@ pub async fn events_in(
                 .as_deref()
                 .is_some_and(|c| c.starts_with("herald-"))
         })
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
+        .map(|e| SeenEvent {
+            kind: e.type_.unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
+            message: e.message.unwrap_or_default(),
         })
         .collect()
 }
@@ -164,8 +167,8 @@ pub async fn events_in(
 pub async fn wait_for_event(
     client: &Client,
     name: &str,
-    matches: impl Fn(&(String, String, String)) -> bool,
-) -> (String, String, String) {
+    matches: impl Fn(&SeenEvent) -> bool,
+) -> SeenEvent {
     wait_for_event_in(client, "default", name, matches).await
 }
 
@@ -174,8 +177,8 @@ pub async fn wait_for_event_in(
     client: &Client,
     namespace: &str,
     name: &str,
-    matches: impl Fn(&(String, String, String)) -> bool,
-) -> (String, String, String) {
+    matches: impl Fn(&SeenEvent) -> bool,
+) -> SeenEvent {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let all = events_in(client, namespace, name).await;

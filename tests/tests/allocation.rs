@@ -24,8 +24,10 @@ async fn services_get_ips_release_them_and_wait_when_exhausted() {
     assert_eq!(a, ("192.0.2.10".into(), Some("VIP".into())));
     let svc = services.get("a").await.unwrap();
     assert_eq!(condition(&svc).unwrap().0, "True");
-    wait_for_event(&client, "a", |(t, r, m)| {
-        t == "Normal" && r == "IPAllocated" && m == "assigned 192.0.2.10 from IPPool lan"
+    wait_for_event(&client, "a", |e| {
+        e.kind == "Normal"
+            && e.reason == "IPAllocated"
+            && e.message == "assigned 192.0.2.10 from IPPool lan"
     })
     .await;
 
@@ -47,8 +49,8 @@ async fn services_get_ips_release_them_and_wait_when_exhausted() {
         "{why:?}"
     );
     assert!(ingress(&services.get("c").await.unwrap()).is_empty());
-    wait_for_event(&client, "c", |(t, r, _)| {
-        t == "Warning" && r == "PoolExhausted"
+    wait_for_event(&client, "c", |e| {
+        e.kind == "Warning" && e.reason == "PoolExhausted"
     })
     .await;
 
@@ -167,8 +169,8 @@ async fn impossible_requests_are_explained_and_fixed_without_restart() {
         })
         .await;
         assert_eq!((c.1.as_str(), c.2.as_str()), (reason, message), "{name}");
-        wait_for_event(&client, name, |(t, r, m)| {
-            t == "Warning" && r == reason && m == message
+        wait_for_event(&client, name, |e| {
+            e.kind == "Warning" && e.reason == reason && e.message == message
         })
         .await;
     }

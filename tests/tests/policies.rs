@@ -3,7 +3,9 @@
 //! exact: allocation is deterministic (lowest free address of the first eligible pool).
 
 use herald_tests::ControlPlane;
-use herald_tests::objects::{allocated, apply, condition, ips, lb, wait_for, wait_for_event};
+use herald_tests::objects::{
+    SeenEvent, allocated, apply, condition, ips, lb, wait_for, wait_for_event,
+};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -96,7 +98,9 @@ async fn pool_choice_families_and_sharing() {
         ),
     )
     .await;
-    let (_, reason, message) = wait_for_event(&client, "dual-manual", |e| e.0 == "Warning").await;
+    let SeenEvent {
+        reason, message, ..
+    } = wait_for_event(&client, "dual-manual", |e| e.kind == "Warning").await;
     assert_eq!(reason, "NoEligiblePool");
     assert!(
         message.contains("RequireDualStack") && message.contains("IPPool manual has none"),
@@ -169,7 +173,7 @@ async fn pool_choice_families_and_sharing() {
         c.2
     );
     wait_for_event(&client, "share-clash", |e| {
-        e.0 == "Warning" && e.1 == "IPInUse"
+        e.kind == "Warning" && e.reason == "IPInUse"
     })
     .await;
     // Another key never joins.
@@ -230,8 +234,11 @@ async fn a_pool_edit_moves_only_the_services_whose_ip_left_it() {
         (ips(s) == ["192.0.2.66"]).then_some(())
     })
     .await;
-    let (_, _, message) =
-        wait_for_event(&client, "first", |e| e.0 == "Warning" && e.1 == "IPMoved").await;
+    let message = wait_for_event(&client, "first", |e| {
+        e.kind == "Warning" && e.reason == "IPMoved"
+    })
+    .await
+    .message;
     assert_eq!(
         message,
         "192.0.2.64 is no longer in any IPPool (a pool was edited or deleted); the Service now has 192.0.2.66 from IPPool lan"

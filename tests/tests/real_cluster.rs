@@ -225,9 +225,7 @@ async fn journey_rolling_upgrade_keeps_the_vip() {
     // Handing IPs over and back is no foreign answer.
     let events = herald_tests::objects::events(&client, "web").await;
     assert!(
-        events
-            .iter()
-            .all(|(_, reason, _)| reason != "ForeignAnswer"),
+        events.iter().all(|e| e.reason != "ForeignAnswer"),
         "{events:?}"
     );
 }
@@ -269,11 +267,11 @@ async fn journey_a_foreign_answer_for_a_vip_is_reported() {
         }
     }
     assert!(both, "the other node's kernel does not answer for {v4}");
-    let (_, _, message) =
-        herald_tests::objects::wait_for_event(&client, "web", |(kind, reason, _)| {
-            kind == "Warning" && reason == "ForeignAnswer"
-        })
-        .await;
+    let message = herald_tests::objects::wait_for_event(&client, "web", |e| {
+        e.kind == "Warning" && e.reason == "ForeignAnswer"
+    })
+    .await
+    .message;
     assert!(
         message.contains(&other_mac) && message.contains(&owner) && message.contains("strictARP"),
         "{message}"

@@ -42,7 +42,9 @@ async fn a_speaker_with_another_key_stands_down_says_so_and_serves_once_it_has_t
     assert_eq!(metric(&lan, "n3", "herald_speaker_isolated"), Some(1.0));
     assert!(ready(&lan, "n1"));
     wait_for_event_in(&client, "default", "n3", |e| {
-        e.0 == "Warning" && e.1 == "SpeakerIsolated" && e.2.contains("another gossip key")
+        e.kind == "Warning"
+            && e.reason == "SpeakerIsolated"
+            && e.message.contains("another gossip key")
     })
     .await;
 
@@ -87,7 +89,7 @@ async fn a_node_that_cannot_hear_gossip_stops_answering_within_a_timeout_and_com
     assert_eq!(metric(&lan, "n1", "herald_speaker_isolated"), Some(1.0));
     tracing::info!(?stood_down, "blocked inbound gossip: stood down");
     wait_for_event_in(&client, "default", "n1", |e| {
-        e.1 == "SpeakerIsolated" && e.2.contains("heartbeats do not arrive")
+        e.reason == "SpeakerIsolated" && e.message.contains("heartbeats do not arrive")
     })
     .await;
 

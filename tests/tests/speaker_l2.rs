@@ -56,10 +56,11 @@ async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
     let answers = resolve(&lan.client, v6, Duration::from_millis(300)).expect("ndp");
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_eq!(tcp_hello(&lan.client, v6, PORT).expect("tcp v6"), v6_owner);
-    let (_, _, message) = wait_for_event(&client, "web", |e| {
-        e.1 == "IPAnnounced" && e.2.starts_with(&format!("{v4} "))
+    let message = wait_for_event(&client, "web", |e| {
+        e.reason == "IPAnnounced" && e.message.starts_with(&format!("{v4} "))
     })
-    .await;
+    .await
+    .message;
     assert_eq!(
         message,
         format!("{v4} is announced by node {first} on eth0")
@@ -196,7 +197,7 @@ async fn local_policy_exclusions_and_the_gossip_key() {
     endpoints_on(&client, "local", &[("n3", true)]).await;
     silent(&lan, ip, Duration::from_secs(10));
     wait_for_event(&client, "local", |e| {
-        e.2 == format!("{ip} is announced by node n1 on eth0")
+        e.message == format!("{ip} is announced by node n1 on eth0")
     })
     .await;
 

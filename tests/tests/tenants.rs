@@ -55,7 +55,7 @@ async fn refused(client: &kube::Client, namespace: &str, name: &str) -> (String,
     })
     .await;
     wait_for_event_in(client, namespace, name, |e| {
-        e.0 == "Warning" && e.1 == reason
+        e.kind == "Warning" && e.reason == reason
     })
     .await;
     assert!(

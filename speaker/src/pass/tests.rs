@@ -32,7 +32,10 @@ fn node(name: &str, host: u8) -> (String, Arc<NodeView>) {
         internal_ip: Some(ip),
         addresses: Box::new([ip]),
     };
-    (format!("/{name}"), Arc::new(view))
+    (
+        herald_api::ObjectKey::cluster(name).to_string(),
+        Arc::new(view),
+    )
 }
 
 /// Node `a`'s speaker on a LAN of nodes a (192.0.2.1), b (.2) and c (.3), one Service IP in
