@@ -3,7 +3,7 @@
 
 /// Field that signs the speakers' heartbeats (and is accepted).
 pub const KEY_FIELD: &str = "key";
-/// Field accepted as well during a key rotation (docs/operations.md), never used to sign.
+/// Field accepted as well during a key rotation (docs/install.md, rotating the gossip key), never used to sign.
 pub const ACCEPTED_KEY_FIELD: &str = "acceptedKey";
 
 /// A Secret named `name` in `namespace`.

@@ -1,10 +1,12 @@
 //! Which speakers are alive. Every speaker sends a small authenticated heartbeat over UDP to
-//! every other node every `interval`; a member not heard from for `timeout` is dead, and a
-//! speaker that stops cleanly says "leaving" so its IPs move at once. This is direct
-//! heartbeating rather than SWIM: detection time is one timeout and independent of gossip
-//! rounds, at the price of n-1 datagrams per node per interval (fine for the tens to low
-//! hundreds of nodes an L2 segment holds). Message coding and the member table are pure;
-//! sockets live in `gossip`.
+//! the nodes of its segment (those competing for the same IPs, `plan::segment`) every
+//! `interval` and to every other node once per 10-second round (`gossip::FAR_ROUND`); a
+//! segment member not heard from for `timeout` is dead, a node heard only in rounds after
+//! three missed rounds (`gossip::far_timeout`), and a speaker that stops cleanly says
+//! "leaving" so its IPs move at once. (`--segmented-liveness=false`: every node every
+//! interval.) This is direct heartbeating rather than SWIM: detection time is one timeout
+//! and independent of gossip rounds, at the price of one datagram per segment member per
+//! interval. Message coding and the member table are pure; sockets live in `gossip`.
 //!
 //! Replays: a heartbeat carries the sender's incarnation (random, drawn at start) and a
 //! counter. A receiver keeps the highest counter of the current incarnation and the recent

@@ -57,7 +57,7 @@ const KUBERNETES_SERVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
 #[derive(Debug, Clone)]
 pub struct Options {
     pub placement: Placement,
-    /// Install Herald's CRDs from `charts/herald/crds` once the server is ready.
+    /// Install Herald's CRDs from `charts/herald/files/crds` once the server is ready.
     pub install_crds: bool,
     /// Write an audit log of every request (metadata level) to `audit_log()`.
     pub audit: bool,
@@ -372,7 +372,7 @@ impl ControlPlane {
         Ok((process, client))
     }
 
-    /// Applies every manifest in `charts/herald/crds` and waits until each is established.
+    /// Applies every manifest in `charts/herald/files/crds` and waits until each is established.
     pub async fn install_crds(&self) -> Result<()> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let dir = repo_root().join(herald_api::crds::CHART_CRD_DIR);

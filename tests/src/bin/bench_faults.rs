@@ -1,5 +1,6 @@
 //! `herald-bench-faults`: what a client on the LAN sees while the speakers go through the
-//! faults of issue 12, one fresh 3-node LAN per scenario with 3 VIPs. From the fault on, for
+//! faults that fool heartbeats (wrong key, blocked or partitioned gossip, a clock behind,
+//! restarts, CPU starvation), one fresh 3-node LAN per scenario with 3 VIPs. From the fault on, for
 //! a fixed window, ARP requests go to every VIP in rounds (50 ms of listening each); reported
 //! per scenario: requests, requests answered twice or more, requests unanswered, and the
 //! duplicate-answer seconds they stand for (duplicated requests x the round period).

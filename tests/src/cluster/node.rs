@@ -1,6 +1,7 @@
 //! One real node: containerd, kubelet and kube-proxy in the node's network namespace, with
-//! every path of their own under the node's directory (the settings that make them run in
-//! this sandbox are in ../shared/REAL-CLUSTER.md).
+//! every path of their own under the node's directory. The settings that make them run
+//! inside a container, on a kernel shared with the other nodes, are set where they are
+//! written, each with its reason.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
