@@ -1,15 +1,13 @@
 //! Kubernetes Events (events.k8s.io/v1) about Services and Nodes. Herald publishes an Event
 //! only when what it has to say changes, so there is no series bookkeeping here and nothing
 //! is cached per Event (kube-runtime's `Recorder` keeps every Event for minutes and scans
-//! that cache on each publish, which does not scale to 10,000 Services). Building an Event
-//! is pure; [`Publisher`] is the one place either binary sends one.
+//! that cache on each publish, which does not scale to 10,000 Services). Pure: building
+//! an Event; `herald_runtime::Publisher` is the one place either binary sends one.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
-use kube::api::{Api, PostParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -115,42 +113,6 @@ pub fn build_for_node(name: &str, uid: &str, note: &Note, reporter: &Reporter) -
         regarding.namespace = None;
     }
     event
-}
-
-/// Sends Events for one reporter: one request per Event (Herald says things on change only).
-#[derive(Clone)]
-pub struct Publisher {
-    client: Client,
-    reporter: Reporter,
-}
-
-impl Publisher {
-    pub fn new(client: Client, reporter: Reporter) -> Self {
-        Self { client, reporter }
-    }
-
-    pub fn reporter(&self) -> &Reporter {
-        &self.reporter
-    }
-
-    /// Publishes `note` about the Service `regarding`, in its namespace.
-    pub async fn about_service(&self, regarding: Regarding<'_>, note: &Note) -> kube::Result<()> {
-        let event = build(regarding, note, &self.reporter);
-        self.create(regarding.namespace, &event).await
-    }
-
-    /// Publishes `note` about the Node `name` (`uid`), in `default` as the kubelet does.
-    pub async fn about_node(&self, name: &str, uid: &str, note: &Note) -> kube::Result<()> {
-        let event = build_for_node(name, uid, note, &self.reporter);
-        self.create("default", &event).await
-    }
-
-    async fn create(&self, namespace: &str, event: &Event) -> kube::Result<()> {
-        Api::<Event>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), event)
-            .await
-            .map(|_| ())
-    }
 }
 
 /// The longest message Herald writes anywhere (Event notes, status conditions): the API

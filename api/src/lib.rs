@@ -1,6 +1,10 @@
-//! Herald's API: the custom resources both binaries read (`IPPool`, `L2Advertisement`),
-//! the annotation and label keys Herald honours (its own and MetalLB's), the address
-//! entry syntax of a pool, and the rendering of the CRD manifests.
+//! Herald's API, types only: the custom resources (`IPPool`, `L2Advertisement`,
+//! `L2Announcement`) and the rendering of their CRD manifests, the compact Service both
+//! binaries cache, the annotation and label keys Herald honours (its own and MetalLB's), the
+//! address entry syntax of a pool, object keys, and what an Event says. No I/O: how the
+//! binaries talk to the API server is `herald-runtime`.
+
+#![forbid(unsafe_code)]
 
 pub mod address;
 pub mod announcement;
@@ -10,16 +14,10 @@ pub mod gossip;
 pub mod key;
 pub mod keys;
 pub mod l2;
-pub mod owner;
 pub mod pool;
-pub mod proto;
 mod schema;
 pub mod selector;
 pub mod service;
-pub mod service_watch;
-#[cfg(feature = "testing")]
-pub mod testing;
-pub mod watch;
 
 pub use address::{AddressEntry, AddressError, IpRange};
 pub use announcement::{L2Announcement, L2AnnouncementSpec};

@@ -284,82 +284,82 @@ impl Resource for ServiceObject {
 }
 
 /// The JSON shape, with only the fields read; serde skips the rest without allocating. The
-/// protobuf list (`proto`) is converted into the same shape.
-pub(crate) mod wire {
+/// protobuf list (`herald_runtime::proto`) is converted into the same shape.
+pub mod wire {
     use super::*;
 
     #[derive(Deserialize)]
-    pub(crate) struct Service {
+    pub struct Service {
         #[serde(default)]
-        pub(crate) metadata: Meta,
+        pub metadata: Meta,
         #[serde(default)]
-        pub(crate) spec: Spec,
+        pub spec: Spec,
         #[serde(default)]
-        pub(crate) status: Status,
+        pub status: Status,
     }
 
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
-    pub(crate) struct Meta {
-        pub(crate) name: Option<String>,
-        pub(crate) namespace: Option<String>,
-        pub(crate) uid: Option<String>,
-        pub(crate) resource_version: Option<String>,
-        pub(crate) generation: Option<i64>,
-        pub(crate) deletion_timestamp: Option<Time>,
-        pub(crate) labels: Option<BTreeMap<String, String>>,
-        pub(crate) annotations: Option<BTreeMap<String, String>>,
+    pub struct Meta {
+        pub name: Option<String>,
+        pub namespace: Option<String>,
+        pub uid: Option<String>,
+        pub resource_version: Option<String>,
+        pub generation: Option<i64>,
+        pub deletion_timestamp: Option<Time>,
+        pub labels: Option<BTreeMap<String, String>>,
+        pub annotations: Option<BTreeMap<String, String>>,
     }
 
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
-    pub(crate) struct Spec {
+    pub struct Spec {
         #[serde(rename = "type")]
-        pub(crate) type_: Option<String>,
-        pub(crate) load_balancer_class: Option<String>,
+        pub type_: Option<String>,
+        pub load_balancer_class: Option<String>,
         #[serde(rename = "loadBalancerIP")]
-        pub(crate) load_balancer_ip: Option<String>,
-        pub(crate) ip_family_policy: Option<String>,
-        pub(crate) ip_families: Option<Vec<String>>,
-        pub(crate) external_traffic_policy: Option<String>,
-        pub(crate) selector: Option<BTreeMap<String, String>>,
-        pub(crate) ports: Option<Vec<Port>>,
+        pub load_balancer_ip: Option<String>,
+        pub ip_family_policy: Option<String>,
+        pub ip_families: Option<Vec<String>>,
+        pub external_traffic_policy: Option<String>,
+        pub selector: Option<BTreeMap<String, String>>,
+        pub ports: Option<Vec<Port>>,
     }
 
     #[derive(Deserialize)]
-    pub(crate) struct Port {
-        pub(crate) port: i32,
-        pub(crate) protocol: Option<String>,
+    pub struct Port {
+        pub port: i32,
+        pub protocol: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
-    pub(crate) struct Status {
-        pub(crate) load_balancer: Option<LoadBalancer>,
-        pub(crate) conditions: Option<Vec<Condition>>,
+    pub struct Status {
+        pub load_balancer: Option<LoadBalancer>,
+        pub conditions: Option<Vec<Condition>>,
     }
 
     #[derive(Deserialize)]
-    pub(crate) struct LoadBalancer {
-        pub(crate) ingress: Option<Vec<Ingress>>,
+    pub struct LoadBalancer {
+        pub ingress: Option<Vec<Ingress>>,
     }
 
     #[derive(Deserialize)]
-    pub(crate) struct Ingress {
-        pub(crate) ip: Option<String>,
+    pub struct Ingress {
+        pub ip: Option<String>,
     }
 
     #[derive(Deserialize)]
-    pub(crate) struct Condition {
+    pub struct Condition {
         #[serde(rename = "type")]
-        pub(crate) type_: String,
-        pub(crate) status: String,
+        pub type_: String,
+        pub status: String,
         #[serde(default)]
-        pub(crate) reason: String,
+        pub reason: String,
         #[serde(default)]
-        pub(crate) message: String,
+        pub message: String,
         #[serde(default, rename = "lastTransitionTime")]
-        pub(crate) last_transition_time: Option<Time>,
+        pub last_transition_time: Option<Time>,
     }
 
     impl From<Service> for LbService {

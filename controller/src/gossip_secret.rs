@@ -41,7 +41,7 @@ async fn ensure(client: &Client, secret: &SecretRef, owner: Option<&str>) -> Res
         return Ok(());
     }
     let owner = match owner {
-        Some(name) => Some(herald_api::owner::cluster_role(client, name).await?),
+        Some(name) => Some(herald_runtime::owner::cluster_role(client, name).await?),
         None => None,
     };
     let new = Secret {

@@ -1,5 +1,7 @@
 //! `herald-controller`: allocates external IPs to LoadBalancer Services. `main` only wires.
 
+#![forbid(unsafe_code)]
+
 mod allocator;
 mod convert;
 mod gossip_secret;

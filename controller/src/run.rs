@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
 use herald_api::keys::CONTROLLER_MANAGER;
-use herald_api::service_watch;
-use herald_api::watch::{Cache, Change, cached, projected_from};
 use herald_api::{IPPool, IPPoolStatus};
 use herald_api::{LbService, ServiceObject};
+use herald_runtime::service_watch;
+use herald_runtime::watch::{Cache, Change, cached, projected_from};
 use herald_telemetry::Health;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,9 +28,10 @@ use tokio::sync::mpsc;
 use crate::metrics::{Metrics, PoolLabels, ReasonLabels, WriteLabels};
 use crate::service::ClassConfig;
 use crate::state::{self, POOL_FINALIZER, State, World, Write};
-use herald_api::events::{Note, Publisher, Reporter};
+use herald_api::events::{Note, Reporter};
 use herald_api::fingerprint;
 use herald_api::service::IpFamily;
+use herald_runtime::Publisher;
 
 /// Writes in flight at once. The API server handles these in parallel; more than this only
 /// queues inside it.
@@ -758,7 +759,7 @@ async fn perform(client: &Client, write: &Write) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use herald_api::testing::FakeApi;
+    use herald_runtime::testing::FakeApi;
 
     use super::*;
 

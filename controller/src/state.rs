@@ -216,6 +216,9 @@ impl State {
 
     /// What the Service `key` needs written now. Updates the allocator; queues Events.
     pub fn decide(&mut self, world: &impl World, key: &str, now: Timestamp) -> Vec<Write> {
+        // Everything logged while deciding for one Service carries its key: one Service can
+        // be followed through the logs (`RUST_LOG=debug` shows the span on every line).
+        let _span = tracing::debug_span!("service", service = key).entered();
         let Some(svc) = world.service(key) else {
             // Deleted: its IPs go back to the pool.
             self.freed |= self.allocator.release_foreign(key);

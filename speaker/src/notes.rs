@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use herald_api::ObjectKey;
 use herald_api::announcement::{self, L2Announcement, L2AnnouncementSpec};
-use herald_api::events::{Publisher, Reporter};
-use herald_api::watch::Cache;
+use herald_api::events::Reporter;
+use herald_runtime::Publisher;
+use herald_runtime::watch::Cache;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::announcements::{self, Seen, Step, Written, fingerprint};
 use crate::plan::{Decision, IpDecision};
@@ -164,7 +166,11 @@ impl Notes {
         });
         self.delete(gone).await;
         for (ip, d) in &now.ips {
-            self.publish(services, objects, *ip, d).await;
+            // What is logged about one IP carries it and its Services.
+            let span = tracing::debug_span!("ip", %ip, services = ?d.services);
+            self.publish(services, objects, *ip, d)
+                .instrument(span)
+                .await;
         }
         if now.reporter {
             self.sweep(services).await;
@@ -427,7 +433,7 @@ impl Notes {
 
 #[cfg(test)]
 mod tests {
-    use herald_api::testing::FakeApi;
+    use herald_runtime::testing::FakeApi;
 
     use super::*;
     use crate::election::NoOwner;

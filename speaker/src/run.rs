@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use herald_api::ObjectKey;
-use herald_api::events::Publisher;
 use herald_api::gossip::SecretRef;
-use herald_api::service_watch;
-use herald_api::watch::{Cache, cached, projected, projected_from};
 use herald_api::{IPPool, L2Advertisement, ServiceObject};
+use herald_runtime::Publisher;
+use herald_runtime::service_watch;
+use herald_runtime::watch::{Cache, cached, projected, projected_from};
 use herald_telemetry::Health;
 use kube::Client;
 use kube::runtime::reflector::{self, Store};
@@ -125,7 +125,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // Nodes that announced an IP over this speaker's claim: proof they run (isolation).
     let claims = Claims::default();
     let owner = match &config.records_owner {
-        Some(name) => Some(herald_api::owner::cluster_role(&client, name).await?),
+        Some(name) => Some(herald_runtime::owner::cluster_role(&client, name).await?),
         None => None,
     };
     tokio::spawn(

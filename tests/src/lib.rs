@@ -1,17 +1,22 @@
-//! Support code for Herald's end-to-end tests: a real etcd and kube-apiserver on loopback
-//! (`control_plane`), and the paths of the binaries they need (`bins`).
+//! Herald's lab: what its end-to-end tests, benchmarks and demos run on. A real etcd and
+//! kube-apiserver on loopback (`control_plane`); the process cluster, Herald's binaries on a
+//! LAN of network namespaces (`process_cluster`, `netns`); the real cluster of kubelet,
+//! containerd and kube-proxy nodes installed with helm (`real_cluster`); what a client on
+//! the LAN sees (`client_view`) and the faults injected (`faults`); the Go-built and Herald
+//! binaries they start (`bins`, `process`).
 
 pub mod bins;
 pub mod client_view;
-pub mod cluster;
 pub mod control_plane;
 pub mod controller;
-pub mod l2;
+pub mod faults;
 pub mod netns;
 pub mod objects;
 mod pki;
 pub mod process;
+pub mod process_cluster;
 pub mod prometheus;
+pub mod real_cluster;
 
 pub use control_plane::{ControlPlane, Options};
 pub use process::Process;

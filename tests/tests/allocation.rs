@@ -3,18 +3,18 @@
 
 use std::time::Duration;
 
-use herald_tests::ControlPlane;
-use herald_tests::objects::{apply, condition, events, ingress, lb, wait_for, wait_for_event};
+use herald_lab::ControlPlane;
+use herald_lab::objects::{apply, condition, events, ingress, lb, wait_for, wait_for_event};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 #[tokio::test]
 async fn services_get_ips_release_them_and_wait_when_exhausted() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.10-192.0.2.11]}").await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
 
@@ -109,10 +109,10 @@ async fn services_get_ips_release_them_and_wait_when_exhausted() {
 
 #[tokio::test]
 async fn impossible_requests_are_explained_and_fixed_without_restart() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.0/28]}").await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
 

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use herald_tests::bins::{go_binary, repo_root};
-use herald_tests::objects::{apply, ips, wait_for};
-use herald_tests::prometheus;
-use herald_tests::{ControlPlane, Options, Process};
+use herald_lab::bins::{go_binary, repo_root};
+use herald_lab::objects::{apply, ips, wait_for};
+use herald_lab::prometheus;
+use herald_lab::{ControlPlane, Options, Process};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -300,7 +300,7 @@ fn used(audit: &str, user: &str) -> (BTreeSet<(String, String, String)>, Vec<Str
 
 #[tokio::test]
 async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_use() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start_with(Options {
         audit: true,
         ..Options::default()
@@ -337,13 +337,12 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     let controller_sa = format!("system:serviceaccount:{NS}:herald-controller");
     let speaker_sa = format!("system:serviceaccount:{NS}:herald-speaker");
     let port = || {
-        herald_tests::control_plane::free_port()
+        herald_lab::control_plane::free_port()
             .expect("port")
             .to_string()
     };
     let (controller_metrics, speaker_metrics) = (port(), port());
-    let mut cmd =
-        Command::new(herald_tests::bins::herald_binary("herald-controller").expect("bin"));
+    let mut cmd = Command::new(herald_lab::bins::herald_binary("herald-controller").expect("bin"));
     cmd.args(["run", "--lease-namespace", NS, "--identity", "rbac-test"])
         .args(["--gossip-secret", &format!("{NS}/herald-gossip")])
         .args(["--gossip-secret-owner", "herald-controller"])
@@ -356,7 +355,7 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
         .env("RUST_LOG", "info,kube=warn");
     let _controller =
         Process::spawn("controller", cmd, &cp.dir().join("controller.log")).expect("controller");
-    let mut cmd = Command::new(herald_tests::bins::herald_binary("herald-speaker").expect("bin"));
+    let mut cmd = Command::new(herald_lab::bins::herald_binary("herald-speaker").expect("bin"));
     cmd.args(["run", "--node-name", "rbac-node", "--gossip-port", &port()])
         .args(["--records-owner", "herald-speaker"])
         // The chart's way: keys from the Secret the controller makes, which the speaker
@@ -371,7 +370,7 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
         .env("RUST_LOG", "info,kube=warn");
     let _speaker = Process::spawn("speaker", cmd, &cp.dir().join("speaker.log")).expect("speaker");
 
-    herald_tests::l2::ready_node(&client, "rbac-node", "192.0.2.250", "").await;
+    herald_lab::process_cluster::ready_node(&client, "rbac-node", "192.0.2.250", "").await;
     // An interface that does not exist: the speaker owns the IP but opens no socket.
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.100-192.0.2.110]}\n---\napiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [herald-none]}").await;
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 80}]}").await;
@@ -464,7 +463,7 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     assert!(names.iter().any(|n| n == "herald_build_info"), "{names:?}");
     // HEAD answers with the headers only.
     let (code, body) =
-        herald_tests::controller::http_get(speaker_metrics.parse().expect("port"), "/metrics")
+        herald_lab::controller::http_get(speaker_metrics.parse().expect("port"), "/metrics")
             .await
             .expect("GET");
     assert_eq!((code, body.is_empty()), (200, false));
@@ -559,7 +558,7 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// users' pools).
 #[tokio::test]
 async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start_with(Options {
         install_crds: false,
         ..Options::default()

@@ -2,7 +2,7 @@
 //! and the API server itself refuses bad address entries with a message that names them.
 
 use herald_api::{IPPool, IPPoolSpec, L2Advertisement, L2AdvertisementSpec};
-use herald_tests::ControlPlane;
+use herald_lab::ControlPlane;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 fn pool(name: &str, addresses: &[&str]) -> IPPool {
@@ -23,7 +23,7 @@ fn pool(name: &str, addresses: &[&str]) -> IPPool {
 
 #[tokio::test]
 async fn crds_install_and_accept_valid_objects() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let pools: Api<IPPool> = Api::all(cp.client());
 
@@ -76,7 +76,7 @@ async fn crds_install_and_accept_valid_objects() {
 
 #[tokio::test]
 async fn bad_address_entries_are_refused_by_the_api_server() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let pools: Api<IPPool> = Api::all(cp.client());
 

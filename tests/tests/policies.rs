@@ -2,8 +2,8 @@
 //! Services are created one after another and each waited for, so every expected address is
 //! exact: allocation is deterministic (lowest free address of the first eligible pool).
 
-use herald_tests::ControlPlane;
-use herald_tests::objects::{
+use herald_lab::ControlPlane;
+use herald_lab::objects::{
     SeenEvent, allocated, apply, condition, ips, lb, wait_for, wait_for_event,
 };
 use k8s_openapi::api::core::v1::Service;
@@ -40,10 +40,10 @@ spec:
 
 #[tokio::test]
 async fn pool_choice_families_and_sharing() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     apply(&client, POOLS).await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
 
@@ -212,10 +212,10 @@ async fn pool_choice_families_and_sharing() {
 
 #[tokio::test]
 async fn a_pool_edit_moves_only_the_services_whose_ip_left_it() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     let pool = |addresses: &str| {
         format!(
             "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: lan}}\nspec: {{addresses: [{addresses}]}}"
@@ -258,7 +258,7 @@ async fn a_pool_edit_moves_only_the_services_whose_ip_left_it() {
 
 #[tokio::test]
 async fn ips_written_by_another_load_balancer_are_adopted_or_reserved_then_freed() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.0/30]}").await;
@@ -282,7 +282,7 @@ async fn ips_written_by_another_load_balancer_are_adopted_or_reserved_then_freed
         .await
         .expect("status");
     }
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     // Adopted: same IP, now with Herald's condition.
     wait_for(&svcs, "migrated", "Herald's condition", |s| {
         condition(s).filter(|c| c.0 == "True").map(|_| ())

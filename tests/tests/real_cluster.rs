@@ -1,21 +1,21 @@
 //! Herald as users install it: the chart installed with `helm install` (default values, the
 //! image built here) on a real cluster of kubelet, containerd and kube-proxy nodes
-//! (tests/src/cluster), judged by a client on the LAN. One cluster at a time; every test is
+//! (tests/src/real_cluster), judged by a client on the LAN. One cluster at a time; every test is
 //! named `journey_*` (scripts/test runs them once, on the current Kubernetes).
 
 use std::time::Duration;
 
-use herald_tests::cluster::journey::{
+use herald_lab::objects::apply;
+use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, pin_web_to,
     web_ready_on, web_vips,
 };
-use herald_tests::cluster::{Cluster, ClusterOptions, NodeLink, ProxyMode};
-use herald_tests::objects::apply;
+use herald_lab::real_cluster::{Cluster, ClusterOptions, NodeLink, ProxyMode};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
 async fn cluster_with_herald(options: ClusterOptions) -> Cluster {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cluster = Cluster::start(options).await.expect("cluster");
     if let Err(e) = cluster.install_herald(&[]) {
         panic!("helm install: {e:#}\n{}", cluster.diagnose());
@@ -24,7 +24,7 @@ async fn cluster_with_herald(options: ClusterOptions) -> Cluster {
     cluster
 }
 
-/// Journey 2: a Deployment behind a LoadBalancer Service is reached through both VIPs, with
+/// A Deployment behind a LoadBalancer Service is reached through both VIPs, with
 /// kube-proxy (nftables, its default) in the path, and exactly one node answers ARP and NDP
 /// for them.
 #[tokio::test]
@@ -32,7 +32,7 @@ async fn journey_service_reached_through_one_answer_per_vip() {
     service_reached_through_one_answer_per_vip(ProxyMode::Nftables).await;
 }
 
-/// Journey 2 with kube-proxy in iptables mode.
+/// The journey above with kube-proxy in iptables mode.
 #[tokio::test]
 async fn journey_service_reached_with_kube_proxy_in_iptables_mode() {
     service_reached_through_one_answer_per_vip(ProxyMode::Iptables).await;
@@ -64,7 +64,7 @@ async fn service_reached_through_one_answer_per_vip(proxy_mode: ProxyMode) {
     }
 }
 
-/// Journey 3: `externalTrafficPolicy: Local` keeps the client's address, only a node with a
+/// `externalTrafficPolicy: Local` keeps the client's address, only a node with a
 /// ready pod announces, and the announcement follows the pod.
 #[tokio::test]
 async fn journey_local_traffic_keeps_the_client_address_and_follows_the_pod() {
@@ -100,7 +100,7 @@ async fn journey_local_traffic_keeps_the_client_address_and_follows_the_pod() {
     assert!(body.ends_with(&format!("client={client_ip}")), "{body}");
     // Scaled to a pod on every node but n1: one node answers, never n1.
     keep_web_off(&client, "n1").await;
-    herald_tests::cluster::journey::patch_web(
+    herald_lab::real_cluster::journey::patch_web(
         &client,
         serde_json::json!({"spec": {"replicas": 2, "template": {"spec": {"nodeSelector": null,
             "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
@@ -119,7 +119,7 @@ async fn journey_local_traffic_keeps_the_client_address_and_follows_the_pod() {
     }
 }
 
-/// Journey 4: nodes whose address sits on a bridge or a macvlan announce with the default
+/// Nodes whose address sits on a bridge or a macvlan announce with the default
 /// L2Advertisement, from the MAC of the device holding the address.
 #[tokio::test]
 async fn journey_nodes_on_a_bridge_or_macvlan_announce() {
@@ -149,7 +149,7 @@ async fn journey_nodes_on_a_bridge_or_macvlan_announce() {
     }
 }
 
-/// Journey 5: the announcing node dies (kubelet, containerd, kube-proxy and its pods killed);
+/// The announcing node dies (kubelet, containerd, kube-proxy and its pods killed);
 /// the client's requests flow again through another node. Prints the gap it saw.
 #[tokio::test]
 async fn journey_node_death_moves_the_vip() {
@@ -184,7 +184,7 @@ async fn journey_node_death_moves_the_vip() {
     assert!(gap < Duration::from_secs(5), "gap {gap:?}");
 }
 
-/// Journey 6: `helm upgrade` with a changed value rolls every speaker under steady traffic;
+/// `helm upgrade` with a changed value rolls every speaker under steady traffic;
 /// the VIP is never unanswered for longer than a failover. Prints the gap.
 #[tokio::test]
 async fn journey_rolling_upgrade_keeps_the_vip() {
@@ -202,7 +202,7 @@ async fn journey_rolling_upgrade_keeps_the_vip() {
     let rolled = cluster
         .kubectl(&[
             "-n",
-            herald_tests::cluster::NAMESPACE,
+            herald_lab::real_cluster::NAMESPACE,
             "rollout",
             "status",
             "daemonset/herald-speaker",
@@ -223,14 +223,14 @@ async fn journey_rolling_upgrade_keeps_the_vip() {
     assert!(gap < Duration::from_secs(1), "gap {gap:?}");
     cluster.one_answer(v4, SETTLE, |_| true);
     // Handing IPs over and back is no foreign answer.
-    let events = herald_tests::objects::events(&client, "web").await;
+    let events = herald_lab::objects::events(&client, "web").await;
     assert!(
         events.iter().all(|e| e.reason != "ForeignAnswer"),
         "{events:?}"
     );
 }
 
-/// Journey 7: another host answers ARP for a VIP Herald announces (kube-proxy's IPVS mode
+/// Another host answers ARP for a VIP Herald announces (kube-proxy's IPVS mode
 /// without strictARP binds every Service IP on every node; here the VIP is bound to another
 /// node's loopback with the kernel's default `arp_ignore`). The announcing speaker notices:
 /// a Warning Event on the Service and a metric naming the other MAC and the fix.
@@ -248,14 +248,14 @@ async fn journey_a_foreign_answer_for_a_vip_is_reported() {
         .find(|n| n.name != owner)
         .expect("another node");
     let ns = other.host.ns.clone();
-    let other_mac = herald_tests::cluster::mac_text(other.host.mac);
+    let other_mac = herald_lab::real_cluster::mac_text(other.host.mac);
     for key in [
         "net.ipv4.conf.all.arp_ignore",
         "net.ipv4.conf.eth0.arp_ignore",
     ] {
-        herald_tests::netns::sysctl(&ns, key, "0").expect("default arp_ignore");
+        herald_lab::netns::sysctl(&ns, key, "0").expect("default arp_ignore");
     }
-    herald_tests::netns::ip(&["-n", &ns, "addr", "add", &format!("{v4}/32"), "dev", "lo"])
+    herald_lab::netns::ip(&["-n", &ns, "addr", "add", &format!("{v4}/32"), "dev", "lo"])
         .expect("binding the VIP");
     // The trap, as a client sees it: two answers.
     let mut both = false;
@@ -267,7 +267,7 @@ async fn journey_a_foreign_answer_for_a_vip_is_reported() {
         }
     }
     assert!(both, "the other node's kernel does not answer for {v4}");
-    let message = herald_tests::objects::wait_for_event(&client, "web", |e| {
+    let message = herald_lab::objects::wait_for_event(&client, "web", |e| {
         e.kind == "Warning" && e.reason == "ForeignAnswer"
     })
     .await
@@ -276,19 +276,19 @@ async fn journey_a_foreign_answer_for_a_vip_is_reported() {
         message.contains(&other_mac) && message.contains(&owner) && message.contains("strictARP"),
         "{message}"
     );
-    let metrics = herald_tests::netns::http_get_in(&cluster.node(&owner).host.ns, 9473, "/metrics")
+    let metrics = herald_lab::netns::http_get_in(&cluster.node(&owner).host.ns, 9473, "/metrics")
         .expect("speaker metrics");
     let series = format!("herald_speaker_foreign_answers{{ip=\"{v4}\",mac=\"{other_mac}\"}} 1");
     assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
 }
 
-/// Journey 1: `helm install` with default values runs the controller and one Ready speaker
+/// `helm install` with default values runs the controller and one Ready speaker
 /// per node, a pool and an advertisement with no interfaces are enough to serve a Service, and
 /// `helm uninstall` leaves nothing of Herald's behind but its CRDs.
 #[tokio::test]
 async fn journey_helm_install_serves_and_uninstall_leaves_nothing() {
     let cluster = cluster_with_herald(ClusterOptions::default()).await;
-    let ns = herald_tests::cluster::NAMESPACE;
+    let ns = herald_lab::real_cluster::NAMESPACE;
     let jsonpath = |kind: &str, path: &str| {
         cluster
             .kubectl(&["-n", ns, "get", kind, "-o", &format!("jsonpath={path}")])
@@ -324,14 +324,14 @@ async fn journey_helm_install_serves_and_uninstall_leaves_nothing() {
             .kubectl(&["get", "l2announcements", "-A", "-o", "name"])
             .expect("listing L2Announcements")
     };
-    herald_tests::client_view::eventually("L2Announcements written", SETTLE, || {
+    herald_lab::client_view::eventually("L2Announcements written", SETTLE, || {
         records().lines().count() == 2
     });
 
     cluster
         .helm(&[
             "uninstall",
-            herald_tests::cluster::RELEASE,
+            herald_lab::real_cluster::RELEASE,
             "-n",
             ns,
             "--wait",
@@ -379,7 +379,7 @@ async fn journey_helm_install_serves_and_uninstall_leaves_nothing() {
 /// Applies a `helm template` render with `kubectl apply -f`, as a GitOps tool would, and
 /// waits for the controller and the speakers to be rolled out.
 fn apply_render(cluster: &Cluster, render: &str) {
-    let ns = herald_tests::cluster::NAMESPACE;
+    let ns = herald_lab::real_cluster::NAMESPACE;
     cluster
         .kubectl_apply(render)
         .unwrap_or_else(|e| panic!("kubectl apply: {e:#}"));
@@ -396,7 +396,7 @@ fn herald_pods(cluster: &Cluster) -> String {
     let out = cluster
         .kubectl(&[
             "-n",
-            herald_tests::cluster::NAMESPACE,
+            herald_lab::real_cluster::NAMESPACE,
             "get",
             "pods",
             "-o",
@@ -412,7 +412,7 @@ fn gossip_key(cluster: &Cluster) -> String {
     cluster
         .kubectl(&[
             "-n",
-            herald_tests::cluster::NAMESPACE,
+            herald_lab::real_cluster::NAMESPACE,
             "get",
             "secret",
             "herald-gossip",
@@ -422,18 +422,18 @@ fn gossip_key(cluster: &Cluster) -> String {
         .expect("the gossip Secret")
 }
 
-/// Journey 9: GitOps. `helm template` piped to `kubectl apply` (what Argo CD and Flux do):
+/// GitOps. `helm template` piped to `kubectl apply` (what Argo CD and Flux do):
 /// two renders of the same values are identical, the first serves, and applying a later
 /// render over it changes nothing: the same gossip key, no pod restarted, one answer per VIP.
 #[tokio::test]
 async fn journey_gitops_renders_applied_in_turn_change_nothing() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cluster = Cluster::start(ClusterOptions::default())
         .await
         .expect("cluster");
     let first = cluster.render_herald(&[]).expect("helm template");
     cluster
-        .kubectl(&["create", "namespace", herald_tests::cluster::NAMESPACE])
+        .kubectl(&["create", "namespace", herald_lab::real_cluster::NAMESPACE])
         .expect("namespace");
     apply_render(&cluster, &first);
     let client = cluster.client();
@@ -474,18 +474,18 @@ async fn journey_gitops_renders_applied_in_turn_change_nothing() {
     }
 }
 
-/// Journey 10: beside MetalLB. Its speakers' memberlist holds port 7946 (UDP and TCP) on
+/// beside MetalLB. Its speakers' memberlist holds port 7946 (UDP and TCP) on
 /// every node's host network; Herald installed with default values runs there, and serves.
 #[tokio::test]
 async fn journey_side_by_side_with_a_memberlist_on_7946() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cluster = Cluster::start(ClusterOptions::default())
         .await
         .expect("cluster");
     // A stand-in for memberlist on each node: the sockets it binds (kept open here).
     let mut memberlist = Vec::new();
     for node in &cluster.nodes {
-        let sockets = herald_tests::netns::in_ns(&node.host.ns, || {
+        let sockets = herald_lab::netns::in_ns(&node.host.ns, || {
             (
                 std::net::UdpSocket::bind("0.0.0.0:7946").expect("UDP 7946"),
                 std::net::TcpListener::bind("0.0.0.0:7946").expect("TCP 7946"),

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use herald_tests::ControlPlane;
-use herald_tests::controller::{http_get, spawn};
-use herald_tests::objects::{WAIT, apply, ips, lb};
+use herald_lab::ControlPlane;
+use herald_lab::controller::{http_get, spawn};
+use herald_lab::objects::{WAIT, apply, ips, lb};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
@@ -75,7 +75,7 @@ fn assert_distinct(assigned: &BTreeMap<String, Vec<String>>) {
 
 #[tokio::test]
 async fn kill_9_in_the_middle_of_500_creations_loses_and_moves_nothing() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(&client, &pool("198.51.100.0/24, 203.0.113.0/24")).await;
@@ -127,7 +127,7 @@ async fn lease_holder(client: &Client) -> Option<String> {
 
 #[tokio::test]
 async fn two_replicas_one_writer_and_the_standby_takes_over() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(&client, &pool("203.0.113.0/24")).await;
@@ -230,7 +230,7 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
 /// address was seen free.
 #[tokio::test]
 async fn changes_made_through_another_api_server_while_ours_was_down_are_all_seen() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let mut cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(&client, &pool("198.51.100.10-198.51.100.11")).await;

@@ -1,4 +1,4 @@
-//! Both binaries list Services in protobuf (`herald_api::service_watch`), with field numbers
+//! Both binaries list Services in protobuf (`herald_runtime::service_watch`), with field numbers
 //! of our own: on a real API server, every field Herald reads must come out of the protobuf
 //! list exactly as it does out of the JSON one, and the watch that follows must see changes.
 
@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use herald_api::service_watch;
 use herald_api::{LbService, ServiceObject};
-use herald_tests::ControlPlane;
-use herald_tests::objects::{apply, wait_for};
+use herald_lab::ControlPlane;
+use herald_lab::objects::{apply, wait_for};
+use herald_runtime::service_watch;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -83,7 +83,7 @@ fn json_only(client: &kube::Client, proxy: JsonOnly) -> kube::Client {
 /// watched in JSON: the same objects as the protobuf list, and the watch follows.
 #[tokio::test]
 async fn behind_a_proxy_without_protobuf_services_are_listed_in_json() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(
@@ -115,7 +115,7 @@ async fn behind_a_proxy_without_protobuf_services_are_listed_in_json() {
 
 #[tokio::test]
 async fn services_listed_in_protobuf_read_as_in_json_and_the_watch_follows() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(

@@ -7,14 +7,16 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use herald_tests::client_view::{
-    ClockBehind, block_inbound_gossip, eventually, metric, ready, round, settled, single, speakers,
-    stays_single, vips,
+use herald_lab::client_view::{
+    eventually, metric, ready, round, settled, single, speakers, stays_single, vips,
 };
-use herald_tests::l2::{KEY, accept_locally, node_conditions, setup, speaker, speaker_command};
-use herald_tests::netns::Lan;
-use herald_tests::objects::wait_for_event_in;
-use herald_tests::{ControlPlane, Process};
+use herald_lab::faults::{ClockBehind, block_inbound_gossip};
+use herald_lab::netns::Lan;
+use herald_lab::objects::wait_for_event_in;
+use herald_lab::process_cluster::{
+    KEY, accept_locally, node_conditions, setup, speaker, speaker_command,
+};
+use herald_lab::{ControlPlane, Process};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
@@ -337,7 +339,7 @@ async fn speakers_wait_for_the_controllers_gossip_secret_and_rotate_its_key_with
     // No Secret yet: they wait, answer for nothing and are not ready.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(["n1", "n2", "n3"].iter().all(|n| !ready(&lan, n)));
-    let _controller = herald_tests::controller::spawn(
+    let _controller = herald_lab::controller::spawn(
         &cp,
         "controller-with-secret",
         &[

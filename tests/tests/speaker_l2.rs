@@ -5,14 +5,14 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use herald_tests::Process;
-use herald_tests::client_view::metric;
-use herald_tests::netns::{self, Lan, http_get_in, resolve, tcp_hello};
-use herald_tests::objects::{apply, ips, wait_for, wait_for_event};
+use herald_lab::Process;
+use herald_lab::client_view::metric;
+use herald_lab::netns::{self, Lan, http_get_in, resolve, tcp_hello};
+use herald_lab::objects::{apply, ips, wait_for, wait_for_event};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
-use herald_tests::l2::{
+use herald_lab::process_cluster::{
     KEY, PORT, accept_locally, endpoints_on, ready_node, setup, speaker, speaker_in,
 };
 

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use herald_api::IPPool;
-use herald_tests::ControlPlane;
-use herald_tests::control_plane::Options;
-use herald_tests::controller::http_get;
-use herald_tests::objects::{self, apply, condition, ips, wait_for, wait_for_event_in};
+use herald_lab::ControlPlane;
+use herald_lab::control_plane::Options;
+use herald_lab::controller::http_get;
+use herald_lab::objects::{self, apply, condition, ips, wait_for, wait_for_event_in};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
@@ -76,10 +76,10 @@ async fn allocated(
 
 #[tokio::test]
 async fn a_pool_reserved_for_others_is_refused_however_it_is_asked_for() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     apply(&client, POOLS).await;
     apply(
         &client,
@@ -232,10 +232,10 @@ async fn a_pool_reserved_for_others_is_refused_however_it_is_asked_for() {
 
 #[tokio::test]
 async fn requests_are_checked_against_families_and_each_other() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     apply(&client, POOLS).await;
 
     // Families: an IPv6-only Service asking for an IPv4 address, and the reverse.
@@ -386,7 +386,7 @@ async fn wait_for_pool<T>(
     what: &str,
     check: impl Fn(Option<&IPPool>) -> Option<T>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + herald_tests::objects::WAIT;
+    let deadline = tokio::time::Instant::now() + herald_lab::objects::WAIT;
     loop {
         let pool = pools.get_opt(name).await.expect("get pool");
         if let Some(v) = check(pool.as_ref()) {
@@ -414,10 +414,10 @@ async fn protected(pools: &Api<IPPool>, name: &str) {
 
 #[tokio::test]
 async fn a_pool_in_use_outlives_its_deletion_and_statuses_tell_the_truth() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
-    let _controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     let lan = "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.100/30]}";
     apply(&client, lan).await;
     let pools: Api<IPPool> = Api::all(client.clone());
@@ -548,14 +548,14 @@ async fn a_pool_in_use_outlives_its_deletion_and_statuses_tell_the_truth() {
 
 #[tokio::test]
 async fn the_controller_is_ready_only_once_its_caches_have_synced() {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let cp = ControlPlane::start_with(Options {
         install_crds: false,
         ..Options::default()
     })
     .await
     .expect("control plane");
-    let controller = herald_tests::controller::spawn(&cp, "controller", &[]);
+    let controller = herald_lab::controller::spawn(&cp, "controller", &[]);
     // Without the IPPool CRD its watch cannot sync: alive, not ready.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut answered = false;
@@ -568,7 +568,7 @@ async fn the_controller_is_ready_only_once_its_caches_have_synced() {
     }
     assert!(answered, "/readyz never answered");
     cp.install_crds().await.expect("CRDs");
-    let deadline = tokio::time::Instant::now() + herald_tests::objects::WAIT;
+    let deadline = tokio::time::Instant::now() + herald_lab::objects::WAIT;
     loop {
         if let Ok((200, _)) = http_get(controller.metrics_port, "/readyz").await {
             break;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt, stream};
-use herald_tests::{ControlPlane, Options, Process};
+use herald_lab::{ControlPlane, Options, Process};
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -269,8 +269,8 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
         latencies.push(at.saturating_duration_since(created));
     }
     latencies.sort();
-    let rss = herald_tests::process::memory_mib(controller.pid(), "VmHWM:")?;
-    let rss_now = herald_tests::process::memory_mib(controller.pid(), "VmRSS:")?;
+    let rss = herald_lab::process::memory_mib(controller.pid(), "VmHWM:")?;
+    let rss_now = herald_lab::process::memory_mib(controller.pid(), "VmRSS:")?;
 
     // 5. Restart to first IP: killed, a Service created, started again; the median of
     // RESTARTS (one run is at the mercy of what else the two cores do at that second).
@@ -317,7 +317,7 @@ async fn run_size(n: usize, controller_bin: &PathBuf) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let controller_bin = PathBuf::from(
         std::env::var("HERALD_CONTROLLER_BIN")
             .context("HERALD_CONTROLLER_BIN (bench/controller sets it)")?,

@@ -12,12 +12,11 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use herald_tests::Process;
-use herald_tests::client_view::{
-    ClockBehind, block_inbound_gossip, partition_gossip, settled, speakers, vips,
-};
-use herald_tests::l2::{KEY, setup, speaker};
-use herald_tests::netns::{Lan, resolve};
+use herald_lab::Process;
+use herald_lab::client_view::{settled, speakers, vips};
+use herald_lab::faults::{ClockBehind, block_inbound_gossip, partition_gossip};
+use herald_lab::netns::{Lan, resolve};
+use herald_lab::process_cluster::{KEY, setup, speaker};
 
 #[derive(Default)]
 struct Tally {
@@ -123,7 +122,7 @@ async fn scenario(name: &str, window: Duration) -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     println!("| fault | window | requests | answered twice | duplicate-answer s | unanswered |");
     println!("|---|---|---|---|---|---|");
     for (name, secs) in [

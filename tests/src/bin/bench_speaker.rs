@@ -13,11 +13,11 @@ use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use herald_tests::l2::{KEY, PORT, accept_locally, setup, speaker};
-use herald_tests::netns::{Lan, in_ns, resolve, tcp_hello};
+use herald_lab::netns::{Lan, in_ns, resolve, tcp_hello};
+use herald_lab::process_cluster::{KEY, PORT, accept_locally, setup, speaker};
 
-use herald_tests::objects::{apply, ips, wait_for};
-use herald_tests::{ControlPlane, Process};
+use herald_lab::objects::{apply, ips, wait_for};
+use herald_lab::{ControlPlane, Process};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 
@@ -148,14 +148,14 @@ async fn footprint(cp: &ControlPlane, lan: &Lan, speakers: &[Process], n: usize)
             )
         })
         .collect();
-    herald_tests::l2::allocated_services(&client, &services).await?;
+    herald_lab::process_cluster::allocated_services(&client, &services).await?;
     // Let every speaker see them all and settle, then measure 30 idle seconds.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let pid = speakers[0].pid();
-    let cpu0 = herald_tests::process::cpu_seconds(pid)?;
+    let cpu0 = herald_lab::process::cpu_seconds(pid)?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let cpu = (herald_tests::process::cpu_seconds(pid)? - cpu0) / 30.0 * 100.0;
-    let metrics = herald_tests::netns::http_get_in(&lan.nodes[0].ns, 9473, "/metrics")?;
+    let cpu = (herald_lab::process::cpu_seconds(pid)? - cpu0) / 30.0 * 100.0;
+    let metrics = herald_lab::netns::http_get_in(&lan.nodes[0].ns, 9473, "/metrics")?;
     let announced = metrics
         .lines()
         .find_map(|l| l.strip_prefix("herald_speaker_ips_announced "))
@@ -163,8 +163,8 @@ async fn footprint(cp: &ControlPlane, lan: &Lan, speakers: &[Process], n: usize)
         .to_owned();
     Ok(format!(
         "{n} Services with an IP; speaker on n1 answers for {announced}: peak RSS {:.1} MiB, RSS now {:.1} MiB, idle CPU {cpu:.1}% of one core",
-        herald_tests::process::memory_mib(pid, "VmHWM:")?,
-        herald_tests::process::memory_mib(pid, "VmRSS:")?,
+        herald_lab::process::memory_mib(pid, "VmHWM:")?,
+        herald_lab::process::memory_mib(pid, "VmRSS:")?,
     ))
 }
 
@@ -205,7 +205,7 @@ async fn main() -> Result<()> {
             summary(term)
         );
     }
-    let mut arp = herald_tests::netns::arp_times(&lan.client, ip, 1000)?;
+    let mut arp = herald_lab::netns::arp_times(&lan.client, ip, 1000)?;
     arp.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(

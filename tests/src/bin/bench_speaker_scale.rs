@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
-use herald_tests::ControlPlane;
-use herald_tests::l2::{GOSSIP_PORT, KEY, ready_node, speaker_command};
-use herald_tests::netns::{self, Lan, http_get_in, in_ns};
-use herald_tests::objects::apply;
-use herald_tests::process::{cpu_seconds, memory_mib};
+use herald_lab::ControlPlane;
+use herald_lab::netns::{self, Lan, http_get_in, in_ns};
+use herald_lab::objects::apply;
+use herald_lab::process::{cpu_seconds, memory_mib};
+use herald_lab::process_cluster::{GOSSIP_PORT, KEY, ready_node, speaker_command};
 use ring::hmac;
 
 const SEGMENT: usize = 50;
@@ -227,7 +227,7 @@ async fn pools_and_services(client: &kube::Client, segments: usize) -> Result<()
     let services: Vec<(String, String)> = (0..SERVICES)
         .map(|i| (format!("vip-{i}"), format!("192.0.2.{}", 100 + i)))
         .collect();
-    herald_tests::l2::allocated_services(client, &services).await
+    herald_lab::process_cluster::allocated_services(client, &services).await
 }
 
 fn metrics(lan: &Lan) -> HashMap<String, f64> {
@@ -277,7 +277,7 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
     // Segmented liveness is the default: with `--protocol=all-to-all` only the simulated
     // peers send as speakers did before segments (the receiving side of the old cost).
     let cmd = speaker_command(&cp, &lan.node("n1").ns, "n1", KEY);
-    let real = herald_tests::Process::spawn("speaker-n1", cmd, &cp.dir().join("speaker-n1.log"))?;
+    let real = herald_lab::Process::spawn("speaker-n1", cmd, &cp.dir().join("speaker-n1.log"))?;
     // Settled: the speaker hears every peer and owns its share of segment 0.
     let deadline = Instant::now() + Duration::from_secs(120);
     while metrics(&lan).get("herald_speaker_members") != Some(&(n as f64)) {
@@ -343,7 +343,7 @@ async fn run_size(n: usize, protocol: Protocol) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     let mut protocol = Protocol::Segments;
     let mut sizes = Vec::new();
     for arg in std::env::args().skip(1) {

@@ -8,12 +8,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use herald_tests::cluster::journey::{
+use herald_lab::objects::apply;
+use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on,
     web_vips,
 };
-use herald_tests::cluster::{Cluster, ClusterOptions, NAMESPACE, mac_text};
-use herald_tests::objects::apply;
+use herald_lab::real_cluster::{Cluster, ClusterOptions, NAMESPACE, mac_text};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -91,7 +91,7 @@ async fn main() -> Result<()> {
     );
 
     if keep {
-        let bins = herald_tests::bins::bin_dir();
+        let bins = herald_lab::bins::bin_dir();
         println!(
             "\nStill running. In another shell:\n  export KUBECONFIG={}\n  {bins}/kubectl get nodes,pods -A -o wide\n  \
              {bins}/kubectl get svc,ippools,l2advertisements,l2announcements\n  {bins}/helm list -A\n\

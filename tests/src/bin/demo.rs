@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use herald_tests::Process;
-use herald_tests::l2::{KEY, PORT, accept_locally, setup, speaker};
-use herald_tests::netns::{Lan, resolve, tcp_hello};
-use herald_tests::objects::{apply, ips, wait_for};
+use herald_lab::Process;
+use herald_lab::netns::{Lan, resolve, tcp_hello};
+use herald_lab::objects::{apply, ips, wait_for};
+use herald_lab::process_cluster::{KEY, PORT, accept_locally, setup, speaker};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -62,7 +62,7 @@ async fn main() -> Result<()> {
 
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: hello, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
     // Its endpoints: a responder on every node (what kube-proxy would forward to).
-    herald_tests::l2::endpoints_on(
+    herald_lab::process_cluster::endpoints_on(
         &client,
         "hello",
         &[("n1", true), ("n2", true), ("n3", true)],
@@ -79,7 +79,7 @@ async fn main() -> Result<()> {
     let (owner, owner_mac) = answering(&lan, ip, None, Duration::from_secs(15))?;
     println!(
         "2. Node {owner} announces it: the client's ARP request for {ip} got exactly one answer, from {} ({owner}'s eth0).",
-        herald_tests::cluster::mac_text(owner_mac)
+        herald_lab::real_cluster::mac_text(owner_mac)
     );
     let reached = tcp_hello(&lan.client, ip, PORT)?;
     println!("3. The client connected to {ip}:{PORT} over TCP and was answered by node {reached}.");
@@ -108,7 +108,7 @@ async fn main() -> Result<()> {
         println!(
             "\nStill running. In another shell:\n  export KUBECONFIG={}\n  {}/kubectl get svc,ippools,l2advertisements,l2announcements\nCtrl-C stops and removes everything.",
             cp.kubeconfig().display(),
-            herald_tests::bins::bin_dir().display()
+            herald_lab::bins::bin_dir().display()
         );
         tokio::signal::ctrl_c().await?;
     }

@@ -3,12 +3,12 @@
 //! stops everything and removes its files.
 
 use anyhow::{Context, Result};
-use herald_tests::ControlPlane;
+use herald_lab::ControlPlane;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    herald_tests::init_tracing();
+    herald_lab::init_tracing();
     // Optional: copy the kubeconfig where a script can find it.
     let copy_to = std::env::args().nth(1);
     let started = std::time::Instant::now();

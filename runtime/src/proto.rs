@@ -18,7 +18,7 @@ use futures::{AsyncBufRead, AsyncBufReadExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use prost::Message;
 
-use crate::service::{ServiceObject, wire};
+use herald_api::service::{ServiceObject, wire};
 
 /// The media type to ask for.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";

@@ -176,7 +176,7 @@ impl<T, F> Filler<T, F> {
         T: PartialEq,
         F: Fn(K) -> Option<T>,
     {
-        let key = |o: &K| crate::ObjectKey::of(o.meta()).to_string();
+        let key = |o: &K| herald_api::ObjectKey::of(o.meta()).to_string();
         let write = || self.objects.write();
         match event {
             watcher::Event::Init => {

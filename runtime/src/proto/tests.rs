@@ -1,6 +1,6 @@
 use super::*;
-use crate::LbService;
 use futures::TryStreamExt;
+use herald_api::LbService;
 use proptest::prelude::*;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
@@ -194,7 +194,10 @@ fn a_service_in_protobuf_is_the_same_service_as_in_json() {
     assert_eq!(svc.key(), "shop/web");
     assert_eq!(svc.status.ingress.len(), 2);
     assert!(svc.metadata.deleting && svc.allocated_by_herald());
-    assert_eq!(svc.annotation(&crate::keys::POOL_KEYS), Ok(Some("lan")));
+    assert_eq!(
+        svc.annotation(&herald_api::keys::POOL_KEYS),
+        Ok(Some("lan"))
+    );
 
     // Unset in both encodings: the same too.
     let bare_json: LbService = serde_json::from_str(

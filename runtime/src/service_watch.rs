@@ -19,9 +19,9 @@ use kube::core::{Request, Status};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
-use crate::events::bounded;
 use crate::proto::{self, ListItem, ListReader};
-use crate::service::ServiceObject;
+use herald_api::events::bounded;
+use herald_api::service::ServiceObject;
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event<ServiceObject>, watcher::Error>> + Send>>;
 type Body = Pin<Box<dyn AsyncBufRead + Send>>;
