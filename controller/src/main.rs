@@ -4,9 +4,11 @@
 
 mod allocator;
 mod convert;
+mod events;
 mod gossip_secret;
 mod leader;
 mod metrics;
+mod pool_writes;
 mod pools;
 mod run;
 mod service;

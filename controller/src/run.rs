@@ -25,20 +25,19 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
+use crate::events::EventQueue;
 use crate::metrics::{Metrics, PoolLabels, ReasonLabels, WriteLabels};
+use crate::pool_writes::InFlight;
 use crate::service::ClassConfig;
 use crate::state::{self, POOL_FINALIZER, State, World, Write};
-use herald_api::events::{Note, Reporter};
-use herald_api::fingerprint;
+use herald_api::ObjectKey;
+use herald_api::events::Reporter;
 use herald_api::service::IpFamily;
 use herald_runtime::Publisher;
 
 /// Writes in flight at once. The API server handles these in parallel; more than this only
 /// queues inside it.
 const WRITE_CONCURRENCY: usize = 32;
-/// How long a pool write just made (status or finalizer) is not made again while the watch
-/// has not shown it yet.
-const POOL_WRITE_IN_FLIGHT: Duration = Duration::from_secs(5);
 /// How often failed writes are retried when nothing else happens.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// The most often pool statuses are written.
@@ -57,19 +56,6 @@ enum Trigger {
     /// A pool's status or finalizers changed (perhaps by hand): check what it shows.
     PoolMeta,
 }
-
-/// An Event for the publisher: (Service key, what to say).
-type QueuedEvent = (String, Note);
-/// Events waiting to be published, at most (client-go's broadcaster queues 1,000 too): a
-/// burst of 100,000 allocations (a first install, a restore) says the first 1,000 and drops
-/// the rest, counted, instead of holding 100,000 in memory and writing 100,000 Events while
-/// statuses wait. Statuses and conditions always say what an Event would.
-const MAX_QUEUED_EVENTS: usize = 1_000;
-/// Events published at a time: fewer than status writes (`WRITE_CONCURRENCY`), which the
-/// Services wait for.
-const EVENT_CONCURRENCY: usize = 8;
-/// An Event the publisher could not publish: (Service key, fingerprint of the note).
-type EventFailure = (String, u64);
 
 /// The watches' caches, as the state sees them.
 struct Caches {
@@ -104,17 +90,12 @@ pub struct Controller {
     metrics: Metrics,
     caches: Caches,
     state: State,
-    /// Events go to a task of their own, so that a pass never waits for them (they only
-    /// inform) and the next Service's status is not queued behind them.
-    events_tx: mpsc::Sender<QueuedEvent>,
-    /// When dropping Events was last logged (at most once a minute).
-    events_dropped_logged: Option<tokio::time::Instant>,
-    /// Events that could not be published, by Service and fingerprint.
-    event_failures: mpsc::UnboundedReceiver<EventFailure>,
+    /// Events go to a task of their own (`events`), so that a pass never waits for them.
+    events: EventQueue,
     /// Set by the retry tick: look at the Services waiting for an IP.
     retry_waiting: bool,
     /// Pool writes made, and when: not made again while the watch catches up.
-    pool_writes_in_flight: BTreeMap<(String, PoolField), (PoolWrite, tokio::time::Instant)>,
+    pool_writes_in_flight: InFlight,
     /// Pool statuses are written at most once per `POOL_STATUS_EVERY`: a burst of
     /// allocations becomes one write per pool, not one per Service.
     pool_status_written: Option<tokio::time::Instant>,
@@ -126,29 +107,6 @@ pub struct Controller {
     arrived: HashMap<String, tokio::time::Instant>,
     /// Services whose status write failed in this pass (not counted as allocated yet).
     failed_writes: BTreeSet<String>,
-}
-
-/// A pool write just made, to recognise the same one while the watch has not shown it.
-#[derive(PartialEq)]
-enum PoolWrite {
-    Status(IPPoolStatus),
-    Finalizer(bool),
-}
-
-/// What part of a pool a write is about: one write of each is tracked per pool.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum PoolField {
-    Status,
-    Finalizer,
-}
-
-impl PoolWrite {
-    fn field(&self) -> PoolField {
-        match self {
-            PoolWrite::Status(_) => PoolField::Status,
-            PoolWrite::Finalizer(_) => PoolField::Finalizer,
-        }
-    }
 }
 
 pub async fn run(
@@ -226,9 +184,7 @@ pub async fn run(
         .context("Namespace watch")?;
 
     let listed = started.elapsed();
-    let (events_tx, events_rx) = mpsc::channel(MAX_QUEUED_EVENTS);
-    let (failures_tx, event_failures) = mpsc::unbounded_channel();
-    tokio::spawn(publish_events(
+    let (events, publisher) = EventQueue::new(
         Publisher::new(
             client.clone(),
             Reporter {
@@ -239,17 +195,10 @@ pub async fn run(
         ),
         services.clone(),
         metrics.clone(),
-        events_rx,
-        failures_tx,
-    ));
+    );
+    tokio::spawn(publisher);
     let mut controller = Controller::new(
-        client,
-        config,
-        metrics,
-        services,
-        pool_store,
-        namespaces,
-        (events_tx, event_failures),
+        client, config, metrics, services, pool_store, namespaces, events,
     );
     tracing::info!(
         services = controller.caches.services.len(),
@@ -344,7 +293,7 @@ fn trigger_on_change<K: Resource, Full: Clone + PartialEq, Meta: Clone + Partial
 
 impl Controller {
     /// A controller over these caches, its state rebuilt from what they show. Events go out
-    /// through `events` (batches out, failures back).
+    /// through `events`.
     fn new(
         client: Client,
         config: ClassConfig,
@@ -352,10 +301,7 @@ impl Controller {
         services: Cache<LbService>,
         pools: Store<IPPool>,
         namespaces: Store<Namespace>,
-        events: (
-            mpsc::Sender<QueuedEvent>,
-            mpsc::UnboundedReceiver<EventFailure>,
-        ),
+        events: EventQueue,
     ) -> Self {
         let caches = Caches {
             services,
@@ -368,11 +314,9 @@ impl Controller {
             metrics,
             caches,
             state,
-            events_tx: events.0,
-            events_dropped_logged: None,
-            event_failures: events.1,
+            events,
             retry_waiting: false,
-            pool_writes_in_flight: BTreeMap::new(),
+            pool_writes_in_flight: InFlight::default(),
             pool_status_written: None,
             pool_status_pending: false,
             gauged_pools: BTreeSet::new(),
@@ -391,8 +335,8 @@ impl Controller {
             keys = self.state.every_service(&self.caches);
             self.state.forget_notes_except(&keys);
         }
-        while let Ok((key, fp)) = self.event_failures.try_recv() {
-            self.state.event_failed(key, fp);
+        for (key, note) in self.events.failures() {
+            self.state.event_failed(key, note);
         }
         keys.extend(self.state.take_retry());
         let retry_waiting = std::mem::take(&mut self.retry_waiting);
@@ -439,43 +383,11 @@ impl Controller {
         self.metrics
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
-        self.queue_events();
+        self.events.send(self.state.take_events(), &self.metrics);
         if looked_at > CHUNK {
             // A large pass (start-up, a pool change) allocates and frees a lot; give the
             // freed pages back to the system instead of keeping them as heap.
             herald_telemetry::release_free_heap();
-        }
-    }
-
-    /// Hands the pass's Events to the publisher; drops (and counts) those the full queue
-    /// cannot take.
-    fn queue_events(&mut self) {
-        let mut dropped = 0u64;
-        for event in self.state.take_events() {
-            match self.events_tx.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    tracing::error!("the Event publisher stopped; Events are not published");
-                    return;
-                }
-            }
-        }
-        if dropped == 0 {
-            return;
-        }
-        self.metrics.events_dropped.inc_by(dropped);
-        let now = tokio::time::Instant::now();
-        if self
-            .events_dropped_logged
-            .is_none_or(|t| now - t >= Duration::from_secs(60))
-        {
-            self.events_dropped_logged = Some(now);
-            tracing::warn!(
-                dropped,
-                queued = MAX_QUEUED_EVENTS,
-                "the Event queue is full; Events dropped (statuses say the same; counted in herald_controller_events_dropped_total)"
-            );
         }
     }
 
@@ -524,35 +436,18 @@ impl Controller {
     /// does not show yet); refreshes the pool gauges.
     fn pool_writes(&mut self) -> Vec<Write> {
         let (reports, finalizers) = self.state.pools(&self.caches, Timestamp::now());
-        let live: BTreeSet<&str> = reports.iter().map(|r| r.name.as_str()).collect();
-        self.pool_writes_in_flight
-            .retain(|(name, _), _| live.contains(name.as_str()));
         self.pool_gauges(&reports);
-        let now = tokio::time::Instant::now();
-        let in_flight = |name: &str, write: &PoolWrite| {
-            self.pool_writes_in_flight
-                .get(&(name.to_owned(), write.field()))
-                .is_some_and(|(sent, at)| sent == write && now < *at + POOL_WRITE_IN_FLIGHT)
-        };
-        let mut writes = Vec::new();
-        for write in finalizers {
-            if let Write::PoolFinalizer { name, protect } = &write
-                && in_flight(name, &PoolWrite::Finalizer(*protect))
-            {
-                continue;
-            }
-            writes.push(write);
-        }
-        for report in reports {
-            if report.differs && !in_flight(&report.name, &PoolWrite::Status(report.status.clone()))
-            {
-                writes.push(Write::PoolStatus {
-                    name: report.name,
-                    status: report.status,
-                });
-            }
-        }
-        writes
+        let live: BTreeSet<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+        let statuses = reports
+            .iter()
+            .filter(|r| r.differs)
+            .map(|r| Write::PoolStatus {
+                name: r.name.clone(),
+                status: r.status.clone(),
+            });
+        let writes: Vec<Write> = finalizers.into_iter().chain(statuses).collect();
+        self.pool_writes_in_flight
+            .not_in_flight(writes, &live, tokio::time::Instant::now())
     }
 
     /// Sets each pool's gauges and drops those of pools that went away.
@@ -612,20 +507,18 @@ impl Controller {
                 .get_or_create(&WriteLabels::of(&result))
                 .inc();
             match (write, result) {
-                (Write::PoolStatus { name, status }, Ok(())) => {
-                    let write = PoolWrite::Status(status);
-                    self.pool_writes_in_flight
-                        .insert((name, write.field()), (write, now));
+                (write @ Write::PoolStatus { .. }, Ok(())) => {
+                    self.pool_writes_in_flight.made(write, now);
                 }
-                (Write::PoolFinalizer { name, protect }, Ok(())) => {
-                    if protect {
-                        tracing::info!(pool = %name, "protected the pool with Herald's finalizer");
-                    } else {
-                        tracing::info!(pool = %name, "pool deleted and no Service holds its addresses: let it go");
+                (write @ Write::PoolFinalizer { .. }, Ok(())) => {
+                    if let Write::PoolFinalizer { name, protect } = &write {
+                        if *protect {
+                            tracing::info!(pool = %name, "protected the pool with Herald's finalizer");
+                        } else {
+                            tracing::info!(pool = %name, "pool deleted and no Service holds its addresses: let it go");
+                        }
                     }
-                    let write = PoolWrite::Finalizer(protect);
-                    self.pool_writes_in_flight
-                        .insert((name, write.field()), (write, now));
+                    self.pool_writes_in_flight.made(write, now);
                 }
                 (_, Ok(())) => {}
                 (Write::Status { key, .. }, Err(e)) => {
@@ -645,56 +538,6 @@ impl Controller {
     }
 }
 
-/// Publishes the queued Events, `EVENT_CONCURRENCY` at a time, built from the cached
-/// Service when sent; reports failures back so the next pass says them again.
-async fn publish_events(
-    events: Publisher,
-    services: Cache<LbService>,
-    metrics: Metrics,
-    queue: mpsc::Receiver<QueuedEvent>,
-    failures: mpsc::UnboundedSender<EventFailure>,
-) {
-    let (events, services) = (&events, &services);
-    stream::unfold(queue, |mut queue| async move {
-        queue.recv().await.map(|event| (event, queue))
-    })
-    .map(|(key, note)| async move {
-        let result = publish_event(events, services, &key, &note).await;
-        (key, note, result)
-    })
-    .buffer_unordered(EVENT_CONCURRENCY)
-    .for_each(|(key, note, result)| {
-        metrics
-            .api_writes
-            .get_or_create(&WriteLabels::of(&result))
-            .inc();
-        if let Err(e) = result {
-            tracing::warn!(service = %key, "publishing event: {e:#}");
-            let _ = failures.send((key, fingerprint(&note)));
-        }
-        futures::future::ready(())
-    })
-    .await;
-}
-
-/// Publishes `note` about the Service `key`, built from the cached Service.
-async fn publish_event(
-    events: &Publisher,
-    services: &Cache<LbService>,
-    key: &str,
-    note: &Note,
-) -> Result<()> {
-    // A Service deleted meanwhile needs no Event.
-    let Some(svc) = services.get(key) else {
-        return Ok(());
-    };
-    events
-        .about_service(svc.regarding(), note)
-        .await
-        .context("creating Event")?;
-    Ok(())
-}
-
 /// The body of a pool status apply.
 #[derive(Debug, serde::Serialize)]
 struct PoolStatusApply<'a> {
@@ -707,14 +550,10 @@ struct PoolStatusApply<'a> {
 async fn perform(client: &Client, write: &Write) -> Result<()> {
     let apply = PatchParams::apply(CONTROLLER_MANAGER).force();
     match write {
-        Write::Status {
-            namespace,
-            name,
-            apply: status,
-            ..
-        } => {
-            Api::<ServiceObject>::namespaced(client.clone(), namespace)
-                .patch_status(name, &apply, &Patch::Apply(status))
+        Write::Status { key, apply: status } => {
+            let service = ObjectKey::parse(key);
+            Api::<ServiceObject>::namespaced(client.clone(), service.namespace)
+                .patch_status(service.name, &apply, &Patch::Apply(status))
                 .await
                 .context("patching Service status")?;
         }
@@ -759,9 +598,11 @@ async fn perform(client: &Client, write: &Write) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use herald_api::fingerprint;
     use herald_runtime::testing::FakeApi;
 
     use super::*;
+    use crate::events;
 
     fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
         serde_yaml_ng::from_str(s).expect("yaml")
@@ -776,8 +617,8 @@ mod tests {
         queue: usize,
     ) -> (
         Controller,
-        mpsc::Receiver<QueuedEvent>,
-        mpsc::UnboundedSender<EventFailure>,
+        mpsc::Receiver<events::Queued>,
+        mpsc::UnboundedSender<events::Failure>,
     ) {
         let service = |name: &str| -> LbService {
             yaml(&format!(
@@ -803,7 +644,7 @@ mod tests {
                 .collect(),
             pools,
             reflector::store().0,
-            (events_tx, event_failures),
+            EventQueue::over(events_tx, event_failures),
         );
         (controller, events_rx, failures_tx)
     }
@@ -811,7 +652,7 @@ mod tests {
     #[tokio::test]
     async fn an_event_that_could_not_be_published_is_said_again_on_the_next_pass() {
         let api = FakeApi::default();
-        let (mut c, mut queued, failures) = controller(&api, MAX_QUEUED_EVENTS);
+        let (mut c, mut queued, failures) = controller(&api, events::MAX_QUEUED);
         let web = vec!["shop/web".to_owned()];
 
         c.pass(web.clone(), false).await;
@@ -860,47 +701,5 @@ mod tests {
             "more queued than the queue holds"
         );
         assert_eq!(c.metrics.events_dropped.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn the_publisher_reports_events_it_could_not_publish() {
-        let api = FakeApi::default();
-        let web: LbService = yaml("metadata: {name: web, namespace: shop, uid: u1}");
-        let services: Cache<LbService> = [("shop/web".to_owned(), web)].into_iter().collect();
-        let (queue_tx, queue) = mpsc::channel(MAX_QUEUED_EVENTS);
-        let (failures_tx, mut failures) = mpsc::unbounded_channel();
-        let reporter = Reporter {
-            controller: CONTROLLER_MANAGER.into(),
-            instance: "pod-1".into(),
-            action: "Allocate".into(),
-        };
-        let publisher = tokio::spawn(publish_events(
-            Publisher::new(api.client(), reporter),
-            services,
-            Metrics::register(&mut Default::default()),
-            queue,
-            failures_tx,
-        ));
-        let allocated = Note::normal("IPAllocated", "assigned 192.0.2.1");
-        let gone = Note::normal("IPAllocated", "about a Service deleted meanwhile");
-        api.fail_events(1);
-        for event in [
-            ("shop/web".to_owned(), allocated.clone()),
-            ("shop/gone".to_owned(), gone),
-        ] {
-            queue_tx.try_send(event).expect("send");
-        }
-        drop(queue_tx);
-        publisher.await.expect("publisher");
-        assert_eq!(
-            failures.try_recv().expect("a failure"),
-            ("shop/web".to_owned(), fingerprint(&allocated))
-        );
-        // The deleted Service's Event is dropped, not published and not a failure.
-        assert!(failures.try_recv().is_err());
-        assert_eq!(
-            api.take(),
-            ["POST /apis/events.k8s.io/v1/namespaces/shop/events"]
-        );
     }
 }

@@ -36,10 +36,9 @@ pub trait World {
 /// One API write decided on.
 #[derive(Debug)]
 pub enum Write {
+    /// The status of the Service `key` (`namespace/name`).
     Status {
         key: String,
-        namespace: String,
-        name: String,
         apply: Box<Service>,
     },
     PoolStatus {
@@ -433,13 +432,6 @@ fn sorted(mut services: Vec<Arc<LbService>>) -> Vec<Arc<LbService>> {
 fn status_write(svc: &LbService, apply: Service) -> Write {
     Write::Status {
         key: svc.key(),
-        namespace: svc
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or_default()
-            .to_owned(),
-        name: svc.metadata.name.as_deref().unwrap_or_default().to_owned(),
         apply: Box::new(apply),
     }
 }
