@@ -2,8 +2,8 @@
 //! kube-apiserver on loopback (`control_plane`); the process cluster, Herald's binaries on a
 //! LAN of network namespaces (`process_cluster`, `netns`); the real cluster of kubelet,
 //! containerd and kube-proxy nodes installed with helm (`real_cluster`); what a client on
-//! the LAN sees (`client_view`) and the faults injected (`faults`); the Go-built and Herald
-//! binaries they start (`bins`, `process`).
+//! the LAN sees (`client_view`) and the faults injected (`faults`); a real router (FRR) in a
+//! namespace (`router`); the Go-built and Herald binaries they start (`bins`, `process`).
 
 pub mod bins;
 pub mod client_view;
@@ -17,6 +17,7 @@ pub mod process;
 pub mod process_cluster;
 pub mod prometheus;
 pub mod real_cluster;
+pub mod router;
 
 pub use control_plane::{ControlPlane, Options};
 pub use process::Process;

@@ -229,9 +229,20 @@ fn pipe(a: TcpStream, b: TcpStream) {
 
 /// Runs `f` on a thread inside the network namespace `ns`.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    spawn_in_ns(ns, f)?
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+/// Runs `f` on a thread of its own inside the network namespace `ns`, and returns at once:
+/// for servers and clients that live as long as a test.
+pub fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
     let path = format!("/var/run/netns/{ns}");
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-    std::thread::spawn(move || {
+    Ok(std::thread::spawn(move || {
         // SAFETY: setns on a valid namespace fd affects only this thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(anyhow::anyhow!(
@@ -240,9 +251,7 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
             ));
         }
         Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+    }))
 }
 
 /// A command run inside `ns` (for `Process::spawn`).

@@ -1,0 +1,291 @@
+//! One peer over TCP: connects out, frames messages, runs the session's timers and carries
+//! out what `session::step` decides; sends the whole table when the session comes up, then
+//! End-of-RIB, then only changes (`rib::updates`), as soon as the routes change. Thin: the
+//! decisions are `session`'s and `rib`'s.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::rib::{self, Routes, Speaker};
+use crate::session::{self, Action, Event, Negotiated, State, Timer};
+use crate::wire::{self, Message, Notification, Update, error};
+
+/// Where and how to reach the peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: SocketAddr,
+    /// Bind to this address before connecting (`None`: the kernel's choice).
+    pub source: Option<SocketAddr>,
+    pub session: session::Config,
+    pub speaker: Speaker,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+/// What the session looks like now, for statuses and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Established {
+        negotiated: Negotiated,
+        /// Prefixes the peer was told, per family.
+        advertised: (usize, usize),
+    },
+    Down(session::Down),
+}
+
+/// Runs the session until `stop` says so, then sends `Cease` (administrative shutdown)
+/// and closes. `routes`: what the peer should be told, followed as it changes.
+pub async fn run(
+    peer: Peer,
+    mut routes: watch::Receiver<Routes>,
+    status: watch::Sender<Status>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut state = State::Idle;
+    let mut timers = Timers::default();
+    let mut conn: Option<TcpStream> = None;
+    let mut buf: Vec<u8> = Vec::with_capacity(wire::MAX_MESSAGE);
+    let mut told = Routes::new();
+    let mut pending = vec![Event::Start];
+    loop {
+        while !pending.is_empty() {
+            let event = pending.remove(0);
+            let (next, actions) = session::step(&peer.session, state, event);
+            state = next;
+            for action in actions {
+                match action {
+                    Action::Connect => {
+                        let _ = status.send(Status::Connecting);
+                        match connect(&peer).await {
+                            Ok(c) => {
+                                conn = Some(c);
+                                buf.clear();
+                                pending.push(Event::TcpConnected);
+                            }
+                            Err(e) => {
+                                tracing::debug!(peer = %peer.address, "connecting: {e}");
+                                pending.push(Event::TcpClosed);
+                            }
+                        }
+                    }
+                    Action::Disconnect => conn = None,
+                    Action::Send(message) => {
+                        if !send(&mut conn, &message).await {
+                            pending.push(Event::TcpClosed);
+                        }
+                    }
+                    Action::Arm(timer, after) => timers.arm(timer, after),
+                    Action::Disarm(timer) => timers.disarm(timer),
+                    Action::Up(negotiated) => {
+                        told.clear();
+                        let desired = routes.borrow_and_update().clone();
+                        let mut updates =
+                            rib::updates(&peer.speaker, &negotiated.families, &told, &desired);
+                        // End-of-RIB per family once the whole table is out (RFC 4724):
+                        // a peer holding stale routes from before a restart drops the
+                        // ones not sent again.
+                        updates.extend(negotiated.families.iter().map(|f| Update::end_of_rib(*f)));
+                        if send_all(&mut conn, updates).await {
+                            told = desired;
+                            let _ = status.send(Status::Established {
+                                advertised: count(&told),
+                                negotiated,
+                            });
+                        } else {
+                            pending.push(Event::TcpClosed);
+                        }
+                    }
+                    Action::Down(why) => {
+                        tracing::info!(peer = %peer.address, ?why, "BGP session down");
+                        let _ = status.send(Status::Down(why));
+                    }
+                    Action::Resend(family) => {
+                        let none = Routes::new();
+                        let all: Routes = told
+                            .iter()
+                            .filter(|(n, _)| wire::Family::of(n) == family)
+                            .map(|(n, r)| (*n, r.clone()))
+                            .collect();
+                        if !send_all(
+                            &mut conn,
+                            rib::updates(&peer.speaker, &[family], &none, &all),
+                        )
+                        .await
+                        {
+                            pending.push(Event::TcpClosed);
+                        }
+                    }
+                    Action::Ignored => {}
+                }
+            }
+        }
+        let established = matches!(state, State::Established(_));
+        let woke = tokio::select! {
+            timer = timers.next() => Woke::Timer(timer),
+            read = read_message(&mut conn, &mut buf) => Woke::Read(read),
+            changed = routes.changed(), if established => Woke::Routes(changed.is_ok()),
+            _ = stop.wait_for(|s| *s) => Woke::Stop,
+        };
+        match woke {
+            Woke::Timer(timer) => pending.push(Event::Expired(timer)),
+            // Herald requires 4-octet AS numbers of every peer (`session::negotiate`).
+            Woke::Read(Ok(bytes)) => pending.push(match wire::decode(&bytes, true) {
+                Ok(message) => Event::Received(message),
+                Err(why) => Event::Malformed(why),
+            }),
+            Woke::Read(Err(Some(why))) => pending.push(Event::Malformed(why)),
+            Woke::Read(Err(None)) => pending.push(Event::TcpClosed),
+            Woke::Routes(false) => return,
+            Woke::Routes(true) => {
+                let State::Established(negotiated) = &state else {
+                    continue;
+                };
+                let desired = routes.borrow_and_update().clone();
+                let updates = rib::updates(&peer.speaker, &negotiated.families, &told, &desired);
+                if send_all(&mut conn, updates).await {
+                    told = desired;
+                    let _ = status.send(Status::Established {
+                        advertised: count(&told),
+                        negotiated: negotiated.clone(),
+                    });
+                } else {
+                    pending.push(Event::TcpClosed);
+                }
+            }
+            Woke::Stop => {
+                let why =
+                    Notification::new(error::CEASE, error::CEASE_ADMINISTRATIVE_SHUTDOWN, &[]);
+                let (_, actions) = session::step(&peer.session, state, Event::Stop(why));
+                for action in actions {
+                    if let Action::Send(message) = action {
+                        send(&mut conn, &message).await;
+                    }
+                }
+                if let Some(mut c) = conn.take() {
+                    let _ = c.shutdown().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// What woke the session's loop.
+enum Woke {
+    Timer(Timer),
+    Read(Result<Vec<u8>, Option<Notification>>),
+    /// The routes changed (`false`: their sender is gone).
+    Routes(bool),
+    Stop,
+}
+
+/// Sends UPDATEs in order; false when one could not be sent.
+async fn send_all(conn: &mut Option<TcpStream>, updates: Vec<Update>) -> bool {
+    for update in updates {
+        if !send(conn, &Message::Update(update)).await {
+            return false;
+        }
+    }
+    true
+}
+
+fn count(routes: &Routes) -> (usize, usize) {
+    let v4 = routes.keys().filter(|n| n.is_ipv4()).count();
+    (v4, routes.len() - v4)
+}
+
+async fn connect(peer: &Peer) -> std::io::Result<TcpStream> {
+    let socket = if peer.address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = peer.source {
+        socket.bind(source)?;
+    }
+    socket.set_nodelay(true)?;
+    tokio::time::timeout(peer.connect_timeout, socket.connect(peer.address))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Sends one message; false when there is no connection or it failed.
+async fn send(conn: &mut Option<TcpStream>, message: &Message) -> bool {
+    let Some(c) = conn else { return false };
+    c.write_all(&wire::encode(message)).await.is_ok()
+}
+
+/// The next whole message from the connection. `Err(None)`: closed (or none); `Err(Some)`:
+/// a header Herald refuses, with the NOTIFICATION to answer. Never returns while there is
+/// no connection.
+async fn read_message(
+    conn: &mut Option<TcpStream>,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, Option<Notification>> {
+    let Some(c) = conn else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(len) = wire::message_length(buf).map_err(Some)?
+            && buf.len() >= len
+        {
+            let rest = buf.split_off(len);
+            return Ok(std::mem::replace(buf, rest));
+        }
+        let mut chunk = [0u8; 4096];
+        match c.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The session's timers: when each fires, if armed.
+#[derive(Default)]
+struct Timers {
+    connect_retry: Option<Instant>,
+    hold: Option<Instant>,
+    keepalive: Option<Instant>,
+}
+
+impl Timers {
+    fn slot(&mut self, timer: Timer) -> &mut Option<Instant> {
+        match timer {
+            Timer::ConnectRetry => &mut self.connect_retry,
+            Timer::Hold => &mut self.hold,
+            Timer::Keepalive => &mut self.keepalive,
+        }
+    }
+
+    fn arm(&mut self, timer: Timer, after: Duration) {
+        *self.slot(timer) = Some(Instant::now() + after);
+    }
+
+    fn disarm(&mut self, timer: Timer) {
+        *self.slot(timer) = None;
+    }
+
+    /// Waits for the earliest armed timer and disarms it (forever when none is armed).
+    async fn next(&mut self) -> Timer {
+        let earliest = [
+            (Timer::ConnectRetry, self.connect_retry),
+            (Timer::Hold, self.hold),
+            (Timer::Keepalive, self.keepalive),
+        ]
+        .into_iter()
+        .filter_map(|(t, at)| Some((t, at?)))
+        .min_by_key(|(_, at)| *at);
+        let Some((timer, at)) = earliest else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(at).await;
+        self.disarm(timer);
+        timer
+    }
+}
