@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_api::{IPPool, L2Advertisement};
+use herald_api::{IPPool, L2Advertisement, ObjectKey};
 use ipnetwork::IpNetwork;
 
 use crate::election::{NoOwner, NodeFacts};
@@ -216,24 +216,27 @@ impl Pass {
     /// from the datagrams that fail authentication and from announcements over its claims,
     /// about nodes the API shows Ready.
     fn judge(&mut self, inputs: &Inputs, claims: &mut BTreeSet<String>) -> Verdict {
-        let ready: BTreeMap<&str, &NodeView> = inputs
-            .stores
-            .nodes
-            .values()
-            .filter(|n| n.ready)
-            .map(|n| (&*n.name, &**n))
-            .collect();
+        let nodes = inputs.stores.nodes;
         let Gossiped {
             heard, rejecting, ..
         } = inputs.gossiped;
         let mut proof = BTreeMap::new();
-        for (name, node) in &ready {
-            if node.addresses.iter().any(|a| rejecting.contains(a)) {
-                proof.insert((*name).to_owned(), Proof::WrongKey);
+        // Datagrams failing authentication come from a few addresses if any: the Nodes are
+        // looked through only then (5,000 of them, every pass).
+        if !rejecting.is_empty() {
+            for node in nodes.values().filter(|n| n.ready) {
+                if node.addresses.iter().any(|a| rejecting.contains(a)) {
+                    proof.insert(node.name.to_string(), Proof::WrongKey);
+                }
             }
         }
         // A claim stands until its node is heard again or stops being Ready.
-        claims.retain(|node| ready.contains_key(node.as_str()) && !heard.contains(node));
+        let ready = |name: &str| {
+            nodes
+                .get(&ObjectKey::cluster(name).to_string())
+                .is_some_and(|n| n.ready)
+        };
+        claims.retain(|node| ready(node) && !heard.contains(node));
         for node in claims.iter() {
             proof.entry(node.clone()).or_insert(Proof::Announces);
         }

@@ -167,11 +167,13 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             old.clone_from(&own_subnets);
             differs
         });
-        let started = Instant::now();
         // Peers gone, taken before the members are read: the first pass that takes IPs over
         // after a departure counts the takeover, from the last heartbeat (or leave) to now.
         let departures = gossip.take_departures();
         let gossiped = gossip.view(&config.node, own_subnets, settle);
+        // The pass's time (its metric, and the coalescing after it) counts from here: what
+        // the heartbeats say is copied out above, under the gossip thread's lock.
+        let started = Instant::now();
         let outcome = {
             // The watches run on this thread: holding the read guards for the pass blocks
             // nobody.
