@@ -45,6 +45,24 @@ const CNI_PREFIXES: [&str; 9] = [
 ];
 
 impl Snapshot {
+    /// A node with one interface, `eth0` (index 2) up on 192.0.2.1/24, facing the LAN: the
+    /// decision tests' node.
+    #[cfg(test)]
+    pub fn one_lan_interface() -> Self {
+        Snapshot {
+            interfaces: vec![Interface {
+                index: 2,
+                name: "eth0".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                up: true,
+                faces_lan: true,
+                networks: vec!["192.0.2.1/24".parse().expect("a network")],
+            }],
+            default_v4: None,
+            default_v6: None,
+        }
+    }
+
     /// Where `ip` is announced: the named interfaces when `forced` is non-empty, else the
     /// LAN-facing interfaces with a subnet containing `ip`, else the default route's
     /// interface (if LAN-facing). Only interfaces that are up.

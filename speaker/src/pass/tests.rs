@@ -1,5 +1,4 @@
 use super::*;
-use crate::interfaces::Interface;
 
 fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
     serde_yaml_ng::from_str(s).expect("yaml")
@@ -70,18 +69,7 @@ impl Lan {
                 heard: ["b", "c"].iter().map(|n| n.to_string()).collect(),
                 ..Gossiped::default()
             },
-            interfaces: Snapshot {
-                interfaces: vec![Interface {
-                    index: 2,
-                    name: "eth0".into(),
-                    mac: Some([2, 0, 0, 0, 0, 1]),
-                    up: true,
-                    faces_lan: true,
-                    networks: vec!["192.0.2.1/24".parse().unwrap()],
-                }],
-                default_v4: None,
-                default_v6: None,
-            },
+            interfaces: Snapshot::one_lan_interface(),
             start: Instant::now(),
         }
     }

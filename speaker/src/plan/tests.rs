@@ -2,7 +2,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::interfaces::Interface;
 use crate::service::ServiceIps;
 
 fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
@@ -32,18 +31,7 @@ fn node(zone: &str) -> NodeFacts {
 }
 
 fn snapshot() -> Snapshot {
-    Snapshot {
-        interfaces: vec![Interface {
-            index: 2,
-            name: "eth0".into(),
-            mac: Some([2, 0, 0, 0, 0, 1]),
-            up: true,
-            faces_lan: true,
-            networks: vec!["192.0.2.1/24".parse().unwrap()],
-        }],
-        default_v4: None,
-        default_v6: None,
-    }
+    Snapshot::one_lan_interface()
 }
 
 struct Fixture {
