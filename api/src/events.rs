@@ -120,6 +120,15 @@ pub fn build_for_node(name: &str, uid: &str, note: &Note, reporter: &Reporter) -
 /// the object it is written on.
 pub const MESSAGE_LIMIT: usize = 1024;
 
+/// How much of a user's value (an annotation, a field, a name it asks for) a message quotes.
+pub const QUOTE_LIMIT: usize = 64;
+
+/// A user's value quoted for a message, cut to `QUOTE_LIMIT` bytes: every message that
+/// repeats user text goes through here, so none grows with what a user wrote.
+pub fn quote(text: &str) -> String {
+    format!("{:?}", bounded(text, QUOTE_LIMIT))
+}
+
 /// `s` cut to at most `max` bytes (on a character boundary, with `...` when cut).
 pub fn bounded(s: &str, max: usize) -> String {
     if s.len() <= max {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use herald_api::IpRange;
 use herald_api::address::to_u128;
+use herald_api::events::quote;
 use herald_api::service::IpFamily;
 
 /// `namespace/name` of a Service: one allocation per Service, shared by every map that
@@ -168,7 +169,10 @@ pub struct Assigned {
 pub enum AllocError {
     #[error("requested IP {ip} is not in any IPPool")]
     NotInPool { ip: IpAddr },
-    #[error("requested IP {ip} is in IPPool {pool}, but the Service asks for IPPool {requested}")]
+    #[error(
+        "requested IP {ip} is in IPPool {pool}, but the Service asks for IPPool {}",
+        quote(requested)
+    )]
     WrongPool {
         ip: IpAddr,
         pool: String,
@@ -180,10 +184,11 @@ pub enum AllocError {
         "requested IPs {0} are of the same family: ask for at most one IPv4 and one IPv6 address"
     )]
     SameFamilyTwice(String),
-    #[error("IPPool {0} does not exist")]
+    #[error("IPPool {} does not exist", quote(.0))]
     NoSuchPool(String),
     #[error(
-        "IPPool {0} does not serve this Service: its serviceAllocation admits other namespaces or Services"
+        "IPPool {} does not serve this Service: its serviceAllocation admits other namespaces or Services",
+        quote(.0)
     )]
     PoolNotAllowed(String),
     #[error(
@@ -200,7 +205,7 @@ pub enum AllocError {
         "the Service requires {families} (RequireDualStack) but requests only {ips}: ask for one address of each family"
     )]
     MissingFamily { families: String, ips: String },
-    #[error("IPPool {0} is being deleted: it gives no new addresses")]
+    #[error("IPPool {} is being deleted: it gives no new addresses", quote(.0))]
     PoolTerminating(String),
     #[error("no IPPool with {family} addresses may serve this Service{detail}")]
     NoPool { family: IpFamily, detail: String },

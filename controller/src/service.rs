@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use herald_api::events::bounded;
+use herald_api::events::quote;
 use herald_api::keys;
 use herald_api::service::{FamilyPolicy, IpFamily, LbService};
 
@@ -29,14 +29,6 @@ pub enum Intent {
         reason: &'static str,
         message: String,
     },
-}
-
-/// How much of a user's annotation or field value a message quotes.
-const QUOTE_LIMIT: usize = 64;
-
-/// `text` quoted for a message, cut to `QUOTE_LIMIT`.
-fn quote(text: &str) -> String {
-    format!("{:?}", bounded(text, QUOTE_LIMIT))
 }
 
 fn invalid(message: String) -> Intent {

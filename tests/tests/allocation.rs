@@ -141,6 +141,18 @@ async fn impossible_requests_are_explained_and_fixed_without_restart() {
     )
     .await;
     apply(&client, &lb("fine", "", "")).await;
+    // A pool name of 100 KiB: quoted for 64 bytes, and the message still says what is wrong.
+    let huge = "q".repeat(100 * 1024);
+    apply(
+        &client,
+        &lb(
+            "unknown-pool",
+            &format!(", annotations: {{herald.dev/pool: {huge}}}"),
+            "",
+        ),
+    )
+    .await;
+    let no_such_pool = format!("IPPool \"{}...\" does not exist", "q".repeat(61));
 
     wait_for(&services, "owner", "its requested IP", |s| {
         ingress(s).first().filter(|i| i.0 == "192.0.2.5").cloned()
@@ -162,6 +174,7 @@ async fn impossible_requests_are_explained_and_fixed_without_restart() {
             "IPInUse",
             "requested IP 192.0.2.5 cannot be used: it is used by default/owner, which does not allow sharing",
         ),
+        ("unknown-pool", "NoSuchPool", no_such_pool.as_str()),
     ];
     for (name, reason, message) in cases {
         let c = wait_for(&services, name, "a failure condition", |s| {

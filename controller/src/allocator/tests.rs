@@ -116,7 +116,7 @@ fn requested_ips_are_checked() {
         a.allocate(&b)
             .unwrap_err()
             .to_string()
-            .contains("is in IPPool dmz, but the Service asks for IPPool lan")
+            .contains("is in IPPool dmz, but the Service asks for IPPool \"lan\"")
     );
     // A failed request leaves nothing behind, and the holder is unaffected.
     assert!(a.assigned("ns/b").is_empty());
@@ -545,5 +545,47 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// A pool name a Service asks for is user text (an annotation of any size): every message
+/// that names it quotes at most 64 bytes of it and still says what is wrong.
+#[test]
+fn a_requested_pool_name_is_quoted_bounded_in_every_message_that_names_it() {
+    let huge = "p".repeat(100 * 1024);
+    let quoted = format!("\"{}...\"", "p".repeat(61));
+    let mut a = Allocator::new();
+    let mut deleted = pool(&huge, &["192.0.2.0/30"]);
+    deleted.terminating = true;
+    a.set_pools([deleted, pool("dmz", &["198.51.100.0/30"])]);
+    let asking = |eligible: &[&str]| {
+        let mut r = request("ns/a", eligible);
+        r.pool = Some(huge.clone());
+        r
+    };
+    let mut missing = asking(&[]);
+    missing.pool = Some(format!("{huge}x"));
+    let mut wrong_pool = asking(&[&huge, "dmz"]);
+    wrong_pool.requested_ips = vec![ip("198.51.100.1")];
+    for (request, reason, ending) in [
+        (missing, "NoSuchPool", "does not exist"),
+        (
+            asking(&["dmz"]),
+            "PoolNotAllowed",
+            "admits other namespaces or Services",
+        ),
+        (
+            asking(&[&huge]),
+            "PoolTerminating",
+            "it gives no new addresses",
+        ),
+        (wrong_pool, "WrongPool", &quoted),
+    ] {
+        let err = a.allocate(&request).unwrap_err();
+        let message = err.to_string();
+        assert_eq!(err.reason(), reason, "{message:.200}");
+        assert!(message.len() < 200, "{reason}: {} bytes", message.len());
+        assert!(message.contains(&quoted), "{reason}: {message}");
+        assert!(message.ends_with(ending), "{reason}: {message}");
     }
 }
