@@ -2,9 +2,14 @@
 //! allocates and writes. A replica that loses the Lease stops at once (the process exits and
 //! is restarted as a standby) rather than risk two writers.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
-use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -37,8 +42,8 @@ impl LeaderArgs {
     }
 }
 
-/// A held Lease. Dropping it releases the Lease so a standby takes over without waiting
-/// for it to expire.
+/// A held Lease. Dropping it releases the Lease; a standby sees the release on its watch of
+/// the Lease and takes it at once, without waiting for it to expire.
 pub struct Election {
     changes: Option<watch::Receiver<bool>>,
     task: Option<
@@ -56,21 +61,8 @@ impl Election {
                 task: None,
             });
         }
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(identity)
-            .with_duration(args.lease_duration)
-            // Renew when a third of the duration is left.
-            .with_grace((args.lease_duration / 3).max(1))
-            .build()
-            .await
-            .with_context(|| {
-                format!(
-                    "preparing Lease {}/{}",
-                    args.lease_namespace, args.lease_name
-                )
-            })?;
-        let (changes, task) = manager.watch().await;
+        let manager = build(client, args, identity).await?;
+        let (changes, task) = follow(manager, client.clone(), args.clone(), identity.to_owned());
         tracing::info!(lease = %args.lease_name, %identity, "waiting to lead");
         Ok(Self {
             changes: Some(changes),
@@ -123,4 +115,93 @@ impl Election {
             }
         }
     }
+}
+
+/// The Lease's manager for this replica, its state read from the API.
+async fn build(client: &Client, args: &LeaderArgs, identity: &str) -> Result<LeaseManager> {
+    LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(identity)
+        .with_duration(args.lease_duration)
+        // Renew when a third of the duration is left.
+        .with_grace((args.lease_duration / 3).max(1))
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "preparing Lease {}/{}",
+                args.lease_namespace, args.lease_name
+            )
+        })
+}
+
+/// Whether this replica leads, sent on every change; the task releases the Lease and ends
+/// once every receiver is gone. The manager alone sleeps until a Lease held by another
+/// replica expires (15 s by default), even when that replica released it on a clean stop:
+/// a rolling upgrade then left no leader for that long. So the Lease is also watched, and a
+/// release seen while not leading makes a fresh manager (its state read again) try at once.
+fn follow(
+    mut manager: LeaseManager,
+    client: Client,
+    args: LeaderArgs,
+    identity: String,
+) -> (
+    watch::Receiver<bool>,
+    JoinHandle<Result<LeaseManager, kube_lease_manager::LeaseManagerError>>,
+) {
+    let (sender, changes) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let api = Api::<Lease>::namespaced(client.clone(), &args.lease_namespace);
+        let config =
+            watcher::Config::default().fields(&format!("metadata.name={}", args.lease_name));
+        let mut lease_events = std::pin::pin!(watcher(api, config).default_backoff());
+        loop {
+            let woke = tokio::select! {
+                biased;
+                _ = sender.closed() => Woke::Closed,
+                result = manager.changed() => Woke::Changed(result),
+                Some(event) = lease_events.next() => {
+                    Woke::Lease(matches!(&event, Ok(watcher::Event::Apply(l)) if released(l)))
+                }
+            };
+            match woke {
+                Woke::Closed => return manager.release().await.map(|_| manager),
+                Woke::Changed(Ok(leading)) => {
+                    if sender.send(leading).is_err() {
+                        return manager.release().await.map(|_| manager);
+                    }
+                }
+                Woke::Changed(Err(e)) => {
+                    tracing::warn!("the leader Lease: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Woke::Lease(true) if !*sender.borrow() => {
+                    tracing::info!(%identity, "the Lease was released: taking it");
+                    match build(&client, &args, &identity).await {
+                        Ok(fresh) => manager = fresh,
+                        Err(e) => tracing::warn!("{e:#}"),
+                    }
+                }
+                Woke::Lease(_) => {}
+            }
+        }
+    });
+    (changes, task)
+}
+
+/// What woke the Lease task.
+enum Woke {
+    Closed,
+    Changed(Result<bool, kube_lease_manager::LeaseManagerError>),
+    /// The Lease changed; `true`: nobody holds it.
+    Lease(bool),
+}
+
+/// Nobody holds the Lease (its holder released it).
+fn released(lease: &Lease) -> bool {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
 }

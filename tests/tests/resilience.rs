@@ -223,6 +223,56 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
     assert_eq!(new_ips.len(), 10);
 }
 
+/// A rolling upgrade stops the leader with SIGTERM: it releases the Lease, and the standby,
+/// which watches the Lease, takes it at once instead of when it would have expired (15 s,
+/// the default users run), so a Service created meanwhile waits well under the Lease's life.
+#[tokio::test]
+async fn a_released_lease_is_taken_by_the_standby_within_a_second() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(&client, &pool("203.0.113.0/24")).await;
+    let replicas = BTreeMap::from([
+        ("replica-a".to_owned(), spawn(&cp, "replica-a", &[])),
+        ("replica-b".to_owned(), spawn(&cp, "replica-b", &[])),
+    ]);
+    create_all(&client, ["first".to_owned()].into_iter()).await;
+    all_allocated(&client, 1).await;
+    let leader = lease_holder(&client).await.expect("a Lease holder");
+    let standby = replicas
+        .keys()
+        .find(|k| **k != leader)
+        .cloned()
+        .expect("standby");
+
+    let stopped = Instant::now();
+    replicas[&leader].process.signal(libc::SIGTERM);
+    let deadline = stopped + Duration::from_secs(10);
+    let took = loop {
+        if lease_holder(&client).await.as_deref() == Some(standby.as_str()) {
+            break stopped.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not take the Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tracing::info!(?took, "the standby holds the released Lease");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // And serves: a Service created now gets its IP from the new leader.
+    let created = Instant::now();
+    create_all(&client, ["second".to_owned()].into_iter()).await;
+    all_allocated(&client, 2).await;
+    tracing::info!(waited = ?created.elapsed(), "a new Service's IP from the new leader");
+    assert!(
+        created.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        created.elapsed()
+    );
+}
+
 /// An HA control plane: the controller's API server goes down while Services change through
 /// the other one. It comes back with a fresh watch cache, where the controller's watch cannot
 /// resume (410 Gone): the controller must list again and see every change it missed. Two
