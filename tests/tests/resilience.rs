@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use herald_lab::ControlPlane;
-use herald_lab::controller::{http_get, spawn};
+use herald_lab::controller::{Controller, http_get, spawn};
 use herald_lab::objects::{WAIT, apply, ips, lb};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
@@ -125,29 +125,42 @@ async fn lease_holder(client: &Client) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
+/// Two controller replicas, `replica-a` and `replica-b`, started with `extra` flags.
+fn two_replicas(cp: &ControlPlane, extra: &[&str]) -> BTreeMap<String, Controller> {
+    ["replica-a", "replica-b"]
+        .into_iter()
+        .map(|name| (name.to_owned(), spawn(cp, name, extra)))
+        .collect()
+}
+
+/// The replica holding the Lease, and the other.
+async fn leader_and_standby(
+    client: &Client,
+    replicas: &BTreeMap<String, Controller>,
+) -> (String, String) {
+    let leader = lease_holder(client).await.expect("a Lease holder");
+    let standby = replicas
+        .keys()
+        .find(|k| **k != leader)
+        .cloned()
+        .expect("standby");
+    (leader, standby)
+}
+
 #[tokio::test]
 async fn two_replicas_one_writer_and_the_standby_takes_over() {
     herald_lab::init_tracing();
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(&client, &pool("203.0.113.0/24")).await;
-    let lease = ["--lease-duration", "3"];
-    let mut replicas = BTreeMap::from([
-        ("replica-a".to_owned(), spawn(&cp, "replica-a", &lease)),
-        ("replica-b".to_owned(), spawn(&cp, "replica-b", &lease)),
-    ]);
+    let mut replicas = two_replicas(&cp, &["--lease-duration", "3"]);
 
     // 200 Services at once: 200 distinct IPs.
     create_all(&client, (0..200).map(|i| format!("burst-{i:03}"))).await;
     let burst = all_allocated(&client, 200).await;
     assert_distinct(&burst);
 
-    let leader = lease_holder(&client).await.expect("a Lease holder");
-    let standby = replicas
-        .keys()
-        .find(|k| **k != leader)
-        .cloned()
-        .expect("standby");
+    let (leader, standby) = leader_and_standby(&client, &replicas).await;
     // Health and metrics: both ready; only the leader says it leads and counts allocations.
     for (name, c) in &replicas {
         let (code, _) = http_get(c.metrics_port, "/readyz").await.expect("readyz");
@@ -232,18 +245,11 @@ async fn a_released_lease_is_taken_by_the_standby_within_a_second() {
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client();
     apply(&client, &pool("203.0.113.0/24")).await;
-    let replicas = BTreeMap::from([
-        ("replica-a".to_owned(), spawn(&cp, "replica-a", &[])),
-        ("replica-b".to_owned(), spawn(&cp, "replica-b", &[])),
-    ]);
+    // The default Lease duration, as users run it.
+    let replicas = two_replicas(&cp, &[]);
     create_all(&client, ["first".to_owned()].into_iter()).await;
     all_allocated(&client, 1).await;
-    let leader = lease_holder(&client).await.expect("a Lease holder");
-    let standby = replicas
-        .keys()
-        .find(|k| **k != leader)
-        .cloned()
-        .expect("standby");
+    let (leader, standby) = leader_and_standby(&client, &replicas).await;
 
     let stopped = Instant::now();
     replicas[&leader].process.signal(libc::SIGTERM);
