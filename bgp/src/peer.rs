@@ -102,8 +102,13 @@ pub async fn run(
                         }
                     }
                     Action::Down(why) => {
-                        tracing::info!(peer = %peer.address, ?why, "BGP session down");
-                        let _ = status.send(Status::Down(why));
+                        // Once per cause: a router that stays unreachable is not logged at
+                        // every attempt.
+                        let down = Status::Down(why);
+                        if *status.borrow() != down {
+                            tracing::info!(peer = %peer.address, status = ?down, "BGP session down");
+                        }
+                        let _ = status.send(down);
                     }
                     Action::Resend(family) => {
                         let none = Routes::new();

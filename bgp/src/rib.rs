@@ -229,8 +229,9 @@ mod tests {
         }
     }
 
-    /// What a peer holds after these UPDATEs, starting from `held`.
-    fn apply(mut held: Routes, updates: &[Update]) -> BTreeMap<IpNetwork, Vec<Attribute>> {
+    /// The prefixes a peer holds after these UPDATEs, starting from `held`, each with the
+    /// attributes it was last sent with (none for those it held before).
+    fn apply(held: &Routes, updates: &[Update]) -> BTreeMap<IpNetwork, Vec<Attribute>> {
         let mut attrs: BTreeMap<IpNetwork, Vec<Attribute>> =
             held.keys().map(|n| (*n, Vec::new())).collect();
         for update in updates {
@@ -261,7 +262,6 @@ mod tests {
                 }
             }
         }
-        held.clear();
         attrs
     }
 
@@ -391,7 +391,7 @@ mod tests {
                 let len = wire::encode(&Message::Update(update.clone())).len();
                 prop_assert!(len <= MAX_MESSAGE, "{len}");
             }
-            let held = apply(told.clone(), &out);
+            let held = apply(&told, &out);
             prop_assert_eq!(
                 held.keys().collect::<Vec<_>>(),
                 desired.keys().collect::<Vec<_>>()

@@ -241,17 +241,15 @@ pub fn step(config: &Config, state: State, event: Event) -> (State, Vec<Action>)
         (State::Connect, Event::Stop(_)) => (State::Idle, vec![Action::Disconnect]),
         (State::Connect, _) => (State::Connect, Vec::new()),
 
-        (state, Event::Stop(why)) => close(state, why, false),
-        (state, Event::Malformed(why)) => close(state, why, true),
-        (state, Event::TcpClosed) => drop_session(state, Down::Connection),
-        (state, Event::Received(Message::Notification(n))) => {
-            drop_session(state, Down::Received(n))
+        (_, Event::Stop(why)) => close(why, false),
+        (_, Event::Malformed(why)) => close(why, true),
+        (_, Event::TcpClosed) => (State::Idle, drop_session(Down::Connection)),
+        (_, Event::Received(Message::Notification(n))) => {
+            (State::Idle, drop_session(Down::Received(n)))
         }
-        (state, Event::Expired(Timer::Hold)) => close(
-            state,
-            Notification::new(error::HOLD_TIMER_EXPIRED, 0, &[]),
-            true,
-        ),
+        (_, Event::Expired(Timer::Hold)) => {
+            close(Notification::new(error::HOLD_TIMER_EXPIRED, 0, &[]), true)
+        }
 
         (State::OpenSent, Event::Received(Message::Open(peer))) => match negotiate(config, &peer) {
             Ok(agreed) => {
@@ -259,7 +257,7 @@ pub fn step(config: &Config, state: State, event: Event) -> (State, Vec<Action>)
                 actions.extend(timers(&agreed));
                 (State::OpenConfirm(agreed), actions)
             }
-            Err(why) => close(State::OpenSent, why, true),
+            Err(why) => close(why, true),
         },
         (State::OpenConfirm(agreed), Event::Received(Message::Keepalive)) => {
             let mut actions = timers(&agreed);
@@ -289,25 +287,17 @@ pub fn step(config: &Config, state: State, event: Event) -> (State, Vec<Action>)
                 }
                 // A second OPEN (or anything else out of place).
                 _ => {
-                    return close(
-                        State::Established(agreed),
-                        Notification::new(error::FSM, 3, &[]),
-                        true,
-                    );
+                    return close(Notification::new(error::FSM, 3, &[]), true);
                 }
             }
             (State::Established(agreed), actions)
         }
         // Anything else arriving before Established is out of order (RFC 6608 subcodes:
         // 1 in OpenSent, 2 in OpenConfirm).
-        (State::OpenSent, Event::Received(_)) => {
-            close(State::OpenSent, Notification::new(error::FSM, 1, &[]), true)
+        (State::OpenSent, Event::Received(_)) => close(Notification::new(error::FSM, 1, &[]), true),
+        (State::OpenConfirm(_), Event::Received(_)) => {
+            close(Notification::new(error::FSM, 2, &[]), true)
         }
-        (State::OpenConfirm(agreed), Event::Received(_)) => close(
-            State::OpenConfirm(agreed),
-            Notification::new(error::FSM, 2, &[]),
-            true,
-        ),
         (state, _) => (state, Vec::new()),
     }
 }
@@ -335,8 +325,8 @@ fn timers(agreed: &Negotiated) -> Vec<Action> {
 }
 
 /// Sends `why` and closes; back to Idle, to connect again after a while when `retry`.
-fn close(state: State, why: Notification, retry: bool) -> (State, Vec<Action>) {
-    let (_, mut actions) = drop_session(state, Down::Sent(why.clone()));
+fn close(why: Notification, retry: bool) -> (State, Vec<Action>) {
+    let mut actions = drop_session(Down::Sent(why.clone()));
     actions.insert(0, Action::Send(Message::Notification(why)));
     if !retry {
         actions.retain(|a| !matches!(a, Action::Arm(Timer::ConnectRetry, _)));
@@ -345,17 +335,14 @@ fn close(state: State, why: Notification, retry: bool) -> (State, Vec<Action>) {
 }
 
 /// The session is gone: timers off, connection closed, connect again after a while.
-fn drop_session(_state: State, why: Down) -> (State, Vec<Action>) {
-    (
-        State::Idle,
-        vec![
-            Action::Disarm(Timer::Hold),
-            Action::Disarm(Timer::Keepalive),
-            Action::Disconnect,
-            Action::Down(why),
-            Action::Arm(Timer::ConnectRetry, CONNECT_RETRY),
-        ],
-    )
+fn drop_session(why: Down) -> Vec<Action> {
+    vec![
+        Action::Disarm(Timer::Hold),
+        Action::Disarm(Timer::Keepalive),
+        Action::Disconnect,
+        Action::Down(why),
+        Action::Arm(Timer::ConnectRetry, CONNECT_RETRY),
+    ]
 }
 
 #[cfg(test)]
