@@ -3,6 +3,7 @@
 //! End-of-RIB, then only changes (`rib::updates`), as soon as the routes change. Thin: the
 //! decisions are `session`'s and `rib`'s.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -52,10 +53,9 @@ pub async fn run(
     let mut conn: Option<TcpStream> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(wire::MAX_MESSAGE);
     let mut told = Routes::new();
-    let mut pending = vec![Event::Start];
+    let mut pending = VecDeque::from([Event::Start]);
     loop {
-        while !pending.is_empty() {
-            let event = pending.remove(0);
+        while let Some(event) = pending.pop_front() {
             let (next, actions) = session::step(&peer.session, state, event);
             state = next;
             for action in actions {
@@ -66,18 +66,18 @@ pub async fn run(
                             Ok(c) => {
                                 conn = Some(c);
                                 buf.clear();
-                                pending.push(Event::TcpConnected);
+                                pending.push_back(Event::TcpConnected);
                             }
                             Err(e) => {
                                 tracing::debug!(peer = %peer.address, "connecting: {e}");
-                                pending.push(Event::TcpClosed);
+                                pending.push_back(Event::TcpClosed);
                             }
                         }
                     }
                     Action::Disconnect => conn = None,
                     Action::Send(message) => {
                         if !send(&mut conn, &message).await {
-                            pending.push(Event::TcpClosed);
+                            pending.push_back(Event::TcpClosed);
                         }
                     }
                     Action::Arm(timer, after) => timers.arm(timer, after),
@@ -98,7 +98,7 @@ pub async fn run(
                                 negotiated,
                             });
                         } else {
-                            pending.push(Event::TcpClosed);
+                            pending.push_back(Event::TcpClosed);
                         }
                     }
                     Action::Down(why) => {
@@ -123,7 +123,7 @@ pub async fn run(
                         )
                         .await
                         {
-                            pending.push(Event::TcpClosed);
+                            pending.push_back(Event::TcpClosed);
                         }
                     }
                     Action::Ignored => {}
@@ -138,14 +138,14 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => Woke::Stop,
         };
         match woke {
-            Woke::Timer(timer) => pending.push(Event::Expired(timer)),
+            Woke::Timer(timer) => pending.push_back(Event::Expired(timer)),
             // Herald requires 4-octet AS numbers of every peer (`session::negotiate`).
-            Woke::Read(Ok(bytes)) => pending.push(match wire::decode(&bytes, true) {
+            Woke::Read(Ok(bytes)) => pending.push_back(match wire::decode(&bytes, true) {
                 Ok(message) => Event::Received(message),
                 Err(why) => Event::Malformed(why),
             }),
-            Woke::Read(Err(Some(why))) => pending.push(Event::Malformed(why)),
-            Woke::Read(Err(None)) => pending.push(Event::TcpClosed),
+            Woke::Read(Err(Some(why))) => pending.push_back(Event::Malformed(why)),
+            Woke::Read(Err(None)) => pending.push_back(Event::TcpClosed),
             Woke::Routes(false) => return,
             Woke::Routes(true) => {
                 let State::Established(negotiated) = &state else {
@@ -160,7 +160,7 @@ pub async fn run(
                         negotiated: negotiated.clone(),
                     });
                 } else {
-                    pending.push(Event::TcpClosed);
+                    pending.push_back(Event::TcpClosed);
                 }
             }
             Woke::Stop => {

@@ -51,7 +51,7 @@ pub struct Gossip {
     dual_stack: bool,
     incarnation: u64,
     seq: Mutex<u64>,
-    pub members: Mutex<Members>,
+    members: Mutex<Members>,
     /// Peers gone since the last `take_departures`, and when they were last heard: the start
     /// of a takeover, for its histogram.
     departures: Mutex<Vec<(Departure, Instant)>>,
