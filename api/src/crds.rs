@@ -5,7 +5,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::{IPPool, L2Advertisement, L2Announcement};
+use crate::{BGPAdvertisement, BGPPeer, IPPool, L2Advertisement, L2Announcement};
 
 /// Directory of the chart's CRDs, relative to the repository root.
 pub const CHART_CRD_DIR: &str = "charts/herald/files/crds";
@@ -23,21 +23,27 @@ pub struct RenderError {
 
 /// Every CRD Herald installs, as `(file name, YAML)`, in a fixed order.
 pub fn render() -> Result<Vec<(String, String)>, RenderError> {
-    [IPPool::crd(), L2Advertisement::crd(), L2Announcement::crd()]
-        .into_iter()
-        .map(|mut crd| {
-            // `helm uninstall` leaves the CRDs, and with them every pool (they are templates
-            // so that `helm upgrade` upgrades them).
-            crd.metadata
-                .annotations
-                .get_or_insert_default()
-                .insert("helm.sh/resource-policy".into(), "keep".into());
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            let yaml = serde_yaml_ng::to_string(&crd).map_err(|source| RenderError {
-                name: name.clone(),
-                source,
-            })?;
-            Ok((format!("{name}.yaml"), format!("{HEADER}{yaml}")))
-        })
-        .collect()
+    [
+        IPPool::crd(),
+        L2Advertisement::crd(),
+        L2Announcement::crd(),
+        BGPPeer::crd(),
+        BGPAdvertisement::crd(),
+    ]
+    .into_iter()
+    .map(|mut crd| {
+        // `helm uninstall` leaves the CRDs, and with them every pool (they are templates
+        // so that `helm upgrade` upgrades them).
+        crd.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("helm.sh/resource-policy".into(), "keep".into());
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let yaml = serde_yaml_ng::to_string(&crd).map_err(|source| RenderError {
+            name: name.clone(),
+            source,
+        })?;
+        Ok((format!("{name}.yaml"), format!("{HEADER}{yaml}")))
+    })
+    .collect()
 }

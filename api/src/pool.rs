@@ -41,6 +41,18 @@ pub struct IPPoolSpec {
     pub service_allocation: Option<ServiceAllocation>,
 }
 
+impl IPPool {
+    /// The pool's address ranges; entries that do not parse (the API server refuses them,
+    /// the controller reports them) are left out.
+    pub fn ranges(&self) -> impl Iterator<Item = crate::IpRange> + '_ {
+        self.spec
+            .addresses
+            .iter()
+            .filter_map(|a| crate::AddressEntry::parse(a).ok())
+            .map(|e| e.range)
+    }
+}
+
 fn default_true() -> bool {
     true
 }

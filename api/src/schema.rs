@@ -1,5 +1,6 @@
 //! Hand-written parts of the CRD schemas: the CEL rules that make the API server itself refuse
-//! a bad address entry, with a message that names it. They mirror `address.rs`.
+//! a bad address entry or community, with a message that names it. They mirror `address.rs`
+//! and `bgp.rs`.
 
 use schemars::{Schema, SchemaGenerator, json_schema};
 
@@ -68,6 +69,28 @@ pub fn address_list(_: &mut SchemaGenerator) -> Schema {
             "type": "string",
             "maxLength": MAX_ENTRY_LEN,
             "x-kubernetes-validations": rules,
+        },
+    })
+}
+
+/// Most communities one advertisement may attach: far more than any real route carries, and
+/// a bound the API server's CEL cost estimate needs.
+const MAX_COMMUNITIES: u32 = 64;
+
+/// Schema of `BGPAdvertisement.spec.communities`: each a standard community, a large one
+/// or a well-known name (`bgp.rs`'s `Community::parse` checks the ranges of the numbers).
+pub fn community_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Communities attached to the routes: standard ones as 65000:100 or a well-known name (no-export, no-advertise, no-export-subconfed, no-peer, graceful-shutdown, blackhole), large ones as large:65000:1:2.",
+        "maxItems": MAX_COMMUNITIES,
+        "items": {
+            "type": "string",
+            "maxLength": 40,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^(no-export|no-advertise|no-export-subconfed|no-peer|graceful-shutdown|blackhole|[0-9]{1,5}:[0-9]{1,5}|large:[0-9]{1,10}:[0-9]{1,10}:[0-9]{1,10})$')",
+                "messageExpression": "'\"' + self + '\" is not a community: write ASN:VALUE (each 0-65535), large:ASN:VALUE:VALUE (each 0-4294967295) or a well-known name (no-export, no-advertise, no-export-subconfed, no-peer, graceful-shutdown, blackhole)'",
+            }],
         },
     })
 }

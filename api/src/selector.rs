@@ -24,3 +24,20 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     });
     by_labels && by_expressions
 }
+
+/// Whether one of `selectors` matches `labels`; an empty list matches everything (how every
+/// `nodeSelectors` of Herald's advertisements and peers reads).
+pub fn any_or_none(selectors: &[LabelSelector], labels: &BTreeMap<String, String>) -> bool {
+    selectors.is_empty() || selectors.iter().any(|s| matches(s, labels))
+}
+
+/// Whether an advertisement's `ipPools` and `ipPoolSelectors` select `pool`: by name, by
+/// label, or (both empty) every pool.
+pub fn selects_pool(names: &[String], selectors: &[LabelSelector], pool: &crate::IPPool) -> bool {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let labels = pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
+    (names.is_empty() && selectors.is_empty())
+        || names.iter().any(|p| p == name)
+        || selectors.iter().any(|s| matches(s, labels))
+}

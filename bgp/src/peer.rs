@@ -17,7 +17,7 @@ use crate::session::{self, Action, Event, Negotiated, State, Timer};
 use crate::wire::{self, Message, Notification, Update, error};
 
 /// Where and how to reach the peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub address: SocketAddr,
     /// Bind to this address before connecting (`None`: the kernel's choice).
@@ -40,13 +40,26 @@ pub enum Status {
     Down(session::Down),
 }
 
-/// Runs the session until `stop` says so, then sends `Cease` (administrative shutdown)
-/// and closes. `routes`: what the peer should be told, followed as it changes.
+/// Whether the session should end, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Run,
+    /// Withdraw everything: `Cease` (administrative shutdown), then close. The peer drops
+    /// this speaker's routes at once.
+    Cease,
+    /// This speaker restarts and the peer keeps its routes (graceful restart, RFC 4724):
+    /// close the connection without a NOTIFICATION, which a peer that negotiated graceful
+    /// restart takes as a restart; otherwise the same as `Cease`.
+    Restart,
+}
+
+/// Runs the session until `stop` says otherwise, then closes it as it says. `routes`:
+/// what the peer should be told, followed as it changes.
 pub async fn run(
     peer: Peer,
     mut routes: watch::Receiver<Routes>,
     status: watch::Sender<Status>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Stop>,
 ) {
     let mut state = State::Idle;
     let mut timers = Timers::default();
@@ -135,7 +148,7 @@ pub async fn run(
             timer = timers.next() => Woke::Timer(timer),
             read = read_message(&mut conn, &mut buf) => Woke::Read(read),
             changed = routes.changed(), if established => Woke::Routes(changed.is_ok()),
-            _ = stop.wait_for(|s| *s) => Woke::Stop,
+            how = stop.wait_for(|s| *s != Stop::Run) => Woke::Stop(how.map_or(Stop::Cease, |h| *h)),
         };
         match woke {
             Woke::Timer(timer) => pending.push_back(Event::Expired(timer)),
@@ -163,7 +176,17 @@ pub async fn run(
                     pending.push_back(Event::TcpClosed);
                 }
             }
-            Woke::Stop => {
+            Woke::Stop(how) => {
+                // Both offered graceful restart: the peer keeps the routes as stale.
+                let kept = peer.session.graceful_restart.is_some()
+                    && matches!(&state, State::Established(n) if n.peer_keeps_routes.is_some());
+                if how == Stop::Restart && kept {
+                    tracing::info!(peer = %peer.address, "restarting: the peer keeps the routes until this node is back");
+                    if let Some(mut c) = conn.take() {
+                        let _ = c.shutdown().await;
+                    }
+                    return;
+                }
                 let why =
                     Notification::new(error::CEASE, error::CEASE_ADMINISTRATIVE_SHUTDOWN, &[]);
                 let (_, actions) = session::step(&peer.session, state, Event::Stop(why));
@@ -187,7 +210,7 @@ enum Woke {
     Read(Result<Vec<u8>, Option<Notification>>),
     /// The routes changed (`false`: their sender is gone).
     Routes(bool),
-    Stop,
+    Stop(Stop),
 }
 
 /// Sends UPDATEs in order; false when one could not be sent.

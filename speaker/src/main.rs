@@ -3,6 +3,8 @@
 
 mod announcements;
 mod announcer;
+mod bgp_plan;
+mod bgp_sessions;
 mod conflicts;
 mod election;
 mod endpoints;

@@ -76,6 +76,19 @@ pub struct TakeoverLabels {
     pub peer: Departure,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BgpPeerLabels {
+    /// The `BGPPeer`'s name.
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BgpPrefixLabels {
+    pub peer: String,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub ips_announced: Gauge,
@@ -88,6 +101,8 @@ pub struct Metrics {
     pub unannounced: Family<ReasonLabels, Gauge>,
     pub pass_duration: Histogram,
     pub takeover: Family<TakeoverLabels, Histogram>,
+    pub bgp_session_up: Family<BgpPeerLabels, Gauge>,
+    pub bgp_prefixes: Family<BgpPrefixLabels, Gauge>,
 }
 
 impl Metrics {
@@ -108,6 +123,8 @@ impl Metrics {
             takeover: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.05, 1.5, 13))
             }),
+            bgp_session_up: Family::default(),
+            bgp_prefixes: Family::default(),
         };
         // Series that exist from the start (at 0), so dashboards and rate() see them before
         // the first ARP request or takeover.
@@ -170,6 +187,16 @@ impl Metrics {
             "From the last heartbeat of a peer that died (or its leave message) to this node announcing IPs it took over from it, by how the peer went",
             Unit::Seconds,
             m.takeover.clone(),
+        );
+        registry.register(
+            "herald_speaker_bgp_session_up",
+            "1 while this node's BGP session with the peer is Established, 0 while it is not",
+            m.bgp_session_up.clone(),
+        );
+        registry.register(
+            "herald_speaker_bgp_prefixes_advertised",
+            "Prefixes this node has announced to the peer, by address family",
+            m.bgp_prefixes.clone(),
         );
         m
     }

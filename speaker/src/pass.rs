@@ -14,9 +14,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_api::{IPPool, L2Advertisement, ObjectKey};
+use herald_api::{BGPAdvertisement, BGPPeer, IPPool, L2Advertisement, ObjectKey};
 use ipnetwork::IpNetwork;
 
+use crate::bgp_plan::{self, BgpDecision, BgpView};
 use crate::election::{NoOwner, NodeFacts};
 use crate::endpoints::ServingNodes;
 use crate::gossip::Peers;
@@ -57,6 +58,8 @@ pub struct Stores<'a> {
     pub slices: &'a HashMap<String, Arc<ServingNodes>>,
     pub pools: &'a [&'a IPPool],
     pub advertisements: &'a [&'a L2Advertisement],
+    pub bgp_peers: &'a [&'a BGPPeer],
+    pub bgp_advertisements: &'a [&'a BGPAdvertisement],
 }
 
 /// Everything one pass reads.
@@ -94,6 +97,9 @@ pub struct Outcome {
     /// The L2 announcer's share: the IPs this node answers ARP and NDP for, on which
     /// interfaces, and what it reports about them.
     pub l2: Decision,
+    /// The BGP sessions and what each router is told: decided while standing by too (gossip
+    /// plays no part in BGP).
+    pub bgp: BgpDecision,
     /// Where heartbeats go.
     pub peers: Peers,
     /// Settling or isolated: heard by the others, announcing nothing, not ready.
@@ -157,7 +163,7 @@ impl Pass {
             verdict.clone()
         });
         let standing_by = settling || verdict.isolated;
-        let (l2, segment) = self.decide(&inputs, standing_by);
+        let (l2, bgp, segment) = self.decide(&inputs, standing_by);
         let peers = peers_of(inputs.stores.nodes, &self.me, segment.as_ref());
 
         let now_owned: BTreeSet<IpAddr> = l2.announced().collect();
@@ -203,6 +209,7 @@ impl Pass {
         .min();
         Outcome {
             l2,
+            bgp,
             peers,
             standing_by,
             isolated: verdict.isolated,
@@ -243,9 +250,14 @@ impl Pass {
         self.isolation.judge(&self.me, heard, proof, inputs.now)
     }
 
-    /// The L2 decision (nothing while standing by) and, with segmented liveness, the
-    /// segment: a speaker standing by decides nothing but keeps its segment hearing it.
-    fn decide(&self, inputs: &Inputs, standing_by: bool) -> (Decision, Option<BTreeSet<String>>) {
+    /// The L2 decision (nothing while standing by), the BGP decision and, with segmented
+    /// liveness, the segment: a speaker standing by decides nothing for L2 but keeps its
+    /// segment hearing it.
+    fn decide(
+        &self,
+        inputs: &Inputs,
+        standing_by: bool,
+    ) -> (Decision, BgpDecision, Option<BTreeSet<String>>) {
         let Inputs {
             stores, gossiped, ..
         } = inputs;
@@ -280,7 +292,19 @@ impl Pass {
             plan::decide(&view)
         };
         let segment = self.segmented.then(|| plan::segment(&view));
-        (decision, segment)
+        let bgp = bgp_plan::decide(&BgpView {
+            me: &self.me,
+            node: stores
+                .nodes
+                .get(&ObjectKey::cluster(&self.me).to_string())
+                .map(|n| &**n),
+            targets: &targets,
+            pools: stores.pools,
+            peers: stores.bgp_peers,
+            advertisements: stores.bgp_advertisements,
+            interfaces: inputs.interfaces,
+        });
+        (decision, bgp, segment)
     }
 }
 

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use herald_api::selector::matches;
-use herald_api::{AddressEntry, IPPool, IpRange, L2Advertisement};
+use herald_api::selector::{any_or_none, selects_pool};
+use herald_api::{IPPool, IpRange, L2Advertisement};
 use ipnetwork::IpNetwork;
 
 use crate::announcer::Plan;
@@ -83,31 +83,19 @@ struct PoolFacts<'a> {
 
 impl<'a> PoolFacts<'a> {
     fn new(pool: &IPPool, all: &[&'a L2Advertisement]) -> Self {
-        let name = pool.metadata.name.as_deref().unwrap_or_default();
-        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-        let labels = pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
         let ads: Vec<&L2Advertisement> = all
             .iter()
             .copied()
-            .filter(|ad| {
-                let s = &ad.spec;
-                (s.ip_pools.is_empty() && s.ip_pool_selectors.is_empty())
-                    || s.ip_pools.iter().any(|p| p == name)
-                    || s.ip_pool_selectors.iter().any(|sel| matches(sel, labels))
-            })
+            .filter(|ad| selects_pool(&ad.spec.ip_pools, &ad.spec.ip_pool_selectors, pool))
             .collect();
         let forced: BTreeSet<&String> = ads.iter().flat_map(|ad| &ad.spec.interfaces).collect();
         Self {
-            ranges: pool
-                .spec
-                .addresses
-                .iter()
-                .filter_map(|a| AddressEntry::parse(a).ok())
-                .map(|e| e.range)
-                .collect(),
+            ranges: pool.ranges().collect(),
             forced: forced.into_iter().cloned().collect(),
             advertisements: if ads.is_empty() {
-                Err(NoOwner::NotAdvertised(name.to_owned()))
+                Err(NoOwner::NotAdvertised(
+                    pool.metadata.name.clone().unwrap_or_default(),
+                ))
             } else {
                 Ok(ads)
             },
@@ -117,14 +105,8 @@ impl<'a> PoolFacts<'a> {
     /// Whether one of the pool's advertisements lets `node` announce.
     fn allows(&self, node: &NodeFacts) -> bool {
         self.advertisements.as_ref().is_ok_and(|ads| {
-            ads.iter().any(|ad| {
-                ad.spec.node_selectors.is_empty()
-                    || ad
-                        .spec
-                        .node_selectors
-                        .iter()
-                        .any(|s| matches(s, &node.labels))
-            })
+            ads.iter()
+                .any(|ad| any_or_none(&ad.spec.node_selectors, &node.labels))
         })
     }
 }

@@ -1,7 +1,8 @@
 //! The speaker's I/O: watch what decides ownership (Services, Nodes, EndpointSlices, IPPools,
-//! L2Advertisements), follow interfaces and gossip, and after every change run a `pass`
-//! (pure) and carry out its outcome: the `Announcer` answers for this node's share, the
-//! heartbeat thread is steered, metrics are recorded and `notes` writes what users see.
+//! L2Advertisements, BGPPeers, BGPAdvertisements), follow interfaces and gossip, and after
+//! every change run a `pass` (pure) and carry out its outcome: the `Announcer` answers for
+//! this node's L2 share, the BGP `Sessions` tell the routers their routes, the heartbeat
+//! thread is steered, metrics are recorded and `notes` writes what users see.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -12,7 +13,8 @@ use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use herald_api::ObjectKey;
 use herald_api::gossip::SecretRef;
-use herald_api::{IPPool, L2Advertisement, ServiceObject};
+use herald_api::{BGPAdvertisement, BGPPeer, IPPool, L2Advertisement, ServiceObject};
+use herald_bgp::peer::Stop;
 use herald_runtime::Publisher;
 use herald_runtime::service_watch;
 use herald_runtime::watch::{Cache, cached, projected, projected_from};
@@ -24,6 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::announcements::Seen;
 use crate::announcer::{Announcer, Conflicts};
+use crate::bgp_sessions::Sessions;
 use crate::conflicts::Conflict;
 use crate::endpoints::ServingNodes;
 use crate::gossip::{self, Gossip, Steering};
@@ -63,6 +66,8 @@ struct Stores {
     slices: Cache<ServingNodes>,
     pools: Store<IPPool>,
     ads: Store<L2Advertisement>,
+    bgp_peers: Store<BGPPeer>,
+    bgp_ads: Store<BGPAdvertisement>,
 }
 
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -112,6 +117,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     stores.wait_until_ready().await?;
 
     let mut announcer = Announcer::new(config.refresh, metrics.clone());
+    let mut sessions = Sessions::new(metrics.clone());
     let events = Publisher::new(client.clone(), notes::reporter(&config.node));
     tokio::spawn(say_conflicts(
         events.clone(),
@@ -174,7 +180,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         // The pass's time (its metric, and the coalescing after it) counts from here: what
         // the heartbeats say is copied out above, under the gossip thread's lock.
         let started = Instant::now();
-        let outcome = {
+        let mut outcome = {
             // The watches run on this thread: holding the read guards for the pass blocks
             // nobody.
             let (services, nodes, slices) = (
@@ -185,6 +191,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             let (pools, ads) = (stores.pools.state(), stores.ads.state());
             let pools: Vec<&IPPool> = pools.iter().map(|p| &**p).collect();
             let ads: Vec<&L2Advertisement> = ads.iter().map(|a| &**a).collect();
+            let (bgp_peers, bgp_ads) = (stores.bgp_peers.state(), stores.bgp_ads.state());
+            let bgp_peers: Vec<&BGPPeer> = bgp_peers.iter().map(|p| &**p).collect();
+            let bgp_ads: Vec<&BGPAdvertisement> = bgp_ads.iter().map(|a| &**a).collect();
             let inputs = Inputs {
                 now: started,
                 stores: pass::Stores {
@@ -193,6 +202,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                     slices: &slices,
                     pools: &pools,
                     advertisements: &ads,
+                    bgp_peers: &bgp_peers,
+                    bgp_advertisements: &bgp_ads,
                 },
                 gossiped: &gossiped,
                 interfaces: &snapshot,
@@ -208,6 +219,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             .send_if_modified(|old| std::mem::replace(old, outcome.isolated) != outcome.isolated);
         steer_peers(&steering, outcome.peers.clone());
         announcer.apply(&outcome.l2.plan, &snapshot.interfaces);
+        sessions.apply(std::mem::take(&mut outcome.bgp));
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
         record(&metrics, &outcome);
         health.set_ready(!outcome.standing_by);
@@ -234,6 +246,11 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let peers = pass::peers_of(&stores.nodes.read(), &config.node, None);
     gossip.leave(&peers.all).await;
     drop(announcer);
+    // A SIGTERM is a restart (a rolling upgrade) as far as the routers can tell: those that
+    // negotiated graceful restart keep this node's routes until it is back; the others are
+    // told Cease and withdraw them. (A node being drained withdrew its routes already, when
+    // it was excluded.)
+    sessions.stop_all(Stop::Restart).await;
     Ok(())
 }
 
@@ -319,8 +336,20 @@ impl Stores {
         );
         spawn_watch(
             cached(client.clone(), ad_writer, |_: &mut L2Advertisement| {}),
-            changed,
+            changed.clone(),
             "L2Advertisements",
+        );
+        let (bgp_peers, bgp_peer_writer) = reflector::store();
+        spawn_watch(
+            cached(client.clone(), bgp_peer_writer, |_: &mut BGPPeer| {}),
+            changed.clone(),
+            "BGPPeers",
+        );
+        let (bgp_ads, bgp_ad_writer) = reflector::store();
+        spawn_watch(
+            cached(client.clone(), bgp_ad_writer, |_: &mut BGPAdvertisement| {}),
+            changed,
+            "BGPAdvertisements",
         );
         Self {
             services,
@@ -329,6 +358,8 @@ impl Stores {
             slices,
             pools,
             ads,
+            bgp_peers,
+            bgp_ads,
         }
     }
 
@@ -346,6 +377,8 @@ impl Stores {
             listed("EndpointSlice", self.slices.wait_until_ready()),
             listed("IPPool", self.pools.wait_until_ready()),
             listed("L2Advertisement", self.ads.wait_until_ready()),
+            listed("BGPPeer", self.bgp_peers.wait_until_ready()),
+            listed("BGPAdvertisement", self.bgp_ads.wait_until_ready()),
             listed("L2Announcement", self.announcements.0.wait_until_ready()),
         )?;
         Ok(())

@@ -42,6 +42,30 @@ impl ServiceIps {
     }
 }
 
+/// An allocated LoadBalancer Service `namespace/name` holding `ips`, keyed as the cache keys
+/// it: the decision tests' Service.
+#[cfg(test)]
+pub fn allocated(
+    namespace: &str,
+    name: &str,
+    ips: &[&str],
+    local: bool,
+) -> (String, std::sync::Arc<ServiceIps>) {
+    let ingress: Vec<String> = ips.iter().map(|ip| format!("{{ip: '{ip}'}}")).collect();
+    let svc: LbService = serde_yaml_ng::from_str(&format!(
+        "metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{type: LoadBalancer, externalTrafficPolicy: {}}}
+status:
+  loadBalancer: {{ingress: [{}]}}
+  conditions: [{{type: herald.dev/IPAllocated, status: 'True', reason: Allocated, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}]",
+        if local { "Local" } else { "Cluster" },
+        ingress.join(", "),
+    ))
+    .expect("yaml");
+    let kept = ServiceIps::of(svc).expect("an allocated LoadBalancer");
+    (format!("{namespace}/{name}"), std::sync::Arc::new(kept))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

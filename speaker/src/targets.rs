@@ -109,19 +109,7 @@ mod tests {
         ips: &[&str],
         local: bool,
     ) -> (String, Arc<ServiceIps>) {
-        let ingress: Vec<String> = ips.iter().map(|ip| format!("{{ip: '{ip}'}}")).collect();
-        let svc: herald_api::LbService = serde_yaml_ng::from_str(&format!(
-            "metadata: {{name: {name}, namespace: {namespace}}}
-spec: {{type: LoadBalancer, externalTrafficPolicy: {}}}
-status:
-  loadBalancer: {{ingress: [{}]}}
-  conditions: [{{type: herald.dev/IPAllocated, status: 'True', reason: Allocated, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}]",
-            if local { "Local" } else { "Cluster" },
-            ingress.join(", "),
-        ))
-        .expect("yaml");
-        let kept = ServiceIps::of(svc).expect("an allocated LoadBalancer");
-        (format!("{namespace}/{name}"), Arc::new(kept))
+        crate::service::allocated(namespace, name, ips, local)
     }
 
     fn slice(service: &str, nodes: &[&str]) -> (String, Arc<ServingNodes>) {

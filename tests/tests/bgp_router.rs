@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use herald_bgp::peer::{self, Peer, Status};
+use herald_bgp::peer::{self, Peer, Status, Stop};
 use herald_bgp::rib::{Route, Routes, Speaker};
 use herald_bgp::session;
 use herald_bgp::wire::Family;
@@ -27,7 +27,7 @@ fn net(s: &str) -> IpNetwork {
 struct Node {
     routes: watch::Sender<Routes>,
     status: watch::Receiver<Status>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
     thread: std::thread::JoinHandle<anyhow::Result<anyhow::Result<()>>>,
 }
 
@@ -35,7 +35,7 @@ impl Node {
     fn start(ns: &str, node: Ipv4Addr, node_v6: IpAddr, router: Ipv4Addr, routes: Routes) -> Self {
         let (routes_tx, routes_rx) = watch::channel(routes);
         let (status_tx, status) = watch::channel(Status::Connecting);
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(Stop::Run);
         let peer = Peer {
             address: SocketAddr::new(IpAddr::V4(router), 179),
             source: Some(SocketAddr::new(IpAddr::V4(node), 0)),
@@ -88,7 +88,7 @@ impl Node {
     }
 
     fn stop(self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Stop::Cease);
         self.thread
             .join()
             .expect("the node's thread")

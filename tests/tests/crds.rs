@@ -127,3 +127,102 @@ async fn bad_address_entries_are_refused_by_the_api_server() {
     let left: Vec<_> = pools.list(&Default::default()).await.expect("list").items;
     assert!(left.is_empty(), "no refused pool was stored: {left:?}");
 }
+
+/// Creates `yaml` (a Herald object) and returns the API server's refusal message, or
+/// `None` when it was accepted.
+async fn refusal(cp: &ControlPlane, kind: &str, yaml: &str) -> Option<String> {
+    use kube::api::DynamicObject;
+    use kube::discovery::ApiResource;
+    let plural = format!("{}s", kind.to_lowercase());
+    let resource = ApiResource {
+        group: "herald.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "herald.dev/v1alpha1".into(),
+        kind: kind.into(),
+        plural,
+    };
+    let api: Api<DynamicObject> = Api::all_with(cp.client(), &resource);
+    let object: DynamicObject = serde_yaml_ng::from_str(&format!(
+        "apiVersion: herald.dev/v1alpha1\nkind: {kind}\n{yaml}"
+    ))
+    .expect("yaml");
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{yaml}: {}", status.message);
+            Some(status.message)
+        }
+        Err(e) => panic!("{yaml}: not an API error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let accepted = [
+        (
+            "BGPPeer",
+            "metadata: {name: tor}\nspec: {myASN: 4200000001, peerASN: 64500, peerAddress: 192.0.2.1, holdTime: 9s, keepaliveTime: 3s, routerID: 10.0.0.1, enableGracefulRestart: true}",
+        ),
+        (
+            "BGPPeer",
+            "metadata: {name: tor6}\nspec: {myASN: 64512, dynamicASN: external, peerAddress: '2001:db8::1', peerPort: 1179, holdTime: 0s}",
+        ),
+        ("BGPAdvertisement", "metadata: {name: all}\nspec: {}"),
+        (
+            "BGPAdvertisement",
+            "metadata: {name: tagged}\nspec: {ipPools: [lan], peers: [tor], localPref: 150, communities: ['64500:100', no-export, 'large:4200000001:1:2']}",
+        ),
+    ];
+    for (kind, yaml) in accepted {
+        assert_eq!(refusal(&cp, kind, yaml).await, None, "{yaml}");
+    }
+    let refused = [
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, dynamicASN: external, peerAddress: 192.0.2.1}",
+            "set exactly one of peerASN",
+        ),
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerAddress: 192.0.2.1}",
+            "set exactly one of peerASN",
+        ),
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, peerAddress: router.example}",
+            "peerAddress must be an IP address",
+        ),
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, holdTime: 2s}",
+            "holdTime must be 0s or between 3s",
+        ),
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, holdTime: 9s, keepaliveTime: 9s}",
+            "keepaliveTime must be shorter than holdTime",
+        ),
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, routerID: '2001:db8::1'}",
+            "routerID must be an IPv4 address",
+        ),
+        (
+            "BGPAdvertisement",
+            "spec: {communities: ['64500:100', no-exports]}",
+            "\"no-exports\" is not a community",
+        ),
+    ];
+    for (i, (kind, yaml, reason)) in refused.iter().enumerate() {
+        let yaml = format!("metadata: {{name: bad-{i}}}\n{yaml}");
+        let message = refusal(&cp, kind, &yaml)
+            .await
+            .unwrap_or_else(|| panic!("{yaml} must be refused"));
+        assert!(
+            message.contains(reason),
+            "{yaml}: message does not say why: {message}"
+        );
+    }
+}

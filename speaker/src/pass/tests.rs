@@ -97,6 +97,8 @@ impl Lan {
                 slices: &self.slices,
                 pools: &pools,
                 advertisements: &ads,
+                bgp_peers: &[],
+                bgp_advertisements: &[],
             },
             gossiped: &self.gossiped,
             interfaces: &self.interfaces,

@@ -1,0 +1,284 @@
+//! What this node tells each BGP router: the sessions it keeps (the `BGPPeer`s selecting it,
+//! with the settings each session runs with) and the routes each is told (the Service IPs
+//! of the pools its `BGPAdvertisement`s select). Every eligible node announces; there is no
+//! election and gossip plays no part. Pure: `bgp_sessions` runs the sessions.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use herald_api::bgp::{Community, DynamicAsn, parse_duration};
+use herald_api::selector::{any_or_none, selects_pool};
+use herald_api::{BGPAdvertisement, BGPPeer, IPPool, IpRange};
+use herald_bgp::peer::Peer;
+use herald_bgp::rib::{Route, Routes, Speaker};
+use herald_bgp::session;
+use herald_bgp::wire::Family;
+use ipnetwork::IpNetwork;
+
+use crate::election::NodeFacts;
+use crate::interfaces::Snapshot;
+use crate::node::NodeView;
+use crate::targets::Targets;
+
+/// RFC 4271's suggested hold time, MetalLB's default.
+const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
+/// How long the router keeps this node's routes across a restart (graceful restart).
+const RESTART_TIME: Duration = Duration::from_secs(120);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Everything the BGP decision depends on.
+pub struct BgpView<'a> {
+    pub me: &'a str,
+    /// This node's Node (`None` before the cache has it: nothing is announced).
+    pub node: Option<&'a NodeView>,
+    pub targets: &'a Targets<'a>,
+    pub pools: &'a [&'a IPPool],
+    pub peers: &'a [&'a BGPPeer],
+    pub advertisements: &'a [&'a BGPAdvertisement],
+    pub interfaces: &'a Snapshot,
+}
+
+/// One session this node keeps, and what it tells the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPlan {
+    pub peer: Peer,
+    pub routes: Routes,
+}
+
+/// This node's BGP share.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BgpDecision {
+    /// The sessions, by `BGPPeer` name.
+    pub sessions: BTreeMap<String, PeerPlan>,
+    /// Peers selecting this node that it cannot speak with, and why (said by the shell).
+    pub refused: BTreeMap<String, String>,
+    /// Communities of the advertisements that cannot be attached, and why (the CEL rule
+    /// checks their shape, not the range of each number).
+    pub bad_communities: Vec<String>,
+}
+
+/// Decides the sessions and their routes.
+pub fn decide(view: &BgpView) -> BgpDecision {
+    let mut decision = BgpDecision {
+        bad_communities: community_errors(view.advertisements),
+        ..BgpDecision::default()
+    };
+    let Some(node) = view.node else {
+        return decision;
+    };
+    let facts = NodeFacts::of(node, true);
+    let selected = view
+        .peers
+        .iter()
+        .filter(|p| any_or_none(&p.spec.node_selectors, &facts.labels));
+    for bgp_peer in selected {
+        let name = bgp_peer.metadata.name.clone().unwrap_or_default();
+        match settings(bgp_peer, node, view.interfaces) {
+            Ok(peer) => {
+                let routes = routes(view, &facts, &name);
+                decision.sessions.insert(name, PeerPlan { peer, routes });
+            }
+            Err(why) => {
+                decision.refused.insert(name, why);
+            }
+        }
+    }
+    decision
+}
+
+/// The routes for the peer `peer_name`: nothing while this node may not announce (not
+/// Ready, network unavailable, excluded from load balancers), the session staying up.
+fn routes(view: &BgpView, node: &NodeFacts, peer_name: &str) -> Routes {
+    let mut routes = Routes::new();
+    if !node.ready || node.excluded {
+        return routes;
+    }
+    // Per pool: its ranges and the advertisements that select it, this node and this peer.
+    let pools: Vec<(Vec<IpRange>, Vec<&BGPAdvertisement>)> = view
+        .pools
+        .iter()
+        .map(|pool| {
+            let ads = view
+                .advertisements
+                .iter()
+                .copied()
+                .filter(|ad| {
+                    let s = &ad.spec;
+                    selects_pool(&s.ip_pools, &s.ip_pool_selectors, pool)
+                        && any_or_none(&s.node_selectors, &node.labels)
+                        && (s.peers.is_empty() || s.peers.iter().any(|p| p == peer_name))
+                })
+                .collect();
+            (pool.ranges().collect(), ads)
+        })
+        .filter(|(_, ads): &(_, Vec<_>)| !ads.is_empty())
+        .collect();
+    if pools.is_empty() {
+        return routes;
+    }
+    for target in view.targets.iter() {
+        // externalTrafficPolicy Local: only from a node with a serving endpoint.
+        if target
+            .serving_nodes
+            .as_ref()
+            .is_some_and(|nodes| !nodes.contains(view.me))
+        {
+            continue;
+        }
+        let Some((_, ads)) = pools
+            .iter()
+            .find(|(ranges, _)| ranges.iter().any(|r| r.contains(target.ip)))
+        else {
+            continue;
+        };
+        routes.insert(IpNetwork::from(target.ip), route_of(ads));
+    }
+    routes
+}
+
+/// The attributes the advertisements give a route: the highest LOCAL_PREF among them and
+/// every community of each (communities the CEL rule let through but that are out of range
+/// are left out; `BgpDecision::bad_communities` names them).
+fn route_of(ads: &[&BGPAdvertisement]) -> Route {
+    let mut route = Route {
+        local_pref: ads.iter().filter_map(|ad| ad.spec.local_pref).max(),
+        ..Route::default()
+    };
+    for text in ads.iter().flat_map(|ad| &ad.spec.communities) {
+        match Community::parse(text) {
+            Ok(Community::Standard(c)) => route.communities.push(c),
+            Ok(Community::Large(c)) => route.large_communities.push(c),
+            Err(_) => {}
+        }
+    }
+    route.communities.sort_unstable();
+    route.communities.dedup();
+    route.large_communities.sort_unstable();
+    route.large_communities.dedup();
+    route
+}
+
+/// The communities of the advertisements that cannot be attached, with why.
+fn community_errors(ads: &[&BGPAdvertisement]) -> Vec<String> {
+    ads.iter()
+        .flat_map(|ad| {
+            let name = ad.metadata.name.clone().unwrap_or_default();
+            ad.spec
+                .communities
+                .iter()
+                .filter_map(move |c| Community::parse(c).err().map(|e| format!("{name}: {e}")))
+        })
+        .collect()
+}
+
+/// How this node speaks with the router: the session's settings, and the next hops and
+/// router ID from the node's address facing it.
+fn settings(bgp_peer: &BGPPeer, node: &NodeView, interfaces: &Snapshot) -> Result<Peer, String> {
+    let spec = &bgp_peer.spec;
+    let address = spec.address().ok_or_else(|| {
+        format!(
+            "peerAddress {} is not an IP address",
+            quote(&spec.peer_address)
+        )
+    })?;
+    let source = match &spec.source_address {
+        Some(text) => Some(
+            text.parse::<IpAddr>()
+                .map_err(|_| format!("sourceAddress {} is not an IP address", quote(text)))?,
+        ),
+        None => None,
+    };
+    let (next_hop_v4, next_hop_v6) = next_hops(address, source, node, interfaces);
+    let router_id = spec
+        .router_id()
+        .or(next_hop_v4)
+        .ok_or("no routerID is set and the node has no IPv4 address to use as one")?;
+    let hold_time = match &spec.hold_time {
+        Some(text) => parse_duration(text)
+            .ok_or_else(|| format!("holdTime {} is not a duration", quote(text)))?,
+        None => DEFAULT_HOLD_TIME,
+    };
+    let keepalive = match &spec.keepalive_time {
+        Some(text) => parse_duration(text)
+            .ok_or_else(|| format!("keepaliveTime {} is not a duration", quote(text)))?,
+        None => hold_time / 3,
+    };
+    let peer_asn = match (spec.peer_asn, spec.dynamic_asn) {
+        (Some(asn), _) => Some(asn),
+        (None, Some(DynamicAsn::Internal)) => Some(spec.my_asn),
+        (None, Some(DynamicAsn::External)) => None,
+        (None, None) => return Err("neither peerASN nor dynamicASN is set".into()),
+    };
+    Ok(Peer {
+        address: SocketAddr::new(address, spec.peer_port.unwrap_or(179)),
+        source: source.map(|ip| SocketAddr::new(ip, 0)),
+        session: session::Config {
+            local_asn: spec.my_asn,
+            peer_asn,
+            router_id,
+            hold_time,
+            keepalive,
+            families: Family::ALL.to_vec(),
+            graceful_restart: spec.enable_graceful_restart.then_some(RESTART_TIME),
+            restarting: false,
+        },
+        speaker: Speaker {
+            local_asn: spec.my_asn,
+            external: peer_asn != Some(spec.my_asn),
+            next_hop_v4,
+            next_hop_v6,
+        },
+        connect_timeout: CONNECT_TIMEOUT,
+    })
+}
+
+/// This node's addresses to give as next hops: those of the interface on the router's
+/// subnet (or holding `source`), else the node's InternalIPs of each family (a router
+/// further away, reached over multihop).
+fn next_hops(
+    router: IpAddr,
+    source: Option<IpAddr>,
+    node: &NodeView,
+    interfaces: &Snapshot,
+) -> (Option<Ipv4Addr>, Option<IpAddr>) {
+    let facing = interfaces.interfaces.iter().find(|i| {
+        i.up && i
+            .networks
+            .iter()
+            .any(|n| source.map_or_else(|| n.contains(router), |s| n.ip() == s))
+    });
+    let on_facing = |v4: bool| {
+        facing.and_then(|i| {
+            i.networks
+                .iter()
+                .map(IpNetwork::ip)
+                .find(|ip| ip.is_ipv4() == v4 && is_global(ip))
+        })
+    };
+    let internal = |v4: bool| node.addresses.iter().copied().find(|ip| ip.is_ipv4() == v4);
+    let v4 = on_facing(true)
+        .or_else(|| internal(true))
+        .and_then(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        });
+    let v6 = on_facing(false).or_else(|| internal(false));
+    (v4, v6)
+}
+
+/// Not link-local, loopback or unspecified: an address a router can forward to.
+fn is_global(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_loopback() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_loopback() && !v6.is_unspecified(),
+    }
+}
+
+fn quote(text: &str) -> String {
+    herald_api::events::quote(text)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::*;
+use crate::interfaces::Interface;
+use crate::service::{ServiceIps, allocated};
+
+fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
+    serde_yaml_ng::from_str(s).expect("yaml")
+}
+
+fn node(name: &str, labels: &[(&str, &str)], ready: bool) -> NodeView {
+    NodeView {
+        name: name.into(),
+        uid: "u".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ready,
+        network_unavailable: false,
+        internal_ip: Some("10.0.0.1".parse().expect("ip")),
+        addresses: Box::new(["10.0.0.1".parse().expect("ip")]),
+    }
+}
+
+/// A node on the router's LAN: eth0 with an IPv4 and a global and link-local IPv6 address.
+fn lan() -> Snapshot {
+    Snapshot {
+        interfaces: vec![Interface {
+            index: 2,
+            name: "eth0".into(),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            up: true,
+            faces_lan: true,
+            networks: ["fe80::1/64", "192.0.2.11/24", "2001:db8::11/64"]
+                .iter()
+                .map(|n| n.parse().expect("network"))
+                .collect(),
+        }],
+        ..Snapshot::default()
+    }
+}
+
+struct Fixture {
+    services: HashMap<String, Arc<ServiceIps>>,
+    serving: BTreeMap<&'static str, BTreeSet<&'static str>>,
+    node: NodeView,
+    pools: Vec<IPPool>,
+    peers: Vec<BGPPeer>,
+    ads: Vec<BGPAdvertisement>,
+    interfaces: Snapshot,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            services: HashMap::from([
+                allocated("shop", "web", &["198.51.100.10", "2001:db8:100::10"], false),
+                allocated("shop", "other-pool", &["203.0.113.5"], false),
+            ]),
+            serving: BTreeMap::new(),
+            node: node("a", &[("rack", "r1")], true),
+            pools: vec![
+                yaml(
+                    "metadata: {name: routed}\nspec: {addresses: [198.51.100.0/24, '2001:db8:100::/64']}",
+                ),
+                yaml("metadata: {name: lan-only}\nspec: {addresses: [203.0.113.0/24]}"),
+            ],
+            peers: vec![yaml(
+                "metadata: {name: tor}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1}",
+            )],
+            ads: vec![yaml("metadata: {name: routed}\nspec: {ipPools: [routed]}")],
+            interfaces: lan(),
+        }
+    }
+
+    fn decide(&self) -> BgpDecision {
+        let targets = Targets::with_serving(&self.services, self.serving.clone());
+        let pools: Vec<&IPPool> = self.pools.iter().collect();
+        let peers: Vec<&BGPPeer> = self.peers.iter().collect();
+        let ads: Vec<&BGPAdvertisement> = self.ads.iter().collect();
+        decide(&BgpView {
+            me: "a",
+            node: Some(&self.node),
+            targets: &targets,
+            pools: &pools,
+            peers: &peers,
+            advertisements: &ads,
+            interfaces: &self.interfaces,
+        })
+    }
+
+    fn routes(&self, peer: &str) -> Vec<String> {
+        self.decide().sessions[peer]
+            .routes
+            .keys()
+            .map(ToString::to_string)
+            .collect()
+    }
+}
+
+#[test]
+fn a_selected_node_announces_the_advertised_pools_ips_as_host_routes_of_both_families() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.routes("tor"),
+        ["198.51.100.10/32", "2001:db8:100::10/128"],
+        "the pool no BGPAdvertisement selects stays off BGP"
+    );
+    let plan = &f.decide().sessions["tor"];
+    assert_eq!(plan.peer.address, "192.0.2.1:179".parse().expect("addr"));
+    assert_eq!(plan.peer.session.peer_asn, Some(64500));
+    assert_eq!(plan.peer.session.hold_time, Duration::from_secs(90));
+    assert_eq!(plan.peer.session.keepalive, Duration::from_secs(30));
+    assert_eq!(plan.peer.session.graceful_restart, None);
+    assert!(plan.peer.speaker.external);
+    // Next hops and router ID: the node's addresses on the router's subnet, never the
+    // link-local one, not the InternalIP elsewhere.
+    assert_eq!(
+        plan.peer.speaker.next_hop_v4,
+        Some("192.0.2.11".parse().expect("ip"))
+    );
+    assert_eq!(
+        plan.peer.speaker.next_hop_v6,
+        Some("2001:db8::11".parse().expect("ip"))
+    );
+    assert_eq!(
+        plan.peer.session.router_id,
+        "192.0.2.11".parse::<Ipv4Addr>().expect("ip")
+    );
+}
+
+#[test]
+fn peers_and_advertisements_select_nodes_and_peers() {
+    let mut f = Fixture::new();
+    f.peers.push(yaml(
+        "metadata: {name: other-rack}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.2, nodeSelectors: [{matchLabels: {rack: r2}}]}",
+    ));
+    f.peers.push(yaml(
+        "metadata: {name: spine}\nspec: {myASN: 64512, peerASN: 64501, peerAddress: 192.0.2.3}",
+    ));
+    let sessions: Vec<String> = f.decide().sessions.into_keys().collect();
+    assert_eq!(
+        sessions,
+        ["spine", "tor"],
+        "a peer for rack r2 only is not spoken to from r1"
+    );
+
+    // An advertisement for one peer tells that peer only.
+    f.ads = vec![yaml(
+        "metadata: {name: routed}\nspec: {ipPools: [routed], peers: [spine]}",
+    )];
+    assert!(f.routes("tor").is_empty());
+    assert_eq!(f.routes("spine").len(), 2);
+
+    // An advertisement for other nodes: this node tells nobody, its sessions stay.
+    f.ads = vec![yaml(
+        "metadata: {name: routed}\nspec: {ipPools: [routed], nodeSelectors: [{matchLabels: {rack: r2}}]}",
+    )];
+    let decision = f.decide();
+    assert_eq!(decision.sessions.len(), 2);
+    assert!(decision.sessions.values().all(|s| s.routes.is_empty()));
+
+    // Pools by label.
+    f.pools[0].metadata.labels = Some(BTreeMap::from([("bgp".into(), "yes".into())]));
+    f.ads = vec![yaml(
+        "metadata: {name: labelled}\nspec: {ipPoolSelectors: [{matchLabels: {bgp: 'yes'}}]}",
+    )];
+    assert_eq!(f.routes("tor").len(), 2);
+}
+
+#[test]
+fn local_traffic_is_announced_only_from_nodes_serving_it() {
+    let mut f = Fixture::new();
+    f.services = HashMap::from([allocated("shop", "web", &["198.51.100.10"], true)]);
+    assert!(f.routes("tor").is_empty(), "no endpoint anywhere");
+    f.serving = BTreeMap::from([("shop/web", BTreeSet::from(["b"]))]);
+    assert!(f.routes("tor").is_empty(), "served from another node only");
+    f.serving = BTreeMap::from([("shop/web", BTreeSet::from(["a", "b"]))]);
+    assert_eq!(f.routes("tor"), ["198.51.100.10/32"]);
+}
+
+#[test]
+fn a_node_that_may_not_announce_withdraws_everything_and_keeps_its_sessions() {
+    let mut f = Fixture::new();
+    f.node = node("a", &[], false);
+    assert!(f.routes("tor").is_empty(), "NotReady");
+    f.node = node("a", &[], true);
+    f.node.network_unavailable = true;
+    assert!(f.routes("tor").is_empty(), "NetworkUnavailable");
+    f.node = node("a", &[(herald_api::keys::EXCLUDE_FROM_LB_LABEL, "")], true);
+    assert!(f.routes("tor").is_empty(), "excluded");
+    assert!(f.decide().sessions.contains_key("tor"));
+}
+
+#[test]
+fn routes_carry_the_advertisements_local_pref_and_communities() {
+    let mut f = Fixture::new();
+    f.ads = vec![
+        yaml(
+            "metadata: {name: a}\nspec: {ipPools: [routed], localPref: 100, communities: ['64500:1', no-export]}",
+        ),
+        yaml(
+            "metadata: {name: b}\nspec: {localPref: 200, communities: ['large:64512:1:2', '64500:1', '99999:1']}",
+        ),
+    ];
+    let decision = f.decide();
+    let route = &decision.sessions["tor"].routes[&"198.51.100.10/32".parse().expect("net")];
+    assert_eq!(route.local_pref, Some(200));
+    assert_eq!(route.communities, [64500 << 16 | 1, 0xFFFF_FF01]);
+    assert_eq!(route.large_communities, [[64512, 1, 2]]);
+    assert_eq!(decision.bad_communities.len(), 1);
+    assert!(decision.bad_communities[0].starts_with("b: community \"99999:1\""));
+}
+
+#[test]
+fn peer_settings_follow_the_spec_and_unusable_peers_are_refused_with_a_reason() {
+    let mut f = Fixture::new();
+    f.peers = vec![yaml(
+        "metadata: {name: tor}\nspec: {myASN: 64512, dynamicASN: internal, peerAddress: '2001:db8::1', peerPort: 1179, holdTime: 9s, keepaliveTime: 3s, routerID: 10.9.9.9, enableGracefulRestart: true}",
+    )];
+    let plan = &f.decide().sessions["tor"];
+    assert_eq!(
+        plan.peer.address,
+        "[2001:db8::1]:1179".parse().expect("addr")
+    );
+    assert_eq!(plan.peer.session.peer_asn, Some(64512));
+    assert!(!plan.peer.speaker.external);
+    assert_eq!(plan.peer.session.hold_time, Duration::from_secs(9));
+    assert_eq!(plan.peer.session.keepalive, Duration::from_secs(3));
+    assert_eq!(
+        plan.peer.session.router_id,
+        "10.9.9.9".parse::<Ipv4Addr>().expect("ip")
+    );
+    assert_eq!(plan.peer.session.graceful_restart, Some(RESTART_TIME));
+
+    // A router beyond the node's subnets: the InternalIP is the next hop.
+    f.peers = vec![yaml(
+        "metadata: {name: far}\nspec: {myASN: 64512, dynamicASN: external, peerAddress: 10.20.0.1}",
+    )];
+    let plan = &f.decide().sessions["far"];
+    assert_eq!(plan.peer.session.peer_asn, None);
+    assert!(plan.peer.speaker.external);
+    assert_eq!(
+        plan.peer.speaker.next_hop_v4,
+        Some("10.0.0.1".parse().expect("ip"))
+    );
+
+    // No IPv4 anywhere and no routerID: refused, saying why.
+    f.interfaces = Snapshot::default();
+    f.node.addresses = Box::new([]);
+    let decision = f.decide();
+    assert!(decision.sessions.is_empty());
+    assert!(decision.refused["far"].contains("routerID"));
+}
+
+#[test]
+fn nothing_is_decided_before_the_node_is_known() {
+    let f = Fixture::new();
+    let targets = Targets::with_serving(&f.services, BTreeMap::new());
+    let decision = decide(&BgpView {
+        me: "a",
+        node: None,
+        targets: &targets,
+        pools: &[],
+        peers: &[&f.peers[0]],
+        advertisements: &[],
+        interfaces: &f.interfaces,
+    });
+    assert!(decision.sessions.is_empty());
+}
