@@ -46,6 +46,8 @@ fn cluster_scoped(kind: &str) -> bool {
         kind,
         "IPPool"
             | "L2Advertisement"
+            | "BGPPeer"
+            | "BGPAdvertisement"
             | "Namespace"
             | "Node"
             | "CustomResourceDefinition"
