@@ -1,7 +1,11 @@
-//! `herald-controller convert-metallb`: MetalLB's `IPAddressPool` and `L2Advertisement`
-//! manifests to Herald's `IPPool` and `L2Advertisement`. The field names are MetalLB's where
-//! Herald has the same concept, so the mapping is direct; what Herald has no equivalent for
-//! (BGP, communities, BFD) is skipped with a warning, never silently. Pure.
+//! `herald-controller convert-metallb`: MetalLB's `IPAddressPool`, `L2Advertisement`,
+//! `BGPPeer`, `BGPAdvertisement` and `Community` manifests to Herald's `IPPool`,
+//! `L2Advertisement`, `BGPPeer` and `BGPAdvertisement`. The field names are MetalLB's where
+//! Herald has the same concept, so the mapping is direct; a field or object Herald has no
+//! equivalent for (BFD, passwords, VRFs...) is named in a warning, never dropped silently.
+//! Pure.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
@@ -21,91 +25,239 @@ pub enum ConvertError {
     },
 }
 
+/// MetalLB's fields Herald does not have, per kind, with what a user should know.
+const NOT_CONVERTED: &[(&str, &str, &str)] = &[
+    (
+        "BGPPeer",
+        "password",
+        "TCP-MD5 passwords are not supported yet",
+    ),
+    (
+        "BGPPeer",
+        "passwordSecret",
+        "TCP-MD5 passwords are not supported yet",
+    ),
+    (
+        "BGPPeer",
+        "bfdProfile",
+        "BFD is not supported yet; the hold time detects a lost router",
+    ),
+    (
+        "BGPPeer",
+        "ebgpMultiHop",
+        "multihop eBGP is not supported yet",
+    ),
+    (
+        "BGPPeer",
+        "connectTime",
+        "Herald retries a connection every 5 s",
+    ),
+    ("BGPPeer", "vrf", "VRFs are not supported"),
+    ("BGPPeer", "interface", "unnumbered BGP is not supported"),
+    (
+        "BGPPeer",
+        "disableMP",
+        "Herald always offers IPv4 and IPv6 on one session (MP-BGP)",
+    ),
+    (
+        "BGPPeer",
+        "dualStackAddressFamily",
+        "Herald always offers IPv4 and IPv6 on one session (MP-BGP)",
+    ),
+    (
+        "BGPAdvertisement",
+        "aggregationLength",
+        "routes are /32 and /128; aggregation is not supported yet",
+    ),
+    (
+        "BGPAdvertisement",
+        "aggregationLengthV6",
+        "routes are /32 and /128; aggregation is not supported yet",
+    ),
+];
+
 /// The converted manifests (YAML, `---`-separated) and one warning per skipped document or
-/// dropped field.
+/// field not converted.
 pub fn convert(input: &str) -> Result<(String, Vec<String>), ConvertError> {
-    let mut out = Vec::new();
-    let mut warnings = Vec::new();
+    let mut items = Vec::new();
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
         let value: Value = serde::Deserialize::deserialize(doc)
             .map_err(|source| ConvertError::Yaml { index, source })?;
         if value.is_null() {
             continue;
         }
-        let items = match value["kind"].as_str() {
+        match value["kind"].as_str() {
             // `kubectl get -o yaml` of several objects.
-            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
-            _ => vec![value],
-        };
-        for item in items {
-            let kind = item["kind"].as_str().unwrap_or_default().to_owned();
-            let name = item["metadata"]["name"]
-                .as_str()
+            Some("List") => items.extend(
+                value["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| (index, i.clone())),
+            ),
+            _ => items.push((index, value)),
+        }
+    }
+    // MetalLB's `Community` objects name communities that advertisements use by name:
+    // resolved here, wherever they are in the input.
+    let aliases: BTreeMap<String, Value> = items
+        .iter()
+        .filter(|(_, i)| i["kind"] == "Community" && is_metallb(i))
+        .flat_map(|(_, i)| {
+            i["spec"]["communities"]
+                .as_array()
+                .cloned()
                 .unwrap_or_default()
-                .to_owned();
+        })
+        .filter_map(|c| Some((c["name"].as_str()?.to_owned(), c["value"].clone())))
+        .collect();
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for (index, item) in items {
+        let kind = item["kind"].as_str().unwrap_or_default().to_owned();
+        let name = item["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !is_metallb(&item) {
             let group = item["apiVersion"].as_str().unwrap_or_default();
-            if !group.starts_with("metallb.io/") {
-                warnings.push(format!(
-                    "skipped {kind} {name}: not a MetalLB object ({group})"
-                ));
-                continue;
+            warnings.push(format!(
+                "skipped {kind} {name}: not a MetalLB object ({group})"
+            ));
+            continue;
+        }
+        let invalid = |why: &str| ConvertError::Invalid {
+            index,
+            kind: kind.clone(),
+            name: name.clone(),
+            why: why.to_owned(),
+        };
+        if name.is_empty() {
+            return Err(invalid("no metadata.name"));
+        }
+        let spec = &item["spec"];
+        let mut new = Map::new();
+        let herald_kind = match kind.as_str() {
+            "IPAddressPool" => {
+                let addresses: Vec<Value> = spec["addresses"]
+                    .as_array()
+                    .ok_or_else(|| invalid("spec.addresses is missing"))?
+                    .iter()
+                    .map(|a| {
+                        // MetalLB allows spaces around a range's dash.
+                        let s = a.as_str().unwrap_or_default();
+                        Value::String(s.split('-').map(str::trim).collect::<Vec<_>>().join("-"))
+                    })
+                    .collect();
+                new.insert("addresses".into(), Value::Array(addresses));
+                copy(
+                    spec,
+                    &mut new,
+                    &["autoAssign", "avoidBuggyIPs", "serviceAllocation"],
+                );
+                "IPPool"
             }
-            let invalid = |why: &str| ConvertError::Invalid {
-                index,
-                kind: kind.clone(),
-                name: name.clone(),
-                why: why.to_owned(),
-            };
-            if name.is_empty() {
-                return Err(invalid("no metadata.name"));
+            "L2Advertisement" => {
+                rename(spec, &mut new, "ipAddressPools", "ipPools");
+                rename(spec, &mut new, "ipAddressPoolSelectors", "ipPoolSelectors");
+                copy(spec, &mut new, &["nodeSelectors", "interfaces"]);
+                "L2Advertisement"
             }
-            let spec = &item["spec"];
-            let converted = match kind.as_str() {
-                "IPAddressPool" => {
-                    let addresses: Vec<Value> = spec["addresses"]
-                        .as_array()
-                        .ok_or_else(|| invalid("spec.addresses is missing"))?
-                        .iter()
-                        .map(|a| {
-                            // MetalLB allows spaces around a range's dash.
-                            let s = a.as_str().unwrap_or_default();
-                            Value::String(s.split('-').map(str::trim).collect::<Vec<_>>().join("-"))
-                        })
-                        .collect();
-                    let mut new = Map::new();
-                    new.insert("addresses".into(), Value::Array(addresses));
-                    copy(
-                        spec,
-                        &mut new,
-                        &["autoAssign", "avoidBuggyIPs", "serviceAllocation"],
-                    );
-                    object("IPPool", &item, new)
-                }
-                "L2Advertisement" => {
-                    let mut new = Map::new();
-                    rename(spec, &mut new, "ipAddressPools", "ipPools");
-                    rename(spec, &mut new, "ipAddressPoolSelectors", "ipPoolSelectors");
-                    copy(spec, &mut new, &["nodeSelectors", "interfaces"]);
-                    object("L2Advertisement", &item, new)
-                }
-                other => {
+            "BGPPeer" => {
+                if spec.get("peerAddress").is_none_or(Value::is_null) {
                     warnings.push(format!(
-                        "skipped {other} {name}: Herald announces with ARP/NDP only (no BGP, communities or BFD)"
+                        "skipped BGPPeer {name}: it has no peerAddress (unnumbered BGP over an interface is not supported)"
                     ));
                     continue;
                 }
-            };
-            if let Some(ns) = item["metadata"]["namespace"].as_str() {
-                warnings.push(format!(
-                    "{kind} {name}: Herald's objects are cluster-scoped; namespace {ns} dropped"
-                ));
+                copy(
+                    spec,
+                    &mut new,
+                    &[
+                        "myASN",
+                        "peerASN",
+                        "dynamicASN",
+                        "peerAddress",
+                        "peerPort",
+                        "sourceAddress",
+                        "routerID",
+                        "nodeSelectors",
+                        "holdTime",
+                        "keepaliveTime",
+                        "enableGracefulRestart",
+                    ],
+                );
+                "BGPPeer"
             }
-            let yaml = serde_yaml_ng::to_string(&converted)
-                .map_err(|source| ConvertError::Yaml { index, source })?;
-            out.push(yaml);
+            "BGPAdvertisement" => {
+                rename(spec, &mut new, "ipAddressPools", "ipPools");
+                rename(spec, &mut new, "ipAddressPoolSelectors", "ipPoolSelectors");
+                copy(spec, &mut new, &["nodeSelectors", "peers", "localPref"]);
+                if let Some(list) = spec["communities"].as_array() {
+                    let resolved: Vec<Value> = list
+                        .iter()
+                        .map(|c| c.as_str().and_then(|n| aliases.get(n)).unwrap_or(c).clone())
+                        .collect();
+                    new.insert("communities".into(), Value::Array(resolved));
+                }
+                "BGPAdvertisement"
+            }
+            "Community" => {
+                warnings.push(format!(
+                    "Community {name}: its names are replaced by their values in the BGPAdvertisements that use them"
+                ));
+                continue;
+            }
+            other => {
+                warnings.push(format!(
+                    "skipped {other} {name}: Herald has no equivalent (BFD profiles are not supported yet)"
+                ));
+                continue;
+            }
+        };
+        for key in spec.as_object().into_iter().flat_map(Map::keys) {
+            let renamed = key.replace("ipAddressPool", "ipPool");
+            if new.contains_key(key)
+                || new.contains_key(&renamed)
+                || (kind == "BGPAdvertisement" && key == "communities")
+            {
+                continue;
+            }
+            if default_aggregation(&kind, key, &spec[key]) {
+                continue;
+            }
+            let why = NOT_CONVERTED
+                .iter()
+                .find(|(k, field, _)| *k == kind && field == key)
+                .map_or("Herald has no such field", |(_, _, why)| why);
+            warnings.push(format!("{kind} {name}: spec.{key} not converted: {why}"));
         }
+        if let Some(ns) = item["metadata"]["namespace"].as_str() {
+            warnings.push(format!(
+                "{kind} {name}: Herald's objects are cluster-scoped; namespace {ns} dropped"
+            ));
+        }
+        let converted = object(herald_kind, &item, new);
+        let yaml = serde_yaml_ng::to_string(&converted)
+            .map_err(|source| ConvertError::Yaml { index, source })?;
+        out.push(yaml);
     }
     Ok((out.join("---\n"), warnings))
+}
+
+fn is_metallb(item: &Value) -> bool {
+    item["apiVersion"]
+        .as_str()
+        .is_some_and(|g| g.starts_with("metallb.io/"))
+}
+
+/// `aggregationLength: 32` or `aggregationLengthV6: 128`: what Herald announces anyway.
+fn default_aggregation(kind: &str, key: &str, value: &Value) -> bool {
+    kind == "BGPAdvertisement"
+        && matches!(
+            (key, value.as_u64()),
+            ("aggregationLength", Some(32)) | ("aggregationLengthV6", Some(128))
+        )
 }
 
 fn copy(from: &Value, to: &mut Map<String, Value>, keys: &[&str]) {
@@ -140,7 +292,7 @@ fn object(kind: &str, source: &Value, spec: Map<String, Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_api::{IPPool, L2Advertisement};
+    use herald_api::{BGPAdvertisement, BGPPeer, IPPool, L2Advertisement};
 
     /// As in MetalLB's documentation and typical installs.
     const METALLB: &str = r#"
@@ -194,7 +346,7 @@ metadata: {name: bgp, namespace: metallb-system}
         let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
             .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
             .collect();
-        assert_eq!(docs.len(), 2);
+        assert_eq!(docs.len(), 4);
         // They parse as Herald's own types, with every field carried over.
         let pool: IPPool = serde_json::from_value(docs[0].clone()).expect("IPPool");
         assert_eq!(
@@ -222,21 +374,120 @@ metadata: {name: bgp, namespace: metallb-system}
         for entry in &pool.spec.addresses {
             herald_api::AddressEntry::parse(entry).expect(entry);
         }
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("skipped BGPPeer router")),
-            "{warnings:?}"
-        );
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("skipped BGPAdvertisement bgp"))
-        );
+        let peer: BGPPeer = serde_json::from_value(docs[2].clone()).expect("BGPPeer");
+        assert_eq!((peer.spec.my_asn, peer.spec.peer_asn), (64500, Some(64501)));
+        let _: BGPAdvertisement =
+            serde_json::from_value(docs[3].clone()).expect("BGPAdvertisement");
         assert!(
             warnings
                 .iter()
                 .any(|w| w.contains("namespace metallb-system dropped"))
+        );
+    }
+
+    /// MetalLB's BGP configuration as its documentation shows it: a peer with BFD, a password
+    /// and multihop, named communities, aggregation.
+    const METALLB_BGP: &str = r#"
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: tor, namespace: metallb-system}
+spec:
+  myASN: 64500
+  peerASN: 64501
+  peerAddress: 10.0.0.1
+  sourceAddress: 10.0.0.5
+  holdTime: 9s
+  keepaliveTime: 3s
+  routerID: 10.10.10.10
+  nodeSelectors:
+  - matchLabels: {rack: r1}
+  password: secret
+  bfdProfile: fast
+  ebgpMultiHop: true
+  enableGracefulRestart: true
+---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: unnumbered, namespace: metallb-system}
+spec: {myASN: 64500, peerASN: 64501, interface: eth1}
+---
+apiVersion: metallb.io/v1beta1
+kind: BFDProfile
+metadata: {name: fast, namespace: metallb-system}
+spec: {receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: external, namespace: metallb-system}
+spec:
+  ipAddressPools: [production]
+  aggregationLength: 32
+  aggregationLengthV6: 64
+  localPref: 50
+  communities: [vpn-only, "65535:65282", "large:64500:1:2"]
+  peers: [tor]
+---
+apiVersion: metallb.io/v1beta1
+kind: Community
+metadata: {name: communities, namespace: metallb-system}
+spec:
+  communities:
+  - name: vpn-only
+    value: "1234:1"
+"#;
+
+    #[test]
+    fn metallb_bgp_becomes_herald_bgp_and_every_field_left_out_is_named() {
+        let (yaml, warnings) = convert(METALLB_BGP).expect("converts");
+        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+            .collect();
+        assert_eq!(docs.len(), 2, "{yaml}");
+        let peer: BGPPeer = serde_json::from_value(docs[0].clone()).expect("BGPPeer");
+        let s = &peer.spec;
+        assert_eq!((s.my_asn, s.peer_asn), (64500, Some(64501)));
+        assert_eq!(s.peer_address, "10.0.0.1");
+        assert_eq!(s.source_address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(s.router_id.as_deref(), Some("10.10.10.10"));
+        assert_eq!(
+            (s.hold_time.as_deref(), s.keepalive_time.as_deref()),
+            (Some("9s"), Some("3s"))
+        );
+        assert_eq!(s.node_selectors.len(), 1);
+        assert!(s.enable_graceful_restart);
+        let ad: BGPAdvertisement =
+            serde_json::from_value(docs[1].clone()).expect("BGPAdvertisement");
+        assert_eq!(ad.spec.ip_pools, ["production"]);
+        assert_eq!(ad.spec.local_pref, Some(50));
+        assert_eq!(ad.spec.peers, ["tor"]);
+        // The named community is resolved; every one parses.
+        assert_eq!(
+            ad.spec.communities,
+            ["1234:1", "65535:65282", "large:64500:1:2"]
+        );
+        for c in &ad.spec.communities {
+            herald_api::bgp::Community::parse(c).expect(c);
+        }
+        for expected in [
+            "BGPPeer tor: spec.password not converted",
+            "BGPPeer tor: spec.bfdProfile not converted",
+            "BGPPeer tor: spec.ebgpMultiHop not converted",
+            "skipped BGPPeer unnumbered: it has no peerAddress",
+            "skipped BFDProfile fast",
+            "BGPAdvertisement external: spec.aggregationLengthV6 not converted",
+            "Community communities: its names are replaced",
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.starts_with(expected)),
+                "no warning {expected:?} in {warnings:#?}"
+            );
+        }
+        // aggregationLength 32 is what Herald announces anyway: nothing to warn about.
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.contains("spec.aggregationLength ")),
+            "{warnings:#?}"
         );
     }
 

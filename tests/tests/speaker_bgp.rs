@@ -95,7 +95,7 @@ async fn every_eligible_node_announces_each_service_ip_to_the_router_and_withdra
 
     // Sessions from both nodes, soon after their speakers start.
     let started = Instant::now();
-    let mut speakers: Vec<Process> = (1..=2)
+    let speakers: Vec<Process> = (1..=2)
         .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
         .collect();
     let nodes: BTreeSet<String> = [n1, n2].iter().map(ToString::to_string).collect();
