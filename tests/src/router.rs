@@ -1,9 +1,11 @@
-//! A real router in a network namespace: Debian's FRR (zebra and bgpd) with a pathspace of
-//! its own (`-N`), configured to accept BGP from any host of the LAN (a peer group with
-//! `remote-as external` and `bgp listen range`), ECMP over up to 16 paths into its own
-//! kernel table; queried with `vtysh -N NAME -c '... json'`. Stopped, and its files removed,
-//! on drop.
+//! Real routers in a network namespace, each accepting BGP from any host of the LAN and
+//! installing ECMP routes in its own kernel table: Debian's FRR (zebra and bgpd, a pathspace
+//! of its own (`-N`), a peer group with `remote-as external` and `bgp listen range`, queried
+//! with `vtysh -N NAME -c '... json'`) and BIRD 2 (`neighbor range ... external`, `merge
+//! paths` into the kernel, queried with `birdc`). Both are stopped, and their files removed,
+//! on drop. What both show alike is behind `Router`.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -112,12 +114,7 @@ impl Frr {
 
     /// The router's kernel routes to `prefix` (`ip route show`), as text.
     pub fn kernel_route(&self, prefix: &str) -> String {
-        let family = if prefix.contains(':') { "-6" } else { "-4" };
-        Command::new("ip")
-            .args(["-n", &self.ns, family, "route", "show", prefix])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        kernel_route(&self.ns, prefix)
     }
 
     /// Polls `check` every 50 ms until it gives a value, for at most `within`.
@@ -127,16 +124,201 @@ impl Frr {
         within: Duration,
         check: impl Fn() -> Option<T>,
     ) -> Result<T> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(v) = check() {
-                return Ok(v);
-            }
-            if Instant::now() >= deadline {
-                bail!("router {}: no {what} within {within:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        wait_for(&self.name, what, within, check)
+    }
+}
+
+/// What a test reads from any router: its sessions and the routes in its kernel.
+pub trait Router {
+    /// The peers whose session is Established, by address.
+    fn established(&self) -> BTreeSet<String>;
+    /// The network namespace it runs in.
+    fn ns(&self) -> &str;
+    /// The next hops of the router's kernel route to `prefix` (empty when it has none):
+    /// what its forwarding uses, ECMP included.
+    fn kernel_next_hops(&self, prefix: &str) -> BTreeSet<String> {
+        next_hops_of(&kernel_route(self.ns(), prefix))
+    }
+}
+
+impl Router for Frr {
+    fn established(&self) -> BTreeSet<String> {
+        let Ok(summary) = self.vtysh("show bgp summary json") else {
+            return BTreeSet::new();
+        };
+        summary["ipv4Unicast"]["peers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, p)| p["state"] == "Established")
+            // A dynamic neighbor of a listen range is listed with a `*` in front.
+            .map(|(key, _)| key.trim_start_matches('*').to_owned())
+            .collect()
+    }
+
+    fn ns(&self) -> &str {
+        &self.ns
+    }
+}
+
+/// The gateways of `ip route show` output: `via X` of a single route or of each `nexthop`
+/// line of a multipath one.
+fn next_hops_of(route: &str) -> BTreeSet<String> {
+    let words: Vec<&str> = route.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        // `via inet6 ADDR` for an IPv6 gateway of an IPv4 route.
+        .map(|w| w[1].to_owned())
+        .filter(|hop| hop != "inet6" && hop != "inet")
+        .collect()
+}
+
+fn kernel_route(ns: &str, prefix: &str) -> String {
+    let family = if prefix.contains(':') { "-6" } else { "-4" };
+    Command::new("ip")
+        .args(["-n", ns, family, "route", "show", prefix])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn wait_for<T>(
+    router: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
         }
+        if Instant::now() >= deadline {
+            bail!("router {router}: no {what} within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// BIRD 2 (Debian's `bird2`) in a namespace.
+pub struct Bird {
+    ns: String,
+    dir: PathBuf,
+}
+
+impl Bird {
+    /// Starts `bird` in `ns` with its config, control socket and pid file in a directory
+    /// of its own.
+    pub fn start(ns: &str, config: &RouterConfig) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("herald-bird-{ns}"));
+        std::fs::create_dir_all(&dir)?;
+        let router = Self {
+            ns: ns.to_owned(),
+            dir,
+        };
+        let conf = router.dir.join("bird.conf");
+        std::fs::write(&conf, router.bird_conf(config))?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "bird", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(router.socket())
+            .arg("-P")
+            .arg(router.dir.join("bird.pid"))
+            .output()
+            .context("starting bird (scripts/setup installs bird2)")?;
+        if !out.status.success() {
+            bail!("bird: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        wait_for(ns, "bird to answer", Duration::from_secs(10), || {
+            router.birdc("show status").is_ok().then_some(())
+        })?;
+        Ok(router)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
+    fn bird_conf(&self, config: &RouterConfig) -> String {
+        let mut conf = format!(
+            "router id {id};\nlog \"{log}\" all;\nprotocol device {{ }}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\nprotocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n",
+            id = config.router_id,
+            log = self.dir.join("bird.log").display(),
+        );
+        for (i, range) in config.listen.iter().enumerate() {
+            conf.push_str(&format!(
+                "protocol bgp nodes{i} {{\n  local as {asn};\n  neighbor range {range} external;\n  dynamic name \"node{i}_\";\n  graceful restart on;\n  ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n",
+                asn = config.asn,
+            ));
+        }
+        conf
+    }
+
+    /// `birdc -s SOCKET COMMAND`, its output as text.
+    pub fn birdc(&self, command: &str) -> Result<String> {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(self.socket())
+            .args(command.split_whitespace())
+            .output()
+            .context("birdc")?;
+        if !out.status.success() {
+            bail!("birdc {command}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn() -> Option<T>,
+    ) -> Result<T> {
+        wait_for(&self.ns, what, within, check)
+    }
+}
+
+impl Router for Bird {
+    fn established(&self) -> BTreeSet<String> {
+        // `show protocols all`: a block per protocol, with `BGP state:` and `Neighbor
+        // address:` lines.
+        let Ok(text) = self.birdc("show protocols all") else {
+            return BTreeSet::new();
+        };
+        let mut up = BTreeSet::new();
+        let mut state = "";
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(s) = line.strip_prefix("BGP state:") {
+                state = s.trim();
+            } else if let Some(addr) = line.strip_prefix("Neighbor address:")
+                && state == "Established"
+            {
+                up.insert(addr.trim().to_owned());
+            }
+        }
+        up
+    }
+
+    fn ns(&self) -> &str {
+        &self.ns
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(self.dir.join("bird.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: a signal to a pid read from the daemon's own pid file.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
