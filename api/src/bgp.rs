@@ -94,6 +94,34 @@ pub struct BGPPeerSpec {
     /// it, a restarting speaker's routes are withdrawn and traffic moves to other nodes.
     #[serde(default)]
     pub enable_graceful_restart: bool,
+
+    /// The TCP-MD5 password the router expects (RFC 2385), from a Secret in Herald's
+    /// namespace; the speakers may read only the Secrets the chart's
+    /// `speaker.bgpPasswordSecrets` names. The password is never logged, shown in an Event,
+    /// a status or a metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<PasswordSecret>,
+}
+
+/// A key of a Secret in Herald's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSecret {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the password. Default `password` (MetalLB's, of a
+    /// `kubernetes.io/basic-auth` Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+impl PasswordSecret {
+    /// The key holding the password.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or("password")
+    }
 }
 
 /// `dynamicASN`: which kind of AS the router may have.

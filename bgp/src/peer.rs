@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::rib::{self, Routes, Speaker};
 use crate::session::{self, Action, Event, Negotiated, State, Timer};
+use crate::tcp_md5::{self, Password};
 use crate::wire::{self, Message, Notification, Update, error};
 
 /// Where and how to reach the peer.
@@ -26,6 +27,8 @@ pub struct Peer {
     pub speaker: Speaker,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
+    /// TCP-MD5 password the router expects (RFC 2385).
+    pub password: Option<Password>,
 }
 
 /// What the session looks like now, for statuses and metrics.
@@ -236,6 +239,9 @@ async fn connect(peer: &Peer) -> std::io::Result<TcpStream> {
     };
     if let Some(source) = peer.source {
         socket.bind(source)?;
+    }
+    if let Some(password) = &peer.password {
+        tcp_md5::set(&socket, peer.address.ip(), password)?;
     }
     socket.set_nodelay(true)?;
     tokio::time::timeout(peer.connect_timeout, socket.connect(peer.address))

@@ -30,12 +30,7 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
     (
         "BGPPeer",
         "password",
-        "TCP-MD5 passwords are not supported yet",
-    ),
-    (
-        "BGPPeer",
-        "passwordSecret",
-        "TCP-MD5 passwords are not supported yet",
+        "Herald reads passwords from Secrets only: put it in a Secret in Herald's namespace, name it in spec.passwordSecret and in the chart's speaker.bgpPasswordSecrets",
     ),
     (
         "BGPPeer",
@@ -187,6 +182,12 @@ pub fn convert(input: &str) -> Result<(String, Vec<String>), ConvertError> {
                         "enableGracefulRestart",
                     ],
                 );
+                if let Some(secret) = spec["passwordSecret"]["name"].as_str() {
+                    new.insert("passwordSecret".into(), json!({"name": secret}));
+                    warnings.push(format!(
+                        "BGPPeer {name}: its password Secret {secret} must be in Herald's namespace (key `password`, as MetalLB's) and named in the chart's speaker.bgpPasswordSecrets"
+                    ));
+                }
                 "BGPPeer"
             }
             "BGPAdvertisement" => {
@@ -402,6 +403,7 @@ spec:
   nodeSelectors:
   - matchLabels: {rack: r1}
   password: secret
+  passwordSecret: {name: tor-password, namespace: metallb-system}
   bfdProfile: fast
   ebgpMultiHop: true
   enableGracefulRestart: true
@@ -455,6 +457,11 @@ spec:
         );
         assert_eq!(s.node_selectors.len(), 1);
         assert!(s.enable_graceful_restart);
+        let secret = s.password_secret.as_ref().expect("passwordSecret");
+        assert_eq!(
+            (secret.name.as_str(), secret.key()),
+            ("tor-password", "password")
+        );
         let ad: BGPAdvertisement =
             serde_json::from_value(docs[1].clone()).expect("BGPAdvertisement");
         assert_eq!(ad.spec.ip_pools, ["production"]);
@@ -469,7 +476,8 @@ spec:
             herald_api::bgp::Community::parse(c).expect(c);
         }
         for expected in [
-            "BGPPeer tor: spec.password not converted",
+            "BGPPeer tor: spec.password not converted: Herald reads passwords from Secrets only",
+            "BGPPeer tor: its password Secret tor-password must be in Herald's namespace",
             "BGPPeer tor: spec.bfdProfile not converted",
             "BGPPeer tor: spec.ebgpMultiHop not converted",
             "skipped BGPPeer unnumbered: it has no peerAddress",

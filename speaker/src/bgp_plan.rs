@@ -3,7 +3,7 @@
 //! of the pools its `BGPAdvertisement`s select). Every eligible node announces; there is no
 //! election and gossip plays no part. Pure: `bgp_sessions` runs the sessions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -13,9 +13,11 @@ use herald_api::{BGPAdvertisement, BGPPeer, IPPool, IpRange};
 use herald_bgp::peer::Peer;
 use herald_bgp::rib::{Route, Routes, Speaker};
 use herald_bgp::session;
+use herald_bgp::tcp_md5::Password;
 use herald_bgp::wire::Family;
 use ipnetwork::IpNetwork;
 
+use crate::bgp_secrets::SecretState;
 use crate::election::NodeFacts;
 use crate::interfaces::Snapshot;
 use crate::node::NodeView;
@@ -38,6 +40,8 @@ pub struct BgpView<'a> {
     pub peers: &'a [&'a BGPPeer],
     pub advertisements: &'a [&'a BGPAdvertisement],
     pub interfaces: &'a Snapshot,
+    /// The password Secrets the peers name, by name (`bgp_secrets`).
+    pub secrets: &'a BTreeMap<String, SecretState>,
 }
 
 /// One session this node keeps, and what it tells the router.
@@ -54,6 +58,8 @@ pub struct BgpDecision {
     pub sessions: BTreeMap<String, PeerPlan>,
     /// Peers selecting this node that it cannot speak with, and why (said by the shell).
     pub refused: BTreeMap<String, String>,
+    /// Peers waiting for their password Secret to be read (no session yet, nothing to say).
+    pub waiting: BTreeSet<String>,
     /// Communities of the advertisements that cannot be attached, and why (the CEL rule
     /// checks their shape, not the range of each number).
     pub bad_communities: Vec<String>,
@@ -75,9 +81,21 @@ pub fn decide(view: &BgpView) -> BgpDecision {
         .filter(|p| any_or_none(&p.spec.node_selectors, &facts.labels));
     for bgp_peer in selected {
         let name = bgp_peer.metadata.name.clone().unwrap_or_default();
+        let password = match password(bgp_peer, view.secrets) {
+            Ok(p) => p,
+            Err(None) => {
+                decision.waiting.insert(name);
+                continue;
+            }
+            Err(Some(why)) => {
+                decision.refused.insert(name, why);
+                continue;
+            }
+        };
         match settings(bgp_peer, node, view.interfaces) {
             Ok(peer) => {
                 let routes = routes(view, &facts, &name);
+                let peer = Peer { password, ..peer };
                 decision.sessions.insert(name, PeerPlan { peer, routes });
             }
             Err(why) => {
@@ -173,6 +191,46 @@ fn community_errors(ads: &[&BGPAdvertisement]) -> Vec<String> {
         .collect()
 }
 
+/// The peer's password from its Secret: `Ok(None)` without one; `Err(None)` while the
+/// Secret is being read; `Err(Some(why))` when it cannot be used (the password is never
+/// part of the reason).
+fn password(
+    bgp_peer: &BGPPeer,
+    secrets: &BTreeMap<String, SecretState>,
+) -> Result<Option<Password>, Option<String>> {
+    let Some(reference) = &bgp_peer.spec.password_secret else {
+        return Ok(None);
+    };
+    let secret = quote(&reference.name);
+    let data = match secrets.get(&reference.name) {
+        None | Some(SecretState::Waiting) => return Err(None),
+        Some(SecretState::Missing) => {
+            return Err(Some(format!(
+                "its password Secret {secret} does not exist in Herald's namespace"
+            )));
+        }
+        Some(SecretState::Unreadable(why)) => {
+            return Err(Some(format!(
+                "its password Secret {secret} cannot be read: {why}"
+            )));
+        }
+        Some(SecretState::Data(data)) => data,
+    };
+    let key = reference.key();
+    let bytes = data.get(key).ok_or_else(|| {
+        Some(format!(
+            "its password Secret {secret} has no key {}",
+            quote(key)
+        ))
+    })?;
+    Password::new(bytes).map(Some).map_err(|e| {
+        Some(format!(
+            "its password Secret {secret}, key {}: {e}",
+            quote(key)
+        ))
+    })
+}
+
 /// How this node speaks with the router: the session's settings, and the next hops and
 /// router ID from the node's address facing it.
 fn settings(bgp_peer: &BGPPeer, node: &NodeView, interfaces: &Snapshot) -> Result<Peer, String> {
@@ -231,6 +289,7 @@ fn settings(bgp_peer: &BGPPeer, node: &NodeView, interfaces: &Snapshot) -> Resul
             next_hop_v6,
         },
         connect_timeout: CONNECT_TIMEOUT,
+        password: None,
     })
 }
 

@@ -11,8 +11,11 @@ use herald_bgp::rib::Routes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use herald_runtime::Publisher;
+
 use crate::bgp_plan::BgpDecision;
 use crate::metrics::{BgpPeerLabels, BgpPrefixLabels, Metrics};
+use crate::prose;
 
 /// How long a stopping session may take to say Cease before the process goes on.
 const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -27,16 +30,20 @@ struct Running {
 pub struct Sessions {
     running: BTreeMap<String, Running>,
     metrics: Metrics,
+    events: Publisher,
+    node: String,
     /// What was said about peers refused and communities left out, so each is said once.
     said_refused: BTreeMap<String, String>,
     said_bad_communities: Vec<String>,
 }
 
 impl Sessions {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, events: Publisher, node: &str) -> Self {
         Self {
             running: BTreeMap::new(),
             metrics,
+            events,
+            node: node.to_owned(),
             said_refused: BTreeMap::new(),
             said_bad_communities: Vec::new(),
         }
@@ -45,13 +52,15 @@ impl Sessions {
     /// Makes the running sessions what `decision` says: new peers connect, peers gone or
     /// changed are closed with Cease (a changed one then connects anew), and every session
     /// is given its routes.
-    pub fn apply(&mut self, decision: BgpDecision) {
+    /// `node_uid`: this node's Node, the subject of the Warnings about refused peers.
+    pub fn apply(&mut self, decision: BgpDecision, node_uid: &str) {
         let BgpDecision {
             sessions,
             refused,
+            waiting: _,
             bad_communities,
         } = decision;
-        self.say(refused, bad_communities);
+        self.say(refused, bad_communities, node_uid);
         let gone: Vec<String> = self
             .running
             .iter()
@@ -112,11 +121,25 @@ impl Sessions {
         }
     }
 
-    /// Logs peers this node cannot speak with and communities left out, when that changes.
-    fn say(&mut self, refused: BTreeMap<String, String>, bad_communities: Vec<String>) {
+    /// Says which peers this node cannot speak with (a log line and a Warning Event on its
+    /// Node) and which communities are left out (a log line), each when it changes.
+    fn say(
+        &mut self,
+        refused: BTreeMap<String, String>,
+        bad_communities: Vec<String>,
+        node_uid: &str,
+    ) {
         for (peer, why) in &refused {
             if self.said_refused.get(peer) != Some(why) {
-                tracing::warn!(%peer, "not speaking BGP with this peer: {why}");
+                let note = prose::bgp_peer_refused(peer, why);
+                tracing::warn!("{}", note.message);
+                let (events, node, uid) =
+                    (self.events.clone(), self.node.clone(), node_uid.to_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = events.about_node(&node, &uid, &note).await {
+                        tracing::warn!("publishing the BGPPeerRefused event: {e}");
+                    }
+                });
             }
         }
         self.said_refused = refused;

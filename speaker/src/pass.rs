@@ -18,6 +18,7 @@ use herald_api::{BGPAdvertisement, BGPPeer, IPPool, L2Advertisement, ObjectKey};
 use ipnetwork::IpNetwork;
 
 use crate::bgp_plan::{self, BgpDecision, BgpView};
+use crate::bgp_secrets::SecretState;
 use crate::election::{NoOwner, NodeFacts};
 use crate::endpoints::ServingNodes;
 use crate::gossip::Peers;
@@ -60,6 +61,8 @@ pub struct Stores<'a> {
     pub advertisements: &'a [&'a L2Advertisement],
     pub bgp_peers: &'a [&'a BGPPeer],
     pub bgp_advertisements: &'a [&'a BGPAdvertisement],
+    /// The peers' password Secrets, by name.
+    pub bgp_secrets: &'a BTreeMap<String, SecretState>,
 }
 
 /// Everything one pass reads.
@@ -303,6 +306,7 @@ impl Pass {
             peers: stores.bgp_peers,
             advertisements: stores.bgp_advertisements,
             interfaces: inputs.interfaces,
+            secrets: stores.bgp_secrets,
         });
         (decision, bgp, segment)
     }

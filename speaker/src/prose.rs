@@ -52,6 +52,14 @@ pub fn isolation(verdict: &Verdict) -> Option<Note> {
     Some(Note::warning("SpeakerIsolated", message))
 }
 
+/// This node cannot speak with a BGP peer that selects it (a Warning on its Node).
+pub fn bgp_peer_refused(peer: &str, why: &str) -> Note {
+    Note::warning(
+        "BGPPeerRefused",
+        format!("not speaking BGP with BGPPeer {peer}: {why}"),
+    )
+}
+
 /// Another host answers for an IP that node `me` announces (a Warning on each Service
 /// holding the IP), with the usual causes and their fix.
 pub fn foreign_answer(conflict: &Conflict, me: &str) -> Note {

@@ -26,6 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::announcements::Seen;
 use crate::announcer::{Announcer, Conflicts};
+use crate::bgp_secrets::SecretFollower;
 use crate::bgp_sessions::Sessions;
 use crate::conflicts::Conflict;
 use crate::endpoints::ServingNodes;
@@ -117,8 +118,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     stores.wait_until_ready().await?;
 
     let mut announcer = Announcer::new(config.refresh, metrics.clone());
-    let mut sessions = Sessions::new(metrics.clone());
     let events = Publisher::new(client.clone(), notes::reporter(&config.node));
+    let mut sessions = Sessions::new(metrics.clone(), events.clone(), &config.node);
+    let mut secrets = SecretFollower::new(client.clone(), changed.clone());
     tokio::spawn(say_conflicts(
         events.clone(),
         announcer.conflicts(),
@@ -194,6 +196,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             let (bgp_peers, bgp_ads) = (stores.bgp_peers.state(), stores.bgp_ads.state());
             let bgp_peers: Vec<&BGPPeer> = bgp_peers.iter().map(|p| &**p).collect();
             let bgp_ads: Vec<&BGPAdvertisement> = bgp_ads.iter().map(|a| &**a).collect();
+            // The password Secrets the peers name, each followed by its own watch.
+            secrets.follow(
+                bgp_peers
+                    .iter()
+                    .filter_map(|p| Some(p.spec.password_secret.as_ref()?.name.as_str()))
+                    .collect(),
+            );
+            let bgp_secrets = secrets.states();
             let inputs = Inputs {
                 now: started,
                 stores: pass::Stores {
@@ -204,6 +214,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                     advertisements: &ads,
                     bgp_peers: &bgp_peers,
                     bgp_advertisements: &bgp_ads,
+                    bgp_secrets: &bgp_secrets,
                 },
                 gossiped: &gossiped,
                 interfaces: &snapshot,
@@ -219,7 +230,12 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             .send_if_modified(|old| std::mem::replace(old, outcome.isolated) != outcome.isolated);
         steer_peers(&steering, outcome.peers.clone());
         announcer.apply(&outcome.l2.plan, &snapshot.interfaces);
-        sessions.apply(std::mem::take(&mut outcome.bgp));
+        let node_uid = stores
+            .nodes
+            .get(&ObjectKey::cluster(&config.node).to_string())
+            .map(|n| n.uid.to_string())
+            .unwrap_or_default();
+        sessions.apply(std::mem::take(&mut outcome.bgp), &node_uid);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
         record(&metrics, &outcome);
         health.set_ready(!outcome.standing_by);

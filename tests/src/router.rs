@@ -31,6 +31,8 @@ pub struct RouterConfig<'a> {
     pub router_id: Ipv4Addr,
     /// Prefixes whose hosts may open sessions (`bgp listen range`).
     pub listen: &'a [&'a str],
+    /// The TCP-MD5 password every session must sign with (FRR only).
+    pub password: Option<&'a str>,
 }
 
 impl Frr {
@@ -90,6 +92,9 @@ impl Frr {
             asn = config.asn,
             id = config.router_id,
         );
+        if let Some(password) = config.password {
+            conf.push_str(&format!(" neighbor NODES password {password}\n"));
+        }
         for range in config.listen {
             conf.push_str(&format!(" bgp listen range {range} peer-group NODES\n"));
         }
@@ -115,6 +120,22 @@ impl Frr {
     /// The router's kernel routes to `prefix` (`ip route show`), as text.
     pub fn kernel_route(&self, prefix: &str) -> String {
         kernel_route(&self.ns, prefix)
+    }
+
+    /// Changes the running configuration of `router bgp ASN` (`vtysh -c 'configure
+    /// terminal' -c 'router bgp ASN' -c LINE...`).
+    pub fn configure_bgp(&self, asn: u32, lines: &[&str]) -> Result<()> {
+        let mut cmd = Command::new("vtysh");
+        cmd.args(["-N", &self.name, "-c", "configure terminal", "-c"])
+            .arg(format!("router bgp {asn}"));
+        for line in lines {
+            cmd.args(["-c", line]);
+        }
+        let out = cmd.output().context("vtysh")?;
+        if !out.status.success() {
+            bail!("vtysh {lines:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
     }
 
     /// Polls `check` every 50 ms until it gives a value, for at most `within`.

@@ -56,6 +56,7 @@ impl Node {
                 next_hop_v6: Some(node_v6),
             },
             connect_timeout: Duration::from_secs(2),
+            password: None,
         };
         let thread = spawn_in_ns(ns, move || -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread()
@@ -127,6 +128,7 @@ fn frr_learns_both_families_with_their_attributes_installs_them_and_drops_a_with
             asn: ROUTER_ASN,
             router_id: router_host.v4,
             listen: &["192.0.2.0/24"],
+            password: None,
         },
     )
     .expect("FRR");

@@ -163,7 +163,7 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
     let accepted = [
         (
             "BGPPeer",
-            "metadata: {name: tor}\nspec: {myASN: 4200000001, peerASN: 64500, peerAddress: 192.0.2.1, holdTime: 9s, keepaliveTime: 3s, routerID: 10.0.0.1, enableGracefulRestart: true}",
+            "metadata: {name: tor}\nspec: {myASN: 4200000001, peerASN: 64500, peerAddress: 192.0.2.1, holdTime: 9s, keepaliveTime: 3s, routerID: 10.0.0.1, enableGracefulRestart: true, passwordSecret: {name: tor-password}}",
         ),
         (
             "BGPPeer",

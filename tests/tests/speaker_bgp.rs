@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use herald_lab::Process;
 use herald_lab::client_view::metric;
-use herald_lab::netns::Lan;
-use herald_lab::objects::{apply, ips, wait_for};
+use herald_lab::netns::{self, Lan};
+use herald_lab::objects::{apply, events_in, ips, wait_for, wait_for_event};
 use herald_lab::process_cluster::{KEY, endpoints_on, ready_node, setup, speaker};
 use herald_lab::router::{Bird, Frr, Router, RouterConfig};
 use k8s_openapi::api::core::v1::Service;
@@ -63,6 +63,7 @@ fn router_on<R>(lan: &mut Lan, start: fn(&str, &RouterConfig) -> anyhow::Result<
             asn: ROUTER_ASN,
             router_id: host.v4,
             listen: &["192.0.2.0/24"],
+            password: None,
         },
     )
     .expect("router");
@@ -252,4 +253,87 @@ async fn frr_keeps_a_restarting_speakers_routes_with_graceful_restart() {
 #[tokio::test]
 async fn bird_keeps_a_restarting_speakers_routes_with_graceful_restart() {
     keeps_routes_across_a_restart(Bird::start).await;
+}
+
+/// Point 8 of BGP mode: a session signed with TCP-MD5 from a Secret. A missing Secret
+/// refuses the peer with a Warning naming it; a wrong password leaves the session down; the
+/// right one brings it up, a rotation (router and Secret) brings it back; the password shows
+/// nowhere (the speaker's log, Events, metrics).
+#[tokio::test]
+async fn a_password_from_a_secret_signs_the_session_and_is_shown_nowhere() {
+    const OLD: &str = "correct-horse-battery";
+    const NEW: &str = "staple-rotated-2026";
+    const WRONG: &str = "not-the-password";
+    let (cp, mut lan, _controller) = setup(1).await;
+    let client = cp.client();
+    let host = lan.add_host("router", 1).expect("router host");
+    let router = Frr::start(
+        &host.ns,
+        &RouterConfig {
+            asn: ROUTER_ASN,
+            router_id: host.v4,
+            listen: &["192.0.2.0/24"],
+            password: Some(OLD),
+        },
+    )
+    .expect("FRR");
+    let n1 = lan.nodes[0].v4.to_string();
+    apply(
+        &client,
+        &bgp_config(
+            &host.v4.to_string(),
+            ", passwordSecret: {name: tor-password}",
+        ),
+    )
+    .await;
+    let _speaker = speaker(&cp, &lan, "n1", KEY, "speaker-n1");
+    let secret = |password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: tor-password, namespace: default}}\ntype: kubernetes.io/basic-auth\nstringData: {{password: {password}}}"
+        )
+    };
+
+    // No Secret yet: refused, and said on the Node.
+    let event = wait_for_event(&client, "n1", |e| e.reason == "BGPPeerRefused").await;
+    assert_eq!(
+        event.message,
+        "not speaking BGP with BGPPeer tor: its password Secret \"tor-password\" does not exist in Herald's namespace"
+    );
+    // The wrong password: the router drops every segment, the session stays down.
+    apply(&client, &secret(WRONG)).await;
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        router.established().is_empty(),
+        "a wrong password must not establish"
+    );
+    // The right one: Established, the route announced.
+    apply(&client, &secret(OLD)).await;
+    eventually("the signed session", || {
+        router.established().contains(&n1).then_some(())
+    });
+    let ip = format!("{}/32", routed_service(&client, "web", "", 1).await[0]);
+    wait_next_hops(&router, &ip, &[lan.nodes[0].v4.into()]);
+
+    // Rotation: the router moves to a new password (its session drops), then the Secret.
+    router
+        .configure_bgp(ROUTER_ASN, &[&format!("neighbor NODES password {NEW}")])
+        .expect("new password at the router");
+    apply(&client, &secret(NEW)).await;
+    eventually("the session back with the new password", || {
+        router.established().contains(&n1).then_some(())
+    });
+    wait_next_hops(&router, &ip, &[lan.nodes[0].v4.into()]);
+
+    // Nowhere to be seen.
+    let log = std::fs::read_to_string(cp.dir().join("speaker-n1.log")).expect("speaker log");
+    let events = format!("{:?}", events_in(&client, "default", "n1").await);
+    let metrics = netns::http_get_in(&lan.node("n1").ns, 9473, "/metrics").expect("metrics");
+    for password in [OLD, NEW, WRONG] {
+        for (what, text) in [("log", &log), ("Events", &events), ("metrics", &metrics)] {
+            assert!(
+                !text.contains(password),
+                "the password shows in the speaker's {what}"
+            );
+        }
+    }
 }

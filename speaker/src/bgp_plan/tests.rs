@@ -50,6 +50,7 @@ struct Fixture {
     peers: Vec<BGPPeer>,
     ads: Vec<BGPAdvertisement>,
     interfaces: Snapshot,
+    secrets: BTreeMap<String, SecretState>,
 }
 
 impl Fixture {
@@ -72,6 +73,7 @@ impl Fixture {
             )],
             ads: vec![yaml("metadata: {name: routed}\nspec: {ipPools: [routed]}")],
             interfaces: lan(),
+            secrets: BTreeMap::new(),
         }
     }
 
@@ -88,6 +90,7 @@ impl Fixture {
             peers: &peers,
             advertisements: &ads,
             interfaces: &self.interfaces,
+            secrets: &self.secrets,
         })
     }
 
@@ -267,6 +270,64 @@ fn nothing_is_decided_before_the_node_is_known() {
         peers: &[&f.peers[0]],
         advertisements: &[],
         interfaces: &f.interfaces,
+        secrets: &f.secrets,
     });
     assert!(decision.sessions.is_empty());
+}
+
+#[test]
+fn a_password_comes_from_its_secret_and_a_secret_that_cannot_serve_refuses_the_peer() {
+    let mut f = Fixture::new();
+    f.peers[0].spec.password_secret = Some(yaml("{name: tor-password}"));
+    let secret = |state| BTreeMap::from([("tor-password".to_owned(), state)]);
+
+    f.secrets = secret(SecretState::Waiting);
+    let decision = f.decide();
+    assert!(decision.sessions.is_empty() && decision.refused.is_empty());
+    assert!(
+        decision.waiting.contains("tor"),
+        "nothing said while it is read"
+    );
+
+    f.secrets = secret(SecretState::Missing);
+    assert_eq!(
+        f.decide().refused["tor"],
+        "its password Secret \"tor-password\" does not exist in Herald's namespace"
+    );
+    f.secrets = secret(SecretState::Data(BTreeMap::from([(
+        "other".into(),
+        b"x".to_vec(),
+    )])));
+    assert_eq!(
+        f.decide().refused["tor"],
+        "its password Secret \"tor-password\" has no key \"password\""
+    );
+    f.secrets = secret(SecretState::Data(BTreeMap::from([(
+        "password".into(),
+        vec![b'x'; 81],
+    )])));
+    assert!(f.decide().refused["tor"].contains("at most 80"));
+
+    f.secrets = secret(SecretState::Data(BTreeMap::from([(
+        "password".into(),
+        b"s3cret".to_vec(),
+    )])));
+    let decision = f.decide();
+    assert_eq!(
+        decision.sessions["tor"].peer.password,
+        Some(Password::new(b"s3cret").expect("fits"))
+    );
+    // Nothing the speaker logs or reports shows it.
+    assert!(!format!("{decision:?}").contains("s3cret"));
+    assert!(!format!("{:?}", f.secrets).contains("s3cret"));
+
+    // A rotated password is a changed session (closed and opened again with it).
+    f.secrets = secret(SecretState::Data(BTreeMap::from([(
+        "password".into(),
+        b"rotated".to_vec(),
+    )])));
+    assert_ne!(
+        f.decide().sessions["tor"].peer,
+        decision.sessions["tor"].peer
+    );
 }

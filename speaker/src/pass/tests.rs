@@ -99,6 +99,7 @@ impl Lan {
                 advertisements: &ads,
                 bgp_peers: &[],
                 bgp_advertisements: &[],
+                bgp_secrets: &BTreeMap::new(),
             },
             gossiped: &self.gossiped,
             interfaces: &self.interfaces,
