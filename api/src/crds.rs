@@ -5,7 +5,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::{BGPAdvertisement, BGPPeer, IPPool, L2Advertisement, L2Announcement};
+use crate::{BGPAdvertisement, BGPPeer, BGPSession, IPPool, L2Advertisement, L2Announcement};
 
 /// Directory of the chart's CRDs, relative to the repository root.
 pub const CHART_CRD_DIR: &str = "charts/herald/files/crds";
@@ -29,6 +29,7 @@ pub fn render() -> Result<Vec<(String, String)>, RenderError> {
         L2Announcement::crd(),
         BGPPeer::crd(),
         BGPAdvertisement::crd(),
+        BGPSession::crd(),
     ]
     .into_iter()
     .map(|mut crd| {

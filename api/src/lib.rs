@@ -1,5 +1,5 @@
 //! Herald's API, types only: the custom resources (`IPPool`, `L2Advertisement`,
-//! `L2Announcement`, `BGPPeer`, `BGPAdvertisement`) and the rendering of their CRD manifests, the compact Service both
+//! `L2Announcement`, `BGPPeer`, `BGPAdvertisement`, `BGPSession`) and the rendering of their CRD manifests, the compact Service both
 //! binaries cache, the annotation and label keys Herald honours (its own and MetalLB's), the
 //! address entry syntax of a pool, object keys, and what an Event says. No I/O: how the
 //! binaries talk to the API server is `herald-runtime`.
@@ -9,6 +9,7 @@
 pub mod address;
 pub mod announcement;
 pub mod bgp;
+pub mod bgp_session;
 pub mod crds;
 pub mod events;
 pub mod gossip;
@@ -23,6 +24,7 @@ pub mod service;
 pub use address::{AddressEntry, AddressError, IpRange};
 pub use announcement::{L2Announcement, L2AnnouncementSpec};
 pub use bgp::{BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec};
+pub use bgp_session::{BGPSession, BGPSessionSpec};
 pub use key::ObjectKey;
 pub use l2::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};

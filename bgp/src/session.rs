@@ -91,6 +91,28 @@ pub enum Down {
     Connection,
 }
 
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let said = |n: &Notification| {
+            let what = match n.code {
+                error::HEADER => "message header error",
+                error::OPEN => "OPEN message error",
+                error::UPDATE => "UPDATE message error",
+                error::HOLD_TIMER_EXPIRED => "hold timer expired",
+                error::FSM => "finite state machine error",
+                error::CEASE => "Cease",
+                _ => "unknown error",
+            };
+            format!("{what} (code {}, subcode {})", n.code, n.subcode)
+        };
+        match self {
+            Down::Sent(n) => write!(f, "this node sent a NOTIFICATION: {}", said(n)),
+            Down::Received(n) => write!(f, "the router sent a NOTIFICATION: {}", said(n)),
+            Down::Connection => f.write_str("the TCP connection closed or could not be made"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Open a TCP connection to the peer.

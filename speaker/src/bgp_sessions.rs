@@ -13,7 +13,11 @@ use tokio::task::JoinHandle;
 
 use herald_runtime::Publisher;
 
+use herald_api::BGPSessionSpec;
+use k8s_openapi::jiff::Timestamp;
+
 use crate::bgp_plan::BgpDecision;
+use crate::bgp_records::Board;
 use crate::metrics::{BgpPeerLabels, BgpPrefixLabels, Metrics};
 use crate::prose;
 
@@ -30,6 +34,10 @@ struct Running {
 pub struct Sessions {
     running: BTreeMap<String, Running>,
     metrics: Metrics,
+    /// What `bgp_records` writes as this node's BGPSessions.
+    board: Board,
+    /// The board was told of a first decision.
+    decided: bool,
     events: Publisher,
     node: String,
     /// What was said about peers refused and communities left out, so each is said once.
@@ -38,10 +46,12 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(metrics: Metrics, events: Publisher, node: &str) -> Self {
+    pub fn new(metrics: Metrics, events: Publisher, node: &str, board: Board) -> Self {
         Self {
             running: BTreeMap::new(),
             metrics,
+            board,
+            decided: false,
             events,
             node: node.to_owned(),
             said_refused: BTreeMap::new(),
@@ -57,9 +67,27 @@ impl Sessions {
         let BgpDecision {
             sessions,
             refused,
-            waiting: _,
+            waiting,
             bad_communities,
         } = decision;
+        // Records: a refused peer says why; one no longer selecting this node goes (a
+        // waiting one keeps what it had).
+        for (peer, why) in &refused {
+            self.board.set(BGPSessionSpec {
+                node: self.node.clone(),
+                peer: peer.clone(),
+                state: "Refused".into(),
+                since: Timestamp::now().to_string(),
+                last_error: Some(why.clone()),
+                ..BGPSessionSpec::default()
+            });
+        }
+        self.board.forget_others(|peer| {
+            sessions.contains_key(peer) || refused.contains_key(peer) || waiting.contains(peer)
+        });
+        if !std::mem::replace(&mut self.decided, true) {
+            self.board.decided();
+        }
         self.say(refused, bad_communities, node_uid);
         let gone: Vec<String> = self
             .running
@@ -98,8 +126,23 @@ impl Sessions {
         let (routes_tx, routes_rx) = watch::channel(routes);
         let (status_tx, status_rx) = watch::channel(Status::Connecting);
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
-        let task = tokio::spawn(peer::run(peer.clone(), routes_rx, status_tx, stop_rx));
-        tokio::spawn(report(name.to_owned(), status_rx, self.metrics.clone()));
+        let task = tokio::spawn(peer::run(
+            peer.clone(),
+            routes_rx,
+            status_tx,
+            stop_rx.clone(),
+        ));
+        tokio::spawn(report(
+            Reporting {
+                node: self.node.clone(),
+                peer: name.to_owned(),
+                graceful_restart: peer.session.graceful_restart.is_some(),
+            },
+            status_rx,
+            stop_rx,
+            self.metrics.clone(),
+            self.board.clone(),
+        ));
         Running {
             peer,
             routes: routes_tx,
@@ -164,15 +207,65 @@ impl Sessions {
     }
 }
 
-/// Follows one session's status into the metrics and the log until the session ends.
-async fn report(peer: String, mut status: watch::Receiver<Status>, metrics: Metrics) {
+/// Whose session a `report` follows.
+struct Reporting {
+    node: String,
+    peer: String,
+    /// This side offered graceful restart.
+    graceful_restart: bool,
+}
+
+/// Follows one session's status into the metrics, the log and its BGPSession record until
+/// the session is stopped (a session being closed or replaced reports nothing more).
+async fn report(
+    who: Reporting,
+    mut status: watch::Receiver<Status>,
+    stop: watch::Receiver<Stop>,
+    metrics: Metrics,
+    board: Board,
+) {
+    let Reporting {
+        node,
+        peer,
+        graceful_restart,
+    } = who;
     let mut was_up = false;
-    while status.changed().await.is_ok() {
+    let mut last_error = None;
+    loop {
         let now = status.borrow_and_update().clone();
-        let (up, (v4, v6)) = match &now {
-            Status::Established { advertised, .. } => (true, *advertised),
-            _ => (false, (0, 0)),
+        if *stop.borrow() != Stop::Run {
+            return;
+        }
+        let mut record = BGPSessionSpec {
+            node: node.clone(),
+            peer: peer.clone(),
+            since: Timestamp::now().to_string(),
+            ..BGPSessionSpec::default()
         };
+        let (up, (v4, v6)) = match &now {
+            Status::Established {
+                advertised,
+                negotiated,
+            } => {
+                record.state = "Established".into();
+                record.graceful_restart =
+                    graceful_restart && negotiated.peer_keeps_routes.is_some();
+                (true, *advertised)
+            }
+            Status::Connecting => {
+                record.state = "Connecting".into();
+                (false, (0, 0))
+            }
+            Status::Down(why) => {
+                record.state = "Down".into();
+                last_error = Some(why.to_string());
+                (false, (0, 0))
+            }
+        };
+        record.advertised_ipv4 = u32::try_from(v4).unwrap_or(u32::MAX);
+        record.advertised_ipv6 = u32::try_from(v6).unwrap_or(u32::MAX);
+        record.last_error.clone_from(&last_error);
+        board.set(record);
         if up && !was_up {
             tracing::info!(%peer, "BGP session Established");
         }
@@ -189,6 +282,9 @@ async fn report(peer: String, mut status: watch::Receiver<Status>, metrics: Metr
                     family,
                 })
                 .set(count as i64);
+        }
+        if status.changed().await.is_err() {
+            return;
         }
     }
 }

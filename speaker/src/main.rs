@@ -4,6 +4,7 @@
 mod announcements;
 mod announcer;
 mod bgp_plan;
+mod bgp_records;
 mod bgp_secrets;
 mod bgp_sessions;
 mod conflicts;

@@ -26,6 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::announcements::Seen;
 use crate::announcer::{Announcer, Conflicts};
+use crate::bgp_records::{self, Board};
 use crate::bgp_secrets::SecretFollower;
 use crate::bgp_sessions::Sessions;
 use crate::conflicts::Conflict;
@@ -119,7 +120,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
 
     let mut announcer = Announcer::new(config.refresh, metrics.clone());
     let events = Publisher::new(client.clone(), notes::reporter(&config.node));
-    let mut sessions = Sessions::new(metrics.clone(), events.clone(), &config.node);
+    let board = Board::default();
+    tokio::spawn(bgp_records::write(
+        client.clone(),
+        config.node.clone(),
+        stores.nodes.clone(),
+        board.clone(),
+    ));
+    let mut sessions = Sessions::new(metrics.clone(), events.clone(), &config.node, board);
     let mut secrets = SecretFollower::new(client.clone(), changed.clone());
     tokio::spawn(say_conflicts(
         events.clone(),

@@ -406,6 +406,31 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A BGP peer selecting the node (a router that is not there): the speaker records the
+    // session, then deletes the record when the peer goes.
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: absent}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 127.0.0.1, peerPort: 9}").await;
+    let sessions: Api<herald_api::BGPSession> = Api::all(client.clone());
+    let record = herald_api::bgp_session::name("rbac-node", "absent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sessions.get_opt(&record).await.ok().flatten().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no BGPSession written"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Api::<herald_api::BGPPeer>::all(client.clone())
+        .delete("absent", &Default::default())
+        .await
+        .expect("deleting the BGPPeer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sessions.get_opt(&record).await.ok().flatten().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the BGPSession of a peer that is gone was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Let the pool status and the Events land.
     tokio::time::sleep(Duration::from_secs(3)).await;
 

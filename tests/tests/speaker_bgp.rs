@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use herald_api::{BGPSession, BGPSessionSpec};
 use herald_lab::Process;
 use herald_lab::client_view::metric;
 use herald_lab::netns::{self, Lan};
@@ -76,6 +77,28 @@ fn bgp_config(router_ip: &str, peer_extra: &str) -> String {
     format!(
         "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: routed}}\nspec: {{addresses: [198.51.100.0/24, '2001:db8:100::/64'], autoAssign: false}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: {CLUSTER_ASN}, peerASN: {ROUTER_ASN}, peerAddress: {router_ip}{peer_extra}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: routed}}\nspec: {{ipPools: [routed]}}"
     )
+}
+
+/// `node`'s BGPSession with the peer `tor`, once `check` holds for it.
+async fn session_record(
+    client: &kube::Client,
+    node: &str,
+    check: impl Fn(&BGPSessionSpec) -> bool,
+) -> BGPSessionSpec {
+    let api: Api<BGPSession> = Api::all(client.clone());
+    let name = herald_api::bgp_session::name(node, "tor");
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let got = api.get_opt(&name).await.ok().flatten().map(|s| s.spec);
+        if let Some(spec) = got.as_ref().filter(|s| check(s)) {
+            return spec.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: not as expected within {WITHIN:?}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A LoadBalancer Service `name` from the routed pool; its IPs.
@@ -215,6 +238,10 @@ async fn keeps_routes_across_a_restart<R: Router>(
     let deleted = format!("{}/32", routed_service(&client, "deleted", "", 1).await[0]);
     wait_next_hops(&router, &kept, &[n1, n2]);
     wait_next_hops(&router, &deleted, &[n1, n2]);
+    session_record(&client, "n2", |s| {
+        s.state == "Established" && s.graceful_restart
+    })
+    .await;
 
     // n2's speaker stops as a rolling upgrade stops it; its routes stay at the router.
     speakers[1].signal(libc::SIGTERM);
@@ -299,6 +326,11 @@ async fn a_password_from_a_secret_signs_the_session_and_is_shown_nowhere() {
         event.message,
         "not speaking BGP with BGPPeer tor: its password Secret \"tor-password\" does not exist in Herald's namespace"
     );
+    let refused = session_record(&client, "n1", |s| s.state == "Refused").await;
+    assert_eq!(
+        refused.last_error.as_deref(),
+        Some("its password Secret \"tor-password\" does not exist in Herald's namespace")
+    );
     // The wrong password: the router drops every segment, the session stays down.
     apply(&client, &secret(WRONG)).await;
     std::thread::sleep(Duration::from_secs(3));
@@ -324,12 +356,27 @@ async fn a_password_from_a_secret_signs_the_session_and_is_shown_nowhere() {
     });
     wait_next_hops(&router, &ip, &[lan.nodes[0].v4.into()]);
 
+    session_record(&client, "n1", |s| s.state == "Established").await;
+
     // Nowhere to be seen.
+    let records = format!(
+        "{:?}",
+        Api::<BGPSession>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+    );
     let log = std::fs::read_to_string(cp.dir().join("speaker-n1.log")).expect("speaker log");
     let events = format!("{:?}", events_in(&client, "default", "n1").await);
     let metrics = netns::http_get_in(&lan.node("n1").ns, 9473, "/metrics").expect("metrics");
     for password in [OLD, NEW, WRONG] {
-        for (what, text) in [("log", &log), ("Events", &events), ("metrics", &metrics)] {
+        for (what, text) in [
+            ("log", &log),
+            ("Events", &events),
+            ("metrics", &metrics),
+            ("BGPSessions", &records),
+        ] {
             assert!(
                 !text.contains(password),
                 "the password shows in the speaker's {what}"
