@@ -137,6 +137,11 @@ fn routes(view: &BgpView, node: &NodeFacts, peer_name: &str) -> Routes {
         return routes;
     }
     for target in view.targets.iter() {
+        // Only while something can serve it: a route draws traffic that nothing would
+        // take (kube-proxy rejects it).
+        if !target.served {
+            continue;
+        }
         // externalTrafficPolicy Local: only from a node with a serving endpoint.
         if target
             .serving_nodes

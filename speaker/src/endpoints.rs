@@ -11,6 +11,9 @@ pub struct ServingNodes {
     pub service: String,
     /// Nodes with an endpoint that serves, sorted, each once.
     pub nodes: Vec<String>,
+    /// Some endpoint serves, with or without a node (a slice written by hand often names
+    /// none): the Service can take traffic at all.
+    pub any_serving: bool,
 }
 
 impl ServingNodes {
@@ -21,7 +24,7 @@ impl ServingNodes {
             .labels?
             .remove("kubernetes.io/service-name")?;
         let namespace = slice.metadata.namespace.unwrap_or_default();
-        let mut nodes: Vec<String> = slice
+        let serving: Vec<_> = slice
             .endpoints
             .into_iter()
             .flatten()
@@ -32,14 +35,16 @@ impl ServingNodes {
                     .as_ref()
                     .is_none_or(|c| c.serving.unwrap_or(c.ready != Some(false)))
             })
-            .filter_map(|ep| ep.node_name)
             .collect();
+        let any_serving = !serving.is_empty();
+        let mut nodes: Vec<String> = serving.into_iter().filter_map(|ep| ep.node_name).collect();
         nodes.sort();
         nodes.dedup();
         nodes.shrink_to_fit();
         Some(Self {
             service: ObjectKey::new(&namespace, &service).to_string(),
             nodes,
+            any_serving,
         })
     }
 }
@@ -68,7 +73,29 @@ endpoints:
             Some(ServingNodes {
                 service: "shop/web".into(),
                 nodes: vec!["a".into(), "b".into(), "e".into()],
+                any_serving: true,
             })
+        );
+        // Endpoints without a node (a slice written by hand) still make a Service servable;
+        // none that serves does not.
+        let by_hand: EndpointSlice = serde_yaml_ng::from_str(
+            "metadata: {name: db, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.1]}]",
+        )
+        .expect("yaml");
+        let db = ServingNodes::of(by_hand).expect("a Service's slice");
+        assert!(db.any_serving && db.nodes.is_empty());
+        let draining: EndpointSlice = serde_yaml_ng::from_str(
+            "metadata: {name: db, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.1], nodeName: a, conditions: {ready: false, serving: false, terminating: true}}]",
+        )
+        .expect("yaml");
+        assert!(
+            !ServingNodes::of(draining)
+                .expect("a Service's slice")
+                .any_serving
         );
         let orphan: EndpointSlice = serde_yaml_ng::from_str(
             "metadata: {name: x, namespace: shop}\naddressType: IPv4\nendpoints: []",

@@ -22,6 +22,8 @@ pub struct Targets<'a> {
     /// Nodes with a serving endpoint, for the Services with `externalTrafficPolicy: Local`
     /// only (the others may be announced from any node).
     serving: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// The Services with some serving endpoint (`None`: take every Service as served).
+    served: Option<BTreeSet<&'a str>>,
 }
 
 /// One IP and what it asks for.
@@ -34,6 +36,8 @@ pub struct Target<'t> {
     /// sharers of a `Local` IP select the same pods, which the controller enforces, and the
     /// intersection keeps this safe even if they did not). `None`: any node may.
     pub serving_nodes: Option<BTreeSet<&'t str>>,
+    /// Some holder has a serving endpoint somewhere: traffic to the IP can be served.
+    pub served: bool,
 }
 
 impl<'t> Target<'t> {
@@ -50,18 +54,24 @@ impl<'a> Targets<'a> {
         slices: &'a HashMap<String, Arc<ServingNodes>>,
     ) -> Self {
         let mut serving: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut served = BTreeSet::new();
         for slice in slices.values() {
-            if let Some((key, _)) = services
-                .get_key_value(&slice.service)
-                .filter(|(_, s)| s.local_traffic)
-            {
+            let Some((key, svc)) = services.get_key_value(&slice.service) else {
+                continue;
+            };
+            if slice.any_serving {
+                served.insert(key.as_str());
+            }
+            if svc.local_traffic {
                 serving
                     .entry(key.as_str())
                     .or_default()
                     .extend(slice.nodes.iter().map(String::as_str));
             }
         }
-        Self::with_serving(services, serving)
+        let mut targets = Self::with_serving(services, serving);
+        targets.served = Some(served);
+        targets
     }
 
     /// From the Services with IPs and, per `Local` Service key, the nodes serving it.
@@ -74,7 +84,11 @@ impl<'a> Targets<'a> {
             .flat_map(|(key, svc)| svc.ips.iter().map(move |ip| (*ip, key.as_str(), &**svc)))
             .collect();
         held.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        Self { held, serving }
+        Self {
+            held,
+            serving,
+            served: None,
+        }
     }
 
     /// Each IP with what it asks for, in address order.
@@ -90,10 +104,15 @@ impl<'a> Targets<'a> {
                     });
                 }
             }
+            let served = self
+                .served
+                .as_ref()
+                .is_none_or(|s| holders.iter().any(|(_, key, _)| s.contains(key)));
             Target {
                 ip: holders[0].0,
                 holders,
                 serving_nodes,
+                served,
             }
         })
     }
@@ -116,6 +135,7 @@ mod tests {
         let slice = ServingNodes {
             service: service.into(),
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            any_serving: !nodes.is_empty(),
         };
         (format!("{service}-{}", nodes.join("")), Arc::new(slice))
     }
@@ -161,6 +181,24 @@ mod tests {
                     Some(vec!["a", "b", "c"])
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn an_ip_is_served_while_one_of_its_services_has_a_serving_endpoint() {
+        let services = HashMap::from([
+            service("shop", "web", &["192.0.2.10"], false),
+            service("shop", "web-udp", &["192.0.2.10"], false),
+            service("shop", "idle", &["192.0.2.11"], false),
+        ]);
+        let slices = HashMap::from([slice("shop/web-udp", &["a"]), slice("shop/idle", &[])]);
+        let served: Vec<(String, bool)> = Targets::new(&services, &slices)
+            .iter()
+            .map(|t| (t.ip.to_string(), t.served))
+            .collect();
+        assert_eq!(
+            served,
+            [("192.0.2.10".into(), true), ("192.0.2.11".into(), false)]
         );
     }
 

@@ -152,6 +152,14 @@ async fn announces_and_withdraws<R: Router>(start: fn(&str, &RouterConfig) -> an
     )
     .await;
     let (v4, v6) = (format!("{}/32", got[0]), format!("{}/128", got[1]));
+    // Not before it has an endpoint: a route would draw traffic nothing serves.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        router.kernel_next_hops(&v4).is_empty(),
+        "announced with no endpoint"
+    );
+    // One ready pod, on n2: every eligible node announces (externalTrafficPolicy Cluster).
+    endpoints_on(&client, "web", &[("n2", true)]).await;
     wait_next_hops(&router, &v4, &[n1, n2]);
     wait_next_hops(&router, &v6, &[n1_v6, n2_v6]);
     // The speakers say so in their metrics.
@@ -236,6 +244,8 @@ async fn keeps_routes_across_a_restart<R: Router>(
         .collect();
     let kept = format!("{}/32", routed_service(&client, "kept", "", 1).await[0]);
     let deleted = format!("{}/32", routed_service(&client, "deleted", "", 1).await[0]);
+    endpoints_on(&client, "kept", &[("n1", true)]).await;
+    endpoints_on(&client, "deleted", &[("n1", true)]).await;
     wait_next_hops(&router, &kept, &[n1, n2]);
     wait_next_hops(&router, &deleted, &[n1, n2]);
     session_record(&client, "n2", |s| {
@@ -344,6 +354,7 @@ async fn a_password_from_a_secret_signs_the_session_and_is_shown_nowhere() {
         router.established().contains(&n1).then_some(())
     });
     let ip = format!("{}/32", routed_service(&client, "web", "", 1).await[0]);
+    endpoints_on(&client, "web", &[("n1", true)]).await;
     wait_next_hops(&router, &ip, &[lan.nodes[0].v4.into()]);
 
     // Rotation: the router moves to a new password (its session drops), then the Secret.

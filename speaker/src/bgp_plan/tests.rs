@@ -174,6 +174,45 @@ fn peers_and_advertisements_select_nodes_and_peers() {
 }
 
 #[test]
+fn a_service_is_announced_only_while_it_has_a_serving_endpoint() {
+    let f = Fixture::new();
+    let web_only = [(
+        "shop/web-1".to_owned(),
+        Arc::new(crate::endpoints::ServingNodes {
+            service: "shop/web".into(),
+            nodes: vec!["b".into()],
+            any_serving: true,
+        }),
+    )];
+    let decide = |slices: &HashMap<String, Arc<crate::endpoints::ServingNodes>>| {
+        let targets = Targets::new(&f.services, slices);
+        let pools: Vec<&IPPool> = f.pools.iter().collect();
+        let peers: Vec<&BGPPeer> = f.peers.iter().collect();
+        let ads: Vec<&BGPAdvertisement> = vec![&f.ads[0]];
+        decide(&BgpView {
+            me: "a",
+            node: Some(&f.node),
+            targets: &targets,
+            pools: &pools,
+            peers: &peers,
+            advertisements: &ads,
+            interfaces: &f.interfaces,
+            secrets: &f.secrets,
+        })
+        .sessions["tor"]
+            .routes
+            .len()
+    };
+    assert_eq!(
+        decide(&HashMap::new()),
+        0,
+        "no endpoint anywhere: nothing to route to"
+    );
+    // A Cluster Service served from another node: every eligible node announces it.
+    assert_eq!(decide(&HashMap::from(web_only)), 2);
+}
+
+#[test]
 fn local_traffic_is_announced_only_from_nodes_serving_it() {
     let mut f = Fixture::new();
     f.services = HashMap::from([allocated("shop", "web", &["198.51.100.10"], true)]);
