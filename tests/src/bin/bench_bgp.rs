@@ -1,0 +1,218 @@
+//! `herald-bench-bgp`: BGP mode against a real FRR router on a namespace LAN. Run through
+//! `bench/bgp` (release builds).
+//!
+//! 1. Convergence: N LoadBalancer Services (statuses written directly, as the controller
+//!    would, and an EndpointSlice each), from the first write until the router has every
+//!    prefix from both nodes.
+//! 2. Footprint with those routes and sessions: peak and current RSS of a speaker, its CPU
+//!    over 30 idle seconds.
+//! 3. Endpoint change to route change at the router: an `externalTrafficPolicy: Local`
+//!    Service's only ready endpoint moves between the two nodes; from the EndpointSlice
+//!    write until the router's kernel forwards to the new node (p50, p99).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures::StreamExt;
+use herald_lab::Process;
+use herald_lab::objects::apply;
+use herald_lab::process_cluster::{KEY, allocated_services, endpoints_on, setup, speaker};
+use herald_lab::router::{Frr, Router, RouterConfig};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+
+const ROUTER_ASN: u32 = 64500;
+
+/// Prefixes the router holds from each node (`pfxRcd` of its IPv4 sessions).
+fn received(router: &Frr) -> Vec<u64> {
+    let Ok(summary) = router.vtysh("show bgp ipv4 unicast summary json") else {
+        return Vec::new();
+    };
+    summary["peers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, p)| p["pfxRcd"].as_u64())
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Creates Services `many-FROM..many-TO` and waits until both nodes' routes to all of them
+/// are at the router; returns (writes done, converged) from the first write.
+async fn converge(
+    client: &kube::Client,
+    router: &Frr,
+    from: usize,
+    to: usize,
+) -> Result<(Duration, Duration)> {
+    let services: Vec<(String, String)> = (from..to)
+        .map(|i| {
+            (
+                format!("many-{i}"),
+                format!("198.18.{}.{}", i / 250, i % 250 + 1),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    allocated_services(client, &services).await?;
+    // A Service is announced while it has a serving endpoint: one each, on n1.
+    futures::stream::iter(&services)
+        .map(|(name, _)| endpoints_on(client, name, &[("n1", true)]))
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let written = started.elapsed();
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let got = received(router);
+        if got.len() == 2 && got.iter().all(|n| *n as usize >= to) {
+            return Ok((written, started.elapsed()));
+        }
+        if Instant::now() > deadline {
+            bail!("the router has {got:?} of {to} prefixes per node after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn footprint(speakers: &[Process], lan_ns: &str) -> Result<String> {
+    let pid = speakers[0].pid();
+    let cpu0 = herald_lab::process::cpu_seconds(pid)?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let cpu = (herald_lab::process::cpu_seconds(pid)? - cpu0) / 30.0 * 100.0;
+    let metrics = herald_lab::netns::http_get_in(lan_ns, 9473, "/metrics")?;
+    let sent = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("herald_speaker_bgp_prefixes_advertised{peer=\"tor\",family=\"ipv4\"} ")
+        })
+        .unwrap_or("?")
+        .to_owned();
+    Ok(format!(
+        "speaker on n1 with {sent} prefixes advertised: peak RSS {:.1} MiB, RSS now {:.1} MiB, idle CPU {cpu:.2}% of one core",
+        herald_lab::process::memory_mib(pid, "VmHWM:")?,
+        herald_lab::process::memory_mib(pid, "VmRSS:")?,
+    ))
+}
+
+/// Rounds of moving the Local Service's endpoint between the nodes; the time from each
+/// EndpointSlice write to the router's kernel forwarding to the new node.
+async fn endpoint_moves(
+    client: &kube::Client,
+    router: &Frr,
+    prefix: &str,
+    nodes: [IpAddr; 2],
+    rounds: usize,
+) -> Result<Vec<Duration>> {
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        let (name, hop) = if round % 2 == 0 {
+            ("n1", nodes[0])
+        } else {
+            ("n2", nodes[1])
+        };
+        let expected = std::collections::BTreeSet::from([hop.to_string()]);
+        endpoints_on(client, "local", &[(name, true)]).await;
+        let written = Instant::now();
+        while router.kernel_next_hops(prefix) != expected {
+            if written.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "round {round}: the router still forwards {prefix} to {:?}",
+                    router.kernel_next_hops(prefix)
+                );
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        samples.push(written.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    samples.sort();
+    Ok(samples)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let sizes = if sizes.is_empty() {
+        vec![1_000, 10_000]
+    } else {
+        sizes
+    };
+    let (cp, mut lan, mut controller) = setup(2).await;
+    // The statuses below are written as the controller would; it would clear them (another
+    // class), so it stops here.
+    controller.kill();
+    let client = cp.client();
+    let host = lan.add_host("router", 1)?;
+    let router = Frr::start(
+        &host.ns,
+        &RouterConfig {
+            asn: ROUTER_ASN,
+            router_id: host.v4,
+            listen: &["192.0.2.0/24"],
+            password: None,
+        },
+    )?;
+    apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: many}}\nspec: {{addresses: [198.18.0.0/15], autoAssign: false}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: 64512, peerASN: {ROUTER_ASN}, peerAddress: {}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: many}}\nspec: {{ipPools: [many]}}", host.v4)).await;
+    let speakers: Vec<Process> = (1..=2)
+        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
+        .collect();
+    let started = Instant::now();
+    while router.established().len() < 2 {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("sessions not Established within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "both sessions Established {:.0} ms after the speakers started",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+
+    // The Local Service first, so the convergence rounds run with it in the table.
+    let svc: Service = serde_yaml_ng::from_str(
+        "metadata: {name: local, namespace: default}\nspec: {type: LoadBalancer, externalTrafficPolicy: Local, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{port: 80}]}",
+    )?;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    api.create(&Default::default(), &svc).await?;
+    let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
+        "loadBalancer": {"ingress": [{"ip": "198.19.255.1", "ipMode": "VIP"}]},
+        "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
+            "reason": "Allocated", "message": "static", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status(
+        "local",
+        &PatchParams::apply("static").force(),
+        &Patch::Apply(&status),
+    )
+    .await?;
+    let nodes = [IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4)];
+    let moves = endpoint_moves(&client, &router, "198.19.255.1/32", nodes, 50).await?;
+    println!(
+        "endpoint moved to the other node -> the router's kernel forwards there: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
+        percentile(&moves, 50),
+        percentile(&moves, 99),
+        percentile(&moves, 100),
+        moves.len()
+    );
+
+    let mut done = 0;
+    for size in sizes {
+        let (written, converged) = converge(&client, &router, done, size).await?;
+        done = size;
+        println!(
+            "{size} Services: statuses written in {:.1} s, every prefix from both nodes at the router {:.1} s after the first write",
+            written.as_secs_f64(),
+            converged.as_secs_f64()
+        );
+        println!("{}", footprint(&speakers, &lan.nodes[0].ns).await?);
+    }
+    drop(lan);
+    Ok(())
+}
