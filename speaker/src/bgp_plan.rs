@@ -18,7 +18,7 @@ use herald_bgp::wire::Family;
 use ipnetwork::IpNetwork;
 
 use crate::bgp_secrets::SecretState;
-use crate::election::NodeFacts;
+use crate::election::{Exclusion, NodeFacts};
 use crate::interfaces::Snapshot;
 use crate::node::NodeView;
 use crate::targets::Targets;
@@ -42,6 +42,8 @@ pub struct BgpView<'a> {
     pub interfaces: &'a Snapshot,
     /// The password Secrets the peers name, by name (`bgp_secrets`).
     pub secrets: &'a BTreeMap<String, SecretState>,
+    /// Which nodes count as excluded from load balancers.
+    pub exclusion: Exclusion,
 }
 
 /// One session this node keeps, and what it tells the router.
@@ -74,7 +76,7 @@ pub fn decide(view: &BgpView) -> BgpDecision {
     let Some(node) = view.node else {
         return decision;
     };
-    let facts = NodeFacts::of(node, true);
+    let facts = NodeFacts::of(node, true, view.exclusion);
     let selected = view
         .peers
         .iter()

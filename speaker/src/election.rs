@@ -71,17 +71,41 @@ pub struct NodeFacts {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Which nodes count as excluded from load balancers, besides those an advertisement does
+/// not select. Every speaker must run with the same (the chart gives them all the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exclusion {
+    /// The `node.kubernetes.io/exclude-from-external-load-balancers` label excludes a node
+    /// (`--ignore-exclude-lb` turns this off, for single-node and control-plane-only
+    /// clusters whose nodes carry it).
+    pub by_label: bool,
+    /// A cordoned node is excluded (`--exclude-cordoned`): its IPs and routes move before
+    /// a drain evicts its pods.
+    pub cordoned: bool,
+}
+
+impl Default for Exclusion {
+    fn default() -> Self {
+        Self {
+            by_label: true,
+            cordoned: false,
+        }
+    }
+}
+
 impl NodeFacts {
     /// What the API says of `node`. A node counts as ready when its `Ready` condition is
     /// True and its `NetworkUnavailable` condition is not: the network plugin says its pod
     /// network is not set up, so traffic for a Service sent there would not reach the pods
     /// (MetalLB moves IPs away from such nodes too).
-    pub fn of(node: &NodeView, live: bool) -> Self {
+    pub fn of(node: &NodeView, live: bool, exclusion: Exclusion) -> Self {
+        let labelled = node
+            .labels
+            .contains_key(herald_api::keys::EXCLUDE_FROM_LB_LABEL);
         NodeFacts {
             ready: node.ready && !node.network_unavailable,
-            excluded: node
-                .labels
-                .contains_key(herald_api::keys::EXCLUDE_FROM_LB_LABEL),
+            excluded: (exclusion.by_label && labelled)
+                || (exclusion.cordoned && node.unschedulable),
             live,
             labels: node.labels.clone(),
         }
@@ -96,7 +120,7 @@ pub enum NoOwner {
     #[error("{0} is in no IPPool, so no L2Advertisement can select it")]
     NoPool(IpAddr),
     #[error(
-        "every node is excluded (labelled node.kubernetes.io/exclude-from-external-load-balancers or not matched by the L2Advertisement's nodeSelectors)"
+        "every node is excluded (labelled node.kubernetes.io/exclude-from-external-load-balancers, cordoned with --exclude-cordoned, or not matched by the L2Advertisement's nodeSelectors)"
     )]
     AllExcluded,
     #[error("no ready node runs a live speaker")]
@@ -173,6 +197,33 @@ mod tests {
     }
 
     #[test]
+    fn the_exclude_label_and_cordoning_exclude_as_configured() {
+        let mut view: NodeView = serde_yaml_ng::from_str::<k8s_openapi::api::core::v1::Node>(
+            "metadata: {name: a, labels: {node.kubernetes.io/exclude-from-external-load-balancers: ''}}",
+        )
+        .ok()
+        .and_then(NodeView::of)
+        .expect("a node");
+        let by_default = Exclusion::default();
+        let ignoring_label = Exclusion {
+            by_label: false,
+            ..by_default
+        };
+        let cordoned_too = Exclusion {
+            by_label: false,
+            cordoned: true,
+        };
+        assert!(NodeFacts::of(&view, true, by_default).excluded);
+        assert!(!NodeFacts::of(&view, true, ignoring_label).excluded);
+        view.unschedulable = true;
+        assert!(
+            !NodeFacts::of(&view, true, ignoring_label).excluded,
+            "cordoning counts only when asked"
+        );
+        assert!(NodeFacts::of(&view, true, cordoned_too).excluded);
+    }
+
+    #[test]
     fn a_node_whose_network_is_unavailable_does_not_count_as_ready() {
         let node = |conditions: &str| -> NodeView {
             let node: k8s_openapi::api::core::v1::Node = serde_yaml_ng::from_str(&format!(
@@ -182,13 +233,20 @@ mod tests {
             NodeView::of(node).expect("named")
         };
         let ready = "{type: Ready, status: 'True'}";
-        assert!(NodeFacts::of(&node(ready), true).ready);
+        assert!(NodeFacts::of(&node(ready), true, Exclusion::default()).ready);
         let unavailable = format!("{ready}, {{type: NetworkUnavailable, status: 'True'}}");
-        assert!(!NodeFacts::of(&node(&unavailable), true).ready);
+        assert!(!NodeFacts::of(&node(&unavailable), true, Exclusion::default()).ready);
         let available = format!("{ready}, {{type: NetworkUnavailable, status: 'False'}}");
-        assert!(NodeFacts::of(&node(&available), true).ready);
-        assert!(!NodeFacts::of(&node("{type: Ready, status: 'False'}"), true).ready);
-        let facts = NodeFacts::of(&node(ready), false);
+        assert!(NodeFacts::of(&node(&available), true, Exclusion::default()).ready);
+        assert!(
+            !NodeFacts::of(
+                &node("{type: Ready, status: 'False'}"),
+                true,
+                Exclusion::default()
+            )
+            .ready
+        );
+        let facts = NodeFacts::of(&node(ready), false, Exclusion::default());
         assert!(!facts.live && !facts.excluded);
         assert_eq!(facts.labels.get("zone").map(String::as_str), Some("a"));
     }

@@ -96,6 +96,16 @@ struct RunArgs {
     /// every interval.
     #[arg(long, env = "HERALD_SEGMENTED_LIVENESS", default_value_t = true, action = clap::ArgAction::Set)]
     segmented_liveness: bool,
+    /// Announce from nodes labelled node.kubernetes.io/exclude-from-external-load-balancers
+    /// too (MetalLB's flag): for single-node and control-plane-only clusters whose nodes
+    /// carry the label. Every speaker must have the same setting.
+    #[arg(long, env = "HERALD_IGNORE_EXCLUDE_LB")]
+    ignore_exclude_lb: bool,
+    /// Treat cordoned nodes as excluded: their IPs move and their BGP routes are withdrawn
+    /// as soon as they are cordoned, before a drain evicts their pods. Every speaker must
+    /// have the same setting.
+    #[arg(long, env = "HERALD_EXCLUDE_CORDONED")]
+    exclude_cordoned: bool,
 }
 
 fn main() -> Result<()> {
@@ -121,6 +131,10 @@ fn main() -> Result<()> {
         metrics_address: args.metrics_address,
         records_owner: args.records_owner,
         segmented_liveness: args.segmented_liveness,
+        exclusion: election::Exclusion {
+            by_label: !args.ignore_exclude_lb,
+            cordoned: args.exclude_cordoned,
+        },
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -17,6 +17,8 @@ pub struct NodeView {
     pub ready: bool,
     /// Its `NetworkUnavailable` condition is True.
     pub network_unavailable: bool,
+    /// Cordoned (`spec.unschedulable`): about to be drained.
+    pub unschedulable: bool,
     /// Where heartbeats go: its first InternalIP.
     pub internal_ip: Option<IpAddr>,
     /// Every address it has (heartbeats may come from any).
@@ -26,6 +28,11 @@ pub struct NodeView {
 impl NodeView {
     pub fn of(node: Node) -> Option<Self> {
         let status = node.status.unwrap_or_default();
+        let unschedulable = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
         let condition = |kind: &str| {
             status
                 .conditions
@@ -41,6 +48,7 @@ impl NodeView {
             labels: node.metadata.labels.unwrap_or_default(),
             ready: condition("Ready"),
             network_unavailable: condition("NetworkUnavailable"),
+            unschedulable,
             internal_ip: listed
                 .iter()
                 .find(|a| a.type_ == "InternalIP")

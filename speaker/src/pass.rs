@@ -19,7 +19,7 @@ use ipnetwork::IpNetwork;
 
 use crate::bgp_plan::{self, BgpDecision, BgpView};
 use crate::bgp_secrets::SecretState;
-use crate::election::{NoOwner, NodeFacts};
+use crate::election::{Exclusion, NoOwner, NodeFacts};
 use crate::endpoints::ServingNodes;
 use crate::gossip::Peers;
 use crate::interfaces::Snapshot;
@@ -81,6 +81,8 @@ pub struct Pass {
     /// Work out the segment (`--segmented-liveness`); else every node is heartbeated every
     /// interval.
     segmented: bool,
+    /// Which nodes count as excluded from load balancers.
+    exclusion: Exclusion,
     heartbeat: Duration,
     /// Until the first heartbeats had time to arrive this speaker would think it is alone and
     /// claim every IP: it decides nothing before this.
@@ -145,6 +147,7 @@ impl Pass {
         Self {
             me: me.to_owned(),
             segmented,
+            exclusion: Exclusion::default(),
             heartbeat,
             settled_at: now + settle,
             isolation: Isolation::new(heartbeat * 3),
@@ -152,6 +155,12 @@ impl Pass {
             owned: BTreeSet::new(),
             departures: Vec::new(),
         }
+    }
+
+    /// Which nodes count as excluded (default: those labelled, not those cordoned).
+    pub fn excluding(mut self, exclusion: Exclusion) -> Self {
+        self.exclusion = exclusion;
+        self
     }
 
     /// One pass. `claims`: nodes that announced an IP over this speaker's claim (`notes`);
@@ -269,7 +278,7 @@ impl Pass {
             .nodes
             .values()
             .map(|n| {
-                let facts = NodeFacts::of(n, node_subnets.contains_key(&*n.name));
+                let facts = NodeFacts::of(n, node_subnets.contains_key(&*n.name), self.exclusion);
                 (n.name.to_string(), facts)
             })
             .collect();
@@ -307,6 +316,7 @@ impl Pass {
             advertisements: stores.bgp_advertisements,
             interfaces: inputs.interfaces,
             secrets: stores.bgp_secrets,
+            exclusion: self.exclusion,
         });
         (decision, bgp, segment)
     }

@@ -30,6 +30,7 @@ use crate::bgp_records::{self, Board};
 use crate::bgp_secrets::SecretFollower;
 use crate::bgp_sessions::Sessions;
 use crate::conflicts::Conflict;
+use crate::election::Exclusion;
 use crate::endpoints::ServingNodes;
 use crate::gossip::{self, Gossip, Steering};
 use crate::gossip_secret::{self, KeySource};
@@ -55,6 +56,8 @@ pub struct Config {
     pub records_owner: Option<String>,
     /// Heartbeats at the interval to the segment only (else to every node).
     pub segmented_liveness: bool,
+    /// Which nodes count as excluded from load balancers.
+    pub exclusion: Exclusion,
 }
 
 const MIN_COALESCE: Duration = Duration::from_millis(10);
@@ -166,7 +169,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         config.heartbeat,
         settle,
         Instant::now(),
-    );
+    )
+    .excluding(config.exclusion);
     // Passes over many Services cost milliseconds: bursts of watch events are coalesced for
     // twice the last pass's time (at least 10 ms), so a speaker spends at most a third of a
     // core deciding while thousands of Services change.

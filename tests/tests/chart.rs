@@ -127,6 +127,15 @@ fn chart_lints_with_default_and_all_options() {
             .expect("args")
             .contains(&serde_json::json!("--segmented-liveness=false"))
     );
+    for flag in ["--ignore-exclude-lb", "--exclude-cordoned"] {
+        assert!(
+            container["args"]
+                .as_array()
+                .expect("args")
+                .contains(&serde_json::json!(flag)),
+            "{flag}"
+        );
+    }
     assert_eq!(pod["spec"]["hostNetwork"], true);
     // A given gossip Secret: the controller makes none and may not create Secrets.
     let deploy = find(&all, "Deployment", "edge-controller");

@@ -395,3 +395,70 @@ async fn a_password_from_a_secret_signs_the_session_and_is_shown_nowhere() {
         }
     }
 }
+
+/// The speakers' exclusion settings, as the chart passes them: with `--ignore-exclude-lb` a
+/// node labelled `node.kubernetes.io/exclude-from-external-load-balancers` still announces
+/// (BGP and L2: a single-node or control-plane-only cluster); with `--exclude-cordoned` a
+/// cordoned node withdraws its routes before a drain, its session up, and they come back
+/// when it is uncordoned.
+#[tokio::test]
+async fn exclusion_follows_the_speakers_settings() {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let (router, router_ip) = router_on(&mut lan, Frr::start);
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    let label = "node.kubernetes.io/exclude-from-external-load-balancers: \"\"";
+    ready_node(&client, "n1", &n1.to_string(), label).await;
+    apply(&client, &bgp_config(&router_ip, "")).await;
+    let _speakers: Vec<Process> = (1..=2)
+        .map(|i| {
+            let node = format!("n{i}");
+            let mut cmd =
+                herald_lab::process_cluster::speaker_command(&cp, &lan.node(&node).ns, &node, KEY);
+            cmd.args(["--ignore-exclude-lb", "--exclude-cordoned"]);
+            Process::spawn(&node, cmd, &cp.dir().join(format!("speaker-{node}.log")))
+                .expect("speaker")
+        })
+        .collect();
+    let ip = format!("{}/32", routed_service(&client, "web", "", 1).await[0]);
+    endpoints_on(&client, "web", &[("n1", true)]).await;
+    wait_next_hops(&router, &ip, &[n1, n2]);
+
+    // L2 too: only the labelled node serves a Local Service, and it answers.
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: lan, namespace: default}\nspec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 8080}]}").await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let lan_ip: IpAddr = wait_for(&svcs, "lan", "an IP", |s| ips(s).first().cloned())
+        .await
+        .parse()
+        .expect("ip");
+    herald_lab::process_cluster::accept_locally(&lan, &[lan_ip]);
+    endpoints_on(&client, "lan", &[("n1", true)]).await;
+    let n1_mac = lan.nodes[0].mac;
+    eventually("n1 answering ARP", || {
+        let answers = netns::resolve(&lan.client, lan_ip, Duration::from_millis(200)).ok()?;
+        (answers == [n1_mac]).then_some(())
+    });
+
+    // Cordoning n2 withdraws its route; its session stays up. Uncordoning brings it back.
+    let cordon = |on: bool| {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        async move {
+            nodes
+                .patch(
+                    "n2",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(serde_json::json!({"spec": {"unschedulable": on}})),
+                )
+                .await
+                .expect("cordon");
+        }
+    };
+    cordon(true).await;
+    wait_next_hops(&router, &ip, &[n1]);
+    assert!(
+        router.established().contains(&n2.to_string()),
+        "n2's session stays up"
+    );
+    cordon(false).await;
+    wait_next_hops(&router, &ip, &[n1, n2]);
+}

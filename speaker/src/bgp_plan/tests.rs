@@ -2,6 +2,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::*;
+use crate::election::Exclusion;
 use crate::interfaces::Interface;
 use crate::service::{ServiceIps, allocated};
 
@@ -19,6 +20,7 @@ fn node(name: &str, labels: &[(&str, &str)], ready: bool) -> NodeView {
             .collect(),
         ready,
         network_unavailable: false,
+        unschedulable: false,
         internal_ip: Some("10.0.0.1".parse().expect("ip")),
         addresses: Box::new(["10.0.0.1".parse().expect("ip")]),
     }
@@ -91,6 +93,7 @@ impl Fixture {
             advertisements: &ads,
             interfaces: &self.interfaces,
             secrets: &self.secrets,
+            exclusion: Exclusion::default(),
         })
     }
 
@@ -198,6 +201,7 @@ fn a_service_is_announced_only_while_it_has_a_serving_endpoint() {
             advertisements: &ads,
             interfaces: &f.interfaces,
             secrets: &f.secrets,
+            exclusion: Exclusion::default(),
         })
         .sessions["tor"]
             .routes
@@ -310,6 +314,7 @@ fn nothing_is_decided_before_the_node_is_known() {
         advertisements: &[],
         interfaces: &f.interfaces,
         secrets: &f.secrets,
+        exclusion: Exclusion::default(),
     });
     assert!(decision.sessions.is_empty());
 }

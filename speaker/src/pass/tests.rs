@@ -28,6 +28,7 @@ fn node(name: &str, host: u8) -> (String, Arc<NodeView>) {
         labels: BTreeMap::new(),
         ready: true,
         network_unavailable: false,
+        unschedulable: false,
         internal_ip: Some(ip),
         addresses: Box::new([ip]),
     };
