@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
     status = "IPPoolStatus",
     printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses"}"#,
     printcolumn = r#"{"name":"Auto-Assign","type":"boolean","jsonPath":".spec.autoAssign"}"#,
+    printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
     printcolumn = r#"{"name":"Assigned","type":"integer","jsonPath":".status.assigned"}"#,
     printcolumn = r#"{"name":"Available","type":"string","jsonPath":".status.available"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -35,6 +36,12 @@ pub struct IPPoolSpec {
     /// Skip addresses ending in .0 and .255, which some old clients and routers mistreat.
     #[serde(default, rename = "avoidBuggyIPs")]
     pub avoid_buggy_ips: bool,
+
+    /// Drain the pool: it gives no new address (automatically, by name or by IP), while the
+    /// Services holding its addresses keep them; its `Disabled` condition counts them, so
+    /// the range is free to give back once none is left. False again: it serves as before.
+    #[serde(default)]
+    pub disabled: bool,
 
     /// Which Services may be given addresses from this pool, and in which order pools are tried.
     #[serde(default, skip_serializing_if = "Option::is_none")]

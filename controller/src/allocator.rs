@@ -29,9 +29,25 @@ pub struct Pool {
     /// Deleted, kept by its finalizer while Services hold its addresses: they keep them,
     /// nobody gets a new one from it.
     pub terminating: bool,
+    /// Drained (`spec.disabled`): the same as terminating, the pool staying.
+    pub disabled: bool,
 }
 
 impl Pool {
+    /// It gives no new addresses (deleted or disabled); who holds one keeps it.
+    pub fn closed(&self) -> bool {
+        self.terminating || self.disabled
+    }
+
+    /// Why it gives no new addresses, as the error to report.
+    fn closed_error(&self) -> AllocError {
+        if self.terminating {
+            AllocError::PoolTerminating(self.name.to_string())
+        } else {
+            AllocError::PoolDisabled(self.name.to_string())
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.ranges.iter().any(|r| r.contains(ip)) && !(self.avoid_buggy_ips && is_buggy(ip))
     }
@@ -207,6 +223,11 @@ pub enum AllocError {
     MissingFamily { families: String, ips: String },
     #[error("IPPool {} is being deleted: it gives no new addresses", quote(.0))]
     PoolTerminating(String),
+    #[error(
+        "IPPool {} is disabled (spec.disabled, drained): it gives no new addresses",
+        quote(.0)
+    )]
+    PoolDisabled(String),
     #[error("no IPPool with {family} addresses may serve this Service{detail}")]
     NoPool { family: IpFamily, detail: String },
     #[error("no free {family} address in IPPool(s) {pools}")]
@@ -228,6 +249,7 @@ impl AllocError {
             AllocError::WrongFamily { .. } => "FamilyMismatch",
             AllocError::MissingFamily { .. } => "InvalidRequest",
             AllocError::PoolTerminating(_) => "PoolTerminating",
+            AllocError::PoolDisabled(_) => "PoolDisabled",
             AllocError::NoPool { .. } => "NoEligiblePool",
             AllocError::Exhausted { .. } => "PoolExhausted",
             AllocError::DualStack(_, inner) => inner.reason(),
@@ -557,7 +579,7 @@ impl Allocator {
     /// never one being deleted.
     fn auto_pools<'a>(&'a self, req: &'a Request) -> Vec<&'a Pool> {
         self.allowed_pools(req)
-            .filter(|p| (req.pool.is_some() || p.auto_assign) && !p.terminating)
+            .filter(|p| (req.pool.is_some() || p.auto_assign) && !p.closed())
             .collect()
     }
 
@@ -571,8 +593,8 @@ impl Allocator {
             if !req.eligible_pools.contains(name) {
                 return Err(AllocError::PoolNotAllowed(name.clone()));
             }
-            if pool.terminating && req.requested_ips.is_empty() {
-                return Err(AllocError::PoolTerminating(name.clone()));
+            if pool.closed() && req.requested_ips.is_empty() {
+                return Err(pool.closed_error());
             }
         }
         if !req.requested_ips.is_empty() {
@@ -662,9 +684,10 @@ impl Allocator {
             let Some(pool) = self.allowed_pool_of(req, ip) else {
                 return Err(self.why_not_allowed(req, ip));
             };
-            // Whoever holds an address of a pool being deleted keeps it; nobody else gets it.
-            if pool.terminating && !held.contains(&ip) {
-                return Err(AllocError::PoolTerminating(pool.name.to_string()));
+            // Whoever holds an address of a pool being deleted or disabled keeps it; nobody
+            // else gets it.
+            if pool.closed() && !held.contains(&ip) {
+                return Err(pool.closed_error());
             }
             if let Some(why) = self.why_unusable(ip, &req.service, &req.sharing) {
                 return Err(AllocError::InUse { ip, why });
@@ -805,14 +828,14 @@ impl Allocator {
     }
 }
 
-/// The first of `pools` not being deleted, else the first: an address in a pool being
-/// deleted and in a live one counts against the live one.
+/// The first of `pools` giving addresses, else the first: an address in a pool being
+/// deleted or disabled and in an open one counts against the open one.
 fn live_first<'a>(mut pools: impl Iterator<Item = &'a Pool>) -> Option<&'a Pool> {
     let first = pools.next()?;
-    if !first.terminating {
+    if !first.closed() {
         return Some(first);
     }
-    Some(pools.find(|p| !p.terminating).unwrap_or(first))
+    Some(pools.find(|p| !p.closed()).unwrap_or(first))
 }
 
 /// Whether the requested IPs make sense for the Service's families: at most one per family,

@@ -35,6 +35,7 @@ pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
                 auto_assign: p.spec.auto_assign,
                 avoid_buggy_ips: p.spec.avoid_buggy_ips,
                 terminating: p.metadata.deletion_timestamp.is_some(),
+                disabled: p.spec.disabled,
             };
             ParsedPool {
                 pool,

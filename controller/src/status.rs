@@ -200,19 +200,42 @@ pub fn pool_status(
             },
         ),
     ];
-    let ready = !parsed.pool.ranges.is_empty() && !parsed.pool.terminating;
+    let ready = !parsed.pool.ranges.is_empty() && !parsed.pool.closed();
     conditions.push(condition(
         "Ready",
         ready,
-        match (parsed.pool.ranges.is_empty(), parsed.pool.terminating) {
-            (_, true) => "Terminating",
-            (true, false) => "NoUsableAddresses",
-            (false, false) => "Ready",
+        match (
+            parsed.pool.ranges.is_empty(),
+            parsed.pool.terminating,
+            parsed.pool.disabled,
+        ) {
+            (_, true, _) => "Terminating",
+            (_, false, true) => "Disabled",
+            (true, false, false) => "NoUsableAddresses",
+            (false, false, false) => "Ready",
         },
         String::new(),
     ));
+    // Draining: how many Services still hold its addresses, so an operator knows when the
+    // range is free to give back.
+    let holders = allocator.services_in(&parsed.pool.name);
+    conditions.push(condition(
+        "Disabled",
+        parsed.pool.disabled,
+        match (parsed.pool.disabled, holders) {
+            (false, _) => "Enabled",
+            (true, 0) => "Drained",
+            (true, _) => "InUse",
+        },
+        if parsed.pool.disabled {
+            format!(
+                "disabled; {holders} Service(s) still hold its addresses and keep them until they release them; it gives no new ones"
+            )
+        } else {
+            String::new()
+        },
+    ));
     if parsed.pool.terminating {
-        let holders = allocator.services_in(&parsed.pool.name);
         conditions.push(condition(
             "Terminating",
             true,
@@ -312,6 +335,7 @@ status:
             auto_assign: true,
             avoid_buggy_ips: false,
             terminating: false,
+            disabled: false,
         };
         let parsed = ParsedPool {
             pool,

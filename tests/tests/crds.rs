@@ -15,6 +15,7 @@ fn pool(name: &str, addresses: &[&str]) -> IPPool {
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             auto_assign: true,
             avoid_buggy_ips: false,
+            disabled: false,
             service_allocation: None,
         },
         status: None,

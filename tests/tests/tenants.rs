@@ -416,6 +416,107 @@ async fn protected(pools: &Api<IPPool>, name: &str) {
     .await;
 }
 
+/// Draining a pool (`spec.disabled`): its holders keep their addresses, even through a
+/// controller restart; nothing new comes from it, automatically, by name or by IP, and a
+/// Service asking says why; its `Disabled` condition counts the holders until none is left;
+/// enabled again, it serves as before.
+#[tokio::test]
+async fn a_disabled_pool_drains_its_holders_keep_their_ips_and_it_says_how_many_are_left() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    let mut controller = herald_lab::controller::spawn(&cp, "controller", &[]);
+    let pool = |disabled: bool| {
+        format!(
+            "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: old}}\nspec: {{addresses: [192.0.2.100/30], disabled: {disabled}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: new}}\nspec: {{addresses: [198.51.100.0/30]}}"
+        )
+    };
+    apply(&client, &pool(false)).await;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    apply(
+        &client,
+        &service("default", "a", ", annotations: {herald.dev/pool: old}", ""),
+    )
+    .await;
+    assert_eq!(allocated(&client, "default", "a", 1).await, ["192.0.2.100"]);
+
+    apply(&client, &pool(true)).await;
+    let (status, reason, message) = wait_for_pool(&pools, "old", "Disabled", |p| {
+        pool_condition(p?, "Disabled").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "InUse"),
+        "{message}"
+    );
+    assert!(
+        message.contains("1 Service(s) still hold its addresses"),
+        "{message}"
+    );
+    let ready = wait_for_pool(&pools, "old", "not Ready", |p| {
+        pool_condition(p?, "Ready").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(ready.1, "Disabled");
+    // New Services: automatic picks come from the other pool; by name or by IP, refused.
+    apply(&client, &service("default", "auto", "", "")).await;
+    assert_eq!(
+        allocated(&client, "default", "auto", 1).await,
+        ["198.51.100.0"]
+    );
+    apply(
+        &client,
+        &service(
+            "default",
+            "by-name",
+            ", annotations: {herald.dev/pool: old}",
+            "",
+        ),
+    )
+    .await;
+    let (reason, message) = refused(&client, "default", "by-name").await;
+    assert_eq!(reason, "PoolDisabled", "{message}");
+    apply(
+        &client,
+        &service(
+            "default",
+            "by-ip",
+            ", annotations: {herald.dev/ips: 192.0.2.101}",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(refused(&client, "default", "by-ip").await.0, "PoolDisabled");
+    // The holder keeps its address, through a controller restart too.
+    controller.process.kill();
+    let _controller = herald_lab::controller::spawn(&cp, "controller-again", &[]);
+    apply(
+        &client,
+        &service("default", "after-restart", "", ", ports: [{port: 81}]"),
+    )
+    .await;
+    assert_eq!(
+        allocated(&client, "default", "after-restart", 1).await,
+        ["198.51.100.1"]
+    );
+    assert_eq!(ips(&svcs.get("a").await.expect("get")), ["192.0.2.100"]);
+
+    // The last holder goes: drained, the range free to give back.
+    svcs.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let drained = wait_for_pool(&pools, "old", "Drained", |p| {
+        pool_condition(p?, "Disabled").filter(|c| c.1 == "Drained")
+    })
+    .await;
+    assert!(drained.2.contains("0 Service(s)"), "{}", drained.2);
+    // Enabled again: the waiting Service is served from it.
+    apply(&client, &pool(false)).await;
+    assert_eq!(allocated(&client, "default", "by-name", 1).await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_pool_in_use_outlives_its_deletion_and_statuses_tell_the_truth() {
     herald_lab::init_tracing();

@@ -16,6 +16,7 @@ fn pool(name: &str, entries: &[&str]) -> Pool {
         auto_assign: true,
         avoid_buggy_ips: false,
         terminating: false,
+        disabled: false,
     }
 }
 
@@ -453,6 +454,44 @@ fn a_pool_being_deleted_keeps_its_holders_and_gives_nothing_new() {
             pool: Some("new".into())
         }]
     );
+}
+
+#[test]
+fn a_disabled_pool_keeps_its_holders_gives_nothing_new_and_serves_again_when_enabled() {
+    let mut a = Allocator::new();
+    a.set_pools([
+        pool("drained", &["192.0.2.0/30"]),
+        pool("next", &["198.51.100.0/30"]),
+    ]);
+    let holder = request("ns/holder", &["drained"]);
+    assert_eq!(ips(&a.allocate(&holder).unwrap()), ["192.0.2.0"]);
+    let mut drained = pool("drained", &["192.0.2.0/30"]);
+    drained.disabled = true;
+    a.set_pools([drained, pool("next", &["198.51.100.0/30"])]);
+    // The holder keeps its address, re-allocated as often as it likes.
+    assert_eq!(ips(&a.allocate(&holder).unwrap()), ["192.0.2.0"]);
+    // Automatic picks go to the other pool.
+    let auto = request("ns/auto", &["drained", "next"]);
+    assert_eq!(ips(&a.allocate(&auto).unwrap()), ["198.51.100.0"]);
+    // By name or by IP: refused, saying why.
+    let mut by_name = request("ns/by-name", &["drained", "next"]);
+    by_name.pool = Some("drained".into());
+    let err = a.allocate(&by_name).unwrap_err();
+    assert_eq!(err.reason(), "PoolDisabled");
+    assert_eq!(
+        err.to_string(),
+        "IPPool \"drained\" is disabled (spec.disabled, drained): it gives no new addresses"
+    );
+    let mut by_ip = request("ns/by-ip", &["drained", "next"]);
+    by_ip.requested_ips = vec![ip("192.0.2.1")];
+    assert_eq!(a.allocate(&by_ip).unwrap_err().reason(), "PoolDisabled");
+    assert_eq!(a.services_in("drained"), 1);
+    // Enabled again: it serves as before.
+    a.set_pools([
+        pool("drained", &["192.0.2.0/30"]),
+        pool("next", &["198.51.100.0/30"]),
+    ]);
+    assert_eq!(ips(&a.allocate(&by_name).unwrap()), ["192.0.2.1"]);
 }
 
 /// One request in a random scenario.
