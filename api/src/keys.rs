@@ -1,5 +1,6 @@
-//! Annotation, label and class names Herald reads or writes. MetalLB's keys are accepted so a
-//! migration does not have to touch every Service; when both are set, Herald's key wins.
+//! Annotation, label and class names Herald reads or writes. MetalLB's, kube-vip's and
+//! Cilium's keys are accepted so a migration does not have to touch every Service; several
+//! set on one Service must agree, or the Service is refused saying which disagree.
 
 /// Pick the pool to allocate from.
 pub const POOL: &str = "herald.dev/pool";
@@ -17,10 +18,33 @@ pub const METALLB_LEGACY_POOL: &str = "metallb.universe.tf/address-pool";
 pub const METALLB_LEGACY_IPS: &str = "metallb.universe.tf/loadBalancerIPs";
 pub const METALLB_LEGACY_SHARING_KEY: &str = "metallb.universe.tf/allow-shared-ip";
 
+/// Services sharing an IP across namespaces: each names the other's namespace (or `*`),
+/// comma-separated. Without it, only Services of one namespace share an IP.
+pub const SHARING_CROSS_NAMESPACE: &str = "herald.dev/sharing-cross-namespace";
+
+/// kube-vip's and Cilium's keys, accepted as aliases too (migrating from them).
+pub const KUBE_VIP_IPS: &str = "kube-vip.io/loadbalancerIPs";
+pub const CILIUM_IPS: &str = "lbipam.cilium.io/ips";
+pub const CILIUM_SHARING_KEY: &str = "lbipam.cilium.io/sharing-key";
+pub const CILIUM_SHARING_CROSS_NAMESPACE: &str = "lbipam.cilium.io/sharing-cross-namespace";
+
 /// Annotation keys in the order they are consulted for each setting.
 pub const POOL_KEYS: [&str; 3] = [POOL, METALLB_POOL, METALLB_LEGACY_POOL];
-pub const IPS_KEYS: [&str; 3] = [IPS, METALLB_IPS, METALLB_LEGACY_IPS];
-pub const SHARING_KEYS: [&str; 3] = [SHARING_KEY, METALLB_SHARING_KEY, METALLB_LEGACY_SHARING_KEY];
+pub const IPS_KEYS: [&str; 5] = [
+    IPS,
+    METALLB_IPS,
+    METALLB_LEGACY_IPS,
+    KUBE_VIP_IPS,
+    CILIUM_IPS,
+];
+pub const SHARING_KEYS: [&str; 4] = [
+    SHARING_KEY,
+    METALLB_SHARING_KEY,
+    METALLB_LEGACY_SHARING_KEY,
+    CILIUM_SHARING_KEY,
+];
+pub const SHARING_CROSS_NAMESPACE_KEYS: [&str; 2] =
+    [SHARING_CROSS_NAMESPACE, CILIUM_SHARING_CROSS_NAMESPACE];
 
 /// Node label (well known in Kubernetes) that takes a node out of every load balancer.
 pub const EXCLUDE_FROM_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";

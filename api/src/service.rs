@@ -377,6 +377,7 @@ pub mod wire {
                     keys::POOL_KEYS.contains(&k)
                         || keys::IPS_KEYS.contains(&k)
                         || keys::SHARING_KEYS.contains(&k)
+                        || keys::SHARING_CROSS_NAMESPACE_KEYS.contains(&k)
                 });
             }
             let spec = w.spec;

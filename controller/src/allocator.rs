@@ -67,6 +67,29 @@ pub struct Sharing {
     /// For `externalTrafficPolicy: Local`: the pod selector, which sharers must have in common
     /// (the IP is announced from one node, so it must be a node with endpoints of all of them).
     pub local_selector: Option<BTreeMap<String, String>>,
+    /// The Service's namespace: a sharer in another needs consent both ways.
+    pub namespace: String,
+    /// Other namespaces whose Services may share with this one (`*`: any), from
+    /// `herald.dev/sharing-cross-namespace`.
+    pub cross_namespace: Vec<String>,
+}
+
+/// Why two Services cannot share an IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Conflict {
+    /// Never (keys, ports, pods).
+    Refused(String),
+    /// They are in different namespaces and not both agree: a join is refused, a pair
+    /// sharing from before is tolerated (and told what to add).
+    NoConsent(String),
+}
+
+/// Whether sharing across namespaces without consent is refused (a join) or tolerated (a
+/// Service keeping what it holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consent {
+    Required,
+    Tolerated,
 }
 
 impl Sharing {
@@ -74,6 +97,8 @@ impl Sharing {
         key: Option<String>,
         ports: impl IntoIterator<Item = Port>,
         local_selector: Option<BTreeMap<String, String>>,
+        namespace: &str,
+        cross_namespace: Option<&str>,
     ) -> Self {
         // Without a key the IP is shared with nobody, whatever the ports and pods: keep
         // neither (no allocation per Service that does not share).
@@ -87,36 +112,60 @@ impl Sharing {
             key,
             ports,
             local_selector,
+            namespace: namespace.to_owned(),
+            cross_namespace: cross_namespace
+                .into_iter()
+                .flat_map(|list| list.split(','))
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
         }
     }
 
+    /// Whether this Service agrees to share with one in `namespace`.
+    fn allows(&self, namespace: &str) -> bool {
+        self.namespace == namespace
+            || self
+                .cross_namespace
+                .iter()
+                .any(|n| n == "*" || n == namespace)
+    }
+
     /// Why `self` cannot share an IP with `other`, or `None` when it can.
-    fn conflict(&self, other: &Sharing, other_name: &str) -> Option<String> {
+    fn conflict(&self, other: &Sharing, other_name: &str) -> Option<Conflict> {
         match (&self.key, &other.key) {
             (Some(a), Some(b)) if a == b => {}
             (_, None) => {
-                return Some(format!(
+                return Some(Conflict::Refused(format!(
                     "it is used by {other_name}, which does not allow sharing"
-                ));
+                )));
             }
             (_, Some(_)) => {
-                return Some(format!(
+                return Some(Conflict::Refused(format!(
                     "it is used by {other_name} with a different sharing key"
-                ));
+                )));
             }
         }
         if let Some(port) = self.ports.iter().find(|p| other.ports.contains(p)) {
-            return Some(format!(
+            return Some(Conflict::Refused(format!(
                 "port {}/{} clashes with {other_name}",
                 port.port, port.protocol
-            ));
+            )));
         }
         if (self.local_selector.is_some() || other.local_selector.is_some())
             && self.local_selector != other.local_selector
         {
-            return Some(format!(
+            return Some(Conflict::Refused(format!(
                 "{other_name} selects other pods, and Services sharing an IP with externalTrafficPolicy Local must select the same pods"
-            ));
+            )));
+        }
+        if !(self.allows(&other.namespace) && other.allows(&self.namespace)) {
+            return Some(Conflict::NoConsent(format!(
+                "it is used by {other_name}, in namespace {}: sharing an IP across namespaces needs each Service to name the other's namespace (or *) in {}",
+                other.namespace,
+                herald_api::keys::SHARING_CROSS_NAMESPACE
+            )));
         }
         None
     }
@@ -392,8 +441,9 @@ impl Allocator {
         ips: &[IpAddr],
         sharing: &Sharing,
     ) -> Result<(), AllocError> {
+        // Consent is not asked of Services sharing from before it was required.
         for &ip in ips {
-            if let Some(why) = self.why_unusable(ip, service, sharing) {
+            if let Some(why) = self.why_unusable_with(ip, service, sharing, Consent::Tolerated) {
                 return Err(AllocError::InUse { ip, why });
             }
         }
@@ -529,8 +579,10 @@ impl Allocator {
         for a in current {
             // An IP that left its pools, or whose pool no longer admits the Service, moves.
             let pool = self.allowed_pool_of(req, a.ip)?;
+            // What it holds it keeps, also shared across namespaces without consent (from
+            // before consent was asked for: it is told what to add instead).
             if self
-                .why_unusable(a.ip, &req.service, &req.sharing)
+                .why_unusable_with(a.ip, &req.service, &req.sharing, Consent::Tolerated)
                 .is_some()
             {
                 return None;
@@ -719,6 +771,16 @@ impl Allocator {
 
     /// Why `service` may not hold `ip` next to its current holders, or `None`.
     fn why_unusable(&self, ip: IpAddr, service: &str, sharing: &Sharing) -> Option<String> {
+        self.why_unusable_with(ip, service, sharing, Consent::Required)
+    }
+
+    fn why_unusable_with(
+        &self,
+        ip: IpAddr,
+        service: &str,
+        sharing: &Sharing,
+        consent: Consent,
+    ) -> Option<String> {
         if self.foreign.contains_key(&ip) {
             return Some("it is in the status of a Service another load balancer serves".into());
         }
@@ -726,7 +788,35 @@ impl Allocator {
         holders
             .iter()
             .filter(|(k, _)| &***k != service)
-            .find_map(|(k, s)| sharing.conflict(s, k))
+            .find_map(|(k, s)| match sharing.conflict(s, k)? {
+                Conflict::Refused(why) => Some(why),
+                Conflict::NoConsent(why) => (consent == Consent::Required).then_some(why),
+            })
+    }
+
+    /// The Services `service` shares an IP with across namespaces without both agreeing:
+    /// tolerated for a pair that shared before consent was asked for; each is told what to
+    /// add. As `(IP, the other Service)`.
+    pub fn unconsented_sharers(&self, service: &str) -> Vec<(IpAddr, String)> {
+        let mut found = Vec::new();
+        for a in self.assigned(service) {
+            let Some(holders) = self.used.get(&a.ip) else {
+                continue;
+            };
+            let Some(mine) = holders
+                .iter()
+                .find(|(k, _)| &***k == service)
+                .map(|(_, s)| s)
+            else {
+                continue;
+            };
+            for (other, theirs) in holders.iter().filter(|(k, _)| &***k != service) {
+                if matches!(mine.conflict(theirs, other), Some(Conflict::NoConsent(_))) {
+                    found.push((a.ip, other.to_string()));
+                }
+            }
+        }
+        found
     }
 
     fn is_free(&self, ip: IpAddr) -> bool {

@@ -76,13 +76,16 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
         _ => {}
     }
 
-    let (ips_annotation, pool, sharing_key) = match (
+    let (ips_annotation, pool, sharing_key, cross_namespace) = match (
         one_annotation(svc, &keys::IPS_KEYS),
         one_annotation(svc, &keys::POOL_KEYS),
         one_annotation(svc, &keys::SHARING_KEYS),
+        one_annotation(svc, &keys::SHARING_CROSS_NAMESPACE_KEYS),
     ) {
-        (Ok(ips), Ok(pool), Ok(sharing)) => (ips, pool, sharing),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return conflicting(e),
+        (Ok(ips), Ok(pool), Ok(sharing), Ok(cross)) => (ips, pool, sharing, cross),
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+            return conflicting(e);
+        }
     };
     let load_balancer_ip = spec
         .load_balancer_ip
@@ -156,6 +159,8 @@ pub fn intent(svc: &LbService, config: &ClassConfig) -> Intent {
         spec.ports.iter().copied(),
         spec.local_traffic
             .then(|| spec.selector.as_deref().cloned().unwrap_or_default()),
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        cross_namespace,
     );
 
     Intent::Wants(Wants {

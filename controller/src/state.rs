@@ -276,7 +276,13 @@ impl State {
                                 self.note(&svc, note);
                             }
                         }
-                        self.note(&svc, allocated_note(&assigned));
+                        let unconsented = self.allocator.unconsented_sharers(key);
+                        let note = if unconsented.is_empty() {
+                            allocated_note(&assigned)
+                        } else {
+                            consent_note(&assigned, &unconsented)
+                        };
+                        self.note(&svc, note);
                         writes
                     }
                     Err(e) => {
@@ -414,6 +420,24 @@ fn allocated_note(assigned: &[Assigned]) -> Note {
     Note::normal(
         "IPAllocated",
         format!("assigned {}", status::describe(assigned)),
+    )
+}
+
+/// A Service sharing an IP across namespaces from before each side had to agree: it keeps
+/// the IP, and is told what to add (nothing breaks silently on an upgrade).
+fn consent_note(assigned: &[Assigned], others: &[(IpAddr, String)]) -> Note {
+    let pairs: Vec<String> = others
+        .iter()
+        .map(|(ip, other)| format!("{ip} with {other}"))
+        .collect();
+    Note::warning(
+        "SharingNeedsConsent",
+        format!(
+            "assigned {}; it shares {} across namespaces without both Services agreeing: it keeps the IP, but add {} naming the other's namespace (or *) to each, or a Service of another namespace will not be able to join it again",
+            status::describe(assigned),
+            herald_api::events::bounded(&pairs.join(", "), 512),
+            herald_api::keys::SHARING_CROSS_NAMESPACE
+        ),
     )
 }
 

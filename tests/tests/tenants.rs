@@ -111,6 +111,20 @@ async fn a_pool_reserved_for_others_is_refused_however_it_is_asked_for() {
             "team-a",
         ),
         (
+            "by-kube-vip-ip",
+            ", annotations: {kube-vip.io/loadbalancerIPs: 198.51.100.9}",
+            "",
+            "IPNotAllowed",
+            "team-a",
+        ),
+        (
+            "by-cilium-ip",
+            ", annotations: {lbipam.cilium.io/ips: 198.51.100.10}",
+            "",
+            "IPNotAllowed",
+            "team-a",
+        ),
+        (
             "by-spec-ip",
             "",
             ", loadBalancerIP: 198.51.100.8",
@@ -232,6 +246,104 @@ async fn a_pool_reserved_for_others_is_refused_however_it_is_asked_for() {
     let (reason, _) = refused(&client, "prod", "web").await;
     assert_eq!(reason, "PoolNotAllowed");
     assert!(ips(&prod.get("web").await.expect("get")).is_empty());
+}
+
+/// Sharing an IP across namespaces: a Service that knows another namespace's sharing key
+/// (annotations are readable by anyone who can read Services) never attaches its ports to
+/// that namespace's IP unless both Services name the other's namespace; a refusal says what
+/// to add. Services that shared across namespaces before this was asked for (statuses
+/// written by an earlier controller) keep their IP and are told what to add.
+#[tokio::test]
+async fn sharing_an_ip_across_namespaces_needs_both_sides_to_agree() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    apply(&client, POOLS).await;
+    apply(
+        &client,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: intruder}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: old-a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: old-b}",
+    )
+    .await;
+    // Two Services of different namespaces sharing one IP, as an earlier controller left
+    // them: Herald's condition and the IP in their statuses.
+    for (namespace, port) in [("old-a", 80), ("old-b", 81)] {
+        apply(
+            &client,
+            &service(
+                namespace,
+                "legacy",
+                ", annotations: {herald.dev/sharing-key: old}",
+                &format!(", ports: [{{port: {port}}}]"),
+            ),
+        )
+        .await;
+        let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
+            "loadBalancer": {"ingress": [{"ip": "192.0.2.9", "ipMode": "VIP"}]},
+            "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
+                "reason": "Allocated", "message": "assigned 192.0.2.9", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        Api::<Service>::namespaced(client.clone(), namespace)
+            .patch_status(
+                "legacy",
+                &PatchParams::apply("herald-controller").force(),
+                &Patch::Apply(&status),
+            )
+            .await
+            .expect("an earlier controller's status");
+    }
+    let _controller = herald_lab::controller::spawn(&cp, "controller", &[]);
+    for namespace in ["old-a", "old-b"] {
+        let event = wait_for_event_in(&client, namespace, "legacy", |e| {
+            e.reason == "SharingNeedsConsent"
+        })
+        .await;
+        assert!(
+            event
+                .message
+                .contains("it keeps the IP, but add herald.dev/sharing-cross-namespace"),
+            "{}",
+            event.message
+        );
+        assert_eq!(
+            allocated(&client, namespace, "legacy", 1).await,
+            ["192.0.2.9"]
+        );
+    }
+
+    // A shop Service sharing under a key.
+    apply(
+        &client,
+        &service(
+            "shop",
+            "web",
+            ", annotations: {herald.dev/sharing-key: shop-key}",
+            "",
+        ),
+    )
+    .await;
+    let shared = allocated(&client, "shop", "web", 1).await[0].clone();
+    // Another namespace using the key: an IP of its own, never the shop's.
+    apply(
+        &client,
+        &service(
+            "intruder",
+            "auto",
+            ", annotations: {herald.dev/sharing-key: shop-key}",
+            ", ports: [{port: 81}]",
+        ),
+    )
+    .await;
+    assert_ne!(allocated(&client, "intruder", "auto", 1).await[0], shared);
+    // Asking for the shop's IP by name, with its own consent (Cilium's key): refused.
+    apply(&client, &service("intruder", "steal", &format!(", annotations: {{herald.dev/sharing-key: shop-key, herald.dev/ips: '{shared}', lbipam.cilium.io/sharing-cross-namespace: shop}}"), ", ports: [{port: 82}]")).await;
+    let (reason, message) = refused(&client, "intruder", "steal").await;
+    assert_eq!(reason, "IPInUse", "{message}");
+    assert!(message.contains("in namespace shop: sharing an IP across namespaces needs each Service to name the other's namespace (or *) in herald.dev/sharing-cross-namespace"), "{message}");
+    // The shop agrees: it joins.
+    apply(&client, &service("shop", "web", ", annotations: {herald.dev/sharing-key: shop-key, herald.dev/sharing-cross-namespace: intruder}", "")).await;
+    assert_eq!(
+        allocated(&client, "intruder", "steal", 1).await,
+        [shared.as_str()]
+    );
 }
 
 #[tokio::test]

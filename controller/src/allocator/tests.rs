@@ -168,6 +168,86 @@ fn dual_stack_policies() {
     assert_eq!(a.allocate(&v6only).unwrap_err().reason(), "NoEligiblePool");
 }
 
+/// A Service in `namespace/name` sharing under key `k` on TCP `port`, naming `cross`
+/// namespaces in herald.dev/sharing-cross-namespace.
+fn sharer(namespace: &str, name: &str, port: i32, cross: Option<&str>) -> Request {
+    let mut r = request(&format!("{namespace}/{name}"), &["lan"]);
+    r.sharing = Sharing::new(
+        Some("k".into()),
+        [Port {
+            protocol: herald_api::service::Protocol::Tcp,
+            port,
+        }],
+        None,
+        namespace,
+        cross,
+    );
+    r
+}
+
+#[test]
+fn sharing_across_namespaces_needs_both_sides_to_agree() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.0/24"])]);
+    assert_eq!(
+        ips(&a.allocate(&sharer("shop", "web", 80, None)).unwrap()),
+        ["192.0.2.0"]
+    );
+    // Same namespace: joins by key, as before.
+    assert_eq!(
+        ips(&a.allocate(&sharer("shop", "dns", 53, None)).unwrap()),
+        ["192.0.2.0"]
+    );
+    // Another namespace knowing the key: its own IP; asking for the shared one, refused.
+    let mut intruder = sharer("tenant-b", "steal", 443, Some("shop"));
+    assert_eq!(ips(&a.allocate(&intruder).unwrap()), ["192.0.2.1"]);
+    intruder.requested_ips = vec![ip("192.0.2.0")];
+    let err = a.allocate(&intruder).unwrap_err();
+    assert_eq!(err.reason(), "IPInUse");
+    assert!(
+        err.to_string().contains(
+            "sharing an IP across namespaces needs each Service to name the other's namespace"
+        ),
+        "{err}"
+    );
+    // Both sides agree (one by name, the other by *): it joins.
+    a.set_pools([pool("lan", &["192.0.2.0/24"])]);
+    let mut web = sharer("shop", "web", 80, Some("tenant-b"));
+    a.allocate(&web).unwrap();
+    let mut dns = sharer("shop", "dns", 53, Some("*"));
+    a.allocate(&dns).unwrap();
+    assert_eq!(ips(&a.allocate(&intruder).unwrap()), ["192.0.2.0"]);
+    assert!(a.unconsented_sharers("tenant-b/steal").is_empty());
+    // One side withdraws its consent: the pair keeps the IP (nothing is renumbered) and is
+    // told; a newcomer cannot join any more.
+    web = sharer("shop", "web", 80, None);
+    assert_eq!(ips(&a.allocate(&web).unwrap()), ["192.0.2.0"]);
+    assert_eq!(
+        a.unconsented_sharers("shop/web"),
+        [(ip("192.0.2.0"), "tenant-b/steal".to_owned())]
+    );
+    dns = sharer("shop", "dns", 53, None);
+    a.allocate(&dns).unwrap();
+    let mut late = sharer("tenant-b", "late", 8443, Some("*"));
+    late.requested_ips = vec![ip("192.0.2.0")];
+    assert_eq!(a.allocate(&late).unwrap_err().reason(), "IPInUse");
+}
+
+#[test]
+fn sharers_across_namespaces_from_before_consent_keep_their_ip_after_a_restart() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.0/24"])]);
+    let web = sharer("shop", "web", 80, None);
+    let other = sharer("tenant-b", "api", 443, None);
+    a.restore("shop/web", &[ip("192.0.2.7")], &web.sharing)
+        .unwrap();
+    a.restore("tenant-b/api", &[ip("192.0.2.7")], &other.sharing)
+        .unwrap();
+    assert_eq!(ips(&a.allocate(&other).unwrap()), ["192.0.2.7"]);
+    assert_eq!(ips(&a.allocate(&web).unwrap()), ["192.0.2.7"]);
+    assert_eq!(a.unconsented_sharers("tenant-b/api").len(), 1);
+}
+
 #[test]
 fn sharing_needs_the_same_key_and_distinct_ports() {
     let port = |p: i32| Port {
@@ -181,18 +261,24 @@ fn sharing_needs_the_same_key_and_distinct_ports() {
         key: Some("k".into()),
         ports: [port(80)].into(),
         local_selector: None,
+        namespace: "ns".into(),
+        cross_namespace: vec![],
     };
     let mut dns = request("ns/dns", &["lan"]);
     dns.sharing = Sharing {
         key: Some("k".into()),
         ports: [port(53)].into(),
         local_selector: None,
+        namespace: "ns".into(),
+        cross_namespace: vec![],
     };
     let mut clash = request("ns/clash", &["lan"]);
     clash.sharing = Sharing {
         key: Some("k".into()),
         ports: [port(80)].into(),
         local_selector: None,
+        namespace: "ns".into(),
+        cross_namespace: vec![],
     };
     assert_eq!(ips(&a.allocate(&web).unwrap()), ["192.0.2.0"]);
     assert_eq!(
