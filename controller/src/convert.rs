@@ -25,6 +25,9 @@ pub enum ConvertError {
     },
 }
 
+/// Converted manifests (YAML, `---`-separated) and one warning per thing not converted.
+pub type Converted = (String, Vec<String>);
+
 /// MetalLB's fields Herald does not have, per kind, with what a user should know.
 const NOT_CONVERTED: &[(&str, &str, &str)] = &[
     (
@@ -73,7 +76,7 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
 
 /// The converted manifests (YAML, `---`-separated) and one warning per skipped document or
 /// field not converted.
-pub fn convert(input: &str) -> Result<(String, Vec<String>), ConvertError> {
+pub fn convert(input: &str) -> Result<Converted, ConvertError> {
     let mut items = Vec::new();
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
         let value: Value = serde::Deserialize::deserialize(doc)
@@ -275,7 +278,8 @@ fn rename(from: &Value, to: &mut Map<String, Value>, old: &str, new: &str) {
     }
 }
 
-fn object(kind: &str, source: &Value, spec: Map<String, Value>) -> Value {
+/// A Herald object of `kind` named after `source`'s name, with its labels and annotations.
+pub(crate) fn object(kind: &str, source: &Value, spec: Map<String, Value>) -> Value {
     let mut metadata = json!({"name": source["metadata"]["name"]});
     for key in ["labels", "annotations"] {
         if let Some(v) = source["metadata"].get(key).filter(|v| v.is_object()) {

@@ -4,6 +4,8 @@
 
 mod allocator;
 mod convert;
+mod convert_cilium;
+mod convert_kube_vip;
 mod events;
 mod gossip_secret;
 mod leader;
@@ -54,8 +56,15 @@ enum Command {
         #[command(flatten)]
         gossip: GossipArgs,
     },
-    /// Convert MetalLB IPAddressPool / L2Advertisement YAML (stdin) to Herald's (stdout).
+    /// Convert MetalLB's configuration (IPAddressPool, L2Advertisement, BGPPeer,
+    /// BGPAdvertisement, Community; YAML on stdin) to Herald's (stdout).
     ConvertMetallb,
+    /// Convert kube-vip's IP range ConfigMap (YAML on stdin) to Herald's IPPools and an
+    /// L2Advertisement (stdout).
+    ConvertKubeVip,
+    /// Convert Cilium's CiliumLoadBalancerIPPool and CiliumL2AnnouncementPolicy (YAML on
+    /// stdin) to Herald's IPPool and L2Advertisement (stdout).
+    ConvertCilium,
     /// Write Herald's CRD manifests (generated from the Rust types).
     Crds {
         /// Directory to write them to; `-` prints them to stdout.
@@ -80,21 +89,9 @@ struct GossipArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Crds { out } => write_crds(&out),
-        Command::ConvertMetallb => {
-            let mut input = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
-                .context("reading stdin")?;
-            let (yaml, warnings) = convert::convert(&input)?;
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            if yaml.ends_with('\n') || yaml.is_empty() {
-                print!("{yaml}");
-            } else {
-                println!("{yaml}");
-            }
-            Ok(())
-        }
+        Command::ConvertMetallb => convert_stdin(convert::convert),
+        Command::ConvertKubeVip => convert_stdin(convert_kube_vip::convert),
+        Command::ConvertCilium => convert_stdin(convert_cilium::convert),
         Command::Run {
             load_balancer_class,
             ignore_unset_class,
@@ -165,6 +162,24 @@ async fn serve(
     };
     election.release().await;
     result
+}
+
+/// Reads YAML on stdin, writes the converted YAML to stdout and each warning to stderr.
+fn convert_stdin(
+    convert: fn(&str) -> Result<convert::Converted, convert::ConvertError>,
+) -> Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input).context("reading stdin")?;
+    let (yaml, warnings) = convert(&input)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if yaml.ends_with('\n') || yaml.is_empty() {
+        print!("{yaml}");
+    } else {
+        println!("{yaml}");
+    }
+    Ok(())
 }
 
 fn write_crds(out: &std::path::Path) -> Result<()> {

@@ -227,3 +227,69 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
         );
     }
 }
+
+/// What `herald-controller SUBCOMMAND` makes of `input` (stdin): stdout and stderr.
+fn convert(subcommand: &str, input: &str) -> (String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(
+        herald_lab::bins::herald_binary("herald-controller").expect("controller binary"),
+    )
+    .arg(subcommand)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("herald-controller");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing stdin");
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "{subcommand}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The converters' output, from configurations shaped as MetalLB's, kube-vip's and
+/// Cilium's documentation show them, is accepted by the API server as it is.
+#[tokio::test]
+async fn converted_configurations_are_accepted_by_the_api_server() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    let inputs = [
+        (
+            "convert-metallb",
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: production, namespace: metallb-system}\nspec: {addresses: [192.168.10.0/24, 192.168.9.1 - 192.168.9.5]}\n---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: tor, namespace: metallb-system}\nspec: {myASN: 64500, peerASN: 64501, peerAddress: 10.0.0.1, holdTime: 9s, bfdProfile: fast}\n---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: external, namespace: metallb-system}\nspec: {ipAddressPools: [production], communities: [vpn-only, '65535:65282'], localPref: 50}\n---\napiVersion: metallb.io/v1beta1\nkind: Community\nmetadata: {name: communities, namespace: metallb-system}\nspec: {communities: [{name: vpn-only, value: '1234:1'}]}",
+            3,
+        ),
+        (
+            "convert-kube-vip",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kubevip, namespace: kube-system}\ndata: {cidr-default: 192.168.0.200/29, range-development: 192.168.0.210-192.168.0.219, range-global: 192.168.1.220-192.168.1.230}",
+            4,
+        ),
+        (
+            "convert-cilium",
+            "apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata: {name: blue-pool}\nspec:\n  blocks: [{cidr: 20.0.10.0/24}, {cidr: '2004::0/112'}, {start: 20.0.20.100, stop: 20.0.20.200}]\n  serviceSelector: {matchLabels: {io.kubernetes.service.namespace: tenant-a}}\n---\napiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata: {name: policy1}\nspec: {nodeSelector: {matchExpressions: [{key: node-role.kubernetes.io/control-plane, operator: DoesNotExist}]}, interfaces: ['^eth0$'], loadBalancerIPs: true}",
+            2,
+        ),
+    ];
+    for (subcommand, input, objects) in inputs {
+        let (yaml, warnings) = convert(subcommand, input);
+        let docs: Vec<&str> = yaml
+            .split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .collect();
+        assert_eq!(docs.len(), objects, "{subcommand}: {yaml}\n{warnings}");
+        // Every document as it is, through the API server's schema and CEL rules.
+        herald_lab::objects::apply(&client, &docs.join("\n---\n")).await;
+    }
+}
