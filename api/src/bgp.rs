@@ -9,6 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::selector::Scope;
+
 /// A BGP router the selected nodes connect to. Cluster-scoped. Every selected node opens
 /// its own session (active connect only: nothing listens on port 179, so Herald runs beside
 /// another BGP daemon on the node) and announces the routes its `BGPAdvertisement`s give
@@ -150,17 +152,9 @@ pub enum DynamicAsn {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BGPAdvertisementSpec {
-    /// Pools announced, by name. With neither `ipPools` nor `ipPoolSelectors`, every pool is.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ip_pools: Vec<String>,
-
-    /// Pools announced, by label.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ip_pool_selectors: Vec<LabelSelector>,
-
-    /// Nodes that announce. Empty: every node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub node_selectors: Vec<LabelSelector>,
+    /// The pools announced and the nodes announcing them.
+    #[serde(flatten)]
+    pub scope: Scope,
 
     /// `BGPPeer`s told, by name. Empty: every peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

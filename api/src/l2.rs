@@ -1,9 +1,10 @@
 //! `L2Advertisement`: which pools are announced with ARP/NDP, from which nodes, on which interfaces.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::selector::Scope;
 
 /// Announce the IPs of some pools on the local network. A pool no advertisement selects is not
 /// announced at all, and its Services get a Warning Event saying so. It has no status: where
@@ -24,17 +25,9 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct L2AdvertisementSpec {
-    /// Pools announced, by name. With neither `ipPools` nor `ipPoolSelectors`, every pool is.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ip_pools: Vec<String>,
-
-    /// Pools announced, by label.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ip_pool_selectors: Vec<LabelSelector>,
-
-    /// Nodes that may announce. Empty: every node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub node_selectors: Vec<LabelSelector>,
+    /// The pools announced and the nodes announcing them.
+    #[serde(flatten)]
+    pub scope: Scope,
 
     /// Interfaces to announce on. Empty: the interfaces whose subnets contain the IP, else the
     /// interface of the default route.

@@ -1,8 +1,41 @@
-//! Kubernetes label selectors, evaluated the way the API server does. Pure.
+//! Kubernetes label selectors, evaluated the way the API server does, and the scope every
+//! advertisement selects with them. Pure.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which pools an advertisement announces, and from which nodes: the same for
+/// `L2Advertisement` and `BGPAdvertisement`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scope {
+    /// Pools announced, by name. With neither `ipPools` nor `ipPoolSelectors`, every pool is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pools: Vec<String>,
+
+    /// Pools announced, by label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pool_selectors: Vec<LabelSelector>,
+
+    /// Nodes that announce. Empty: every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_selectors: Vec<LabelSelector>,
+}
+
+impl Scope {
+    /// Whether the advertisement announces `pool`.
+    pub fn selects_pool(&self, pool: &crate::IPPool) -> bool {
+        selects_pool(&self.ip_pools, &self.ip_pool_selectors, pool)
+    }
+
+    /// Whether a node with `labels` announces.
+    pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        any_or_none(&self.node_selectors, labels)
+    }
+}
 
 /// Kubernetes label-selector semantics; an unknown operator matches nothing.
 pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
@@ -31,9 +64,9 @@ pub fn any_or_none(selectors: &[LabelSelector], labels: &BTreeMap<String, String
     selectors.is_empty() || selectors.iter().any(|s| matches(s, labels))
 }
 
-/// Whether an advertisement's `ipPools` and `ipPoolSelectors` select `pool`: by name, by
-/// label, or (both empty) every pool.
-pub fn selects_pool(names: &[String], selectors: &[LabelSelector], pool: &crate::IPPool) -> bool {
+/// Whether `ipPools` and `ipPoolSelectors` select `pool`: by name, by label, or (both
+/// empty) every pool.
+fn selects_pool(names: &[String], selectors: &[LabelSelector], pool: &crate::IPPool) -> bool {
     static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
     let name = pool.metadata.name.as_deref().unwrap_or_default();
     let labels = pool.metadata.labels.as_ref().unwrap_or(&NO_LABELS);

@@ -77,25 +77,7 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
 /// The converted manifests (YAML, `---`-separated) and one warning per skipped document or
 /// field not converted.
 pub fn convert(input: &str) -> Result<Converted, ConvertError> {
-    let mut items = Vec::new();
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|source| ConvertError::Yaml { index, source })?;
-        if value.is_null() {
-            continue;
-        }
-        match value["kind"].as_str() {
-            // `kubectl get -o yaml` of several objects.
-            Some("List") => items.extend(
-                value["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|i| (index, i.clone())),
-            ),
-            _ => items.push((index, value)),
-        }
-    }
+    let items = objects(input)?;
     // MetalLB's `Community` objects name communities that advertisements use by name:
     // resolved here, wherever they are in the input.
     let aliases: BTreeMap<String, Value> = items
@@ -249,6 +231,45 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
     Ok((out.join("---\n"), warnings))
 }
 
+/// Every object of the YAML documents in `input`, with the index of its document: the items
+/// of a `List` (`kubectl get -o yaml` of several objects) one by one.
+pub(crate) fn objects(input: &str) -> Result<Vec<(usize, Value)>, ConvertError> {
+    let mut items = Vec::new();
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|source| ConvertError::Yaml { index, source })?;
+        if value.is_null() {
+            continue;
+        }
+        match value["kind"].as_str() {
+            Some("List") => items.extend(
+                value["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| (index, i.clone())),
+            ),
+            _ => items.push((index, value)),
+        }
+    }
+    Ok(items)
+}
+
+/// Converted objects as YAML documents, `---`-separated.
+pub(crate) fn render(objects: &[Value]) -> Result<String, ConvertError> {
+    let yaml: Result<Vec<String>, _> = objects.iter().map(serde_yaml_ng::to_string).collect();
+    let yaml = yaml.map_err(|source| ConvertError::Yaml { index: 0, source })?;
+    Ok(yaml.join("---\n"))
+}
+
+/// The documents of converted YAML, for tests.
+#[cfg(test)]
+pub(crate) fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .collect()
+}
+
 fn is_metallb(item: &Value) -> bool {
     item["apiVersion"]
         .as_str()
@@ -348,9 +369,7 @@ metadata: {name: bgp, namespace: metallb-system}
     #[test]
     fn metallb_pools_and_advertisements_become_herald_objects() {
         let (yaml, warnings) = convert(METALLB).expect("converts");
-        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
-            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-            .collect();
+        let docs = documents(&yaml);
         assert_eq!(docs.len(), 4);
         // They parse as Herald's own types, with every field carried over.
         let pool: IPPool = serde_json::from_value(docs[0].clone()).expect("IPPool");
@@ -371,9 +390,9 @@ metadata: {name: bgp, namespace: metallb-system}
         assert_eq!(pool.metadata.namespace, None);
         assert_eq!(pool.metadata.labels.unwrap_or_default()["zone"], "east");
         let ad: L2Advertisement = serde_json::from_value(docs[1].clone()).expect("L2Advertisement");
-        assert_eq!(ad.spec.ip_pools, ["production"]);
-        assert_eq!(ad.spec.ip_pool_selectors.len(), 1);
-        assert_eq!(ad.spec.node_selectors.len(), 1);
+        assert_eq!(ad.spec.scope.ip_pools, ["production"]);
+        assert_eq!(ad.spec.scope.ip_pool_selectors.len(), 1);
+        assert_eq!(ad.spec.scope.node_selectors.len(), 1);
         assert_eq!(ad.spec.interfaces, ["eth0", "eth1"]);
         // Every entry of the converted pool is one Herald accepts.
         for entry in &pool.spec.addresses {
@@ -445,9 +464,7 @@ spec:
     #[test]
     fn metallb_bgp_becomes_herald_bgp_and_every_field_left_out_is_named() {
         let (yaml, warnings) = convert(METALLB_BGP).expect("converts");
-        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
-            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-            .collect();
+        let docs = documents(&yaml);
         assert_eq!(docs.len(), 2, "{yaml}");
         let peer: BGPPeer = serde_json::from_value(docs[0].clone()).expect("BGPPeer");
         let s = &peer.spec;
@@ -468,7 +485,7 @@ spec:
         );
         let ad: BGPAdvertisement =
             serde_json::from_value(docs[1].clone()).expect("BGPAdvertisement");
-        assert_eq!(ad.spec.ip_pools, ["production"]);
+        assert_eq!(ad.spec.scope.ip_pools, ["production"]);
         assert_eq!(ad.spec.local_pref, Some(50));
         assert_eq!(ad.spec.peers, ["tor"]);
         // The named community is resolved; every one parses.

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::convert::{ConvertError, Converted, object};
+use crate::convert::{ConvertError, Converted, object, objects, render};
 
 /// The label Cilium sets on Services for their namespace, usable in selectors.
 const NAMESPACE_LABEL: &str = "io.kubernetes.service.namespace";
@@ -16,137 +16,124 @@ const NAMESPACE_LABEL: &str = "io.kubernetes.service.namespace";
 pub fn convert(input: &str) -> Result<Converted, ConvertError> {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|source| ConvertError::Yaml { index, source })?;
-        if value.is_null() {
+    for (_, item) in objects(input)? {
+        let kind = item["kind"].as_str().unwrap_or_default().to_owned();
+        let name = item["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let group = item["apiVersion"].as_str().unwrap_or_default();
+        if !group.starts_with("cilium.io/") {
+            warnings.push(format!(
+                "skipped {kind} {name}: not a Cilium object ({group})"
+            ));
             continue;
         }
-        let items = match value["kind"].as_str() {
-            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
-            _ => vec![value],
-        };
-        for item in items {
-            let kind = item["kind"].as_str().unwrap_or_default().to_owned();
-            let name = item["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let group = item["apiVersion"].as_str().unwrap_or_default();
-            if !group.starts_with("cilium.io/") {
-                warnings.push(format!(
-                    "skipped {kind} {name}: not a Cilium object ({group})"
-                ));
-                continue;
-            }
-            let spec = &item["spec"];
-            let mut new = Map::new();
-            let mut handled: Vec<&str> = Vec::new();
-            let herald_kind = match kind.as_str() {
-                "CiliumLoadBalancerIPPool" => {
-                    let mut addresses = Vec::new();
-                    // `blocks` (v2), `cidrs` (v2alpha1's older name).
-                    for field in ["blocks", "cidrs"] {
-                        for block in spec[field].as_array().into_iter().flatten() {
-                            let entry = match (block["cidr"].as_str(), block["start"].as_str()) {
-                                (Some(cidr), _) => cidr.to_owned(),
-                                (None, Some(start)) => {
-                                    let stop = block["stop"].as_str().unwrap_or(start);
-                                    format!("{start}-{stop}")
-                                }
-                                _ => continue,
-                            };
-                            match herald_api::AddressEntry::parse(&entry) {
-                                Ok(_) => addresses.push(Value::String(entry)),
-                                Err(e) => warnings.push(format!(
-                                    "{kind} {name}: spec.{field} entry {} left out: {e}",
-                                    herald_api::events::quote(&entry)
-                                )),
+        let spec = &item["spec"];
+        let mut new = Map::new();
+        let mut handled: Vec<&str> = Vec::new();
+        let herald_kind = match kind.as_str() {
+            "CiliumLoadBalancerIPPool" => {
+                let mut addresses = Vec::new();
+                // `blocks` (v2), `cidrs` (v2alpha1's older name).
+                for field in ["blocks", "cidrs"] {
+                    for block in spec[field].as_array().into_iter().flatten() {
+                        let entry = match (block["cidr"].as_str(), block["start"].as_str()) {
+                            (Some(cidr), _) => cidr.to_owned(),
+                            (None, Some(start)) => {
+                                let stop = block["stop"].as_str().unwrap_or(start);
+                                format!("{start}-{stop}")
                             }
+                            _ => continue,
+                        };
+                        match herald_api::AddressEntry::parse(&entry) {
+                            Ok(_) => addresses.push(Value::String(entry)),
+                            Err(e) => warnings.push(format!(
+                                "{kind} {name}: spec.{field} entry {} left out: {e}",
+                                herald_api::events::quote(&entry)
+                            )),
                         }
-                        handled.push(field);
                     }
-                    if addresses.is_empty() {
-                        warnings.push(format!("skipped {kind} {name}: no usable address"));
-                        continue;
-                    }
-                    new.insert("addresses".into(), Value::Array(addresses));
-                    if let Some(disabled) = spec["disabled"].as_bool() {
-                        new.insert("disabled".into(), json!(disabled));
-                    }
-                    handled.push("disabled");
-                    if let Some(selector) = spec.get("serviceSelector").filter(|s| !s.is_null()) {
-                        new.insert("serviceAllocation".into(), allocation(selector));
-                    }
-                    handled.push("serviceSelector");
-                    "IPPool"
+                    handled.push(field);
                 }
-                "CiliumL2AnnouncementPolicy" => {
-                    if let Some(selector) = spec.get("nodeSelector").filter(|s| !s.is_null()) {
-                        new.insert("nodeSelectors".into(), json!([selector]));
-                    }
-                    handled.push("nodeSelector");
-                    let mut interfaces = Vec::new();
-                    for pattern in spec["interfaces"].as_array().into_iter().flatten() {
-                        let pattern = pattern.as_str().unwrap_or_default();
-                        // Cilium takes regular expressions; a plain name is the same in both.
-                        let plain = pattern.trim_start_matches('^').trim_end_matches('$');
-                        if !plain.is_empty()
-                            && plain
-                                .chars()
-                                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                        {
-                            interfaces.push(Value::String(plain.to_owned()));
-                        } else {
-                            warnings.push(format!(
+                if addresses.is_empty() {
+                    warnings.push(format!("skipped {kind} {name}: no usable address"));
+                    continue;
+                }
+                new.insert("addresses".into(), Value::Array(addresses));
+                if let Some(disabled) = spec["disabled"].as_bool() {
+                    new.insert("disabled".into(), json!(disabled));
+                }
+                handled.push("disabled");
+                if let Some(selector) = spec.get("serviceSelector").filter(|s| !s.is_null()) {
+                    new.insert("serviceAllocation".into(), allocation(selector));
+                }
+                handled.push("serviceSelector");
+                "IPPool"
+            }
+            "CiliumL2AnnouncementPolicy" => {
+                if let Some(selector) = spec.get("nodeSelector").filter(|s| !s.is_null()) {
+                    new.insert("nodeSelectors".into(), json!([selector]));
+                }
+                handled.push("nodeSelector");
+                let mut interfaces = Vec::new();
+                for pattern in spec["interfaces"].as_array().into_iter().flatten() {
+                    let pattern = pattern.as_str().unwrap_or_default();
+                    // Cilium takes regular expressions; a plain name is the same in both.
+                    let plain = pattern.trim_start_matches('^').trim_end_matches('$');
+                    if !plain.is_empty()
+                        && plain
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    {
+                        interfaces.push(Value::String(plain.to_owned()));
+                    } else {
+                        warnings.push(format!(
                                 "{kind} {name}: spec.interfaces entry {} not converted: Herald takes interface names, not patterns (list the names, or leave interfaces empty to announce on the interfaces of each IP's subnet)",
                                 herald_api::events::quote(pattern)
                             ));
-                        }
                     }
-                    if !interfaces.is_empty() {
-                        new.insert("interfaces".into(), Value::Array(interfaces));
-                    }
-                    handled.push("interfaces");
-                    if spec["loadBalancerIPs"].as_bool() == Some(false) {
-                        warnings.push(format!(
+                }
+                if !interfaces.is_empty() {
+                    new.insert("interfaces".into(), Value::Array(interfaces));
+                }
+                handled.push("interfaces");
+                if spec["loadBalancerIPs"].as_bool() == Some(false) {
+                    warnings.push(format!(
                             "skipped {kind} {name}: it announces no LoadBalancer IP (loadBalancerIPs: false)"
                         ));
-                        continue;
-                    }
-                    handled.extend(["loadBalancerIPs", "externalIPs"]);
-                    if spec["externalIPs"].as_bool() == Some(true) {
-                        warnings.push(format!(
-                            "{kind} {name}: spec.externalIPs not converted: Herald announces LoadBalancer IPs only"
-                        ));
-                    }
-                    "L2Advertisement"
-                }
-                other => {
-                    warnings.push(format!("skipped {other} {name}: Herald has no equivalent"));
                     continue;
                 }
-            };
-            for key in spec.as_object().into_iter().flat_map(Map::keys) {
-                if !handled.contains(&key.as_str()) {
-                    let why = match (kind.as_str(), key.as_str()) {
-                        (_, "allowFirstLastIPs") => {
-                            "Herald hands out every address of a range; avoidBuggyIPs skips those ending in .0 and .255"
-                        }
-                        (_, "serviceSelector") => {
-                            "L2Advertisements select pools and nodes, not Services"
-                        }
-                        _ => "Herald has no such field",
-                    };
-                    warnings.push(format!("{kind} {name}: spec.{key} not converted: {why}"));
+                handled.extend(["loadBalancerIPs", "externalIPs"]);
+                if spec["externalIPs"].as_bool() == Some(true) {
+                    warnings.push(format!(
+                            "{kind} {name}: spec.externalIPs not converted: Herald announces LoadBalancer IPs only"
+                        ));
                 }
+                "L2Advertisement"
             }
-            out.push(object(herald_kind, &item, new));
+            other => {
+                warnings.push(format!("skipped {other} {name}: Herald has no equivalent"));
+                continue;
+            }
+        };
+        for key in spec.as_object().into_iter().flat_map(Map::keys) {
+            if !handled.contains(&key.as_str()) {
+                let why = match (kind.as_str(), key.as_str()) {
+                    (_, "allowFirstLastIPs") => {
+                        "Herald hands out every address of a range; avoidBuggyIPs skips those ending in .0 and .255"
+                    }
+                    (_, "serviceSelector") => {
+                        "L2Advertisements select pools and nodes, not Services"
+                    }
+                    _ => "Herald has no such field",
+                };
+                warnings.push(format!("{kind} {name}: spec.{key} not converted: {why}"));
+            }
         }
+        out.push(object(herald_kind, &item, new));
     }
-    let yaml: Result<Vec<String>, _> = out.iter().map(serde_yaml_ng::to_string).collect();
-    let yaml = yaml.map_err(|source| ConvertError::Yaml { index: 0, source })?;
-    Ok((yaml.join("---\n"), warnings))
+    Ok((render(&out)?, warnings))
 }
 
 /// A pool's `serviceSelector` as Herald's `serviceAllocation`: Cilium's namespace label
@@ -246,9 +233,7 @@ spec:
     #[test]
     fn cilium_pools_and_l2_policies_become_herald_objects_and_the_rest_is_named() {
         let (yaml, warnings) = convert(CILIUM).expect("converts");
-        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
-            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-            .collect();
+        let docs = crate::convert::documents(&yaml);
         assert_eq!(docs.len(), 3, "{yaml}");
         let blue: IPPool = serde_json::from_value(docs[0].clone()).expect("IPPool");
         assert_eq!(
@@ -269,7 +254,7 @@ spec:
         assert_eq!(alloc.namespaces, ["tenant-a"]);
         assert!(alloc.service_selectors.is_empty());
         let ad: L2Advertisement = serde_json::from_value(docs[2].clone()).expect("L2Advertisement");
-        assert_eq!(ad.spec.node_selectors.len(), 1);
+        assert_eq!(ad.spec.scope.node_selectors.len(), 1);
         assert_eq!(ad.spec.interfaces, ["bond0"]);
         for entry in &blue.spec.addresses {
             herald_api::AddressEntry::parse(entry).expect(entry);

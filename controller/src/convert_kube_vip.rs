@@ -7,107 +7,94 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
-use crate::convert::{ConvertError, Converted, object};
+use crate::convert::{ConvertError, Converted, object, objects, render};
 
 /// The converted manifests (YAML, `---`-separated) and one warning per key not converted.
 pub fn convert(input: &str) -> Result<Converted, ConvertError> {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(input).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|source| ConvertError::Yaml { index, source })?;
-        if value.is_null() {
+    for (_, item) in objects(input)? {
+        let kind = item["kind"].as_str().unwrap_or_default();
+        let name = item["metadata"]["name"].as_str().unwrap_or_default();
+        if kind != "ConfigMap" {
+            warnings.push(format!(
+                "skipped {kind} {name}: not kube-vip's range ConfigMap"
+            ));
             continue;
         }
-        let items = match value["kind"].as_str() {
-            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
-            _ => vec![value],
-        };
-        for item in items {
-            let kind = item["kind"].as_str().unwrap_or_default();
-            let name = item["metadata"]["name"].as_str().unwrap_or_default();
-            if kind != "ConfigMap" {
+        // Scope ("global" or a namespace) -> its address entries.
+        let mut scopes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, value) in item["data"].as_object().into_iter().flatten() {
+            let text = value.as_str().unwrap_or_default();
+            let Some((kind, scope)) = key
+                .strip_prefix("cidr-")
+                .map(|s| ("cidr", s))
+                .or_else(|| key.strip_prefix("range-").map(|s| ("range", s)))
+            else {
                 warnings.push(format!(
-                    "skipped {kind} {name}: not kube-vip's range ConfigMap"
-                ));
-                continue;
-            }
-            // Scope ("global" or a namespace) -> its address entries.
-            let mut scopes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for (key, value) in item["data"].as_object().into_iter().flatten() {
-                let text = value.as_str().unwrap_or_default();
-                let Some((kind, scope)) = key
-                    .strip_prefix("cidr-")
-                    .map(|s| ("cidr", s))
-                    .or_else(|| key.strip_prefix("range-").map(|s| ("range", s)))
-                else {
-                    warnings.push(format!(
                         "ConfigMap {name}: data.{key} not converted: Herald has no such setting (sharing is per Service: herald.dev/sharing-key)"
                     ));
-                    continue;
-                };
-                let entries = scopes.entry(scope.to_owned()).or_default();
-                for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                    // kube-vip allows spaces around a range's dash, as MetalLB does.
-                    let entry: String = entry
-                        .split('-')
-                        .map(str::trim)
-                        .collect::<Vec<_>>()
-                        .join("-");
-                    match herald_api::AddressEntry::parse(&entry) {
-                        Ok(_) => entries.push(entry),
-                        // kube-vip takes a CIDR with host bits as its network; so does the
-                        // pool, written as the network Herald requires.
-                        Err(herald_api::AddressError::HostBits { suggestion, .. }) => {
-                            warnings.push(format!(
+                continue;
+            };
+            let entries = scopes.entry(scope.to_owned()).or_default();
+            for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                // kube-vip allows spaces around a range's dash, as MetalLB does.
+                let entry: String = entry
+                    .split('-')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join("-");
+                match herald_api::AddressEntry::parse(&entry) {
+                    Ok(_) => entries.push(entry),
+                    // kube-vip takes a CIDR with host bits as its network; so does the
+                    // pool, written as the network Herald requires.
+                    Err(herald_api::AddressError::HostBits { suggestion, .. }) => {
+                        warnings.push(format!(
                                 "ConfigMap {name}: data.{key}: {} written as {suggestion} (its network)",
                                 herald_api::events::quote(&entry)
                             ));
-                            entries.push(suggestion);
-                        }
-                        Err(e) => warnings.push(format!(
-                            "ConfigMap {name}: data.{key}: {} left out: {e} ({kind})",
-                            herald_api::events::quote(&entry)
-                        )),
+                        entries.push(suggestion);
                     }
+                    Err(e) => warnings.push(format!(
+                        "ConfigMap {name}: data.{key}: {} left out: {e} ({kind})",
+                        herald_api::events::quote(&entry)
+                    )),
                 }
-            }
-            let mut pools = Vec::new();
-            for (scope, addresses) in scopes {
-                if addresses.is_empty() {
-                    continue;
-                }
-                let pool = format!("kube-vip-{scope}");
-                let mut spec = Map::new();
-                spec.insert("addresses".into(), json!(addresses));
-                if scope != "global" {
-                    spec.insert(
-                        "serviceAllocation".into(),
-                        json!({"priority": 10, "namespaces": [scope]}),
-                    );
-                }
-                out.push(object("IPPool", &json!({"metadata": {"name": pool}}), spec));
-                pools.push(pool);
-            }
-            if !pools.is_empty() {
-                let mut spec = Map::new();
-                spec.insert("ipPools".into(), json!(pools));
-                out.push(object(
-                    "L2Advertisement",
-                    &json!({"metadata": {"name": "kube-vip"}}),
-                    spec,
-                ));
-                warnings.push(
-                    "L2Advertisement kube-vip: announces the converted pools with ARP/NDP, as kube-vip's ARP mode does (its mode is in its DaemonSet, not this ConfigMap); for BGP, write a BGPPeer and a BGPAdvertisement instead".to_owned(),
-                );
             }
         }
+        let mut pools = Vec::new();
+        for (scope, addresses) in scopes {
+            if addresses.is_empty() {
+                continue;
+            }
+            let pool = format!("kube-vip-{scope}");
+            let mut spec = Map::new();
+            spec.insert("addresses".into(), json!(addresses));
+            if scope != "global" {
+                spec.insert(
+                    "serviceAllocation".into(),
+                    json!({"priority": 10, "namespaces": [scope]}),
+                );
+            }
+            out.push(object("IPPool", &json!({"metadata": {"name": pool}}), spec));
+            pools.push(pool);
+        }
+        if !pools.is_empty() {
+            let mut spec = Map::new();
+            spec.insert("ipPools".into(), json!(pools));
+            out.push(object(
+                "L2Advertisement",
+                &json!({"metadata": {"name": "kube-vip"}}),
+                spec,
+            ));
+            warnings.push(
+                    "L2Advertisement kube-vip: announces the converted pools with ARP/NDP, as kube-vip's ARP mode does (its mode is in its DaemonSet, not this ConfigMap); for BGP, write a BGPPeer and a BGPAdvertisement instead".to_owned(),
+                );
+        }
     }
-    let yaml: Result<Vec<String>, _> = out.iter().map(serde_yaml_ng::to_string).collect();
-    let yaml = yaml.map_err(|source| ConvertError::Yaml { index: 0, source })?;
-    Ok((yaml.join("---\n"), warnings))
+    Ok((render(&out)?, warnings))
 }
 
 #[cfg(test)]
@@ -134,9 +121,7 @@ data:
     #[test]
     fn kube_vip_ranges_become_pools_per_namespace_and_a_global_one() {
         let (yaml, warnings) = convert(KUBE_VIP).expect("converts");
-        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
-            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-            .collect();
+        let docs = crate::convert::documents(&yaml);
         let pools: BTreeMap<String, IPPool> = docs
             .iter()
             .filter(|d| d["kind"] == "IPPool")
@@ -174,7 +159,7 @@ data:
                 .clone(),
         )
         .expect("L2Advertisement");
-        assert_eq!(ad.spec.ip_pools.len(), 4);
+        assert_eq!(ad.spec.scope.ip_pools.len(), 4);
         for expected in [
             "ConfigMap kubevip: data.allow-share-global not converted",
             "ConfigMap kubevip: data.cidr-broken: \"192.168.2.300/24\" left out",

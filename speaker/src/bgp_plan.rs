@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use herald_api::bgp::{Community, DynamicAsn, parse_duration};
-use herald_api::selector::{any_or_none, selects_pool};
+use herald_api::selector::any_or_none;
 use herald_api::{BGPAdvertisement, BGPPeer, IPPool, IpRange};
 use herald_bgp::peer::Peer;
 use herald_bgp::rib::{Route, Routes, Speaker};
@@ -126,8 +126,8 @@ fn routes(view: &BgpView, node: &NodeFacts, peer_name: &str) -> Routes {
                 .copied()
                 .filter(|ad| {
                     let s = &ad.spec;
-                    selects_pool(&s.ip_pools, &s.ip_pool_selectors, pool)
-                        && any_or_none(&s.node_selectors, &node.labels)
+                    s.scope.selects_pool(pool)
+                        && s.scope.selects_node(&node.labels)
                         && (s.peers.is_empty() || s.peers.iter().any(|p| p == peer_name))
                 })
                 .collect();

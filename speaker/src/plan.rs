@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use herald_api::selector::{any_or_none, selects_pool};
 use herald_api::{IPPool, IpRange, L2Advertisement};
 use ipnetwork::IpNetwork;
 
@@ -86,7 +85,7 @@ impl<'a> PoolFacts<'a> {
         let ads: Vec<&L2Advertisement> = all
             .iter()
             .copied()
-            .filter(|ad| selects_pool(&ad.spec.ip_pools, &ad.spec.ip_pool_selectors, pool))
+            .filter(|ad| ad.spec.scope.selects_pool(pool))
             .collect();
         let forced: BTreeSet<&String> = ads.iter().flat_map(|ad| &ad.spec.interfaces).collect();
         Self {
@@ -106,7 +105,7 @@ impl<'a> PoolFacts<'a> {
     fn allows(&self, node: &NodeFacts) -> bool {
         self.advertisements.as_ref().is_ok_and(|ads| {
             ads.iter()
-                .any(|ad| any_or_none(&ad.spec.node_selectors, &node.labels))
+                .any(|ad| ad.spec.scope.selects_node(&node.labels))
         })
     }
 }

@@ -13,6 +13,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::netns::{Host, Lan};
+
+/// The AS of the LAN's router (`on_lan`).
+pub const LAN_ROUTER_ASN: u32 = 64500;
+
+/// A router at 192.0.2.1 on `lan` (a host of its own), AS `LAN_ROUTER_ASN`, accepting
+/// sessions from every host of the LAN, signed with `password` if given (FRR only).
+pub fn on_lan<R>(
+    lan: &mut Lan,
+    start: fn(&str, &RouterConfig) -> Result<R>,
+    password: Option<&str>,
+) -> Result<(R, Host)> {
+    let host = lan.add_host("router", 1)?;
+    let router = start(
+        &host.ns,
+        &RouterConfig {
+            asn: LAN_ROUTER_ASN,
+            router_id: host.v4,
+            listen: &["192.0.2.0/24"],
+            password,
+        },
+    )?;
+    Ok((router, host))
+}
+
 /// FRR's daemons, installed by scripts/setup (Debian's `frr` package).
 const FRR: &str = "/usr/lib/frr";
 
@@ -78,7 +103,7 @@ impl Frr {
                 bail!("{daemon}: {}", String::from_utf8_lossy(&out.stderr));
             }
         }
-        router.wait_for("bgpd to answer", Duration::from_secs(10), || {
+        wait_for(ns, "bgpd to answer", Duration::from_secs(10), || {
             router.vtysh("show bgp summary json").is_ok().then_some(())
         })?;
         Ok(router)
@@ -137,20 +162,19 @@ impl Frr {
         }
         Ok(())
     }
+}
 
+/// What a test reads from any router: its sessions and the routes in its kernel.
+pub trait Router {
     /// Polls `check` every 50 ms until it gives a value, for at most `within`.
-    pub fn wait_for<T>(
+    fn wait_for<T>(
         &self,
         what: &str,
         within: Duration,
         check: impl Fn() -> Option<T>,
     ) -> Result<T> {
-        wait_for(&self.name, what, within, check)
+        wait_for(self.ns(), what, within, check)
     }
-}
-
-/// What a test reads from any router: its sessions and the routes in its kernel.
-pub trait Router {
     /// The peers whose session is Established, by address.
     fn established(&self) -> BTreeSet<String>;
     /// The network namespace it runs in.
@@ -289,15 +313,6 @@ impl Bird {
             bail!("birdc {command}: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    pub fn wait_for<T>(
-        &self,
-        what: &str,
-        within: Duration,
-        check: impl Fn() -> Option<T>,
-    ) -> Result<T> {
-        wait_for(&self.ns, what, within, check)
     }
 }
 

@@ -11,7 +11,7 @@ use herald_bgp::rib::{Route, Routes, Speaker};
 use herald_bgp::session;
 use herald_bgp::wire::Family;
 use herald_lab::netns::{Lan, spawn_in_ns};
-use herald_lab::router::{Frr, RouterConfig};
+use herald_lab::router::{Frr, Router, RouterConfig};
 use ipnetwork::IpNetwork;
 use tokio::sync::watch;
 

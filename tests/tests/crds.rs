@@ -63,9 +63,11 @@ async fn crds_install_and_accept_valid_objects() {
             ..Default::default()
         },
         spec: L2AdvertisementSpec {
-            ip_pools: vec!["lan".into()],
+            scope: herald_api::selector::Scope {
+                ip_pools: vec!["lan".into()],
+                ..Default::default()
+            },
             interfaces: vec!["eth0".into()],
-            ..Default::default()
         },
     };
     let created = l2

@@ -13,11 +13,10 @@ use herald_lab::client_view::metric;
 use herald_lab::netns::{self, Lan};
 use herald_lab::objects::{apply, events_in, ips, wait_for, wait_for_event};
 use herald_lab::process_cluster::{KEY, endpoints_on, ready_node, setup, speaker};
-use herald_lab::router::{Bird, Frr, Router, RouterConfig};
+use herald_lab::router::{Bird, Frr, LAN_ROUTER_ASN as ROUTER_ASN, Router, RouterConfig, on_lan};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 
-const ROUTER_ASN: u32 = 64500;
 const CLUSTER_ASN: u32 = 64512;
 /// How long the router may take to show a change: generous, so a loaded machine does not
 /// fail the test; the time each change took is printed (docs/benchmarks.md has the figures).
@@ -55,19 +54,9 @@ fn wait_next_hops(router: &impl Router, prefix: &str, expected: &[IpAddr]) -> Du
     took
 }
 
-/// A router at 192.0.2.1 on the LAN, accepting sessions from its hosts.
+/// A router at 192.0.2.1 on the LAN, accepting sessions from its hosts; its address.
 fn router_on<R>(lan: &mut Lan, start: fn(&str, &RouterConfig) -> anyhow::Result<R>) -> (R, String) {
-    let host = lan.add_host("router", 1).expect("router host");
-    let router = start(
-        &host.ns,
-        &RouterConfig {
-            asn: ROUTER_ASN,
-            router_id: host.v4,
-            listen: &["192.0.2.0/24"],
-            password: None,
-        },
-    )
-    .expect("router");
+    let (router, host) = on_lan(lan, start, None).expect("router");
     (router, host.v4.to_string())
 }
 
@@ -303,17 +292,7 @@ async fn a_password_from_a_secret_signs_the_session_and_is_shown_nowhere() {
     const WRONG: &str = "not-the-password";
     let (cp, mut lan, _controller) = setup(1).await;
     let client = cp.client();
-    let host = lan.add_host("router", 1).expect("router host");
-    let router = Frr::start(
-        &host.ns,
-        &RouterConfig {
-            asn: ROUTER_ASN,
-            router_id: host.v4,
-            listen: &["192.0.2.0/24"],
-            password: Some(OLD),
-        },
-    )
-    .expect("FRR");
+    let (router, host) = on_lan(&mut lan, Frr::start, Some(OLD)).expect("FRR");
     let n1 = lan.nodes[0].v4.to_string();
     apply(
         &client,
