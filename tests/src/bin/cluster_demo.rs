@@ -91,6 +91,14 @@ async fn main() -> Result<()> {
     );
 
     if keep {
+        // The dead node stays registered (Ready until its Lease runs out, then NotReady) and
+        // would still take new pods: removed, as an operator removes a machine that is gone.
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        nodes.delete(&owner, &Default::default()).await?;
+        println!(
+            "\n7. Node {owner} is dead for good: its Node object is deleted, so nothing is scheduled on it\n   \
+             (its pods are garbage-collected); the cluster you keep has the other nodes."
+        );
         let bins = herald_lab::bins::bin_dir();
         println!(
             "\nStill running. In another shell:\n  export KUBECONFIG={}\n  {bins}/kubectl get nodes,pods -A -o wide\n  \
