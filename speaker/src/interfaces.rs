@@ -39,10 +39,37 @@ pub struct Snapshot {
     pub default_v6: Option<u32>,
 }
 
-/// Name prefixes of devices CNI plugins and container runtimes create.
-const CNI_PREFIXES: [&str; 9] = [
-    "cni", "flannel", "cali", "cilium", "docker", "kube-", "vxlan", "weave", "lxc",
+/// Interfaces never chosen unless named: the devices CNI plugins and container runtimes
+/// create (`--ignored-interfaces` replaces the list).
+pub const DEFAULT_IGNORED: [&str; 9] = [
+    "cni*", "flannel*", "cali*", "cilium*", "docker*", "kube-*", "vxlan*", "weave*", "lxc*",
 ];
+
+/// Whether the interface `name` matches `pattern`, in which `*` stands for any run of
+/// characters (`eth*`, `enp*s0`, `bond0`).
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was, and where in the name it started to match.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            // Let the `*` take one more character and try again.
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
 
 impl Snapshot {
     /// A node with one interface, `eth0` (index 2) up on 192.0.2.1/24, facing the LAN: the
@@ -63,13 +90,16 @@ impl Snapshot {
         }
     }
 
-    /// Where `ip` is announced: the named interfaces when `forced` is non-empty, else the
+    /// Where `ip` is announced: the interfaces `forced` names (or matches, with `*`) when it
+    /// is non-empty, else the
     /// LAN-facing interfaces with a subnet containing `ip`, else the default route's
     /// interface (if LAN-facing). Only interfaces that are up.
     pub fn announce_on(&self, ip: IpAddr, forced: &[String]) -> Vec<&Interface> {
         let up = self.interfaces.iter().filter(|i| i.up && i.mac.is_some());
         if !forced.is_empty() {
-            return up.filter(|i| forced.contains(&i.name)).collect();
+            return up
+                .filter(|i| forced.iter().any(|p| name_matches(p, &i.name)))
+                .collect();
         }
         let on_subnet: Vec<&Interface> = up
             .clone()
@@ -110,7 +140,7 @@ impl Snapshot {
 }
 
 /// An interface from its rtnetlink link message (addresses are added later).
-pub fn interface_of(link: &LinkMessage) -> Interface {
+pub fn interface_of(link: &LinkMessage, ignored: &[String]) -> Interface {
     let mut iface = Interface {
         index: link.header.index,
         name: String::new(),
@@ -136,7 +166,7 @@ pub fn interface_of(link: &LinkMessage) -> Interface {
             _ => {}
         }
     }
-    iface.faces_lan &= !CNI_PREFIXES.iter().any(|p| iface.name.starts_with(p));
+    iface.faces_lan &= !ignored.iter().any(|p| name_matches(p, &iface.name));
     iface
 }
 
@@ -156,11 +186,11 @@ fn lan_kind(kind: &InfoKind) -> bool {
 }
 
 /// Reads every link, address and default route.
-pub async fn snapshot(handle: &Handle) -> Result<Snapshot> {
+pub async fn snapshot(handle: &Handle, ignored: &[String]) -> Result<Snapshot> {
     let mut interfaces = Vec::new();
     let mut links = handle.link().get().execute();
     while let Some(link) = links.try_next().await.context("listing links")? {
-        interfaces.push(interface_of(&link));
+        interfaces.push(interface_of(&link, ignored));
     }
     let mut addresses = handle.address().get().execute();
     while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
@@ -218,7 +248,11 @@ async fn default_route(handle: &Handle, filter: RouteMessage) -> Result<Option<u
 
 /// Keeps `tx` updated with the node's interfaces: re-read on every link, address or route
 /// notification, and every `refresh` in case a notification was lost.
-pub async fn follow(tx: watch::Sender<Snapshot>, refresh: Duration) -> Result<()> {
+pub async fn follow(
+    tx: watch::Sender<Snapshot>,
+    refresh: Duration,
+    ignored: Vec<String>,
+) -> Result<()> {
     use netlink_sys::{AsyncSocket, SocketAddr};
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
@@ -237,7 +271,7 @@ pub async fn follow(tx: watch::Sender<Snapshot>, refresh: Duration) -> Result<()
     tokio::spawn(events_conn);
     let mut tick = tokio::time::interval(refresh);
     loop {
-        match snapshot(&handle).await {
+        match snapshot(&handle, &ignored).await {
             Ok(s) => {
                 tx.send_if_modified(|old| {
                     let changed = *old != s;
@@ -286,6 +320,55 @@ mod tests {
             default_v4: Some(3),
             default_v6: None,
         }
+    }
+
+    fn defaults() -> Vec<String> {
+        DEFAULT_IGNORED.map(str::to_owned).to_vec()
+    }
+
+    #[test]
+    fn interface_patterns_match_names_with_stars() {
+        for (pattern, name, matches) in [
+            ("eth0", "eth0", true),
+            ("eth0", "eth01", false),
+            ("eth*", "eth0", true),
+            ("eth*", "eth", true),
+            ("eth*", "veth0", false),
+            ("enp*s0", "enp1s0", true),
+            ("enp*s0", "enp10s0", true),
+            ("enp*s0", "enp1s0f1", false),
+            ("*", "anything", true),
+            ("*0", "bond0", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("", "", true),
+            ("", "eth0", false),
+        ] {
+            assert_eq!(name_matches(pattern, name), matches, "{pattern} ~ {name}");
+        }
+        let s = snap();
+        assert_eq!(
+            names(s.announce_on(ip("192.0.2.10"), &["eth*".into()])),
+            ["eth0", "eth1"]
+        );
+        // A pattern reaches an interface never chosen by default, as a name does.
+        assert_eq!(
+            names(s.announce_on(ip("192.0.2.10"), &["cni*".into()])),
+            ["cni0"]
+        );
+    }
+
+    #[test]
+    fn the_ignored_interfaces_are_configurable() {
+        let calico = link(30, "cali12ab", Some(InfoKind::Veth), LinkLayerType::Ether);
+        assert!(!interface_of(&calico, &defaults()).faces_lan);
+        assert!(
+            interface_of(&calico, &[]).faces_lan,
+            "nothing ignored: a veth faces the LAN"
+        );
+        let storage = link(31, "stor0", None, LinkLayerType::Ether);
+        assert!(interface_of(&storage, &defaults()).faces_lan);
+        assert!(!interface_of(&storage, &["stor*".into()]).faces_lan);
     }
 
     fn names(v: Vec<&Interface>) -> Vec<&str> {
@@ -372,7 +455,7 @@ mod tests {
             (link(19, "cilium_host", Some(InfoKind::Veth), ether), false),
         ];
         for (msg, faces_lan) in cases {
-            let iface = interface_of(&msg);
+            let iface = interface_of(&msg, &defaults());
             assert_eq!(iface.faces_lan, faces_lan, "{}", iface.name);
             assert!(iface.up);
             assert_eq!(iface.mac, Some([2, 0, 0, 0, 0, msg.header.index as u8]));
@@ -382,14 +465,12 @@ mod tests {
     #[test]
     fn a_node_address_on_a_bridge_is_announced_there_and_told_to_peers() {
         // The node's address on br0, its NIC enslaved to br0 without an address.
-        let mut br0 = interface_of(&link(
-            3,
-            "br0",
-            Some(InfoKind::Bridge),
-            LinkLayerType::Ether,
-        ));
+        let mut br0 = interface_of(
+            &link(3, "br0", Some(InfoKind::Bridge), LinkLayerType::Ether),
+            &defaults(),
+        );
         br0.networks.push("192.0.2.5/24".parse().unwrap());
-        let nic = interface_of(&link(2, "enp1s0", None, LinkLayerType::Ether));
+        let nic = interface_of(&link(2, "enp1s0", None, LinkLayerType::Ether), &defaults());
         let s = Snapshot {
             interfaces: vec![nic, br0],
             default_v4: Some(3),

@@ -106,6 +106,16 @@ struct RunArgs {
     /// have the same setting.
     #[arg(long, env = "HERALD_EXCLUDE_CORDONED")]
     exclude_cordoned: bool,
+    /// Interfaces never chosen unless an L2Advertisement names them, comma-separated, `*`
+    /// standing for any run of characters. Default: the devices CNI plugins and container
+    /// runtimes create.
+    #[arg(
+        long,
+        env = "HERALD_IGNORED_INTERFACES",
+        value_delimiter = ',',
+        default_values_t = interfaces::DEFAULT_IGNORED.map(str::to_owned)
+    )]
+    ignored_interfaces: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -131,6 +141,7 @@ fn main() -> Result<()> {
         metrics_address: args.metrics_address,
         records_owner: args.records_owner,
         segmented_liveness: args.segmented_liveness,
+        ignored_interfaces: args.ignored_interfaces,
         exclusion: election::Exclusion {
             by_label: !args.ignore_exclude_lb,
             cordoned: args.exclude_cordoned,

@@ -58,6 +58,8 @@ pub struct Config {
     pub segmented_liveness: bool,
     /// Which nodes count as excluded from load balancers.
     pub exclusion: Exclusion,
+    /// Interfaces never chosen unless an L2Advertisement names them (patterns with `*`).
+    pub ignored_interfaces: Vec<String>,
 }
 
 const MIN_COALESCE: Duration = Duration::from_millis(10);
@@ -88,8 +90,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let stores = Stores::watch(&client, changed.clone(), &config.node);
 
     let (iface_tx, mut iface_rx) = watch::channel(Snapshot::default());
+    let ignored = config.ignored_interfaces.clone();
     tokio::spawn(async move {
-        if let Err(e) = interfaces::follow(iface_tx, Duration::from_secs(5)).await {
+        if let Err(e) = interfaces::follow(iface_tx, Duration::from_secs(5), ignored).await {
             tracing::error!("following interfaces stopped: {e:#}");
         }
     });

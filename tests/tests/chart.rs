@@ -127,7 +127,11 @@ fn chart_lints_with_default_and_all_options() {
             .expect("args")
             .contains(&serde_json::json!("--segmented-liveness=false"))
     );
-    for flag in ["--ignore-exclude-lb", "--exclude-cordoned"] {
+    for flag in [
+        "--ignore-exclude-lb",
+        "--exclude-cordoned",
+        "--ignored-interfaces=cni*,storage*",
+    ] {
         assert!(
             container["args"]
                 .as_array()

@@ -209,3 +209,27 @@ async fn local_policy_exclusions_and_the_gossip_key() {
     let metrics = http_get_in(&lan.client.ns, 9473, "/metrics").expect("metrics");
     assert!(metrics.contains("herald_speaker_members 1\n"), "{metrics}");
 }
+
+/// An L2Advertisement's `interfaces` may be patterns: `eth*` announces on the node's eth0, a
+/// pattern no interface matches announces nowhere.
+#[tokio::test]
+async fn interface_patterns_choose_where_an_ip_is_announced() {
+    let (cp, lan, _controller) = setup(1).await;
+    let client = cp.client();
+    let _speaker = speaker(&cp, &lan, "n1", KEY, "speaker-n1");
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [\"nothing*\"]}").await;
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let ip: IpAddr = wait_for(&svcs, "web", "an IP", |s| ips(s).first().cloned())
+        .await
+        .parse()
+        .unwrap();
+    accept_locally(&lan, &[ip]);
+    silent(&lan, ip, Duration::from_secs(10));
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [\"eth*\"]}").await;
+    assert_eq!(owner(&lan, ip, None, Duration::from_secs(10)), "n1");
+    let message = wait_for_event(&client, "web", |e| e.reason == "IPAnnounced")
+        .await
+        .message;
+    assert_eq!(message, format!("{ip} is announced by node n1 on eth0"));
+}
