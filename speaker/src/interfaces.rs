@@ -76,6 +76,12 @@ impl Snapshot {
     /// decision tests' node.
     #[cfg(test)]
     pub fn one_lan_interface() -> Self {
+        Self::lan_interface(&["192.0.2.1/24"])
+    }
+
+    /// A node whose one interface, `eth0` (index 2), is up with `networks`, facing the LAN.
+    #[cfg(test)]
+    pub fn lan_interface(networks: &[&str]) -> Self {
         Snapshot {
             interfaces: vec![Interface {
                 index: 2,
@@ -83,7 +89,10 @@ impl Snapshot {
                 mac: Some([2, 0, 0, 0, 0, 1]),
                 up: true,
                 faces_lan: true,
-                networks: vec!["192.0.2.1/24".parse().expect("a network")],
+                networks: networks
+                    .iter()
+                    .map(|n| n.parse().expect("a network"))
+                    .collect(),
             }],
             default_v4: None,
             default_v6: None,
@@ -91,9 +100,8 @@ impl Snapshot {
     }
 
     /// Where `ip` is announced: the interfaces `forced` names (or matches, with `*`) when it
-    /// is non-empty, else the
-    /// LAN-facing interfaces with a subnet containing `ip`, else the default route's
-    /// interface (if LAN-facing). Only interfaces that are up.
+    /// is non-empty, else the LAN-facing interfaces with a subnet containing `ip`, else the
+    /// default route's interface (if LAN-facing). Only interfaces that are up.
     pub fn announce_on(&self, ip: IpAddr, forced: &[String]) -> Vec<&Interface> {
         let up = self.interfaces.iter().filter(|i| i.up && i.mac.is_some());
         if !forced.is_empty() {

@@ -3,7 +3,6 @@ use std::sync::Arc;
 
 use super::*;
 use crate::election::Exclusion;
-use crate::interfaces::Interface;
 use crate::service::{ServiceIps, allocated};
 
 fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
@@ -28,20 +27,7 @@ fn node(name: &str, labels: &[(&str, &str)], ready: bool) -> NodeView {
 
 /// A node on the router's LAN: eth0 with an IPv4 and a global and link-local IPv6 address.
 fn lan() -> Snapshot {
-    Snapshot {
-        interfaces: vec![Interface {
-            index: 2,
-            name: "eth0".into(),
-            mac: Some([2, 0, 0, 0, 0, 1]),
-            up: true,
-            faces_lan: true,
-            networks: ["fe80::1/64", "192.0.2.11/24", "2001:db8::11/64"]
-                .iter()
-                .map(|n| n.parse().expect("network"))
-                .collect(),
-        }],
-        ..Snapshot::default()
-    }
+    Snapshot::lan_interface(&["fe80::1/64", "192.0.2.11/24", "2001:db8::11/64"])
 }
 
 struct Fixture {
