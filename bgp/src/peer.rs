@@ -12,7 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::rib::{self, Routes, Speaker};
+use crate::rib::{self, RibOut};
 use crate::session::{self, Action, Event, Negotiated, State, Timer};
 use crate::tcp_md5::{self, Password};
 use crate::wire::{self, Message, Notification, Update, error};
@@ -24,7 +24,6 @@ pub struct Peer {
     /// Bind to this address before connecting (`None`: the kernel's choice).
     pub source: Option<SocketAddr>,
     pub session: session::Config,
-    pub speaker: Speaker,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
     /// TCP-MD5 password the router expects (RFC 2385).
@@ -57,10 +56,10 @@ pub enum Stop {
 }
 
 /// Runs the session until `stop` says otherwise, then closes it as it says. `routes`:
-/// what the peer should be told, followed as it changes.
+/// what the peer should be told (next hops included), followed as it changes.
 pub async fn run(
     peer: Peer,
-    mut routes: watch::Receiver<Routes>,
+    mut routes: watch::Receiver<RibOut>,
     status: watch::Sender<Status>,
     mut stop: watch::Receiver<Stop>,
 ) {
@@ -68,7 +67,7 @@ pub async fn run(
     let mut timers = Timers::default();
     let mut conn: Option<TcpStream> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(wire::MAX_MESSAGE);
-    let mut told = Routes::new();
+    let mut told = RibOut::default();
     let mut pending = VecDeque::from([Event::Start]);
     loop {
         while let Some(event) = pending.pop_front() {
@@ -78,7 +77,14 @@ pub async fn run(
                 match action {
                     Action::Connect => {
                         let _ = status.send(Status::Connecting);
-                        match connect(&peer).await {
+                        // A stop ends a connection attempt at once.
+                        let attempt = tokio::select! {
+                            c = connect(&peer) => c,
+                            _ = stop.wait_for(|s| *s != Stop::Run) => {
+                                Err(std::io::ErrorKind::Interrupted.into())
+                            }
+                        };
+                        match attempt {
                             Ok(c) => {
                                 conn = Some(c);
                                 buf.clear();
@@ -99,10 +105,9 @@ pub async fn run(
                     Action::Arm(timer, after) => timers.arm(timer, after),
                     Action::Disarm(timer) => timers.disarm(timer),
                     Action::Up(negotiated) => {
-                        told.clear();
+                        told = RibOut::default();
                         let desired = routes.borrow_and_update().clone();
-                        let mut updates =
-                            rib::updates(&peer.speaker, &negotiated.families, &told, &desired);
+                        let mut updates = rib::updates(&negotiated.families, &told, &desired);
                         // End-of-RIB per family once the whole table is out (RFC 4724):
                         // a peer holding stale routes from before a restart drops the
                         // ones not sent again.
@@ -127,15 +132,9 @@ pub async fn run(
                         let _ = status.send(down);
                     }
                     Action::Resend(family) => {
-                        let none = Routes::new();
-                        let all: Routes = told
-                            .iter()
-                            .filter(|(n, _)| wire::Family::of(n) == family)
-                            .map(|(n, r)| (*n, r.clone()))
-                            .collect();
                         if !send_all(
                             &mut conn,
-                            rib::updates(&peer.speaker, &[family], &none, &all),
+                            rib::updates(&[family], &RibOut::default(), &told),
                         )
                         .await
                         {
@@ -168,7 +167,7 @@ pub async fn run(
                     continue;
                 };
                 let desired = routes.borrow_and_update().clone();
-                let updates = rib::updates(&peer.speaker, &negotiated.families, &told, &desired);
+                let updates = rib::updates(&negotiated.families, &told, &desired);
                 if send_all(&mut conn, updates).await {
                     told = desired;
                     let _ = status.send(Status::Established {
@@ -226,9 +225,15 @@ async fn send_all(conn: &mut Option<TcpStream>, updates: Vec<Update>) -> bool {
     true
 }
 
-fn count(routes: &Routes) -> (usize, usize) {
-    let v4 = routes.keys().filter(|n| n.is_ipv4()).count();
-    (v4, routes.len() - v4)
+/// Prefixes the peer holds, per family.
+fn count(told: &RibOut) -> (usize, usize) {
+    told.announced().fold((0, 0), |(v4, v6), n| {
+        if n.is_ipv4() {
+            (v4 + 1, v6)
+        } else {
+            (v4, v6 + 1)
+        }
+    })
 }
 
 async fn connect(peer: &Peer) -> std::io::Result<TcpStream> {

@@ -21,7 +21,7 @@ pub struct Route {
 pub type Routes = BTreeMap<IpNetwork, Route>;
 
 /// Who this speaker is to the peer, for the attributes every route carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Speaker {
     pub local_asn: u32,
     /// The peer is in another AS: this speaker's AS goes into AS_PATH, LOCAL_PREF does not
@@ -32,36 +32,51 @@ pub struct Speaker {
     pub next_hop_v6: Option<IpAddr>,
 }
 
+/// Everything one peer should hold from this speaker: the routes, and who the speaker is to
+/// it (its next hops can change under a running session: an address added or replaced).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RibOut {
+    pub speaker: Speaker,
+    pub routes: Routes,
+}
+
+impl RibOut {
+    /// The prefixes the peer holds once told this: those of a family with a next hop.
+    pub fn announced(&self) -> impl Iterator<Item = &IpNetwork> {
+        self.routes
+            .keys()
+            .filter(|net| next_hop(&self.speaker, Family::of(net)).is_some())
+    }
+
+    /// How `net` reaches the peer: its route with the speaker's attributes for its family,
+    /// `None` when it is not announced.
+    fn sent(&self, net: &IpNetwork) -> Option<(&Route, IpAddr, bool, u32)> {
+        let hop = next_hop(&self.speaker, Family::of(net))?;
+        let route = self.routes.get(net)?;
+        Some((route, hop, self.speaker.external, self.speaker.local_asn))
+    }
+}
+
 /// The UPDATEs that change what the peer was told (`told`) into `desired`, in the families
 /// in `families`; each fits in one message. Withdrawals go first, then announcements grouped
-/// by identical attributes. A prefix of a family without a next hop is not announced.
-pub fn updates(
-    speaker: &Speaker,
-    families: &[Family],
-    told: &Routes,
-    desired: &Routes,
-) -> Vec<Update> {
+/// by identical attributes. A prefix of a family without a next hop is not announced; a new
+/// next hop announces its family's prefixes again.
+pub fn updates(families: &[Family], told: &RibOut, desired: &RibOut) -> Vec<Update> {
     let in_families = |net: &IpNetwork| families.contains(&Family::of(net));
-    let mut withdrawn: Vec<IpNetwork> = told
-        .keys()
-        .filter(|net| in_families(net) && !desired.contains_key(*net))
+    let withdrawn: Vec<IpNetwork> = told
+        .announced()
+        .filter(|net| in_families(net) && desired.sent(net).is_none())
         .copied()
         .collect();
-    // Announced anew when missing or changed; a prefix whose family has no next hop is
-    // withdrawn instead if it was told.
+    // Announced anew when missing or changed in any attribute.
     let mut by_route: BTreeMap<&Route, Vec<IpNetwork>> = BTreeMap::new();
-    for (net, route) in desired {
-        if !in_families(net) || told.get(net) == Some(route) {
-            continue;
-        }
-        if next_hop(speaker, Family::of(net)).is_none() {
-            if told.contains_key(net) {
-                withdrawn.push(*net);
-            }
+    for (net, route) in &desired.routes {
+        if !in_families(net) || desired.sent(net).is_none() || told.sent(net) == desired.sent(net) {
             continue;
         }
         by_route.entry(route).or_default().push(*net);
     }
+    let speaker = &desired.speaker;
     let mut out = Vec::new();
     for family in Family::ALL {
         let nets: Vec<IpNetwork> = withdrawn
@@ -221,6 +236,13 @@ mod tests {
         }
     }
 
+    fn rib(speaker: &Speaker, routes: &Routes) -> RibOut {
+        RibOut {
+            speaker: speaker.clone(),
+            routes: routes.clone(),
+        }
+    }
+
     fn route(pref: u32) -> Route {
         Route {
             local_pref: Some(pref),
@@ -271,7 +293,7 @@ mod tests {
             (net("198.51.100.10/32"), route(200)),
             (net("2001:db8:100::10/128"), route(200)),
         ]);
-        let updates = updates(&speaker(true), &Family::ALL, &Routes::new(), &desired);
+        let updates = updates_for(&speaker(true), &desired);
         assert_eq!(updates.len(), 2, "one per family: {updates:?}");
         let v4 = &updates[0];
         assert_eq!(v4.announced, ["198.51.100.10/32".parse().unwrap()]);
@@ -314,7 +336,7 @@ mod tests {
     }
 
     fn updates_for(speaker: &Speaker, desired: &Routes) -> Vec<Update> {
-        updates(speaker, &Family::ALL, &Routes::new(), desired)
+        updates(&Family::ALL, &RibOut::default(), &rib(speaker, desired))
     }
 
     #[test]
@@ -328,7 +350,8 @@ mod tests {
         desired.remove(&net("198.51.100.11/32"));
         desired.remove(&net("2001:db8:100::10/128"));
         desired.insert(net("198.51.100.10/32"), route(300));
-        let out = updates(&speaker(false), &Family::ALL, &told, &desired);
+        let s = speaker(false);
+        let out = updates(&Family::ALL, &rib(&s, &told), &rib(&s, &desired));
         assert_eq!(out[0].withdrawn, ["198.51.100.11/32".parse().unwrap()]);
         assert_eq!(
             out[1].attributes,
@@ -340,7 +363,7 @@ mod tests {
         assert_eq!(out[2].announced, ["198.51.100.10/32".parse().unwrap()]);
         assert!(out[2].attributes.contains(&Attribute::LocalPref(300)));
         assert_eq!(out.len(), 3);
-        assert!(updates(&speaker(false), &Family::ALL, &desired, &desired).is_empty());
+        assert!(updates(&Family::ALL, &rib(&s, &desired), &rib(&s, &desired)).is_empty());
     }
 
     #[test]
@@ -350,10 +373,9 @@ mod tests {
             (net("2001:db8:100::10/128"), route(100)),
         ]);
         let v4_only = updates(
-            &speaker(true),
             &[Family::Ipv4Unicast],
-            &Routes::new(),
-            &desired,
+            &RibOut::default(),
+            &rib(&speaker(true), &desired),
         );
         assert_eq!(v4_only.len(), 1);
         assert_eq!(v4_only[0].announced.len(), 1);
@@ -361,8 +383,51 @@ mod tests {
             next_hop_v6: None,
             ..speaker(true)
         };
-        let out = updates(&no_v6_hop, &Family::ALL, &Routes::new(), &desired);
+        let out = updates_for(&no_v6_hop, &desired);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_new_next_hop_announces_its_family_again_and_a_lost_one_withdraws_it() {
+        let desired = Routes::from([
+            (net("198.51.100.10/32"), route(100)),
+            (net("2001:db8:100::10/128"), route(100)),
+        ]);
+        let no_v6_hop = Speaker {
+            next_hop_v6: None,
+            ..speaker(true)
+        };
+        let before = rib(&no_v6_hop, &desired);
+        let after = rib(&speaker(true), &desired);
+        // The address appears: the IPv6 prefix goes out, the IPv4 one is not sent again.
+        let out = updates(&Family::ALL, &before, &after);
+        assert_eq!(
+            apply(&Routes::new(), &out).into_keys().collect::<Vec<_>>(),
+            [net("2001:db8:100::10/128")]
+        );
+        // It goes away: the IPv6 prefix is withdrawn.
+        let out = updates(&Family::ALL, &after, &before);
+        assert_eq!(
+            out[0].attributes,
+            [Attribute::MpUnreach {
+                family: Family::Ipv6Unicast,
+                withdrawn: vec![net("2001:db8:100::10/128")]
+            }]
+        );
+        assert_eq!(out.len(), 1);
+        // Replaced: the IPv4 prefix goes out with the new next hop.
+        let moved = Speaker {
+            next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 99)),
+            ..speaker(true)
+        };
+        let out = updates(&Family::ALL, &after, &rib(&moved, &desired));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].announced, ["198.51.100.10/32".parse().unwrap()]);
+        assert!(
+            out[0]
+                .attributes
+                .contains(&Attribute::NextHop(Ipv4Addr::new(192, 0, 2, 99)))
+        );
     }
 
     fn prefix() -> impl Strategy<Value = IpNetwork> {
@@ -377,27 +442,39 @@ mod tests {
         prop::collection::btree_map(prefix(), (0u32..3).prop_map(route), 0..600)
     }
 
+    /// A speaker whose next hops may be missing or moved.
+    fn some_speaker() -> impl Strategy<Value = Speaker> {
+        (prop::option::of(10u8..12), prop::option::of(10u16..12)).prop_map(|(v4, v6)| Speaker {
+            next_hop_v4: v4.map(|a| Ipv4Addr::new(192, 0, 2, a)),
+            next_hop_v6: v6.map(|a| IpAddr::V6(format!("2001:db8::{a:x}").parse().unwrap())),
+            ..speaker(true)
+        })
+    }
+
     proptest! {
         /// Whatever the peer was told and whatever it should have, the UPDATEs bring it
         /// there exactly, each fits in a message, and nothing unchanged is sent again.
         #[test]
         fn the_updates_take_the_peer_from_what_it_was_told_to_the_desired_table(
-            told in table(),
-            desired in table(),
+            told in (some_speaker(), table()).prop_map(|(s, r)| rib(&s, &r)),
+            desired in (some_speaker(), table()).prop_map(|(s, r)| rib(&s, &r)),
         ) {
-            let speaker = speaker(true);
-            let out = updates(&speaker, &Family::ALL, &told, &desired);
+            let out = updates(&Family::ALL, &told, &desired);
             for update in &out {
                 let len = wire::encode(&Message::Update(update.clone())).len();
                 prop_assert!(len <= MAX_MESSAGE, "{len}");
             }
-            let held = apply(&told, &out);
+            let held_before: Routes = told
+                .announced()
+                .map(|n| (*n, told.routes[n].clone()))
+                .collect();
+            let held = apply(&held_before, &out);
             prop_assert_eq!(
                 held.keys().collect::<Vec<_>>(),
-                desired.keys().collect::<Vec<_>>()
+                desired.announced().collect::<Vec<_>>()
             );
-            let changed = desired.iter().filter(|(n, r)| told.get(*n) != Some(*r)).count();
-            let gone = told.keys().filter(|n| !desired.contains_key(*n)).count();
+            let changed = desired.announced().filter(|n| told.sent(n) != desired.sent(n)).count();
+            let gone = told.announced().filter(|n| desired.sent(n).is_none()).count();
             let sent: usize = out
                 .iter()
                 .map(|u| {

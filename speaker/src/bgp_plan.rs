@@ -11,7 +11,7 @@ use herald_api::bgp::{Community, DynamicAsn, parse_duration};
 use herald_api::selector::any_or_none;
 use herald_api::{BGPAdvertisement, BGPPeer, IPPool, IpRange};
 use herald_bgp::peer::Peer;
-use herald_bgp::rib::{Route, Routes, Speaker};
+use herald_bgp::rib::{RibOut, Route, Routes, Speaker};
 use herald_bgp::session;
 use herald_bgp::tcp_md5::Password;
 use herald_bgp::wire::Family;
@@ -46,11 +46,12 @@ pub struct BgpView<'a> {
     pub exclusion: Exclusion,
 }
 
-/// One session this node keeps, and what it tells the router.
+/// One session this node keeps, and what it tells the router. A change of `peer` opens the
+/// session anew; a change of `routes` (next hops included) goes out over the running one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerPlan {
     pub peer: Peer,
-    pub routes: Routes,
+    pub routes: RibOut,
 }
 
 /// This node's BGP share.
@@ -95,8 +96,11 @@ pub fn decide(view: &BgpView) -> BgpDecision {
             }
         };
         match settings(bgp_peer, node, view.interfaces) {
-            Ok(peer) => {
-                let routes = routes(view, &facts, &name);
+            Ok((peer, speaker)) => {
+                let routes = RibOut {
+                    speaker,
+                    routes: routes(view, &facts, &name),
+                };
                 let peer = Peer { password, ..peer };
                 decision.sessions.insert(name, PeerPlan { peer, routes });
             }
@@ -238,9 +242,13 @@ fn password(
     })
 }
 
-/// How this node speaks with the router: the session's settings, and the next hops and
-/// router ID from the node's address facing it.
-fn settings(bgp_peer: &BGPPeer, node: &NodeView, interfaces: &Snapshot) -> Result<Peer, String> {
+/// How this node speaks with the router: the session's settings, and who it is in the
+/// routes (next hops and router ID from the node's address facing the router).
+fn settings(
+    bgp_peer: &BGPPeer,
+    node: &NodeView,
+    interfaces: &Snapshot,
+) -> Result<(Peer, Speaker), String> {
     let spec = &bgp_peer.spec;
     let address = spec.address().ok_or_else(|| {
         format!(
@@ -276,7 +284,7 @@ fn settings(bgp_peer: &BGPPeer, node: &NodeView, interfaces: &Snapshot) -> Resul
         (None, Some(DynamicAsn::External)) => None,
         (None, None) => return Err("neither peerASN nor dynamicASN is set".into()),
     };
-    Ok(Peer {
+    let peer = Peer {
         address: SocketAddr::new(address, spec.peer_port.unwrap_or(179)),
         source: source.map(|ip| SocketAddr::new(ip, 0)),
         session: session::Config {
@@ -289,15 +297,16 @@ fn settings(bgp_peer: &BGPPeer, node: &NodeView, interfaces: &Snapshot) -> Resul
             graceful_restart: spec.enable_graceful_restart.then_some(RESTART_TIME),
             restarting: false,
         },
-        speaker: Speaker {
-            local_asn: spec.my_asn,
-            external: peer_asn != Some(spec.my_asn),
-            next_hop_v4,
-            next_hop_v6,
-        },
         connect_timeout: CONNECT_TIMEOUT,
         password: None,
-    })
+    };
+    let speaker = Speaker {
+        local_asn: spec.my_asn,
+        external: peer_asn != Some(spec.my_asn),
+        next_hop_v4,
+        next_hop_v6,
+    };
+    Ok((peer, speaker))
 }
 
 /// This node's addresses to give as next hops: those of the interface on the router's

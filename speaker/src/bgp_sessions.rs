@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_bgp::peer::{self, Peer, Status, Stop};
-use herald_bgp::rib::Routes;
+use herald_bgp::rib::RibOut;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,7 +26,7 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 
 struct Running {
     peer: Peer,
-    routes: watch::Sender<Routes>,
+    routes: watch::Sender<RibOut>,
     stop: watch::Sender<Stop>,
     task: JoinHandle<()>,
 }
@@ -95,11 +95,18 @@ impl Sessions {
             .filter(|(name, r)| sessions.get(*name).is_none_or(|plan| plan.peer != r.peer))
             .map(|(name, _)| name.clone())
             .collect();
+        // A replaced session's task, for its successor to wait on.
+        let mut closing = BTreeMap::new();
         for name in gone {
             if let Some(r) = self.running.remove(&name) {
-                tracing::info!(peer = %name, "closing the BGP session (peer removed or changed)");
+                if sessions.contains_key(&name) {
+                    tracing::info!(peer = %name, "the BGPPeer's settings changed: opening its session anew");
+                } else {
+                    tracing::info!(peer = %name, "closing the BGP session (the peer no longer selects this node)");
+                }
                 let _ = r.stop.send(Stop::Cease);
                 self.forget_metrics(&name);
+                closing.insert(name, r.task);
             }
         }
         for (name, plan) in sessions {
@@ -114,24 +121,35 @@ impl Sessions {
                     });
                 }
                 None => {
-                    let running = self.start(&name, plan.peer, plan.routes);
+                    let closing = closing.remove(&name);
+                    let running = self.start(&name, plan.peer, plan.routes, closing);
                     self.running.insert(name, running);
                 }
             }
         }
     }
 
-    fn start(&self, name: &str, peer: Peer, routes: Routes) -> Running {
+    /// Starts a session; `after`: the session it replaces, still closing.
+    fn start(
+        &self,
+        name: &str,
+        peer: Peer,
+        routes: RibOut,
+        after: Option<JoinHandle<()>>,
+    ) -> Running {
         tracing::info!(peer = %name, address = %peer.address, "opening a BGP session");
         let (routes_tx, routes_rx) = watch::channel(routes);
         let (status_tx, status_rx) = watch::channel(Status::Connecting);
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
-        let task = tokio::spawn(peer::run(
-            peer.clone(),
-            routes_rx,
-            status_tx,
-            stop_rx.clone(),
-        ));
+        let run = peer::run(peer.clone(), routes_rx, status_tx, stop_rx.clone());
+        let task = tokio::spawn(async move {
+            // The router sees the old connection end (its Cease) before the new one opens:
+            // one still holding the old session could take the new one for a collision.
+            if let Some(before) = after {
+                let _ = tokio::time::timeout(STOP_GRACE, before).await;
+            }
+            run.await;
+        });
         tokio::spawn(report(
             Reporting {
                 node: self.node.clone(),

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use herald_bgp::peer::{self, Peer, Status, Stop};
-use herald_bgp::rib::{Route, Routes, Speaker};
+use herald_bgp::rib::{RibOut, Route, Routes, Speaker};
 use herald_bgp::session;
 use herald_bgp::wire::Family;
 use herald_lab::netns::{Lan, spawn_in_ns};
@@ -25,7 +25,7 @@ fn net(s: &str) -> IpNetwork {
 
 /// A node speaking to the router, until the returned stop sender says so.
 struct Node {
-    routes: watch::Sender<Routes>,
+    routes: watch::Sender<RibOut>,
     status: watch::Receiver<Status>,
     stop: watch::Sender<Stop>,
     thread: std::thread::JoinHandle<anyhow::Result<anyhow::Result<()>>>,
@@ -33,7 +33,13 @@ struct Node {
 
 impl Node {
     fn start(ns: &str, node: Ipv4Addr, node_v6: IpAddr, router: Ipv4Addr, routes: Routes) -> Self {
-        let (routes_tx, routes_rx) = watch::channel(routes);
+        let speaker = Speaker {
+            local_asn: NODE_ASN,
+            external: true,
+            next_hop_v4: Some(node),
+            next_hop_v6: Some(node_v6),
+        };
+        let (routes_tx, routes_rx) = watch::channel(RibOut { speaker, routes });
         let (status_tx, status) = watch::channel(Status::Connecting);
         let (stop, stop_rx) = watch::channel(Stop::Run);
         let peer = Peer {
@@ -48,12 +54,6 @@ impl Node {
                 families: Family::ALL.to_vec(),
                 graceful_restart: Some(Duration::from_secs(120)),
                 restarting: false,
-            },
-            speaker: Speaker {
-                local_asn: NODE_ASN,
-                external: true,
-                next_hop_v4: Some(node),
-                next_hop_v6: Some(node_v6),
             },
             connect_timeout: Duration::from_secs(2),
             password: None,
@@ -195,7 +195,7 @@ fn frr_learns_both_families_with_their_attributes_installs_them_and_drops_a_with
     let mut fewer = routes.clone();
     fewer.remove(&net("198.51.100.11/32"));
     let sent = Instant::now();
-    speaker.routes.send_replace(fewer);
+    speaker.routes.send_modify(|out| out.routes = fewer);
     router
         .wait_for("the withdrawal", Duration::from_secs(2), || {
             path(&router, "ipv4", "198.51.100.11/32")

@@ -86,7 +86,7 @@ impl Fixture {
     fn routes(&self, peer: &str) -> Vec<String> {
         self.decide().sessions[peer]
             .routes
-            .keys()
+            .announced()
             .map(ToString::to_string)
             .collect()
     }
@@ -106,21 +106,45 @@ fn a_selected_node_announces_the_advertised_pools_ips_as_host_routes_of_both_fam
     assert_eq!(plan.peer.session.hold_time, Duration::from_secs(90));
     assert_eq!(plan.peer.session.keepalive, Duration::from_secs(30));
     assert_eq!(plan.peer.session.graceful_restart, None);
-    assert!(plan.peer.speaker.external);
+    assert!(plan.routes.speaker.external);
     // Next hops and router ID: the node's addresses on the router's subnet, never the
     // link-local one, not the InternalIP elsewhere.
     assert_eq!(
-        plan.peer.speaker.next_hop_v4,
+        plan.routes.speaker.next_hop_v4,
         Some("192.0.2.11".parse().expect("ip"))
     );
     assert_eq!(
-        plan.peer.speaker.next_hop_v6,
+        plan.routes.speaker.next_hop_v6,
         Some("2001:db8::11".parse().expect("ip"))
     );
     assert_eq!(
         plan.peer.session.router_id,
         "192.0.2.11".parse::<Ipv4Addr>().expect("ip")
     );
+}
+
+/// A node's address added or replaced on the interface facing the router changes the next
+/// hops the routes carry, not the session: the running session re-announces rather than
+/// being opened anew (a flap of every route on the router).
+#[test]
+fn a_new_address_changes_the_next_hops_not_the_session() {
+    let mut f = Fixture::new();
+    f.interfaces = Snapshot::lan_interface(&["fe80::1/64", "192.0.2.11/24"]);
+    let before = f.decide().sessions["tor"].clone();
+    assert_eq!(before.routes.speaker.next_hop_v6, None);
+    assert_eq!(
+        before.routes.announced().count(),
+        1,
+        "no IPv6 route without an IPv6 next hop"
+    );
+    f.interfaces = lan();
+    let after = f.decide().sessions["tor"].clone();
+    assert_eq!(after.peer, before.peer);
+    assert_eq!(
+        after.routes.speaker.next_hop_v6,
+        Some("2001:db8::11".parse().expect("ip"))
+    );
+    assert_eq!(after.routes.announced().count(), 2);
 }
 
 #[test]
@@ -152,7 +176,12 @@ fn peers_and_advertisements_select_nodes_and_peers() {
     )];
     let decision = f.decide();
     assert_eq!(decision.sessions.len(), 2);
-    assert!(decision.sessions.values().all(|s| s.routes.is_empty()));
+    assert!(
+        decision
+            .sessions
+            .values()
+            .all(|s| s.routes.routes.is_empty())
+    );
 
     // Pools by label.
     f.pools[0].metadata.labels = Some(BTreeMap::from([("bgp".into(), "yes".into())]));
@@ -190,6 +219,7 @@ fn a_service_is_announced_only_while_it_has_a_serving_endpoint() {
             exclusion: Exclusion::default(),
         })
         .sessions["tor"]
+            .routes
             .routes
             .len()
     };
@@ -238,7 +268,7 @@ fn routes_carry_the_advertisements_local_pref_and_communities() {
         ),
     ];
     let decision = f.decide();
-    let route = &decision.sessions["tor"].routes[&"198.51.100.10/32".parse().expect("net")];
+    let route = &decision.sessions["tor"].routes.routes[&"198.51.100.10/32".parse().expect("net")];
     assert_eq!(route.local_pref, Some(200));
     assert_eq!(route.communities, [64500 << 16 | 1, 0xFFFF_FF01]);
     assert_eq!(route.large_communities, [[64512, 1, 2]]);
@@ -258,7 +288,7 @@ fn peer_settings_follow_the_spec_and_unusable_peers_are_refused_with_a_reason() 
         "[2001:db8::1]:1179".parse().expect("addr")
     );
     assert_eq!(plan.peer.session.peer_asn, Some(64512));
-    assert!(!plan.peer.speaker.external);
+    assert!(!plan.routes.speaker.external);
     assert_eq!(plan.peer.session.hold_time, Duration::from_secs(9));
     assert_eq!(plan.peer.session.keepalive, Duration::from_secs(3));
     assert_eq!(
@@ -273,9 +303,9 @@ fn peer_settings_follow_the_spec_and_unusable_peers_are_refused_with_a_reason() 
     )];
     let plan = &f.decide().sessions["far"];
     assert_eq!(plan.peer.session.peer_asn, None);
-    assert!(plan.peer.speaker.external);
+    assert!(plan.routes.speaker.external);
     assert_eq!(
-        plan.peer.speaker.next_hop_v4,
+        plan.routes.speaker.next_hop_v4,
         Some("10.0.0.1".parse().expect("ip"))
     );
 
