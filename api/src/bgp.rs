@@ -103,6 +103,47 @@ pub struct BGPPeerSpec {
     /// a status or a metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<PasswordSecret>,
+
+    /// Run BFD (RFC 5880, single hop) beside the session: when the path to the router fails,
+    /// both sides know within the detection time (3 x 300 ms by default) instead of the hold
+    /// time, and the router moves traffic to the other nodes. The router must run BFD with
+    /// this node too (FRR: `neighbor ... bfd`; BIRD: `bfd on`). MetalLB's `BFDProfile`
+    /// fields, set on the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdSettings>,
+}
+
+/// BFD timers, in milliseconds (MetalLB's `BFDProfile` names and ranges).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdSettings {
+    /// The fastest this node takes packets, in ms. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub receive_interval: Option<u32>,
+    /// The fastest this node would send, in ms. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub transmit_interval: Option<u32>,
+    /// Packets missed before the path counts as down. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 255))]
+    pub detect_multiplier: Option<u8>,
+    /// Wait for the router to start the session.
+    #[serde(default)]
+    pub passive_mode: bool,
+}
+
+impl BfdSettings {
+    /// The receive interval, transmit interval and multiplier with their defaults.
+    pub fn timers(&self) -> (Duration, Duration, u8) {
+        let ms = |v: Option<u32>| Duration::from_millis(u64::from(v.unwrap_or(300)));
+        (
+            ms(self.receive_interval),
+            ms(self.transmit_interval),
+            self.detect_multiplier.unwrap_or(3),
+        )
+    }
 }
 
 /// A key of a Secret in Herald's namespace.

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Since","type":"date","jsonPath":".spec.since"}"#,
     printcolumn = r#"{"name":"IPv4","type":"integer","jsonPath":".spec.advertisedIPv4"}"#,
     printcolumn = r#"{"name":"IPv6","type":"integer","jsonPath":".spec.advertisedIPv6"}"#,
+    printcolumn = r#"{"name":"BFD","type":"string","jsonPath":".spec.bfd"}"#,
     printcolumn = r#"{"name":"Error","type":"string","jsonPath":".spec.lastError"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +46,10 @@ pub struct BGPSessionSpec {
     /// Both sides offered graceful restart: the router keeps this node's routes while its
     /// speaker restarts.
     pub graceful_restart: bool,
+    /// The BFD session beside it, when the peer asks for BFD: `Waiting` (not Up yet: the
+    /// router may not run BFD with this node), `Up`, `Down (why)` or `Unavailable (why)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
     /// Why the session is down or refused, or went down last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

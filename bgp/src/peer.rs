@@ -12,6 +12,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::bfd;
+use crate::bfd_link::{self, Health};
 use crate::rib::{self, RibOut};
 use crate::session::{self, Action, Event, Negotiated, State, Timer};
 use crate::tcp_md5::{self, Password};
@@ -28,6 +30,9 @@ pub struct Peer {
     pub connect_timeout: Duration,
     /// TCP-MD5 password the router expects (RFC 2385).
     pub password: Option<Password>,
+    /// Run BFD with the peer while the session is Established, and end the session when
+    /// BFD finds the path down.
+    pub bfd: Option<bfd::Config>,
 }
 
 /// What the session looks like now, for statuses and metrics.
@@ -38,6 +43,8 @@ pub enum Status {
         negotiated: Negotiated,
         /// Prefixes the peer was told, per family.
         advertised: (usize, usize),
+        /// The BFD session's health (`None`: BFD is not configured).
+        bfd: Option<Health>,
     },
     Down(session::Down),
 }
@@ -69,6 +76,8 @@ pub async fn run(
     let mut buf: Vec<u8> = Vec::with_capacity(wire::MAX_MESSAGE);
     let mut told = RibOut::default();
     let mut pending = VecDeque::from([Event::Start]);
+    // The BFD session beside the Established session: it ends when dropped.
+    let mut path: Option<Path> = None;
     loop {
         while let Some(event) = pending.pop_front() {
             let (next, actions) = session::step(&peer.session, state, event);
@@ -96,7 +105,10 @@ pub async fn run(
                             }
                         }
                     }
-                    Action::Disconnect => conn = None,
+                    Action::Disconnect => {
+                        conn = None;
+                        path = None;
+                    }
                     Action::Send(message) => {
                         if !send(&mut conn, &message).await {
                             pending.push_back(Event::TcpClosed);
@@ -114,9 +126,11 @@ pub async fn run(
                         updates.extend(negotiated.families.iter().map(|f| Update::end_of_rib(*f)));
                         if send_all(&mut conn, updates).await {
                             told = desired;
+                            path = start_bfd(&peer, &conn);
                             let _ = status.send(Status::Established {
                                 advertised: count(&told),
                                 negotiated,
+                                bfd: path.as_ref().map(Path::health),
                             });
                         } else {
                             pending.push_back(Event::TcpClosed);
@@ -150,6 +164,7 @@ pub async fn run(
             timer = timers.next() => Woke::Timer(timer),
             read = read_message(&mut conn, &mut buf) => Woke::Read(read),
             changed = routes.changed(), if established => Woke::Routes(changed.is_ok()),
+            health = changed_health(&mut path), if path.is_some() => Woke::Bfd(health),
             how = stop.wait_for(|s| *s != Stop::Run) => Woke::Stop(how.map_or(Stop::Cease, |h| *h)),
         };
         match woke {
@@ -173,9 +188,22 @@ pub async fn run(
                     let _ = status.send(Status::Established {
                         advertised: count(&told),
                         negotiated: negotiated.clone(),
+                        bfd: path.as_ref().map(Path::health),
                     });
                 } else {
                     pending.push_back(Event::TcpClosed);
+                }
+            }
+            Woke::Bfd(health) => {
+                if let Health::Down(why) = &health {
+                    tracing::info!(peer = %peer.address, "BFD found the path down ({why}): ending the session");
+                    pending.push_back(Event::PathDown);
+                } else if let State::Established(negotiated) = &state {
+                    let _ = status.send(Status::Established {
+                        advertised: count(&told),
+                        negotiated: negotiated.clone(),
+                        bfd: Some(health),
+                    });
                 }
             }
             Woke::Stop(how) => {
@@ -212,7 +240,46 @@ enum Woke {
     Read(Result<Vec<u8>, Option<Notification>>),
     /// The routes changed (`false`: their sender is gone).
     Routes(bool),
+    /// The BFD session's health changed.
+    Bfd(Health),
     Stop(Stop),
+}
+
+/// A BFD session running for the Established session.
+struct Path {
+    health: watch::Receiver<Health>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Path {
+    fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+}
+
+impl Drop for Path {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// BFD between the connection's two addresses, if the peer asks for it.
+fn start_bfd(peer: &Peer, conn: &Option<TcpStream>) -> Option<Path> {
+    let config = peer.bfd?;
+    let local = conn.as_ref()?.local_addr().ok()?.ip();
+    let (tx, health) = watch::channel(Health::Waiting);
+    let task = tokio::spawn(bfd_link::run(config, local, peer.address.ip(), tx));
+    Some(Path { health, task })
+}
+
+/// The next health of the path (never returns when there is none, or its task ended).
+async fn changed_health(path: &mut Option<Path>) -> Health {
+    if let Some(p) = path
+        && p.health.changed().await.is_ok()
+    {
+        return p.health.borrow_and_update().clone();
+    }
+    std::future::pending().await
 }
 
 /// Sends UPDATEs in order; false when one could not be sent.

@@ -78,6 +78,9 @@ pub enum Event {
     /// What arrived is not a message Herald accepts: answer with this and close.
     Malformed(Notification),
     Expired(Timer),
+    /// BFD saw the path to the peer fail: the session ends (Cease, BFD down) and is tried
+    /// again.
+    PathDown,
 }
 
 /// Why a session went down, for statuses, Events and logs.
@@ -262,6 +265,11 @@ pub fn step(config: &Config, state: State, event: Event) -> (State, Vec<Action>)
         ),
         (State::Connect, Event::Stop(_)) => (State::Idle, vec![Action::Disconnect]),
         (State::Connect, _) => (State::Connect, Vec::new()),
+        (state, Event::PathDown) if !matches!(state, State::Established(_)) => (state, Vec::new()),
+        (_, Event::PathDown) => close(
+            Notification::new(error::CEASE, error::CEASE_BFD_DOWN, &[]),
+            true,
+        ),
 
         (_, Event::Stop(why)) => close(why, false),
         (_, Event::Malformed(why)) => close(why, true),
@@ -527,6 +535,19 @@ mod tests {
         let (state, _) = run(&config, events);
         assert!(matches!(state, State::Established(_)));
         (config, state)
+    }
+
+    #[test]
+    fn a_path_bfd_finds_down_ends_the_session_with_cease_and_it_is_tried_again() {
+        let (config, state) = established();
+        let (state, actions) = step(&config, state, Event::PathDown);
+        assert_eq!(state, State::Idle);
+        let n = refusal(&actions);
+        assert_eq!((n.code, n.subcode), (error::CEASE, error::CEASE_BFD_DOWN));
+        assert!(actions.contains(&Action::Arm(Timer::ConnectRetry, CONNECT_RETRY)));
+        // Not yet up: nothing to end.
+        let (state, actions) = step(&config, State::Connect, Event::PathDown);
+        assert_eq!((state, actions), (State::Connect, Vec::new()));
     }
 
     #[test]

@@ -203,6 +203,8 @@ pub mod error {
     /// Cease subcodes (RFC 4486).
     pub const CEASE_ADMINISTRATIVE_SHUTDOWN: u8 = 2;
     pub const CEASE_ADMINISTRATIVE_RESET: u8 = 4;
+    /// The BFD session under the BGP session went down (RFC 9384).
+    pub const CEASE_BFD_DOWN: u8 = 10;
 }
 
 impl Notification {
@@ -242,6 +244,7 @@ impl Notification {
             (error::CEASE, 7) => " (connection collision resolution)",
             (error::CEASE, 8) => " (out of resources)",
             (error::CEASE, 9) => " (hard reset)",
+            (error::CEASE, 10) => " (BFD down)",
             _ => "",
         };
         format!("{code}{subcode} [{}/{}]", self.code, self.subcode)

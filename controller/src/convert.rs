@@ -1,8 +1,9 @@
 //! `herald-controller convert-metallb`: MetalLB's `IPAddressPool`, `L2Advertisement`,
-//! `BGPPeer`, `BGPAdvertisement` and `Community` manifests to Herald's `IPPool`,
-//! `L2Advertisement`, `BGPPeer` and `BGPAdvertisement`. The field names are MetalLB's where
-//! Herald has the same concept, so the mapping is direct; a field or object Herald has no
-//! equivalent for (BFD, passwords, VRFs...) is named in a warning, never dropped silently.
+//! `BGPPeer`, `BGPAdvertisement`, `BFDProfile` and `Community` manifests to Herald's
+//! `IPPool`, `L2Advertisement`, `BGPPeer` (with its BFD timers) and `BGPAdvertisement`. The
+//! field names are MetalLB's where Herald has the same concept, so the mapping is direct; a
+//! field or object Herald has no equivalent for (multihop, passwords in clear, VRFs...) is
+//! named in a warning, never dropped silently.
 //! Pure.
 
 use std::collections::BTreeMap;
@@ -34,11 +35,6 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
         "BGPPeer",
         "password",
         "Herald reads passwords from Secrets only: put it in a Secret in Herald's namespace, name it in spec.passwordSecret and in the chart's speaker.bgpPasswordSecrets",
-    ),
-    (
-        "BGPPeer",
-        "bfdProfile",
-        "BFD is not supported yet; the hold time detects a lost router",
     ),
     (
         "BGPPeer",
@@ -90,6 +86,17 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                 .unwrap_or_default()
         })
         .filter_map(|c| Some((c["name"].as_str()?.to_owned(), c["value"].clone())))
+        .collect();
+    // MetalLB's `BFDProfile`s: their timers go onto each BGPPeer naming one (`spec.bfd`).
+    let bfd_profiles: BTreeMap<String, Value> = items
+        .iter()
+        .filter(|(_, i)| i["kind"] == "BFDProfile" && is_metallb(i))
+        .filter_map(|(_, i)| {
+            Some((
+                i["metadata"]["name"].as_str()?.to_owned(),
+                i["spec"].clone(),
+            ))
+        })
         .collect();
     let mut out = Vec::new();
     let mut warnings = Vec::new();
@@ -167,6 +174,27 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                         "enableGracefulRestart",
                     ],
                 );
+                if let Some(profile) = spec["bfdProfile"].as_str() {
+                    match bfd_profiles.get(profile) {
+                        Some(timers) => {
+                            let mut bfd = Map::new();
+                            copy(
+                                timers,
+                                &mut bfd,
+                                &[
+                                    "receiveInterval",
+                                    "transmitInterval",
+                                    "detectMultiplier",
+                                    "passiveMode",
+                                ],
+                            );
+                            new.insert("bfd".into(), Value::Object(bfd));
+                        }
+                        None => warnings.push(format!(
+                            "BGPPeer {name}: its BFDProfile {profile} is not in the input: BFD is left off"
+                        )),
+                    }
+                }
                 if let Some(secret) = spec["passwordSecret"]["name"].as_str() {
                     new.insert("passwordSecret".into(), json!({"name": secret}));
                     warnings.push(format!(
@@ -194,10 +222,21 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                 ));
                 continue;
             }
-            other => {
+            "BFDProfile" => {
                 warnings.push(format!(
-                    "skipped {other} {name}: Herald has no equivalent (BFD profiles are not supported yet)"
+                    "BFDProfile {name}: its timers are set on the BGPPeers that name it (spec.bfd)"
                 ));
+                for key in ["echoMode", "echoInterval", "minimumTtl"] {
+                    if spec.get(key).is_some_and(|v| !v.is_null()) {
+                        warnings.push(format!(
+                            "BFDProfile {name}: spec.{key} not converted: Herald runs BFD single hop (TTL 255) without the echo function"
+                        ));
+                    }
+                }
+                continue;
+            }
+            other => {
+                warnings.push(format!("skipped {other} {name}: Herald has no equivalent"));
                 continue;
             }
         };
@@ -206,6 +245,7 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
             if new.contains_key(key)
                 || new.contains_key(&renamed)
                 || (kind == "BGPAdvertisement" && key == "communities")
+                || (kind == "BGPPeer" && key == "bfdProfile")
             {
                 continue;
             }
@@ -439,7 +479,7 @@ spec: {myASN: 64500, peerASN: 64501, interface: eth1}
 apiVersion: metallb.io/v1beta1
 kind: BFDProfile
 metadata: {name: fast, namespace: metallb-system}
-spec: {receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}
+spec: {receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3, echoMode: true}
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
@@ -478,6 +518,15 @@ spec:
         );
         assert_eq!(s.node_selectors.len(), 1);
         assert!(s.enable_graceful_restart);
+        let bfd = s.bfd.as_ref().expect("the BFDProfile's timers");
+        assert_eq!(
+            (
+                bfd.receive_interval,
+                bfd.transmit_interval,
+                bfd.detect_multiplier
+            ),
+            (Some(100), Some(100), Some(3))
+        );
         let secret = s.password_secret.as_ref().expect("passwordSecret");
         assert_eq!(
             (secret.name.as_str(), secret.key()),
@@ -499,10 +548,10 @@ spec:
         for expected in [
             "BGPPeer tor: spec.password not converted: Herald reads passwords from Secrets only",
             "BGPPeer tor: its password Secret tor-password must be in Herald's namespace",
-            "BGPPeer tor: spec.bfdProfile not converted",
             "BGPPeer tor: spec.ebgpMultiHop not converted",
             "skipped BGPPeer unnumbered: it has no peerAddress",
-            "skipped BFDProfile fast",
+            "BFDProfile fast: its timers are set on the BGPPeers that name it",
+            "BFDProfile fast: spec.echoMode not converted",
             "BGPAdvertisement external: spec.aggregationLengthV6 not converted",
             "Community communities: its names are replaced",
         ] {
@@ -511,6 +560,10 @@ spec:
                 "no warning {expected:?} in {warnings:#?}"
             );
         }
+        assert!(
+            !warnings.iter().any(|w| w.contains("bfdProfile")),
+            "the profile was found: {warnings:#?}"
+        );
         // aggregationLength 32 is what Herald announces anyway: nothing to warn about.
         assert!(
             !warnings

@@ -10,6 +10,7 @@ use std::time::Duration;
 use herald_api::bgp::{Community, DynamicAsn, parse_duration};
 use herald_api::selector::any_or_none;
 use herald_api::{BGPAdvertisement, BGPPeer, IPPool, IpRange};
+use herald_bgp::bfd;
 use herald_bgp::peer::Peer;
 use herald_bgp::rib::{RibOut, Route, Routes, Speaker};
 use herald_bgp::session;
@@ -299,6 +300,15 @@ fn settings(
         },
         connect_timeout: CONNECT_TIMEOUT,
         password: None,
+        bfd: spec.bfd.as_ref().map(|b| {
+            let (receive_interval, transmit_interval, detect_mult) = b.timers();
+            bfd::Config {
+                transmit_interval,
+                receive_interval,
+                detect_mult,
+                passive: b.passive_mode,
+            }
+        }),
     };
     let speaker = Speaker {
         local_asn: spec.my_asn,

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use herald_bgp::bfd_link::Health;
 use herald_bgp::peer::{self, Peer, Status, Stop};
 use herald_bgp::rib::RibOut;
 use tokio::sync::watch;
@@ -155,6 +156,7 @@ impl Sessions {
                 node: self.node.clone(),
                 peer: name.to_owned(),
                 graceful_restart: peer.session.graceful_restart.is_some(),
+                bfd: peer.bfd.is_some(),
             },
             status_rx,
             stop_rx,
@@ -173,6 +175,9 @@ impl Sessions {
         let peer = name.to_owned();
         self.metrics
             .bgp_session_up
+            .remove(&BgpPeerLabels { peer: peer.clone() });
+        self.metrics
+            .bfd_up
             .remove(&BgpPeerLabels { peer: peer.clone() });
         for family in ["ipv4", "ipv6"] {
             self.metrics.bgp_prefixes.remove(&BgpPrefixLabels {
@@ -231,6 +236,8 @@ struct Reporting {
     peer: String,
     /// This side offered graceful restart.
     graceful_restart: bool,
+    /// The peer runs BFD.
+    bfd: bool,
 }
 
 /// Follows one session's status into the metrics, the log and its BGPSession record until
@@ -246,6 +253,7 @@ async fn report(
         node,
         peer,
         graceful_restart,
+        bfd,
     } = who;
     let mut was_up = false;
     let mut last_error = None;
@@ -264,10 +272,18 @@ async fn report(
             Status::Established {
                 advertised,
                 negotiated,
+                bfd,
             } => {
                 record.state = "Established".into();
                 record.graceful_restart =
                     graceful_restart && negotiated.peer_keeps_routes.is_some();
+                record.bfd = bfd.as_ref().map(ToString::to_string);
+                if let Some(health) = bfd {
+                    metrics
+                        .bfd_up
+                        .get_or_create(&BgpPeerLabels { peer: peer.clone() })
+                        .set(i64::from(*health == Health::Up));
+                }
                 (true, *advertised)
             }
             Status::Connecting => {
@@ -276,6 +292,12 @@ async fn report(
             }
             Status::Down(why) => {
                 record.state = "Down".into();
+                if bfd {
+                    metrics
+                        .bfd_up
+                        .get_or_create(&BgpPeerLabels { peer: peer.clone() })
+                        .set(0);
+                }
                 last_error = Some(why.to_string());
                 (false, (0, 0))
             }

@@ -103,6 +103,7 @@ pub struct Metrics {
     pub takeover: Family<TakeoverLabels, Histogram>,
     pub bgp_session_up: Family<BgpPeerLabels, Gauge>,
     pub bgp_prefixes: Family<BgpPrefixLabels, Gauge>,
+    pub bfd_up: Family<BgpPeerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -125,6 +126,7 @@ impl Metrics {
             }),
             bgp_session_up: Family::default(),
             bgp_prefixes: Family::default(),
+            bfd_up: Family::default(),
         };
         // Series that exist from the start (at 0), so dashboards and rate() see them before
         // the first ARP request or takeover.
@@ -197,6 +199,11 @@ impl Metrics {
             "herald_speaker_bgp_prefixes_advertised",
             "Prefixes this node has announced to the peer, by address family",
             m.bgp_prefixes.clone(),
+        );
+        registry.register(
+            "herald_speaker_bfd_up",
+            "1 while the BFD session beside this node's BGP session with the peer is Up, 0 while it is not (peers with BFD only)",
+            m.bfd_up.clone(),
         );
         m
     }

@@ -18,12 +18,21 @@ use crate::netns::{Host, Lan};
 /// The AS of the LAN's router (`on_lan`).
 pub const LAN_ROUTER_ASN: u32 = 64500;
 
+/// What the LAN's router asks of the nodes besides BGP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peering<'a> {
+    /// The TCP-MD5 password every session must sign with (FRR only).
+    pub password: Option<&'a str>,
+    /// BFD with every node, 100 ms x 3.
+    pub bfd: bool,
+}
+
 /// A router at 192.0.2.1 on `lan` (a host of its own), AS `LAN_ROUTER_ASN`, accepting
-/// sessions from every host of the LAN, signed with `password` if given (FRR only).
+/// sessions from every host of the LAN as `peering` says.
 pub fn on_lan<R>(
     lan: &mut Lan,
     start: fn(&str, &RouterConfig) -> Result<R>,
-    password: Option<&str>,
+    peering: Peering,
 ) -> Result<(R, Host)> {
     let host = lan.add_host("router", 1)?;
     let router = start(
@@ -32,7 +41,8 @@ pub fn on_lan<R>(
             asn: LAN_ROUTER_ASN,
             router_id: host.v4,
             listen: &["192.0.2.0/24"],
-            password,
+            password: peering.password,
+            bfd: peering.bfd,
         },
     )?;
     Ok((router, host))
@@ -58,6 +68,8 @@ pub struct RouterConfig<'a> {
     pub listen: &'a [&'a str],
     /// The TCP-MD5 password every session must sign with (FRR only).
     pub password: Option<&'a str>,
+    /// BFD with every peer, 100 ms x 3 (FRR: bfdd and a profile; BIRD: `bfd on`).
+    pub bfd: bool,
 }
 
 impl Frr {
@@ -79,7 +91,10 @@ impl Frr {
             router.config_dir.join("vtysh.conf"),
             "service integrated-vtysh-config\n",
         )?;
-        std::fs::write(router.config_dir.join("daemons"), "zebra=yes\nbgpd=yes\n")?;
+        std::fs::write(
+            router.config_dir.join("daemons"),
+            "zebra=yes\nbgpd=yes\nbfdd=yes\n",
+        )?;
         for dir in [&router.config_dir, &router.run_dir] {
             let status = Command::new("chown")
                 .args(["-R", "frr:frr"])
@@ -91,7 +106,7 @@ impl Frr {
             }
         }
         let conf = router.config_dir.join("frr.conf");
-        for daemon in ["zebra", "bgpd"] {
+        for daemon in ["zebra", "bfdd", "bgpd"] {
             let out = Command::new("ip")
                 .args(["netns", "exec", ns])
                 .arg(format!("{FRR}/{daemon}"))
@@ -111,7 +126,7 @@ impl Frr {
 
     fn frr_conf(&self, config: &RouterConfig) -> String {
         let mut conf = format!(
-            "frr defaults datacenter\nhostname {name}\nlog file {run}/frr.log\n!\nrouter bgp {asn}\n bgp router-id {id}\n no bgp ebgp-requires-policy\n bgp bestpath as-path multipath-relax\n neighbor NODES peer-group\n neighbor NODES remote-as external\n",
+            "frr defaults datacenter\nhostname {name}\nlog file {run}/frr.log\n!\nbfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\nrouter bgp {asn}\n bgp router-id {id}\n no bgp ebgp-requires-policy\n bgp bestpath as-path multipath-relax\n neighbor NODES peer-group\n neighbor NODES remote-as external\n",
             name = self.name,
             run = self.run_dir.display(),
             asn = config.asn,
@@ -119,6 +134,9 @@ impl Frr {
         );
         if let Some(password) = config.password {
             conf.push_str(&format!(" neighbor NODES password {password}\n"));
+        }
+        if config.bfd {
+            conf.push_str(" neighbor NODES bfd profile fast\n");
         }
         for range in config.listen {
             conf.push_str(&format!(" bgp listen range {range} peer-group NODES\n"));
@@ -286,16 +304,23 @@ impl Bird {
         self.dir.join("bird.ctl")
     }
 
+    /// BIRD's own defaults but one: after a session fails (hold timer, BFD), it takes a
+    /// node back after 1-5 s rather than its default 60-300 s (`error wait time`), so a test
+    /// sees a node that comes back within its patience.
     fn bird_conf(&self, config: &RouterConfig) -> String {
         let mut conf = format!(
             "router id {id};\nlog \"{log}\" all;\nprotocol device {{ }}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\nprotocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n",
             id = config.router_id,
             log = self.dir.join("bird.log").display(),
         );
+        if config.bfd {
+            conf.push_str("protocol bfd {\n  interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n");
+        }
         for (i, range) in config.listen.iter().enumerate() {
             conf.push_str(&format!(
-                "protocol bgp nodes{i} {{\n  local as {asn};\n  neighbor range {range} external;\n  dynamic name \"node{i}_\";\n  graceful restart on;\n  ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n",
+                "protocol bgp nodes{i} {{\n  local as {asn};\n  neighbor range {range} external;\n  dynamic name \"node{i}_\";\n  graceful restart on;\n  error wait time 1, 5;\n{bfd}  ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n",
                 asn = config.asn,
+                bfd = if config.bfd { "  bfd on;\n" } else { "" },
             ));
         }
         conf

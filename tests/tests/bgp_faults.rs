@@ -11,7 +11,7 @@ use herald_bgp::wire::{self, Capability, Family, Message, Notification, Open, er
 use herald_lab::netns::{in_ns, resolve};
 use herald_lab::objects::{apply, ips, wait_for};
 use herald_lab::process_cluster::{KEY, accept_locally, endpoints_on, setup, speaker};
-use herald_lab::router::{Frr, Router, on_lan};
+use herald_lab::router::{Frr, Peering, Router, on_lan};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -168,7 +168,7 @@ fn attributes(origin: u8) -> Vec<u8> {
 async fn a_misbehaving_router_gets_the_rfcs_answer_and_every_other_peer_and_l2_keep_serving() {
     let (cp, mut lan, _controller) = setup(1).await;
     let client = cp.client();
-    let (router, _) = on_lan(&mut lan, Frr::start, None).expect("FRR");
+    let (router, _) = on_lan(&mut lan, Frr::start, Peering::default()).expect("FRR");
     let evil = lan.add_host("evil", 2).expect("fake router host");
     // The fake router listens in its namespace.
     let listener = in_ns(&evil.ns, || TcpListener::bind("192.0.2.2:179"))

@@ -57,6 +57,7 @@ impl Node {
             },
             connect_timeout: Duration::from_secs(2),
             password: None,
+            bfd: None,
         };
         let thread = spawn_in_ns(ns, move || -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread()
@@ -129,6 +130,7 @@ fn frr_learns_both_families_with_their_attributes_installs_them_and_drops_a_with
             router_id: router_host.v4,
             listen: &["192.0.2.0/24"],
             password: None,
+            bfd: false,
         },
     )
     .expect("FRR");

@@ -172,6 +172,10 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
             "BGPPeer",
             "metadata: {name: tor6}\nspec: {myASN: 64512, dynamicASN: external, peerAddress: '2001:db8::1', peerPort: 1179, holdTime: 0s}",
         ),
+        (
+            "BGPPeer",
+            "metadata: {name: tor-bfd}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, bfd: {receiveInterval: 100, transmitInterval: 50, detectMultiplier: 3, passiveMode: true}}",
+        ),
         ("BGPAdvertisement", "metadata: {name: all}\nspec: {}"),
         (
             "BGPAdvertisement",
@@ -211,6 +215,16 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
             "BGPPeer",
             "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, routerID: '2001:db8::1'}",
             "routerID must be an IPv4 address",
+        ),
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, bfd: {receiveInterval: 5}}",
+            "receiveInterval in body should be greater than or equal to 10",
+        ),
+        (
+            "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, bfd: {detectMultiplier: 1}}",
+            "detectMultiplier in body should be greater than or equal to 2",
         ),
         (
             "BGPAdvertisement",

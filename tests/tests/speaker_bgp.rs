@@ -13,7 +13,9 @@ use herald_lab::client_view::metric;
 use herald_lab::netns::{self, Lan};
 use herald_lab::objects::{apply, events_in, ips, wait_for, wait_for_event};
 use herald_lab::process_cluster::{KEY, endpoints_on, ready_node, setup, speaker};
-use herald_lab::router::{Bird, Frr, LAN_ROUTER_ASN as ROUTER_ASN, Router, RouterConfig, on_lan};
+use herald_lab::router::{
+    Bird, Frr, LAN_ROUTER_ASN as ROUTER_ASN, Peering, Router, RouterConfig, on_lan,
+};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 
@@ -56,7 +58,7 @@ fn wait_next_hops(router: &impl Router, prefix: &str, expected: &[IpAddr]) -> Du
 
 /// A router at 192.0.2.1 on the LAN, accepting sessions from its hosts; its address.
 fn router_on<R>(lan: &mut Lan, start: fn(&str, &RouterConfig) -> anyhow::Result<R>) -> (R, String) {
-    let (router, host) = on_lan(lan, start, None).expect("router");
+    let (router, host) = on_lan(lan, start, Peering::default()).expect("router");
     (router, host.v4.to_string())
 }
 
@@ -213,6 +215,69 @@ async fn bird_gets_every_eligible_nodes_routes_and_their_withdrawals() {
     announces_and_withdraws(Bird::start).await;
 }
 
+/// BFD beside BGP against `R`: every node's BFD session comes Up (its BGPSession says so);
+/// when a node's link goes (a node dying, as the router sees it) the router drops that
+/// node's routes within BFD's detection time (100 ms x 3) instead of the hold time (90 s),
+/// the other node's session staying up; with the link back, the session, BFD and the route
+/// come back.
+async fn bfd_takes_a_dead_nodes_routes_away<R: Router>(
+    start: fn(&str, &RouterConfig) -> anyhow::Result<R>,
+) {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let peering = Peering {
+        bfd: true,
+        ..Peering::default()
+    };
+    let (router, host) = on_lan(&mut lan, start, peering).expect("router");
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    apply(
+        &client,
+        &bgp_config(
+            &host.v4.to_string(),
+            ", bfd: {receiveInterval: 100, transmitInterval: 100}",
+        ),
+    )
+    .await;
+    let _speakers: Vec<Process> = (1..=2)
+        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
+        .collect();
+    let prefix = format!("{}/32", routed_service(&client, "web", "", 1).await[0]);
+    endpoints_on(&client, "web", &[("n1", true)]).await;
+    wait_next_hops(&router, &prefix, &[n1, n2]);
+    for node in ["n1", "n2"] {
+        session_record(&client, node, |s| s.bfd.as_deref() == Some("Up")).await;
+    }
+
+    // n2's link goes: the router hears no more BFD from it.
+    let n2_ns = lan.node("n2").ns.clone();
+    netns::ip(&["-n", &n2_ns, "link", "set", "eth0", "down"]).expect("link down");
+    let took = wait_next_hops(&router, &prefix, &[n1]);
+    eprintln!("n2's route gone {took:?} after its link went (BFD 100 ms x 3; hold time 90 s)");
+    assert!(
+        router.established().contains(&n1.to_string()),
+        "n1's session stays up"
+    );
+
+    // Back: the session, BFD and the route.
+    netns::ip(&["-n", &n2_ns, "link", "set", "eth0", "up"]).expect("link up");
+    wait_next_hops(&router, &prefix, &[n1, n2]);
+    session_record(&client, "n2", |s| {
+        s.state == "Established" && s.bfd.as_deref() == Some("Up")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn frr_drops_a_dead_nodes_routes_when_bfd_says_so() {
+    bfd_takes_a_dead_nodes_routes_away(Frr::start).await;
+}
+
+#[tokio::test]
+async fn bird_drops_a_dead_nodes_routes_when_bfd_says_so() {
+    bfd_takes_a_dead_nodes_routes_away(Bird::start).await;
+}
+
 /// Point 6 against `R`: with graceful restart, a speaker's SIGTERM leaves its routes at the
 /// router; a Service deleted while it is away is gone once it is back (End-of-RIB), the
 /// others are its again.
@@ -292,7 +357,15 @@ async fn a_password_from_a_secret_signs_the_session_and_is_shown_nowhere() {
     const WRONG: &str = "not-the-password";
     let (cp, mut lan, _controller) = setup(1).await;
     let client = cp.client();
-    let (router, host) = on_lan(&mut lan, Frr::start, Some(OLD)).expect("FRR");
+    let (router, host) = on_lan(
+        &mut lan,
+        Frr::start,
+        Peering {
+            password: Some(OLD),
+            ..Peering::default()
+        },
+    )
+    .expect("FRR");
     let n1 = lan.nodes[0].v4.to_string();
     apply(
         &client,

@@ -123,6 +123,24 @@ fn a_selected_node_announces_the_advertised_pools_ips_as_host_routes_of_both_fam
     );
 }
 
+#[test]
+fn a_peer_with_bfd_runs_it_with_its_timers_and_the_defaults_for_the_rest() {
+    let mut f = Fixture::new();
+    assert_eq!(f.decide().sessions["tor"].peer.bfd, None);
+    f.peers = vec![yaml(
+        "metadata: {name: tor}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, bfd: {receiveInterval: 100, passiveMode: true}}",
+    )];
+    assert_eq!(
+        f.decide().sessions["tor"].peer.bfd,
+        Some(bfd::Config {
+            transmit_interval: Duration::from_millis(300),
+            receive_interval: Duration::from_millis(100),
+            detect_mult: 3,
+            passive: true,
+        })
+    );
+}
+
 /// A node's address added or replaced on the interface facing the router changes the next
 /// hops the routes carry, not the session: the running session re-announces rather than
 /// being opened anew (a flap of every route on the router).

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use herald_lab::Process;
 use herald_lab::objects::apply;
 use herald_lab::process_cluster::{KEY, allocated_services, endpoints_on, setup, speaker};
-use herald_lab::router::{Frr, LAN_ROUTER_ASN as ROUTER_ASN, Router, on_lan};
+use herald_lab::router::{Frr, LAN_ROUTER_ASN as ROUTER_ASN, Peering, Router, on_lan};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 
@@ -148,7 +148,7 @@ async fn main() -> Result<()> {
     // class), so it stops here.
     controller.kill();
     let client = cp.client();
-    let (router, host) = on_lan(&mut lan, Frr::start, None)?;
+    let (router, host) = on_lan(&mut lan, Frr::start, Peering::default())?;
     apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: many}}\nspec: {{addresses: [198.18.0.0/15], autoAssign: false}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: 64512, peerASN: {ROUTER_ASN}, peerAddress: {}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: many}}\nspec: {{ipPools: [many]}}", host.v4)).await;
     let speakers: Vec<Process> = (1..=2)
         .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
