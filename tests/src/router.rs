@@ -48,6 +48,59 @@ pub fn on_lan<R>(
     Ok((router, host))
 }
 
+/// A client on a network of its own behind a router (203.0.113.0/24): what reaches a Service
+/// IP from another rack or the outside, through the routes the router learned. The router
+/// forwards; the namespace goes on drop.
+pub struct Behind {
+    pub ns: String,
+    pub v4: Ipv4Addr,
+}
+
+/// The network behind the router, as the nodes route to it.
+pub const BEHIND: &str = "203.0.113.0/24";
+
+impl Behind {
+    /// A namespace `ROUTER_NS-far` linked to the router's namespace, its default route via
+    /// the router (203.0.113.1); the router forwards.
+    pub fn create(router_ns: &str) -> Result<Self> {
+        use crate::netns::{ip, sysctl};
+        let ns = format!("{router_ns}-far");
+        ip(&["netns", "add", &ns])?;
+        let far = Self {
+            ns: ns.clone(),
+            v4: Ipv4Addr::new(203, 0, 113, 2),
+        };
+        ip(&[
+            "-n", router_ns, "link", "add", "far0", "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])?;
+        ip(&[
+            "-n",
+            router_ns,
+            "addr",
+            "add",
+            "203.0.113.1/24",
+            "dev",
+            "far0",
+        ])?;
+        ip(&["-n", router_ns, "link", "set", "far0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", "203.0.113.1"])?;
+        sysctl(router_ns, "net.ipv4.ip_forward", "1")?;
+        // Flows spread over the next hops by ports too, as a data-centre router hashes.
+        sysctl(router_ns, "net.ipv4.fib_multipath_hash_policy", "1")?;
+        Ok(far)
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        let _ = crate::netns::ip(&["netns", "del", &self.ns]);
+    }
+}
+
 /// FRR's daemons, installed by scripts/setup (Debian's `frr` package).
 const FRR: &str = "/usr/lib/frr";
 
@@ -385,7 +438,7 @@ impl Drop for Bird {
 
 impl Drop for Frr {
     fn drop(&mut self) {
-        for daemon in ["bgpd", "zebra"] {
+        for daemon in ["bgpd", "bfdd", "zebra"] {
             let pid_file = self.run_dir.join(format!("{daemon}.pid"));
             if let Some(pid) = std::fs::read_to_string(&pid_file)
                 .ok()

@@ -3,14 +3,20 @@
 //! (tests/src/real_cluster), judged by a client on the LAN. One cluster at a time; every test is
 //! named `journey_*` (scripts/test runs them once, on the current Kubernetes).
 
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use herald_lab::objects::apply;
+use herald_lab::netns;
+use herald_lab::objects::{apply, ips, wait_for};
 use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, pin_web_to,
     web_ready_on, web_vips,
 };
 use herald_lab::real_cluster::{Cluster, ClusterOptions, NodeLink, ProxyMode};
+use herald_lab::router::{BEHIND, Behind, Frr, LAN_ROUTER_ASN, Peering, Router, on_lan};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -516,4 +522,127 @@ async fn journey_side_by_side_with_a_memberlist_on_7946() {
         assert!(body.starts_with("pod=web-"), "{vip}: {body}");
     }
     drop(memberlist);
+}
+
+/// BGP mode as users install it: `helm install` with default values, a `BGPPeer` to the
+/// rack's router (FRR) with graceful restart, and a client behind the router. The router
+/// installs a route to the Service IP through every node (ECMP), the client is served
+/// through it, and a rolling upgrade of the speakers (`helm upgrade`) fails no request: the
+/// router keeps each restarting node's route until its new speaker has sent it again.
+#[tokio::test]
+async fn journey_bgp_serves_a_client_behind_the_router_through_a_rolling_upgrade() {
+    let mut cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let client = cluster.client();
+    let (router, router_host) =
+        on_lan(cluster.lan_mut(), Frr::start, Peering::default()).expect("FRR");
+    let far = Behind::create(&router_host.ns).expect("a client behind the router");
+    for node in &cluster.nodes {
+        // The nodes' way back to the client: the router, as their gateway would be.
+        netns::ip(&[
+            "-n",
+            &node.host.ns,
+            "route",
+            "add",
+            BEHIND,
+            "via",
+            &router_host.v4.to_string(),
+        ])
+        .expect("route to the client's network");
+    }
+    apply(
+        &client,
+        &format!(
+            "apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {{name: routed}}
+spec: {{addresses: [198.51.100.0/24], autoAssign: false}}
+---
+apiVersion: herald.dev/v1alpha1
+kind: BGPPeer
+metadata: {{name: tor}}
+spec: {{myASN: 64512, peerASN: {LAN_ROUTER_ASN}, peerAddress: {}, enableGracefulRestart: true}}
+---
+apiVersion: herald.dev/v1alpha1
+kind: BGPAdvertisement
+metadata: {{name: routed}}
+spec: {{ipPools: [routed]}}",
+            router_host.v4
+        ),
+    )
+    .await;
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    apply(
+        &client,
+        "apiVersion: v1
+kind: Service
+metadata: {name: web-routed, namespace: default, annotations: {herald.dev/pool: routed}}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]",
+    )
+    .await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let vip: IpAddr = wait_for(&svcs, "web-routed", "its IP", |s| ips(s).first().cloned())
+        .await
+        .parse()
+        .expect("an IP");
+    let prefix = format!("{vip}/32");
+    let every_node: BTreeSet<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.host.v4.to_string())
+        .collect();
+    router
+        .wait_for("a route through every node", SETTLE, || {
+            (router.kernel_next_hops(&prefix) == every_node).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
+    let body = netns::http_get(
+        &far.ns,
+        SocketAddr::new(vip, 80),
+        "/",
+        Duration::from_secs(2),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "GET {vip} from behind the router: {e:#}\n{}",
+            cluster.diagnose()
+        )
+    });
+    assert!(body.contains("pod=web-"), "{body}");
+
+    let requests = Requests::start_in(&far.ns, vip);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster
+        .upgrade_herald(&["--reuse-values", "--set", "speaker.refreshSeconds=20"])
+        .expect("helm upgrade");
+    let rolled = cluster
+        .kubectl(&[
+            "-n",
+            herald_lab::real_cluster::NAMESPACE,
+            "rollout",
+            "status",
+            "daemonset/herald-speaker",
+            "--timeout",
+            "120s",
+        ])
+        .expect("rollout");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = requests.finish();
+    let gap = longest_gap(&outcomes);
+    println!(
+        "BGP rolling upgrade ({}): longest gap {} ms, {} of {} requests from behind the router failed",
+        rolled.trim(),
+        gap.as_millis(),
+        failed(&outcomes),
+        outcomes.len()
+    );
+    assert_eq!(failed(&outcomes), 0, "longest gap {gap:?}");
+    router
+        .wait_for("every node's route back", SETTLE, || {
+            (router.kernel_next_hops(&prefix) == every_node).then_some(())
+        })
+        .expect("routes after the upgrade");
 }

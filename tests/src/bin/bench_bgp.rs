@@ -9,6 +9,11 @@
 //! 3. Endpoint change to route change at the router: an `externalTrafficPolicy: Local`
 //!    Service's only ready endpoint moves between the two nodes; from the EndpointSlice
 //!    write until the router's kernel forwards to the new node (p50, p99).
+//! 4. A node dying as the router sees it (its link cut), with BFD at 100 ms x 3 on both
+//!    sides: from the cut until the router's kernel forwards only to the other node; the
+//!    link back, the session and BFD up again, repeated.
+//!
+//! The sessions run BFD throughout (the footprint includes it).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -132,6 +137,63 @@ async fn endpoint_moves(
     Ok(samples)
 }
 
+/// Rounds of cutting n2's link: the time from the cut until the router's kernel forwards
+/// `prefix` to n1 only; then the link comes back and both nodes are next hops again.
+fn node_deaths(
+    router: &Frr,
+    n2_ns: &str,
+    prefix: &str,
+    nodes: [IpAddr; 2],
+    rounds: usize,
+) -> Result<Vec<Duration>> {
+    let both: std::collections::BTreeSet<String> = nodes.iter().map(ToString::to_string).collect();
+    let survivor = std::collections::BTreeSet::from([nodes[0].to_string()]);
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        // Both nodes announce, and BFD has settled (a second at the fast rate).
+        let back = Instant::now();
+        while router.kernel_next_hops(prefix) != both {
+            if back.elapsed() > Duration::from_secs(60) {
+                bail!("round {round}: n2 did not come back");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        herald_lab::netns::ip(&["-n", n2_ns, "link", "set", "eth0", "down"])?;
+        let cut = Instant::now();
+        while router.kernel_next_hops(prefix) != survivor {
+            if cut.elapsed() > Duration::from_secs(120) {
+                bail!("round {round}: the router still forwards {prefix} to n2");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        samples.push(cut.elapsed());
+        herald_lab::netns::ip(&["-n", n2_ns, "link", "set", "eth0", "up"])?;
+    }
+    samples.sort();
+    Ok(samples)
+}
+
+/// A LoadBalancer Service of another class with `ip` written in its status, as a
+/// controller would; its /32.
+async fn svc_with_ip(api: &Api<Service>, name: &str, policy: &str, ip: &str) -> Result<String> {
+    let svc: Service = serde_yaml_ng::from_str(&format!(
+        "metadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{{port: 80}}]}}",
+    ))?;
+    api.create(&Default::default(), &svc).await?;
+    let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
+        "loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]},
+        "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
+            "reason": "Allocated", "message": "static", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status(
+        name,
+        &PatchParams::apply("static").force(),
+        &Patch::Apply(&status),
+    )
+    .await?;
+    Ok(format!("{ip}/32"))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let sizes: Vec<usize> = std::env::args()
@@ -148,8 +210,12 @@ async fn main() -> Result<()> {
     // class), so it stops here.
     controller.kill();
     let client = cp.client();
-    let (router, host) = on_lan(&mut lan, Frr::start, Peering::default())?;
-    apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: many}}\nspec: {{addresses: [198.18.0.0/15], autoAssign: false}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: 64512, peerASN: {ROUTER_ASN}, peerAddress: {}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: many}}\nspec: {{ipPools: [many]}}", host.v4)).await;
+    let peering = Peering {
+        bfd: true,
+        ..Peering::default()
+    };
+    let (router, host) = on_lan(&mut lan, Frr::start, peering)?;
+    apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: many}}\nspec: {{addresses: [198.18.0.0/15], autoAssign: false}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: 64512, peerASN: {ROUTER_ASN}, peerAddress: {}, bfd: {{receiveInterval: 100, transmitInterval: 100}}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: many}}\nspec: {{ipPools: [many]}}", host.v4)).await;
     let speakers: Vec<Process> = (1..=2)
         .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
         .collect();
@@ -166,29 +232,27 @@ async fn main() -> Result<()> {
     );
 
     // The Local Service first, so the convergence rounds run with it in the table.
-    let svc: Service = serde_yaml_ng::from_str(
-        "metadata: {name: local, namespace: default}\nspec: {type: LoadBalancer, externalTrafficPolicy: Local, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{port: 80}]}",
-    )?;
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    api.create(&Default::default(), &svc).await?;
-    let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
-        "loadBalancer": {"ingress": [{"ip": "198.19.255.1", "ipMode": "VIP"}]},
-        "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
-            "reason": "Allocated", "message": "static", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-    api.patch_status(
-        "local",
-        &PatchParams::apply("static").force(),
-        &Patch::Apply(&status),
-    )
-    .await?;
+    let local = svc_with_ip(&api, "local", "Local", "198.19.255.1").await?;
     let nodes = [IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4)];
-    let moves = endpoint_moves(&client, &router, "198.19.255.1/32", nodes, 50).await?;
+    let moves = endpoint_moves(&client, &router, &local, nodes, 50).await?;
     println!(
         "endpoint moved to the other node -> the router's kernel forwards there: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
         percentile(&moves, 50),
         percentile(&moves, 99),
         percentile(&moves, 100),
         moves.len()
+    );
+
+    // An ETP Cluster Service, announced by both nodes while it has an endpoint.
+    let spread = svc_with_ip(&api, "spread", "Cluster", "198.19.255.2").await?;
+    endpoints_on(&client, "spread", &[("n1", true)]).await;
+    let deaths = node_deaths(&router, &lan.nodes[1].ns, &spread, nodes, 10)?;
+    println!(
+        "node link cut -> the router's kernel forwards to the other node only (BFD 100 ms x 3): p50 {:.0} ms, max {:.0} ms (n={})",
+        percentile(&deaths, 50),
+        percentile(&deaths, 100),
+        deaths.len()
     );
 
     let mut done = 0;

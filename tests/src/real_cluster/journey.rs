@@ -238,7 +238,12 @@ pub struct Outcome {
 
 impl Requests {
     pub fn start(cluster: &Cluster, ip: IpAddr) -> Self {
-        let ns = cluster.lan().client.ns.clone();
+        Self::start_in(&cluster.lan().client.ns, ip)
+    }
+
+    /// From a client in namespace `ns` (one behind a router, say).
+    pub fn start_in(ns: &str, ip: IpAddr) -> Self {
+        let ns = ns.to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let worker = std::thread::spawn(move || {

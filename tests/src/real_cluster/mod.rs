@@ -258,6 +258,11 @@ impl Cluster {
         &self.lan
     }
 
+    /// The LAN, to add hosts (a router) to it.
+    pub fn lan_mut(&mut self) -> &mut Lan {
+        &mut self.lan
+    }
+
     pub fn client_host(&self) -> &Host {
         &self.lan.client
     }
