@@ -97,6 +97,13 @@ pub struct BGPPeerSpec {
     #[serde(default)]
     pub enable_graceful_restart: bool,
 
+    /// The router is more than one hop away (eBGP): the session's packets leave with TTL
+    /// 255 instead of 1, and the routes carry the node's InternalIPs as next hops unless the
+    /// node has an address on the router's subnet. BFD here is single hop only: a multihop
+    /// peer with `bfd` is refused.
+    #[serde(default)]
+    pub ebgp_multi_hop: bool,
+
     /// The TCP-MD5 password the router expects (RFC 2385), from a Secret in Herald's
     /// namespace; the speakers may read only the Secrets the chart's
     /// `speaker.bgpPasswordSecrets` names. The password is never logged, shown in an Event,
@@ -211,6 +218,29 @@ pub struct BGPAdvertisementSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::community_list")]
     pub communities: Vec<String>,
+
+    /// Announce the IPv4 prefix of this length holding each Service IP instead of its /32
+    /// (one route for many Services, from the nodes that announce any of them). 0-32,
+    /// default 32. The prefix may cover addresses beyond the pool: the router sends them to
+    /// the nodes too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 32))]
+    pub aggregation_length: Option<u8>,
+
+    /// The same for IPv6: 0-128, default 128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 128))]
+    pub aggregation_length_v6: Option<u8>,
+}
+
+impl BGPAdvertisementSpec {
+    /// The length of the prefix announced for `ip`.
+    pub fn prefix_length(&self, ip: IpAddr) -> u8 {
+        match ip {
+            IpAddr::V4(_) => self.aggregation_length.unwrap_or(32).min(32),
+            IpAddr::V6(_) => self.aggregation_length_v6.unwrap_or(128).min(128),
+        }
+    }
 }
 
 /// A community as a route carries it.

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -28,6 +29,9 @@ pub struct Peer {
     pub session: session::Config,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
+    /// The TTL (hop limit) the session's packets leave with: 1 for a directly connected
+    /// eBGP router, 255 over several hops; `None`: the kernel's default (iBGP).
+    pub ttl: Option<u8>,
     /// TCP-MD5 password the router expects (RFC 2385).
     pub password: Option<Password>,
     /// Run BFD with the peer while the session is Established, and end the session when
@@ -314,6 +318,14 @@ async fn connect(peer: &Peer) -> std::io::Result<TcpStream> {
     }
     if let Some(password) = &peer.password {
         tcp_md5::set(&socket, peer.address.ip(), password)?;
+    }
+    if let Some(ttl) = peer.ttl {
+        let ttl = i32::from(ttl);
+        match peer.address {
+            SocketAddr::V4(_) => setsockopt(&socket, sockopt::Ipv4Ttl, &ttl),
+            SocketAddr::V6(_) => setsockopt(&socket, sockopt::Ipv6Ttl, &ttl),
+        }
+        .map_err(std::io::Error::from)?;
     }
     socket.set_nodelay(true)?;
     tokio::time::timeout(peer.connect_timeout, socket.connect(peer.address))

@@ -38,11 +38,6 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
     ),
     (
         "BGPPeer",
-        "ebgpMultiHop",
-        "multihop eBGP is not supported yet",
-    ),
-    (
-        "BGPPeer",
         "connectTime",
         "Herald retries a connection every 5 s",
     ),
@@ -57,16 +52,6 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
         "BGPPeer",
         "dualStackAddressFamily",
         "Herald always offers IPv4 and IPv6 on one session (MP-BGP)",
-    ),
-    (
-        "BGPAdvertisement",
-        "aggregationLength",
-        "routes are /32 and /128; aggregation is not supported yet",
-    ),
-    (
-        "BGPAdvertisement",
-        "aggregationLengthV6",
-        "routes are /32 and /128; aggregation is not supported yet",
     ),
 ];
 
@@ -172,9 +157,15 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                         "holdTime",
                         "keepaliveTime",
                         "enableGracefulRestart",
+                        "ebgpMultiHop",
                     ],
                 );
-                if let Some(profile) = spec["bfdProfile"].as_str() {
+                let multihop = spec["ebgpMultiHop"].as_bool() == Some(true);
+                if let Some(profile) = spec["bfdProfile"].as_str().filter(|_| multihop) {
+                    warnings.push(format!(
+                        "BGPPeer {name}: its BFDProfile {profile} is left off: Herald runs BFD single hop only, and the peer is multihop"
+                    ));
+                } else if let Some(profile) = spec["bfdProfile"].as_str() {
                     match bfd_profiles.get(profile) {
                         Some(timers) => {
                             let mut bfd = Map::new();
@@ -206,7 +197,17 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
             "BGPAdvertisement" => {
                 rename(spec, &mut new, "ipAddressPools", "ipPools");
                 rename(spec, &mut new, "ipAddressPoolSelectors", "ipPoolSelectors");
-                copy(spec, &mut new, &["nodeSelectors", "peers", "localPref"]);
+                copy(
+                    spec,
+                    &mut new,
+                    &[
+                        "nodeSelectors",
+                        "peers",
+                        "localPref",
+                        "aggregationLength",
+                        "aggregationLengthV6",
+                    ],
+                );
                 if let Some(list) = spec["communities"].as_array() {
                     let resolved: Vec<Value> = list
                         .iter()
@@ -247,9 +248,6 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                 || (kind == "BGPAdvertisement" && key == "communities")
                 || (kind == "BGPPeer" && key == "bfdProfile")
             {
-                continue;
-            }
-            if default_aggregation(&kind, key, &spec[key]) {
                 continue;
             }
             let why = NOT_CONVERTED
@@ -314,15 +312,6 @@ fn is_metallb(item: &Value) -> bool {
     item["apiVersion"]
         .as_str()
         .is_some_and(|g| g.starts_with("metallb.io/"))
-}
-
-/// `aggregationLength: 32` or `aggregationLengthV6: 128`: what Herald announces anyway.
-fn default_aggregation(kind: &str, key: &str, value: &Value) -> bool {
-    kind == "BGPAdvertisement"
-        && matches!(
-            (key, value.as_u64()),
-            ("aggregationLength", Some(32)) | ("aggregationLengthV6", Some(128))
-        )
 }
 
 fn copy(from: &Value, to: &mut Map<String, Value>, keys: &[&str]) {
@@ -518,15 +507,9 @@ spec:
         );
         assert_eq!(s.node_selectors.len(), 1);
         assert!(s.enable_graceful_restart);
-        let bfd = s.bfd.as_ref().expect("the BFDProfile's timers");
-        assert_eq!(
-            (
-                bfd.receive_interval,
-                bfd.transmit_interval,
-                bfd.detect_multiplier
-            ),
-            (Some(100), Some(100), Some(3))
-        );
+        assert!(s.ebgp_multi_hop);
+        // Multihop: single-hop BFD cannot run with it, so the profile is left off (said).
+        assert_eq!(s.bfd, None);
         let secret = s.password_secret.as_ref().expect("passwordSecret");
         assert_eq!(
             (secret.name.as_str(), secret.key()),
@@ -536,6 +519,10 @@ spec:
             serde_json::from_value(docs[1].clone()).expect("BGPAdvertisement");
         assert_eq!(ad.spec.scope.ip_pools, ["production"]);
         assert_eq!(ad.spec.local_pref, Some(50));
+        assert_eq!(
+            (ad.spec.aggregation_length, ad.spec.aggregation_length_v6),
+            (Some(32), Some(64))
+        );
         assert_eq!(ad.spec.peers, ["tor"]);
         // The named community is resolved; every one parses.
         assert_eq!(
@@ -548,11 +535,10 @@ spec:
         for expected in [
             "BGPPeer tor: spec.password not converted: Herald reads passwords from Secrets only",
             "BGPPeer tor: its password Secret tor-password must be in Herald's namespace",
-            "BGPPeer tor: spec.ebgpMultiHop not converted",
             "skipped BGPPeer unnumbered: it has no peerAddress",
             "BFDProfile fast: its timers are set on the BGPPeers that name it",
             "BFDProfile fast: spec.echoMode not converted",
-            "BGPAdvertisement external: spec.aggregationLengthV6 not converted",
+            "BGPPeer tor: its BFDProfile fast is left off: Herald runs BFD single hop only",
             "Community communities: its names are replaced",
         ] {
             assert!(
@@ -560,15 +546,27 @@ spec:
                 "no warning {expected:?} in {warnings:#?}"
             );
         }
+        // A single-hop peer gets its profile's timers.
+        let single_hop = METALLB_BGP.replace("  ebgpMultiHop: true\n", "");
+        let (yaml, warnings) = convert(&single_hop).expect("converts");
+        let peer: BGPPeer = serde_json::from_value(documents(&yaml)[0].clone()).expect("BGPPeer");
+        let bfd = peer.spec.bfd.as_ref().expect("the BFDProfile's timers");
+        assert_eq!(
+            (
+                bfd.receive_interval,
+                bfd.transmit_interval,
+                bfd.detect_multiplier
+            ),
+            (Some(100), Some(100), Some(3))
+        );
         assert!(
             !warnings.iter().any(|w| w.contains("bfdProfile")),
             "the profile was found: {warnings:#?}"
         );
-        // aggregationLength 32 is what Herald announces anyway: nothing to warn about.
         assert!(
             !warnings
                 .iter()
-                .any(|w| w.contains("spec.aggregationLength ")),
+                .any(|w| w.contains("spec.aggregationLength")),
             "{warnings:#?}"
         );
     }

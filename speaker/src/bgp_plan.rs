@@ -163,9 +163,48 @@ fn routes(view: &BgpView, node: &NodeFacts, peer_name: &str) -> Routes {
         else {
             continue;
         };
-        routes.insert(IpNetwork::from(target.ip), route_of(ads));
+        // One route per prefix length the advertisements ask for; Services whose IPs fall
+        // in one aggregate share its route, with the attributes of all.
+        let mut lengths: Vec<u8> = ads
+            .iter()
+            .map(|ad| ad.spec.prefix_length(target.ip))
+            .collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        for length in lengths {
+            let Ok(prefix) = IpNetwork::new(target.ip, length) else {
+                continue;
+            };
+            let Ok(prefix) = IpNetwork::new(prefix.network(), length) else {
+                continue;
+            };
+            let with: Vec<&BGPAdvertisement> = ads
+                .iter()
+                .copied()
+                .filter(|ad| ad.spec.prefix_length(target.ip) == length)
+                .collect();
+            let route = route_of(&with);
+            match routes.get_mut(&prefix) {
+                Some(existing) => merge(existing, route),
+                None => {
+                    routes.insert(prefix, route);
+                }
+            }
+        }
     }
     routes
+}
+
+/// One aggregate's route from the routes of the IPs in it: the highest LOCAL_PREF, every
+/// community.
+fn merge(into: &mut Route, other: Route) {
+    into.local_pref = into.local_pref.max(other.local_pref);
+    into.communities.extend(other.communities);
+    into.communities.sort_unstable();
+    into.communities.dedup();
+    into.large_communities.extend(other.large_communities);
+    into.large_communities.sort_unstable();
+    into.large_communities.dedup();
 }
 
 /// The attributes the advertisements give a route: the highest LOCAL_PREF among them and
@@ -285,6 +324,11 @@ fn settings(
         (None, Some(DynamicAsn::External)) => None,
         (None, None) => return Err("neither peerASN nor dynamicASN is set".into()),
     };
+    if spec.ebgp_multi_hop && spec.bfd.is_some() {
+        return Err(
+            "it asks for bfd and ebgpMultiHop: Herald runs BFD single hop only (RFC 5881); remove one of them".into(),
+        );
+    }
     let peer = Peer {
         address: SocketAddr::new(address, spec.peer_port.unwrap_or(179)),
         source: source.map(|ip| SocketAddr::new(ip, 0)),
@@ -299,6 +343,11 @@ fn settings(
             restarting: false,
         },
         connect_timeout: CONNECT_TIMEOUT,
+        ttl: match (peer_asn != Some(spec.my_asn), spec.ebgp_multi_hop) {
+            (false, _) => None,
+            (true, false) => Some(1),
+            (true, true) => Some(255),
+        },
         password: None,
         bfd: spec.bfd.as_ref().map(|b| {
             let (receive_interval, transmit_interval, detect_mult) = b.timers();

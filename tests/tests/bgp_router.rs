@@ -58,6 +58,7 @@ impl Node {
             connect_timeout: Duration::from_secs(2),
             password: None,
             bfd: None,
+            ttl: Some(1),
         };
         let thread = spawn_in_ns(ns, move || -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread()

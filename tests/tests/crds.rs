@@ -176,6 +176,14 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
             "BGPPeer",
             "metadata: {name: tor-bfd}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, bfd: {receiveInterval: 100, transmitInterval: 50, detectMultiplier: 3, passiveMode: true}}",
         ),
+        (
+            "BGPPeer",
+            "metadata: {name: far}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 10.9.9.1, ebgpMultiHop: true}",
+        ),
+        (
+            "BGPAdvertisement",
+            "metadata: {name: aggregated}\nspec: {ipPools: [lan], aggregationLength: 24, aggregationLengthV6: 64}",
+        ),
         ("BGPAdvertisement", "metadata: {name: all}\nspec: {}"),
         (
             "BGPAdvertisement",
@@ -225,6 +233,11 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
             "BGPPeer",
             "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, bfd: {detectMultiplier: 1}}",
             "detectMultiplier in body should be greater than or equal to 2",
+        ),
+        (
+            "BGPAdvertisement",
+            "spec: {aggregationLength: 33}",
+            "aggregationLength in body should be less than or equal to 32",
         ),
         (
             "BGPAdvertisement",

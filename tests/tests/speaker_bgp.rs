@@ -278,6 +278,49 @@ async fn bird_drops_a_dead_nodes_routes_when_bfd_says_so() {
     bfd_takes_a_dead_nodes_routes_away(Bird::start).await;
 }
 
+/// `aggregationLength`: FRR learns one /24 for the Services of the pool, through every
+/// node, and drops it when the last Service in it goes.
+#[tokio::test]
+async fn frr_gets_one_aggregate_for_the_services_in_it() {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let (router, router_ip) = router_on(&mut lan, Frr::start);
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    apply(&client, &bgp_config(&router_ip, "")).await;
+    apply(
+        &client,
+        "apiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {name: routed}\nspec: {ipPools: [routed], aggregationLength: 24}",
+    )
+    .await;
+    let _speakers: Vec<Process> = (1..=2)
+        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
+        .collect();
+    for name in ["a", "b"] {
+        routed_service(&client, name, "", 1).await;
+        endpoints_on(&client, name, &[("n1", true)]).await;
+    }
+    wait_next_hops(&router, "198.51.100.0/24", &[n1, n2]);
+    let held = router
+        .vtysh("show bgp ipv4 unicast json")
+        .expect("the router's table");
+    let prefixes: Vec<&String> = held["routes"].as_object().expect("routes").keys().collect();
+    assert_eq!(prefixes, ["198.51.100.0/24"], "no host routes");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    svcs.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        router.kernel_next_hops("198.51.100.0/24"),
+        [n1, n2].iter().map(ToString::to_string).collect(),
+        "b still holds the aggregate"
+    );
+    svcs.delete("b", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_next_hops(&router, "198.51.100.0/24", &[]);
+}
+
 /// Point 6 against `R`: with graceful restart, a speaker's SIGTERM leaves its routes at the
 /// router; a Service deleted while it is away is gone once it is back (End-of-RIB), the
 /// others are its again.

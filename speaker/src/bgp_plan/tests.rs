@@ -123,6 +123,33 @@ fn a_selected_node_announces_the_advertised_pools_ips_as_host_routes_of_both_fam
     );
 }
 
+/// eBGP to a directly connected router leaves with TTL 1 (as routers expect of a single-hop
+/// session), over several hops with 255; iBGP with the kernel's default.
+#[test]
+fn the_sessions_ttl_follows_the_hops_to_the_router() {
+    let mut f = Fixture::new();
+    assert_eq!(f.decide().sessions["tor"].peer.ttl, Some(1));
+    f.peers = vec![yaml(
+        "metadata: {name: tor}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, ebgpMultiHop: true}",
+    )];
+    assert_eq!(f.decide().sessions["tor"].peer.ttl, Some(255));
+    f.peers = vec![yaml(
+        "metadata: {name: tor}\nspec: {myASN: 64512, peerASN: 64512, peerAddress: 192.0.2.1}",
+    )];
+    assert_eq!(f.decide().sessions["tor"].peer.ttl, None);
+    // BFD is single hop: asking for both is refused, saying so.
+    f.peers = vec![yaml(
+        "metadata: {name: tor}\nspec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, ebgpMultiHop: true, bfd: {}}",
+    )];
+    let decision = f.decide();
+    assert!(decision.sessions.is_empty());
+    assert!(
+        decision.refused["tor"].contains("BFD single hop"),
+        "{:?}",
+        decision.refused
+    );
+}
+
 #[test]
 fn a_peer_with_bfd_runs_it_with_its_timers_and_the_defaults_for_the_rest() {
     let mut f = Fixture::new();
@@ -207,6 +234,40 @@ fn peers_and_advertisements_select_nodes_and_peers() {
         "metadata: {name: labelled}\nspec: {ipPoolSelectors: [{matchLabels: {bgp: 'yes'}}]}",
     )];
     assert_eq!(f.routes("tor").len(), 2);
+}
+
+/// `aggregationLength`: the IPs of a pool are announced as the prefixes holding them, one
+/// route for several Services; another advertisement without it adds the host routes.
+#[test]
+fn aggregation_announces_the_prefix_holding_the_ips() {
+    let mut f = Fixture::new();
+    f.services
+        .extend([allocated("shop", "api", &["198.51.100.77"], false)]);
+    f.ads = vec![yaml(
+        "metadata: {name: routed}\nspec: {ipPools: [routed], aggregationLength: 24, aggregationLengthV6: 64, communities: ['64500:1']}",
+    )];
+    assert_eq!(f.routes("tor"), ["198.51.100.0/24", "2001:db8:100::/64"]);
+    f.ads.push(yaml(
+        "metadata: {name: hosts}\nspec: {ipPools: [routed], localPref: 200}",
+    ));
+    assert_eq!(
+        f.routes("tor"),
+        [
+            "198.51.100.0/24",
+            "198.51.100.10/32",
+            "198.51.100.77/32",
+            "2001:db8:100::/64",
+            "2001:db8:100::10/128"
+        ]
+    );
+    let decision = f.decide();
+    let routes = &decision.sessions["tor"].routes.routes;
+    let aggregate = &routes[&"198.51.100.0/24".parse().expect("net")];
+    assert_eq!(aggregate.communities, [(64500 << 16) | 1]);
+    assert_eq!(
+        aggregate.local_pref, None,
+        "the host routes' advertisement is not the aggregate's"
+    );
 }
 
 #[test]
