@@ -124,7 +124,9 @@ impl State {
                     }
                 }
                 (true, _) => {}
-                (false, Intent::Wants(w)) => state.adopt(&key, &ips, &w.sharing),
+                (false, Intent::Wants(w)) => {
+                    state.adopt(&key, &ips, &w.sharing);
+                }
                 (false, _) => ips
                     .iter()
                     .for_each(|ip| state.allocator.reserve_foreign(&key, *ip)),
@@ -247,6 +249,15 @@ impl State {
                 self.failure(&svc, reason, &message, now)
             }
             Intent::Wants(wants) => {
+                // Its status written by another load balancer (a migration under way): its IPs
+                // are taken over once Herald's pools hold them, never replaced by new ones.
+                if !svc.status_is_ours()
+                    && !svc.status.ingress.is_empty()
+                    && self.allocator.assigned(key).is_empty()
+                    && !self.adopt(key, &svc.status.ingress, &wants.sharing)
+                {
+                    return self.foreign_wait(&svc);
+                }
                 let before: Vec<IpAddr> =
                     self.allocator.assigned(key).iter().map(|a| a.ip).collect();
                 let request = Request {
@@ -316,16 +327,48 @@ impl State {
     }
 
     /// A Service Herald serves whose status another load balancer wrote (a migration): it
-    /// keeps its IPs when they are in Herald's pools and free, so nothing moves.
-    fn adopt(&mut self, key: &str, ips: &[IpAddr], sharing: &Sharing) {
+    /// keeps its IPs when they are in Herald's pools and free, so nothing moves. Otherwise
+    /// they stay reserved for it; false.
+    fn adopt(&mut self, key: &str, ips: &[IpAddr], sharing: &Sharing) -> bool {
         self.freed |= self.allocator.release_foreign(key);
         let in_pools = ips.iter().all(|ip| self.allocator.pool_of(*ip).is_some());
         match in_pools.then(|| self.allocator.restore(key, ips, sharing)) {
-            Some(Ok(())) => tracing::info!(service = %key, ?ips, "adopted the IPs in its status"),
-            _ => ips
-                .iter()
-                .for_each(|ip| self.allocator.reserve_foreign(key, *ip)),
+            Some(Ok(())) => {
+                tracing::info!(service = %key, ?ips, "adopted the IPs in its status");
+                true
+            }
+            _ => {
+                ips.iter()
+                    .for_each(|ip| self.allocator.reserve_foreign(key, *ip));
+                false
+            }
         }
+    }
+
+    /// A Service with another load balancer's IPs that Herald cannot take over yet (no pool
+    /// holds them, or another Service does): its status is left as it is (writing it would
+    /// fight the other controller, or renumber the Service) and a Warning says what Herald
+    /// waits for. It is decided again when pools change.
+    fn foreign_wait(&mut self, svc: &LbService) -> Vec<Write> {
+        let key = svc.key();
+        self.waiting.insert(key.clone());
+        // A status may list many addresses: four say enough.
+        let mut ips: Vec<String> = svc
+            .status
+            .ingress
+            .iter()
+            .take(4)
+            .map(ToString::to_string)
+            .collect();
+        if svc.status.ingress.len() > 4 {
+            ips.push(format!("and {} more", svc.status.ingress.len() - 4));
+        }
+        let message = format!(
+            "its IPs {} were not allocated by Herald and no IPPool holds them free: Herald leaves its status as it is and takes them over once an IPPool holds them (apply the converted configuration of the load balancer that allocated them)",
+            ips.join(", ")
+        );
+        self.note(svc, Note::warning("ForeignIPs", &message));
+        Vec::new()
     }
 
     /// A Service whose IP left every pool (a pool edit), or whose pool no longer admits it
@@ -577,6 +620,35 @@ mod tests {
     }
 
     const WEB: &str = "metadata: {name: web, namespace: shop, uid: u1}\nspec: {type: LoadBalancer, ports: [{port: 80}]}";
+
+    /// A migration: a Service whose status another load balancer wrote keeps it untouched
+    /// (no status write to fight over, no new IP) while no pool holds its IP, says so, and
+    /// is taken over with the same IP once a pool holds it.
+    #[test]
+    fn another_load_balancers_ip_is_kept_until_a_pool_holds_it_then_adopted() {
+        let mut world = Maps::default();
+        world.add_pool("metadata: {name: other}\nspec: {addresses: [198.51.100.0/24]}");
+        world.add_service(
+            "metadata: {name: web, namespace: shop, uid: u1}\nspec: {type: LoadBalancer, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.100}]}}",
+        );
+        let mut state = State::rebuild(config(), &world);
+        let writes = state.decide(&world, "shop/web", now());
+        assert!(
+            writes.is_empty(),
+            "the other load balancer's status is left alone: {writes:?}"
+        );
+        let events = state.take_events();
+        assert_eq!(reasons(&events), ["ForeignIPs"]);
+        assert!(events[0].1.message.contains("192.0.2.100"), "{events:?}");
+        assert_eq!(state.waiting().count(), 1);
+        // The converted pool arrives: adopted, the same IP, Herald's condition.
+        world.add_pool("metadata: {name: lan}\nspec: {addresses: [192.0.2.100-192.0.2.119]}");
+        state.sync_pools(&world);
+        let writes = state.decide(&world, "shop/web", now());
+        assert_eq!(assigned_ips(&writes), ["192.0.2.100"]);
+        assert_eq!(reasons(&state.take_events()), ["IPAllocated"]);
+        assert_eq!(state.waiting().count(), 0);
+    }
 
     #[test]
     fn a_namespace_losing_its_pool_moves_the_service_and_says_so() {

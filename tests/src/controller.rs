@@ -47,3 +47,33 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
     Ok((code, body.unwrap_or_default()))
 }
+
+/// What `herald-controller SUBCOMMAND` makes of `input` (stdin): stdout and stderr.
+pub fn convert(subcommand: &str, input: &str) -> (String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(
+        crate::bins::herald_binary("herald-controller").expect("controller binary"),
+    )
+    .arg(subcommand)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("herald-controller");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing stdin");
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "{subcommand}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -3,6 +3,7 @@
 
 use herald_api::{IPPool, IPPoolSpec, L2Advertisement, L2AdvertisementSpec};
 use herald_lab::ControlPlane;
+use herald_lab::controller::convert;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 fn pool(name: &str, addresses: &[&str]) -> IPPool {
@@ -255,36 +256,6 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
             "{yaml}: message does not say why: {message}"
         );
     }
-}
-
-/// What `herald-controller SUBCOMMAND` makes of `input` (stdin): stdout and stderr.
-fn convert(subcommand: &str, input: &str) -> (String, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(
-        herald_lab::bins::herald_binary("herald-controller").expect("controller binary"),
-    )
-    .arg(subcommand)
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .expect("herald-controller");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("writing stdin");
-    let out = child.wait_with_output().expect("output");
-    assert!(
-        out.status.success(),
-        "{subcommand}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The converters' output, from configurations shaped as MetalLB's, kube-vip's and

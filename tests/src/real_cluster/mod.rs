@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     pub proxy_mode: ProxyMode,
     /// The link of each node, by position; nodes past the end are `Plain`.
     pub links: Vec<NodeLink>,
+    /// Load the peers' images too (MetalLB's, `scripts/images peers`).
+    pub peers: bool,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +67,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             proxy_mode: ProxyMode::Nftables,
             links: Vec::new(),
+            peers: false,
         }
     }
 }
@@ -84,7 +87,10 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start(options: ClusterOptions) -> Result<Self> {
         let begin = Instant::now();
-        let images = images()?;
+        let mut images = images()?;
+        if options.peers {
+            images.extend(peer_images()?);
+        }
         let mut lan = Lan::create(options.nodes)?;
         let claim = host::Claim::take(lan.prefix())?;
         host::become_subreaper();
@@ -96,6 +102,9 @@ impl Cluster {
             },
             // Helm installs Herald's CRDs, as it does for users.
             install_crds: false,
+            // Webhooks (MetalLB's) are called at their pods' addresses, routed to the nodes
+            // below: the control-plane host runs no kube-proxy for ClusterIPs.
+            apiserver_args: vec!["--enable-aggregator-routing=true".into()],
             ..Options::default()
         })
         .await?;
@@ -157,6 +166,7 @@ impl Cluster {
             images: &images,
             proxy_mode: options.proxy_mode,
         };
+        node::pod_routes(&cp_host.ns, &addresses)?;
         let gateway = (IpAddr::V4(cp_host.v4), IpAddr::V6(cp_host.v6));
         let mut nodes = Vec::new();
         for (i, host) in hosts.into_iter().enumerate() {
@@ -450,8 +460,48 @@ const LOCAL_IMAGE: [&str; 4] = [
 /// The image tars (scripts/images, built once per test process): pause, Herald, the app.
 fn images() -> Result<Vec<PathBuf>> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
+    let dir = image_dir(&DIR, &[])?;
+    Ok(["pause", "herald", "app"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.tar")))
+        .collect())
+}
+
+/// The peers' images (`scripts/images peers`).
+fn peer_images() -> Result<Vec<PathBuf>> {
+    let dir = peer_dir()?;
+    Ok(["metallb-controller", "metallb-speaker"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.tar")))
+        .collect())
+}
+
+fn peer_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    image_dir(&DIR, &["peers"])
+}
+
+/// MetalLB's own manifest (`config/manifests/metallb-native.yaml` of the pinned module), its
+/// images renamed to the ones built here, as a user mirroring them would.
+pub fn metallb_manifest() -> Result<String> {
+    let text = std::fs::read_to_string(peer_dir()?.join("metallb-native.yaml"))?;
+    let version = node::versions("METALLB_VERSION")?;
+    Ok(text
+        .replace(
+            &format!("quay.io/metallb/controller:{version}"),
+            &format!("herald.local/metallb-controller:{version}"),
+        )
+        .replace(
+            &format!("quay.io/metallb/speaker:{version}"),
+            &format!("herald.local/metallb-speaker:{version}"),
+        ))
+}
+
+/// `scripts/images ARGS...`, once per process: the directory it printed last.
+fn image_dir(once: &OnceLock<Result<PathBuf, String>>, args: &[&str]) -> Result<PathBuf> {
+    let dir = once.get_or_init(|| {
         let mut cmd = Command::new(repo_root().join("scripts/images"));
+        cmd.args(args);
         // Cargo's per-test variables (CARGO_PKG_*, CARGO_MANIFEST_DIR...) would make the
         // release build inside look changed and rebuild every time.
         for (key, _) in std::env::vars_os() {
@@ -477,11 +527,7 @@ fn images() -> Result<Vec<PathBuf>> {
             .map(PathBuf::from)
             .ok_or_else(|| "scripts/images printed no directory".to_owned())
     });
-    let dir = dir.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(["pause", "herald", "app"]
-        .iter()
-        .map(|n| dir.join(format!("{n}.tar")))
-        .collect())
+    dir.as_ref().cloned().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn control_plane_process(

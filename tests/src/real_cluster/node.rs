@@ -384,7 +384,12 @@ pub fn routes(
         "via",
         &gateway.1.to_string(),
     ])?;
-    for (index, v4, v6) in others {
+    pod_routes(ns, others)
+}
+
+/// Routes from `ns` to the pods of `nodes` (index, IPv4, IPv6), through each node.
+pub fn pod_routes(ns: &str, nodes: &[(usize, IpAddr, IpAddr)]) -> Result<()> {
+    for (index, v4, v6) in nodes {
         let (p4, p6) = pod_cidrs(*index);
         crate::netns::ip(&["-n", ns, "route", "add", &p4, "via", &v4.to_string()])?;
         crate::netns::ip(&["-n", ns, "-6", "route", "add", &p6, "via", &v6.to_string()])?;
