@@ -321,6 +321,47 @@ async fn frr_gets_one_aggregate_for_the_services_in_it() {
     wait_next_hops(&router, "198.51.100.0/24", &[]);
 }
 
+/// One pool announced both ways at once: the LAN's pool of `setup` (its L2Advertisement)
+/// selected by a BGPAdvertisement too. One node answers ARP for the Service's IP on the
+/// LAN, and the router has a route to it through both nodes.
+#[tokio::test]
+async fn one_pool_announced_by_l2_and_bgp_at_once() {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let (router, router_ip) = router_on(&mut lan, Frr::start);
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: {CLUSTER_ASN}, peerASN: {ROUTER_ASN}, peerAddress: {router_ip}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: lan}}\nspec: {{ipPools: [lan]}}")).await;
+    let _speakers: Vec<Process> = (1..=2)
+        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
+        .collect();
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: both, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let ip: IpAddr = wait_for(&svcs, "both", "an IP", |s| ips(s).first().cloned())
+        .await
+        .parse()
+        .expect("ip");
+    endpoints_on(&client, "both", &[("n1", true)]).await;
+    wait_next_hops(&router, &format!("{ip}/32"), &[n1, n2]);
+    let owner = eventually("one ARP answer", || {
+        let answers = netns::resolve(&lan.client, ip, Duration::from_millis(150)).ok()?;
+        match answers.as_slice() {
+            [mac] => lan.node_of_mac(*mac),
+            _ => None,
+        }
+    });
+    for _ in 0..10 {
+        let answers = netns::resolve(&lan.client, ip, Duration::from_millis(150)).expect("resolve");
+        assert_eq!(
+            answers
+                .iter()
+                .map(|m| lan.node_of_mac(*m))
+                .collect::<Vec<_>>(),
+            [Some(owner.clone())],
+            "one answer per request for {ip}"
+        );
+    }
+}
+
 /// Point 6 against `R`: with graceful restart, a speaker's SIGTERM leaves its routes at the
 /// router; a Service deleted while it is away is gone once it is back (End-of-RIB), the
 /// others are its again.
