@@ -114,7 +114,7 @@ pub struct Packet {
 
 /// Why a received packet is dropped (RFC 5880 §6.8.6).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum Drop {
+pub enum Discard {
     #[error("shorter than a BFD control packet ({0} bytes)")]
     Short(usize),
     #[error("BFD version {0}, not 1")]
@@ -152,31 +152,31 @@ pub fn encode(p: &Packet) -> [u8; PACKET_LEN] {
 
 /// Reads a control packet, with the checks RFC 5880 §6.8.6 makes before any session looks
 /// at it. Never panics, whatever the bytes.
-pub fn decode(bytes: &[u8]) -> Result<Packet, Drop> {
+pub fn decode(bytes: &[u8]) -> Result<Packet, Discard> {
     let word = |at: usize| -> u32 {
         let mut b = [0u8; 4];
         b.copy_from_slice(&bytes[at..at + 4]);
         u32::from_be_bytes(b)
     };
     if bytes.len() < PACKET_LEN {
-        return Err(Drop::Short(bytes.len()));
+        return Err(Discard::Short(bytes.len()));
     }
     let version = bytes[0] >> 5;
     if version != VERSION {
-        return Err(Drop::Version(version));
+        return Err(Discard::Version(version));
     }
     let flags = bytes[1];
     let auth = flags & 0x04 != 0;
     let field = usize::from(bytes[3]);
     let least = if auth { PACKET_LEN + 2 } else { PACKET_LEN };
     if field < least || field > bytes.len() {
-        return Err(Drop::Length {
+        return Err(Discard::Length {
             field,
             received: bytes.len(),
         });
     }
     if auth {
-        return Err(Drop::Authenticated);
+        return Err(Discard::Authenticated);
     }
     let packet = Packet {
         diag: Diag::of(bytes[0]),
@@ -191,16 +191,16 @@ pub fn decode(bytes: &[u8]) -> Result<Packet, Drop> {
         required_min_rx_us: word(16),
     };
     if packet.detect_mult == 0 {
-        return Err(Drop::NoMultiplier);
+        return Err(Discard::NoMultiplier);
     }
     if flags & 0x01 != 0 {
-        return Err(Drop::Multipoint);
+        return Err(Discard::Multipoint);
     }
     if packet.my_discriminator == 0 {
-        return Err(Drop::NoDiscriminator);
+        return Err(Discard::NoDiscriminator);
     }
     if packet.your_discriminator == 0 && !matches!(packet.state, State::Down | State::AdminDown) {
-        return Err(Drop::Unaddressed(packet.state));
+        return Err(Discard::Unaddressed(packet.state));
     }
     Ok(packet)
 }

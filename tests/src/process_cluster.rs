@@ -53,6 +53,14 @@ pub fn speaker(cp: &ControlPlane, lan: &Lan, node: &str, key: &str, log: &str) -
     speaker_in(cp, &lan.node(node).ns, node, key, log)
 }
 
+/// A speaker on each node of `lan` (`n1`, `n2`...), with the shared gossip key, each
+/// logging to `speaker-NODE`.
+pub fn speakers(cp: &ControlPlane, lan: &Lan) -> Vec<Process> {
+    (1..=lan.nodes.len())
+        .map(|i| speaker(cp, lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
+        .collect()
+}
+
 /// A speaker named `node` in the network namespace `ns` (any namespace of the LAN).
 pub fn speaker_in(cp: &ControlPlane, ns: &str, node: &str, key: &str, log: &str) -> Process {
     let cmd = speaker_command(cp, ns, node, key);
@@ -158,22 +166,35 @@ pub async fn allocated_services(
     futures::stream::iter(services)
         .map(|(name, ip)| {
             let api = api.clone();
-            async move {
-                let svc = serde_yaml_ng::from_str(&format!(
-                    "metadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{{port: 80}}]}}"
-                ))?;
-                api.create(&Default::default(), &svc).await?;
-                let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
-                    "loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]},
-                    "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
-                        "reason": "Allocated", "message": "static", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-                api.patch_status(name, &PatchParams::apply("static").force(), &Patch::Apply(&status))
-                    .await?;
-                anyhow::Ok(())
-            }
+            async move { static_service(&api, name, "Cluster", ip).await }
         })
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
         .await?;
+    Ok(())
+}
+
+/// One LoadBalancer Service `name` in `default` with `externalTrafficPolicy: policy` and
+/// `ip` written in its status as a controller would (a class no controller serves).
+pub async fn static_service(
+    api: &Api<k8s_openapi::api::core::v1::Service>,
+    name: &str,
+    policy: &str,
+    ip: &str,
+) -> anyhow::Result<()> {
+    let svc = serde_yaml_ng::from_str(&format!(
+        "metadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{{port: 80}}]}}"
+    ))?;
+    api.create(&Default::default(), &svc).await?;
+    let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
+        "loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]},
+        "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
+            "reason": "Allocated", "message": "static", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status(
+        name,
+        &PatchParams::apply("static").force(),
+        &Patch::Apply(&status),
+    )
+    .await?;
     Ok(())
 }

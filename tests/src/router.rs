@@ -1,5 +1,5 @@
 //! Real routers in a network namespace, each accepting BGP from any host of the LAN and
-//! installing ECMP routes in its own kernel table: Debian's FRR (zebra and bgpd, a pathspace
+//! installing ECMP routes in its own kernel table: Debian's FRR (zebra, bfdd and bgpd, a pathspace
 //! of its own (`-N`), a peer group with `remote-as external` and `bgp listen range`, queried
 //! with `vtysh -N NAME -c '... json'`) and BIRD 2 (`neighbor range ... external`, `merge
 //! paths` into the kernel, queried with `birdc`). Both are stopped, and their files removed,
@@ -104,6 +104,10 @@ impl Drop for Behind {
 /// FRR's daemons, installed by scripts/setup (Debian's `frr` package).
 const FRR: &str = "/usr/lib/frr";
 
+/// The daemons a router runs, in start order (stopped in reverse): one list, so none
+/// started is left running.
+const DAEMONS: [&str; 3] = ["zebra", "bfdd", "bgpd"];
+
 pub struct Frr {
     /// The pathspace: config under /etc/frr/NAME, sockets and pid files under
     /// /var/run/frr/NAME.
@@ -126,7 +130,7 @@ pub struct RouterConfig<'a> {
 }
 
 impl Frr {
-    /// Starts zebra and bgpd in `ns`, in a pathspace named after it.
+    /// Starts FRR's `DAEMONS` in `ns`, in a pathspace named after it.
     pub fn start(ns: &str, config: &RouterConfig) -> Result<Self> {
         let name = ns.replace('-', "_");
         let config_dir = PathBuf::from(format!("/etc/frr/{name}"));
@@ -146,7 +150,7 @@ impl Frr {
         )?;
         std::fs::write(
             router.config_dir.join("daemons"),
-            "zebra=yes\nbgpd=yes\nbfdd=yes\n",
+            DAEMONS.map(|d| format!("{d}=yes\n")).concat(),
         )?;
         for dir in [&router.config_dir, &router.run_dir] {
             let status = Command::new("chown")
@@ -159,7 +163,7 @@ impl Frr {
             }
         }
         let conf = router.config_dir.join("frr.conf");
-        for daemon in ["zebra", "bfdd", "bgpd"] {
+        for daemon in DAEMONS {
             let out = Command::new("ip")
                 .args(["netns", "exec", ns])
                 .arg(format!("{FRR}/{daemon}"))
@@ -438,7 +442,7 @@ impl Drop for Bird {
 
 impl Drop for Frr {
     fn drop(&mut self) {
-        for daemon in ["bgpd", "bfdd", "zebra"] {
+        for daemon in DAEMONS.iter().rev() {
             let pid_file = self.run_dir.join(format!("{daemon}.pid"));
             if let Some(pid) = std::fs::read_to_string(&pid_file)
                 .ok()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use herald_lab::controller::convert;
 use herald_lab::objects::{apply, ips, wait_for, wait_for_event};
 use herald_lab::real_cluster::journey::{
-    Requests, Traffic, deploy_web, failed, longest_gap, web_ready_on, web_vips,
+    Requests, Traffic, deploy_web, failed, longest_gap_from, web_ready_on, web_vips,
 };
 use herald_lab::real_cluster::{Cluster, ClusterOptions, metallb_manifest};
 use k8s_openapi::api::core::v1::Service;
@@ -55,15 +55,7 @@ async fn journey_from_metallb_to_herald_every_ip_kept() {
         .expect("kubectl apply MetalLB");
     for rollout in ["deployment/controller", "daemonset/speaker"] {
         cluster
-            .kubectl(&[
-                "-n",
-                "metallb-system",
-                "rollout",
-                "status",
-                rollout,
-                "--timeout",
-                "180s",
-            ])
+            .rollout_status("metallb-system", rollout, "180s")
             .unwrap_or_else(|e| panic!("MetalLB's {rollout}: {e:#}\n{}", cluster.diagnose()));
     }
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -174,19 +166,9 @@ async fn journey_from_metallb_to_herald_every_ip_kept() {
     cluster.one_answer(v6, SETTLE, |_| true);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcomes = requests.finish();
-    let gap = longest_gap(&outcomes);
+    let (began, gap) = longest_gap_from(&outcomes).expect("answered requests");
     // When it began, against the steps' times.
-    let answered: Vec<Instant> = outcomes
-        .iter()
-        .filter(|o| o.answer.is_some())
-        .map(|o| o.at)
-        .collect();
-    let gap_at = answered
-        .windows(2)
-        .max_by_key(|w| w[1] - w[0])
-        .map_or(0.0, |w| {
-            w[0].saturating_duration_since(started).as_secs_f64()
-        });
+    let gap_at = began.saturating_duration_since(started).as_secs_f64();
     println!(
         "from MetalLB to Herald: Herald installed after {:.1} s, MetalLB's speakers gone after {:.1} s, the IPs adopted after {:.1} s; {v4} kept, answered by {herald_node}; longest gap {} ms from {gap_at:.1} s, {} of {} requests failed",
         installed.as_secs_f64(),

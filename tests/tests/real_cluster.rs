@@ -11,7 +11,7 @@ use herald_lab::netns;
 use herald_lab::objects::{apply, ips, wait_for};
 use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, pin_web_to,
-    web_ready_on, web_vips,
+    roll_speakers_under, web_ready_on, web_vips,
 };
 use herald_lab::real_cluster::{Cluster, ClusterOptions, NodeLink, ProxyMode};
 use herald_lab::router::{BEHIND, Behind, Frr, LAN_ROUTER_ASN, Peering, Router, on_lan};
@@ -200,24 +200,7 @@ async fn journey_rolling_upgrade_keeps_the_vip() {
     web_ready_on(&client, 2, SETTLE).await;
     let (v4, _) = web_vips(&client).await;
     cluster.one_answer(v4, SETTLE, |_| true);
-    let requests = Requests::start(&cluster, v4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster
-        .upgrade_herald(&["--reuse-values", "--set", "speaker.refreshSeconds=20"])
-        .expect("helm upgrade");
-    let rolled = cluster
-        .kubectl(&[
-            "-n",
-            herald_lab::real_cluster::NAMESPACE,
-            "rollout",
-            "status",
-            "daemonset/herald-speaker",
-            "--timeout",
-            "120s",
-        ])
-        .expect("rollout");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let outcomes = requests.finish();
+    let (rolled, outcomes) = roll_speakers_under(&cluster, Requests::start(&cluster, v4)).await;
     let gap = longest_gap(&outcomes);
     println!(
         "rolling upgrade ({}): longest client gap {} ms, {} of {} requests failed",
@@ -390,8 +373,7 @@ fn apply_render(cluster: &Cluster, render: &str) {
         .kubectl_apply(render)
         .unwrap_or_else(|e| panic!("kubectl apply: {e:#}"));
     for what in ["deployment/herald-controller", "daemonset/herald-speaker"] {
-        if let Err(e) = cluster.kubectl(&["-n", ns, "rollout", "status", what, "--timeout", "180s"])
-        {
+        if let Err(e) = cluster.rollout_status(ns, what, "180s") {
             panic!("{what} not rolled out: {e:#}\n{}", cluster.diagnose());
         }
     }
@@ -613,24 +595,7 @@ spec:
     });
     assert!(body.contains("pod=web-"), "{body}");
 
-    let requests = Requests::start_in(&far.ns, vip);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster
-        .upgrade_herald(&["--reuse-values", "--set", "speaker.refreshSeconds=20"])
-        .expect("helm upgrade");
-    let rolled = cluster
-        .kubectl(&[
-            "-n",
-            herald_lab::real_cluster::NAMESPACE,
-            "rollout",
-            "status",
-            "daemonset/herald-speaker",
-            "--timeout",
-            "120s",
-        ])
-        .expect("rollout");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let outcomes = requests.finish();
+    let (rolled, outcomes) = roll_speakers_under(&cluster, Requests::start_in(&far.ns, vip)).await;
     let gap = longest_gap(&outcomes);
     println!(
         "BGP rolling upgrade ({}): longest gap {} ms, {} of {} requests from behind the router failed",

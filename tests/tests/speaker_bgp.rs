@@ -12,7 +12,7 @@ use herald_lab::Process;
 use herald_lab::client_view::metric;
 use herald_lab::netns::{self, Lan};
 use herald_lab::objects::{apply, events_in, ips, wait_for, wait_for_event};
-use herald_lab::process_cluster::{KEY, endpoints_on, ready_node, setup, speaker};
+use herald_lab::process_cluster::{KEY, endpoints_on, ready_node, setup, speaker, speakers};
 use herald_lab::router::{
     Bird, Frr, LAN_ROUTER_ASN as ROUTER_ASN, Peering, Router, RouterConfig, on_lan,
 };
@@ -122,9 +122,7 @@ async fn announces_and_withdraws<R: Router>(start: fn(&str, &RouterConfig) -> an
 
     // Sessions from both nodes, soon after their speakers start.
     let started = Instant::now();
-    let speakers: Vec<Process> = (1..=2)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let speakers: Vec<Process> = speakers(&cp, &lan);
     let nodes: BTreeSet<String> = [n1, n2].iter().map(ToString::to_string).collect();
     eventually("both sessions Established", || {
         (router.established() == nodes).then_some(())
@@ -239,9 +237,7 @@ async fn bfd_takes_a_dead_nodes_routes_away<R: Router>(
         ),
     )
     .await;
-    let _speakers: Vec<Process> = (1..=2)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
     let prefix = format!("{}/32", routed_service(&client, "web", "", 1).await[0]);
     endpoints_on(&client, "web", &[("n1", true)]).await;
     wait_next_hops(&router, &prefix, &[n1, n2]);
@@ -292,9 +288,7 @@ async fn frr_gets_one_aggregate_for_the_services_in_it() {
         "apiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {name: routed}\nspec: {ipPools: [routed], aggregationLength: 24}",
     )
     .await;
-    let _speakers: Vec<Process> = (1..=2)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
     for name in ["a", "b"] {
         routed_service(&client, name, "", 1).await;
         endpoints_on(&client, name, &[("n1", true)]).await;
@@ -331,9 +325,7 @@ async fn one_pool_announced_by_l2_and_bgp_at_once() {
     let (router, router_ip) = router_on(&mut lan, Frr::start);
     let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
     apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: {CLUSTER_ASN}, peerASN: {ROUTER_ASN}, peerAddress: {router_ip}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: lan}}\nspec: {{ipPools: [lan]}}")).await;
-    let _speakers: Vec<Process> = (1..=2)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: both, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let ip: IpAddr = wait_for(&svcs, "both", "an IP", |s| ips(s).first().cloned())
@@ -377,9 +369,7 @@ async fn keeps_routes_across_a_restart<R: Router>(
         &bgp_config(&router_ip, ", enableGracefulRestart: true"),
     )
     .await;
-    let mut speakers: Vec<Process> = (1..=2)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let mut speakers: Vec<Process> = speakers(&cp, &lan);
     let kept = format!("{}/32", routed_service(&client, "kept", "", 1).await[0]);
     let deleted = format!("{}/32", routed_service(&client, "deleted", "", 1).await[0]);
     endpoints_on(&client, "kept", &[("n1", true)]).await;

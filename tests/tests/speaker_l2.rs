@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
 use herald_lab::process_cluster::{
-    KEY, PORT, accept_locally, endpoints_on, ready_node, setup, speaker, speaker_in,
+    KEY, PORT, accept_locally, endpoints_on, ready_node, setup, speaker, speaker_in, speakers,
 };
 
 /// Polls until exactly one node answers for `ip`; returns its name.
@@ -36,9 +36,7 @@ fn owner(lan: &Lan, ip: IpAddr, not: Option<&str>, within: Duration) -> String {
 async fn one_node_answers_and_ownership_survives_link_loss_kill_and_stop() {
     let (cp, lan, _controller) = setup(3).await;
     let client = cp.client();
-    let mut speakers: Vec<Process> = (1..=3)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let mut speakers: Vec<Process> = speakers(&cp, &lan);
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6], ports: [{port: 8080}]}").await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let got = wait_for(&svcs, "web", "two IPs", |s| {
@@ -162,9 +160,7 @@ async fn local_policy_exclusions_and_the_gossip_key() {
         "node.kubernetes.io/exclude-from-external-load-balancers: \"\"",
     )
     .await;
-    let _speakers: Vec<Process> = (1..=3)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
     // A speaker with the wrong key (in the client namespace, as node "intruder"): it sends
     // heartbeats to every node, and none of them counts it as a member.
     let port = cp.port();

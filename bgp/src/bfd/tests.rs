@@ -188,22 +188,25 @@ fn the_rfcs_drop_rules() {
         f(&mut b);
         decode(&b)
     };
-    assert_eq!(decode(&bytes[..23]), Err(Drop::Short(23)));
-    assert_eq!(with(&|b| b[0] = (2 << 5) | 1), Err(Drop::Version(2)));
-    assert!(matches!(with(&|b| b[3] = 23), Err(Drop::Length { .. })));
-    assert!(matches!(with(&|b| b[3] = 30), Err(Drop::Length { .. })));
-    assert!(matches!(with(&|b| b[1] |= 0x04), Err(Drop::Length { .. })));
+    assert_eq!(decode(&bytes[..23]), Err(Discard::Short(23)));
+    assert_eq!(with(&|b| b[0] = (2 << 5) | 1), Err(Discard::Version(2)));
+    assert!(matches!(with(&|b| b[3] = 23), Err(Discard::Length { .. })));
+    assert!(matches!(with(&|b| b[3] = 30), Err(Discard::Length { .. })));
+    assert!(matches!(
+        with(&|b| b[1] |= 0x04),
+        Err(Discard::Length { .. })
+    ));
     let mut long = bytes.to_vec();
     long.extend([1, 2, 0, 0, 0, 0]);
     long[1] |= 0x04;
     long[3] = 30;
-    assert_eq!(decode(&long), Err(Drop::Authenticated));
-    assert_eq!(with(&|b| b[2] = 0), Err(Drop::NoMultiplier));
-    assert_eq!(with(&|b| b[1] |= 0x01), Err(Drop::Multipoint));
-    assert_eq!(with(&|b| b[4..8].fill(0)), Err(Drop::NoDiscriminator));
+    assert_eq!(decode(&long), Err(Discard::Authenticated));
+    assert_eq!(with(&|b| b[2] = 0), Err(Discard::NoMultiplier));
+    assert_eq!(with(&|b| b[1] |= 0x01), Err(Discard::Multipoint));
+    assert_eq!(with(&|b| b[4..8].fill(0)), Err(Discard::NoDiscriminator));
     assert_eq!(
         with(&|b| b[1] = 3 << 6),
-        Err(Drop::Unaddressed(State::Up)),
+        Err(Discard::Unaddressed(State::Up)),
         "Up without your discriminator"
     );
     // Bytes past the length field (padding) are not the packet's.

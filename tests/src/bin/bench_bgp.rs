@@ -22,10 +22,12 @@ use anyhow::{Result, bail};
 use futures::StreamExt;
 use herald_lab::Process;
 use herald_lab::objects::apply;
-use herald_lab::process_cluster::{KEY, allocated_services, endpoints_on, setup, speaker};
+use herald_lab::process_cluster::{
+    allocated_services, endpoints_on, setup, speakers, static_service,
+};
 use herald_lab::router::{Frr, LAN_ROUTER_ASN as ROUTER_ASN, Peering, Router, on_lan};
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 
 /// Prefixes the router holds from each node (`pfxRcd` of its IPv4 sessions).
 fn received(router: &Frr) -> Vec<u64> {
@@ -174,26 +176,6 @@ fn node_deaths(
     Ok(samples)
 }
 
-/// A LoadBalancer Service of another class with `ip` written in its status, as a
-/// controller would; its /32.
-async fn svc_with_ip(api: &Api<Service>, name: &str, policy: &str, ip: &str) -> Result<String> {
-    let svc: Service = serde_yaml_ng::from_str(&format!(
-        "metadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, externalTrafficPolicy: {policy}, allocateLoadBalancerNodePorts: false, loadBalancerClass: bench.example/static, ports: [{{port: 80}}]}}",
-    ))?;
-    api.create(&Default::default(), &svc).await?;
-    let status = serde_json::json!({"apiVersion": "v1", "kind": "Service", "status": {
-        "loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]},
-        "conditions": [{"type": herald_api::keys::IP_ALLOCATED_CONDITION, "status": "True",
-            "reason": "Allocated", "message": "static", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-    api.patch_status(
-        name,
-        &PatchParams::apply("static").force(),
-        &Patch::Apply(&status),
-    )
-    .await?;
-    Ok(format!("{ip}/32"))
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let sizes: Vec<usize> = std::env::args()
@@ -216,9 +198,7 @@ async fn main() -> Result<()> {
     };
     let (router, host) = on_lan(&mut lan, Frr::start, peering)?;
     apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: many}}\nspec: {{addresses: [198.18.0.0/15], autoAssign: false}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: 64512, peerASN: {ROUTER_ASN}, peerAddress: {}, bfd: {{receiveInterval: 100, transmitInterval: 100}}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: many}}\nspec: {{ipPools: [many]}}", host.v4)).await;
-    let speakers: Vec<Process> = (1..=2)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let speakers: Vec<Process> = speakers(&cp, &lan);
     let started = Instant::now();
     while router.established().len() < 2 {
         if started.elapsed() > Duration::from_secs(30) {
@@ -233,9 +213,10 @@ async fn main() -> Result<()> {
 
     // The Local Service first, so the convergence rounds run with it in the table.
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    let local = svc_with_ip(&api, "local", "Local", "198.19.255.1").await?;
+    static_service(&api, "local", "Local", "198.19.255.1").await?;
+    let local = "198.19.255.1/32";
     let nodes = [IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4)];
-    let moves = endpoint_moves(&client, &router, &local, nodes, 50).await?;
+    let moves = endpoint_moves(&client, &router, local, nodes, 50).await?;
     println!(
         "endpoint moved to the other node -> the router's kernel forwards there: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
         percentile(&moves, 50),
@@ -245,9 +226,10 @@ async fn main() -> Result<()> {
     );
 
     // An ETP Cluster Service, announced by both nodes while it has an endpoint.
-    let spread = svc_with_ip(&api, "spread", "Cluster", "198.19.255.2").await?;
+    static_service(&api, "spread", "Cluster", "198.19.255.2").await?;
+    let spread = "198.19.255.2/32";
     endpoints_on(&client, "spread", &[("n1", true)]).await;
-    let deaths = node_deaths(&router, &lan.nodes[1].ns, &spread, nodes, 10)?;
+    let deaths = node_deaths(&router, &lan.nodes[1].ns, spread, nodes, 10)?;
     println!(
         "node link cut -> the router's kernel forwards to the other node only (BFD 100 ms x 3): p50 {:.0} ms, max {:.0} ms (n={})",
         percentile(&deaths, 50),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use herald_lab::netns::{Lan, in_ns, resolve, tcp_hello};
-use herald_lab::process_cluster::{KEY, PORT, accept_locally, setup, speaker};
+use herald_lab::process_cluster::{KEY, PORT, accept_locally, setup, speaker, speakers};
 
 use herald_lab::objects::{apply, ips, wait_for};
 use herald_lab::{ControlPlane, Process};
@@ -182,9 +182,7 @@ async fn main() -> Result<()> {
         .unwrap_or(10_000);
     let (cp, lan, mut controller) = setup(3).await;
     let client = cp.client();
-    let mut speakers: Vec<Process> = (1..=3)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let mut speakers: Vec<Process> = speakers(&cp, &lan);
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let ip: IpAddr = wait_for(&svcs, "web", "an IP", |s| ips(s).first().cloned())

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use herald_lab::Process;
 use herald_lab::netns::{Lan, resolve, tcp_hello};
 use herald_lab::objects::{apply, ips, wait_for};
-use herald_lab::process_cluster::{KEY, PORT, accept_locally, setup, speaker};
+use herald_lab::process_cluster::{PORT, accept_locally, setup, speakers};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -45,9 +45,7 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let (cp, lan, _controller) = setup(3).await;
     let client = cp.client();
-    let mut speakers: Vec<Process> = (1..=3)
-        .map(|i| speaker(&cp, &lan, &format!("n{i}"), KEY, &format!("speaker-n{i}")))
-        .collect();
+    let mut speakers: Vec<Process> = speakers(&cp, &lan);
     println!(
         "Ready in {:.1}s: nodes n1 {}, n2 {}, n3 {} on one LAN; client {}; controller and 3 speakers running.",
         started.elapsed().as_secs_f64(),

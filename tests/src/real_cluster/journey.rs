@@ -278,8 +278,24 @@ impl Requests {
     }
 }
 
+/// Rolls every speaker (`Cluster::roll_speakers`) while `requests` run, from a second
+/// before until two seconds after; kubectl's words on the rollout and what the requests saw.
+pub async fn roll_speakers_under(cluster: &Cluster, requests: Requests) -> (String, Vec<Outcome>) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rolled = cluster
+        .roll_speakers()
+        .expect("helm upgrade rolling the speakers");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (rolled, requests.finish())
+}
+
 /// The longest time between two answered requests (from the first answer to the last).
 pub fn longest_gap(outcomes: &[Outcome]) -> Duration {
+    longest_gap_from(outcomes).map_or(Duration::MAX, |(_, gap)| gap)
+}
+
+/// The longest gap between two answered requests, and the answer it began after.
+pub fn longest_gap_from(outcomes: &[Outcome]) -> Option<(Instant, Duration)> {
     let answered: Vec<Instant> = outcomes
         .iter()
         .filter(|o| o.answer.is_some())
@@ -287,9 +303,8 @@ pub fn longest_gap(outcomes: &[Outcome]) -> Duration {
         .collect();
     answered
         .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(Duration::MAX)
+        .map(|w| (w[0], w[1] - w[0]))
+        .max_by_key(|(_, gap)| *gap)
 }
 
 /// How many requests failed.

@@ -340,6 +340,27 @@ impl Cluster {
         self.helm_release("upgrade", extra)
     }
 
+    /// `kubectl -n NAMESPACE rollout status WHAT --timeout TIMEOUT`: waits until WHAT (a
+    /// `deployment/...` or `daemonset/...`) is rolled out; kubectl's words.
+    pub fn rollout_status(&self, namespace: &str, what: &str, timeout: &str) -> Result<String> {
+        self.kubectl(&[
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            what,
+            "--timeout",
+            timeout,
+        ])
+    }
+
+    /// `helm upgrade` with one speaker value changed, which rolls every speaker, then waits
+    /// (2 minutes at most) until the DaemonSet is rolled out; kubectl's words.
+    pub fn roll_speakers(&self) -> Result<String> {
+        self.upgrade_herald(&["--reuse-values", "--set", "speaker.refreshSeconds=20"])?;
+        self.rollout_status(NAMESPACE, "daemonset/herald-speaker", "120s")
+    }
+
     /// `kubectl apply -f` of `manifests` (a file, as a user pipes a render into it).
     pub fn kubectl_apply(&self, manifests: &str) -> Result<String> {
         let file = self.claim.base().join("apply.yaml");
