@@ -268,8 +268,9 @@ impl Notes {
         let me = self.events.reporter().instance.as_str();
         let said = self.said.entry(ip).or_default();
         // The node announcing changes with the outcome; the interfaces alone do not make an
-        // Event ("announced by node X" is said when X changes, and only then).
-        let told = fingerprint(&d.outcome.as_ref().map(|_| ()));
+        // Event ("announced by node X" is said when X changes, and only then), but having
+        // some or none does (none is a Warning, and some again must say it is over).
+        let told = fingerprint(&d.outcome.as_ref().map(|names| names.is_empty()));
         let keys: Vec<u64> = current
             .iter()
             .map(|(key, svc)| fingerprint(&(key, &svc.uid)))
@@ -512,6 +513,14 @@ mod tests {
             )
             .await;
         assert_eq!(api.take(), [PATCH]);
+
+        // No interface left to answer on (a Warning), then one again (said again).
+        notes
+            .publish_all(&services, &no_objects(), &decision(Ok(vec![])))
+            .await;
+        assert_eq!(api.take(), [PATCH, EVENT]);
+        notes.publish_all(&services, &no_objects(), &eth0).await;
+        assert_eq!(api.take(), [PATCH, EVENT]);
 
         // Another node took the IP over (it leaves this node's decision), then it came back:
         // written again, with an Event, as the announcing node changed twice.

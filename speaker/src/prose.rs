@@ -11,16 +11,25 @@ use crate::conflicts::Conflict;
 use crate::election::NoOwner;
 use crate::isolation::Verdict;
 
-/// `node` announces `ip` on `interfaces` (none: none is up).
+/// `node` announces `ip` on `interfaces`; with none, a Warning: the node won the IP but has
+/// nowhere to answer for it, and the user must know why nobody answers.
 pub fn announced(ip: IpAddr, node: &str, interfaces: &[String]) -> Note {
-    let on = if interfaces.is_empty() {
-        "no interface (none is up)".to_owned()
-    } else {
-        interfaces.join(", ")
-    };
+    if interfaces.is_empty() {
+        return Note::warning(
+            "NoInterface",
+            format!(
+                "{ip} is not answered for: node {node} owns it but has no interface to answer \
+                 on (none that is up matches the L2Advertisement's interfaces, or, when it \
+                 names none, faces the IP's subnet or holds the default route)"
+            ),
+        );
+    }
     Note::normal(
         "IPAnnounced",
-        format!("{ip} is announced by node {node} on {on}"),
+        format!(
+            "{ip} is announced by node {node} on {}",
+            interfaces.join(", ")
+        ),
     )
 }
 
@@ -92,7 +101,7 @@ mod tests {
     use crate::packet::MacAddr;
 
     #[test]
-    fn an_announcement_names_the_node_and_its_interfaces_or_that_none_is_up() {
+    fn an_announcement_names_the_node_and_its_interfaces_or_warns_that_it_has_none() {
         let ip: IpAddr = "192.0.2.10".parse().unwrap();
         let note = announced(ip, "n1", &["eth0".into(), "br0".into()]);
         assert_eq!(
@@ -103,10 +112,17 @@ mod tests {
                 "192.0.2.10 is announced by node n1 on eth0, br0"
             )
         );
+        let nowhere = announced(ip, "n1", &[]);
+        assert_eq!(
+            (nowhere.kind, nowhere.reason.as_str()),
+            (Kind::Warning, "NoInterface")
+        );
         assert!(
-            announced(ip, "n1", &[])
-                .message
-                .ends_with("on no interface (none is up)")
+            nowhere.message.starts_with(
+                "192.0.2.10 is not answered for: node n1 owns it but has no interface"
+            ),
+            "{}",
+            nowhere.message
         );
     }
 

@@ -206,14 +206,14 @@ async fn local_policy_exclusions_and_the_gossip_key() {
     assert!(metrics.contains("herald_speaker_members 1\n"), "{metrics}");
 }
 
-/// An L2Advertisement's `interfaces` may be patterns: `eth*` announces on the node's eth0, a
-/// pattern no interface matches announces nowhere.
+/// An L2Advertisement's `interfaces` may be patterns: `eth*` announces on the node's eth0; a
+/// pattern no interface matches announces nowhere, and the Service's Events say why.
 #[tokio::test]
 async fn interface_patterns_choose_where_an_ip_is_announced() {
     let (cp, lan, _controller) = setup(1).await;
     let client = cp.client();
-    let _speaker = speaker(&cp, &lan, "n1", KEY, "speaker-n1");
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [\"nothing*\"]}").await;
+    let _speaker = speaker(&cp, &lan, "n1", KEY, "speaker-n1");
     apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let ip: IpAddr = wait_for(&svcs, "web", "an IP", |s| ips(s).first().cloned())
@@ -221,7 +221,14 @@ async fn interface_patterns_choose_where_an_ip_is_announced() {
         .parse()
         .unwrap();
     accept_locally(&lan, &[ip]);
-    silent(&lan, ip, Duration::from_secs(10));
+    let nowhere = wait_for_event(&client, "web", |e| e.reason == "NoInterface")
+        .await
+        .message;
+    assert!(
+        nowhere.starts_with(&format!("{ip} is not answered for: node n1 owns it")),
+        "{nowhere}"
+    );
+    silent(&lan, ip, Duration::from_secs(5));
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [\"eth*\"]}").await;
     assert_eq!(owner(&lan, ip, None, Duration::from_secs(10)), "n1");
     let message = wait_for_event(&client, "web", |e| e.reason == "IPAnnounced")
