@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Which pools an advertisement announces, and from which nodes: the same for
-/// `L2Advertisement` and `BGPAdvertisement`.
+/// Which pools an advertisement announces, for which Services, and from which nodes: the
+/// same for `L2Advertisement` and `BGPAdvertisement`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scope {
@@ -20,6 +20,11 @@ pub struct Scope {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_pool_selectors: Vec<LabelSelector>,
 
+    /// Services announced, by their labels. Empty: every Service of the pools. An IP shared
+    /// by several Services is announced when one of them matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+
     /// Nodes that announce. Empty: every node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_selectors: Vec<LabelSelector>,
@@ -29,6 +34,12 @@ impl Scope {
     /// Whether the advertisement announces `pool`.
     pub fn selects_pool(&self, pool: &crate::IPPool) -> bool {
         selects_pool(&self.ip_pools, &self.ip_pool_selectors, pool)
+    }
+
+    /// Whether the advertisement announces a Service with `labels` (`None`: it has none).
+    pub fn selects_service(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        any_or_none(&self.service_selectors, labels.unwrap_or(&NO_LABELS))
     }
 
     /// Whether a node with `labels` announces.
@@ -73,4 +84,29 @@ fn selects_pool(names: &[String], selectors: &[LabelSelector], pool: &crate::IPP
     (names.is_empty() && selectors.is_empty())
         || names.iter().any(|p| p == name)
         || selectors.iter().any(|s| matches(s, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(yaml: &str) -> Scope {
+        serde_yaml_ng::from_str(yaml).expect("yaml")
+    }
+
+    #[test]
+    fn service_selectors_select_services_by_label_and_empty_selects_all() {
+        let web: BTreeMap<String, String> = [("tier".to_owned(), "web".to_owned())].into();
+        let every = scope("{}");
+        assert!(every.selects_service(None) && every.selects_service(Some(&web)));
+        let webs = scope("serviceSelectors: [{matchLabels: {tier: web}}, {matchLabels: {app: x}}]");
+        assert!(webs.selects_service(Some(&web)));
+        assert!(!webs.selects_service(None));
+        let db: BTreeMap<String, String> = [("tier".to_owned(), "db".to_owned())].into();
+        assert!(!webs.selects_service(Some(&db)));
+        let not_db = scope(
+            "serviceSelectors: [{matchExpressions: [{key: tier, operator: NotIn, values: [db]}]}]",
+        );
+        assert!(not_db.selects_service(None) && !not_db.selects_service(Some(&db)));
+    }
 }

@@ -2,7 +2,8 @@
 //! `CiliumL2AnnouncementPolicy` to Herald's `IPPool` and `L2Advertisement`. A pool's
 //! `blocks` become its addresses, `disabled` carries over, a `serviceSelector` on the
 //! namespace label becomes `serviceAllocation.namespaces` and any other becomes
-//! `serviceSelectors`; a policy's `nodeSelector` and plain interface names carry over.
+//! `serviceSelectors`; a policy's `nodeSelector`, `serviceSelector` and plain interface names
+//! carry over.
 //! Anything else is named in a warning, never dropped silently. Pure.
 
 use serde_json::{Map, Value, json};
@@ -98,6 +99,16 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                     new.insert("interfaces".into(), Value::Array(interfaces));
                 }
                 handled.push("interfaces");
+                if let Some(selector) = spec.get("serviceSelector").filter(|s| !s.is_null()) {
+                    if names_cilium_labels(selector) {
+                        warnings.push(format!(
+                            "{kind} {name}: spec.serviceSelector not converted, so the L2Advertisement announces every Service of its pools: the selector names Cilium's io.kubernetes.service.* labels, which Services do not carry (select by the Services' own labels, or give the namespace its own pool with serviceAllocation.namespaces)"
+                        ));
+                    } else {
+                        new.insert("serviceSelectors".into(), json!([selector]));
+                    }
+                }
+                handled.push("serviceSelector");
                 if spec["loadBalancerIPs"].as_bool() == Some(false) {
                     warnings.push(format!(
                             "skipped {kind} {name}: it announces no LoadBalancer IP (loadBalancerIPs: false)"
@@ -123,9 +134,6 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                     (_, "allowFirstLastIPs") => {
                         "Herald hands out every address of a range; avoidBuggyIPs skips those ending in .0 and .255"
                     }
-                    (_, "serviceSelector") => {
-                        "L2Advertisements select pools and nodes, not Services"
-                    }
                     _ => "Herald has no such field",
                 };
                 warnings.push(format!("{kind} {name}: spec.{key} not converted: {why}"));
@@ -134,6 +142,18 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
         out.push(object(herald_kind, &item, new));
     }
     Ok((render(&out)?, warnings))
+}
+
+/// Whether a selector names a label Cilium derives from a Service (its namespace or name),
+/// not one the Service carries.
+fn names_cilium_labels(selector: &Value) -> bool {
+    let derived = |key: &str| key.starts_with("io.kubernetes.service.");
+    selector["matchLabels"]
+        .as_object()
+        .is_some_and(|labels| labels.keys().any(|k| derived(k)))
+        || selector["matchExpressions"]
+            .as_array()
+            .is_some_and(|exprs| exprs.iter().any(|e| e["key"].as_str().is_some_and(derived)))
 }
 
 /// A pool's `serviceSelector` as Herald's `serviceAllocation`: Cilium's namespace label
@@ -231,6 +251,22 @@ spec:
 "#;
 
     #[test]
+    fn a_policy_selecting_by_ciliums_own_service_labels_is_named_not_converted() {
+        let (yaml, warnings) = convert(
+            "apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata: {name: p}\nspec:\n  serviceSelector: {matchExpressions: [{key: io.kubernetes.service.namespace, operator: In, values: [a]}]}\n",
+        )
+        .expect("converts");
+        let docs = crate::convert::documents(&yaml);
+        let ad: L2Advertisement = serde_json::from_value(docs[0].clone()).expect("L2Advertisement");
+        assert!(ad.spec.scope.service_selectors.is_empty());
+        assert!(
+            warnings.iter().any(|w| w
+                .starts_with("CiliumL2AnnouncementPolicy p: spec.serviceSelector not converted")),
+            "{warnings:#?}"
+        );
+    }
+
+    #[test]
     fn cilium_pools_and_l2_policies_become_herald_objects_and_the_rest_is_named() {
         let (yaml, warnings) = convert(CILIUM).expect("converts");
         let docs = crate::convert::documents(&yaml);
@@ -256,6 +292,15 @@ spec:
         let ad: L2Advertisement = serde_json::from_value(docs[2].clone()).expect("L2Advertisement");
         assert_eq!(ad.spec.scope.node_selectors.len(), 1);
         assert_eq!(ad.spec.interfaces, ["bond0"]);
+        assert_eq!(ad.spec.scope.service_selectors.len(), 1);
+        let blue_only: std::collections::BTreeMap<String, String> =
+            [("color".to_owned(), "blue".to_owned())].into();
+        assert!(ad.spec.scope.selects_service(Some(&blue_only)));
+        assert!(!ad.spec.scope.selects_service(None));
+        assert!(
+            !warnings.iter().any(|w| w.contains("serviceSelector")),
+            "{warnings:#?}"
+        );
         for entry in &blue.spec.addresses {
             herald_api::AddressEntry::parse(entry).expect(entry);
         }
@@ -263,7 +308,6 @@ spec:
             "CiliumLoadBalancerIPPool team-pool: spec.allowFirstLastIPs not converted",
             "CiliumL2AnnouncementPolicy policy1: spec.interfaces entry \"^eth[0-9]+\" not converted",
             "CiliumL2AnnouncementPolicy policy1: spec.externalIPs not converted",
-            "CiliumL2AnnouncementPolicy policy1: spec.serviceSelector not converted",
         ] {
             assert!(
                 warnings.iter().any(|w| w.starts_with(expected)),

@@ -235,6 +235,7 @@ mod tests {
     fn objects_of_ips_their_service_no_longer_holds_are_stale() {
         let svc = ServiceIps {
             uid: "u1".into(),
+            labels: None,
             local_traffic: false,
             ips: ["192.0.2.10".parse().unwrap()].into(),
         };

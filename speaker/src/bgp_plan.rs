@@ -157,12 +157,18 @@ fn routes(view: &BgpView, node: &NodeFacts, peer_name: &str) -> Routes {
         {
             continue;
         }
-        let Some((_, ads)) = pools
+        let Some((_, pool_ads)) = pools
             .iter()
             .find(|(ranges, _)| ranges.iter().any(|r| r.contains(target.ip)))
         else {
             continue;
         };
+        // The advertisements selecting one of the IP's Services (`serviceSelectors`).
+        let ads: Vec<&BGPAdvertisement> = pool_ads
+            .iter()
+            .copied()
+            .filter(|ad| target.selected_by(&ad.spec.scope))
+            .collect();
         // One route per prefix length the advertisements ask for; Services whose IPs fall
         // in one aggregate share its route, with the attributes of all.
         let mut lengths: Vec<u8> = ads

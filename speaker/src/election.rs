@@ -117,6 +117,10 @@ impl NodeFacts {
 pub enum NoOwner {
     #[error("no L2Advertisement selects IPPool {0}, so its IPs are not announced")]
     NotAdvertised(String),
+    #[error(
+        "no L2Advertisement of IPPool {0} selects the Service by its serviceSelectors, so its IP is not announced"
+    )]
+    ServiceNotSelected(String),
     #[error("{0} is in no IPPool, so no L2Advertisement can select it")]
     NoPool(IpAddr),
     #[error(
@@ -146,7 +150,7 @@ impl NoOwner {
     /// Event reason; `None` when the situation is normal and needs no Warning.
     pub fn reason(&self) -> Option<&'static str> {
         match self {
-            NoOwner::NotAdvertised(_) => Some("NotAdvertised"),
+            NoOwner::NotAdvertised(_) | NoOwner::ServiceNotSelected(_) => Some("NotAdvertised"),
             NoOwner::NoPool(_) => Some("NotAdvertised"),
             NoOwner::AllExcluded => Some("AllNodesExcluded"),
             NoOwner::NoLiveNode => Some("NoLiveSpeaker"),

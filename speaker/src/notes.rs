@@ -478,6 +478,7 @@ mod tests {
             "shop/web".to_owned(),
             ServiceIps {
                 uid: uid.into(),
+                labels: None,
                 local_traffic: false,
                 ips: ["192.0.2.10".parse().expect("ip")].into(),
             },

@@ -294,6 +294,7 @@ impl Pass {
             remembered_subnets: &gossiped.remembered,
             pools: stores.pools,
             advertisements: stores.advertisements,
+            bgp_advertisements: stores.bgp_advertisements,
             interfaces: inputs.interfaces,
             joining: &gossiped.joining,
             announcing: &self.owned,

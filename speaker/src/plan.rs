@@ -2,10 +2,11 @@
 //! node answers for on which interface. Every speaker computes the same owners from the same
 //! view. Pure.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use herald_api::{IPPool, IpRange, L2Advertisement};
+use herald_api::{BGPAdvertisement, IPPool, IpRange, L2Advertisement};
 use ipnetwork::IpNetwork;
 
 use crate::announcer::Plan;
@@ -30,6 +31,8 @@ pub struct View<'a> {
     pub remembered_subnets: &'a BTreeMap<String, Vec<IpNetwork>>,
     pub pools: &'a [&'a IPPool],
     pub advertisements: &'a [&'a L2Advertisement],
+    /// Only to know which IPs BGP announces: L2 does not warn that it does not.
+    pub bgp_advertisements: &'a [&'a BGPAdvertisement],
     pub interfaces: &'a Snapshot,
     /// Speakers heard for less than their settle time: they do not answer yet.
     pub joining: &'a BTreeSet<String>,
@@ -73,40 +76,100 @@ impl Decision {
 
 /// An IPPool with what every IP in it shares, worked out once per pass.
 struct PoolFacts<'a> {
+    name: &'a str,
     ranges: Vec<IpRange>,
-    /// The advertisements selecting the pool: none is `NotAdvertised`.
-    advertisements: Result<Vec<&'a L2Advertisement>, NoOwner>,
+    /// The advertisements selecting the pool (none: `NotAdvertised`).
+    advertisements: Vec<&'a L2Advertisement>,
     /// Interfaces forced by those advertisements (empty: the ones on the IP's subnet).
     forced: Vec<String>,
+    /// Some advertisement selects Services by label: which apply depends on the IP.
+    by_service: bool,
+    /// A `BGPAdvertisement` selects the pool: an IP that L2 does not announce may be
+    /// announced by BGP, so L2 does not warn about it.
+    bgp: Vec<&'a BGPAdvertisement>,
+}
+
+/// The advertisements that apply to one IP, and the interfaces they force.
+struct Applied<'p, 'a> {
+    advertisements: Cow<'p, [&'a L2Advertisement]>,
+    forced: Cow<'p, [String]>,
+}
+
+impl Applied<'_, '_> {
+    /// Whether one of the advertisements lets `node` announce.
+    fn allows(&self, node: &NodeFacts) -> bool {
+        self.advertisements
+            .iter()
+            .any(|ad| ad.spec.scope.selects_node(&node.labels))
+    }
+}
+
+/// The union of the interfaces the advertisements name.
+fn forced_by(ads: &[&L2Advertisement]) -> Vec<String> {
+    let forced: BTreeSet<&String> = ads.iter().flat_map(|ad| &ad.spec.interfaces).collect();
+    forced.into_iter().cloned().collect()
 }
 
 impl<'a> PoolFacts<'a> {
-    fn new(pool: &IPPool, all: &[&'a L2Advertisement]) -> Self {
-        let ads: Vec<&L2Advertisement> = all
+    fn new(pool: &'a IPPool, all: &[&'a L2Advertisement], bgp: &[&'a BGPAdvertisement]) -> Self {
+        let advertisements: Vec<&L2Advertisement> = all
             .iter()
             .copied()
             .filter(|ad| ad.spec.scope.selects_pool(pool))
             .collect();
-        let forced: BTreeSet<&String> = ads.iter().flat_map(|ad| &ad.spec.interfaces).collect();
         Self {
+            name: pool.metadata.name.as_deref().unwrap_or_default(),
             ranges: pool.ranges().collect(),
-            forced: forced.into_iter().cloned().collect(),
-            advertisements: if ads.is_empty() {
-                Err(NoOwner::NotAdvertised(
-                    pool.metadata.name.clone().unwrap_or_default(),
-                ))
-            } else {
-                Ok(ads)
-            },
+            forced: forced_by(&advertisements),
+            by_service: advertisements
+                .iter()
+                .any(|ad| !ad.spec.scope.service_selectors.is_empty()),
+            advertisements,
+            bgp: bgp
+                .iter()
+                .copied()
+                .filter(|ad| ad.spec.scope.selects_pool(pool))
+                .collect(),
         }
     }
 
-    /// Whether one of the pool's advertisements lets `node` announce.
+    /// Whether one of the pool's advertisements (whatever Services they select) lets `node`
+    /// announce: who competes with whom, for segments.
     fn allows(&self, node: &NodeFacts) -> bool {
-        self.advertisements.as_ref().is_ok_and(|ads| {
-            ads.iter()
-                .any(|ad| ad.spec.scope.selects_node(&node.labels))
+        self.advertisements
+            .iter()
+            .any(|ad| ad.spec.scope.selects_node(&node.labels))
+    }
+
+    /// The advertisements that apply to `target`, or why none does.
+    fn applied<'p>(&'p self, target: &Target) -> Result<Applied<'p, 'a>, NoOwner> {
+        if self.advertisements.is_empty() {
+            return Err(NoOwner::NotAdvertised(self.name.to_owned()));
+        }
+        if !self.by_service {
+            return Ok(Applied {
+                advertisements: Cow::Borrowed(&self.advertisements),
+                forced: Cow::Borrowed(&self.forced),
+            });
+        }
+        let ads: Vec<&L2Advertisement> = self
+            .advertisements
+            .iter()
+            .copied()
+            .filter(|ad| target.selected_by(&ad.spec.scope))
+            .collect();
+        if ads.is_empty() {
+            return Err(NoOwner::ServiceNotSelected(self.name.to_owned()));
+        }
+        Ok(Applied {
+            forced: Cow::Owned(forced_by(&ads)),
+            advertisements: Cow::Owned(ads),
         })
+    }
+
+    /// Whether a `BGPAdvertisement` announces `target`.
+    fn announced_by_bgp(&self, target: &Target) -> bool {
+        self.bgp.iter().any(|ad| target.selected_by(&ad.spec.scope))
     }
 }
 
@@ -116,7 +179,7 @@ pub fn decide(view: &View) -> Decision {
     let pools: Vec<PoolFacts> = view
         .pools
         .iter()
-        .map(|p| PoolFacts::new(p, view.advertisements))
+        .map(|p| PoolFacts::new(p, view.advertisements, view.bgp_advertisements))
         .collect();
     let index = SubnetIndex::new(view.node_subnets.iter());
     let mut decision = Decision {
@@ -133,7 +196,7 @@ pub fn decide(view: &View) -> Decision {
                     || (view.joining.contains(owner) && view.announcing.contains(&ip)) =>
             {
                 let mut names = Vec::new();
-                for iface in view.interfaces.announce_on(ip, forced) {
+                for iface in view.interfaces.announce_on(ip, &forced) {
                     decision.plan.entry(iface.index).or_default().insert(ip);
                     names.push(iface.name.clone());
                 }
@@ -141,6 +204,14 @@ pub fn decide(view: &View) -> Decision {
             }
             Ok(_) => continue,
             Err(_) if !view.reports_unannounced => continue,
+            Err(NoOwner::NotAdvertised(_) | NoOwner::ServiceNotSelected(_))
+                if pools
+                    .iter()
+                    .find(|p| p.ranges.iter().any(|r| r.contains(ip)))
+                    .is_some_and(|p| p.announced_by_bgp(&target)) =>
+            {
+                continue;
+            }
             Err(e) => Err(e),
         };
         let services = target.service_keys().map(str::to_owned).collect();
@@ -198,7 +269,7 @@ pub fn segment(view: &View) -> BTreeSet<String> {
     for pool in view
         .pools
         .iter()
-        .map(|p| PoolFacts::new(p, view.advertisements))
+        .map(|p| PoolFacts::new(p, view.advertisements, view.bgp_advertisements))
     {
         if !pool.allows(me) {
             continue;
@@ -235,15 +306,13 @@ fn owner<'v, 'p>(
     index: &SubnetIndex<'v>,
     pools: &'p [PoolFacts],
     target: &Target,
-) -> Result<(&'v str, &'p [String]), NoOwner> {
+) -> Result<(&'v str, Cow<'p, [String]>), NoOwner> {
     let ip = target.ip;
     let pool = pools
         .iter()
         .find(|p| p.ranges.iter().any(|r| r.contains(ip)))
-        .ok_or(NoOwner::NoPool(ip))?;
-    if let Err(e) = &pool.advertisements {
-        return Err(e.clone());
-    }
+        .ok_or(NoOwner::NoPool(ip))?
+        .applied(target)?;
     // Every sharer of the IP must be served from the owner (ETP Local: `serving_nodes`).
     let local = target.serving_nodes.as_ref();
     // The election prefers nodes on the IP's subnet: when some of them are eligible, the
@@ -260,7 +329,7 @@ fn owner<'v, 'p>(
                 })
                 .collect();
             if let Some(owner) = election::owner(ip, &candidates) {
-                return Ok((owner, &pool.forced));
+                return Ok((owner, pool.forced));
             }
         }
     }
@@ -276,7 +345,7 @@ fn owner<'v, 'p>(
         })
         .collect();
     let owner = election::owner(ip, &candidates).ok_or(NoOwner::NoLiveNode)?;
-    Ok((owner, &pool.forced))
+    Ok((owner, pool.forced))
 }
 
 #[cfg(test)]

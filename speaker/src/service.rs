@@ -1,6 +1,9 @@
 //! A Service as the speaker keeps it: only LoadBalancer Services whose IPs Herald allocated,
 //! and only what decides who announces them. Every speaker caches every such Service (10,000
-//! of them in the benchmark), so this is kept to the uid, the traffic policy and the IPs.
+//! of them in the benchmark), so this is kept to the uid, the labels (advertisements select
+//! Services by them), the traffic policy and the IPs.
+
+use std::collections::BTreeMap;
 
 use std::net::IpAddr;
 
@@ -11,6 +14,13 @@ use herald_api::{LbService, ObjectKey};
 pub struct ServiceIps {
     /// For the owner references of L2Announcements and the subject of Events.
     pub uid: Box<str>,
+    /// What advertisements' `serviceSelectors` match (`None`: no labels). Boxed as the
+    /// API's `LbMeta` has them: one word per cached Service, not three.
+    #[allow(
+        clippy::box_collection,
+        reason = "one word per cached Service, not three"
+    )]
+    pub labels: Option<Box<BTreeMap<String, String>>>,
     /// `externalTrafficPolicy: Local`: only nodes with a ready endpoint may announce.
     pub local_traffic: bool,
     pub ips: Box<[IpAddr]>,
@@ -26,6 +36,7 @@ impl ServiceIps {
         }
         Some(Self {
             uid: svc.metadata.uid.unwrap_or_default(),
+            labels: svc.metadata.labels.filter(|l| !l.is_empty()),
             local_traffic: svc.spec.local_traffic,
             ips: svc.status.ingress,
         })
@@ -64,6 +75,23 @@ status:
     .expect("yaml");
     let kept = ServiceIps::of(svc).expect("an allocated LoadBalancer");
     (format!("{namespace}/{name}"), std::sync::Arc::new(kept))
+}
+
+/// `service` (as `allocated` gives it) with `labels`.
+#[cfg(test)]
+pub fn labelled(
+    (key, service): (String, std::sync::Arc<ServiceIps>),
+    labels: &[(&str, &str)],
+) -> (String, std::sync::Arc<ServiceIps>) {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let service = ServiceIps {
+        labels: Some(Box::new(labels)),
+        ..(*service).clone()
+    };
+    (key, std::sync::Arc::new(service))
 }
 
 #[cfg(test)]

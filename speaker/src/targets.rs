@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use herald_api::selector::Scope;
+
 use crate::endpoints::ServingNodes;
 use crate::service::ServiceIps;
 
@@ -44,6 +46,16 @@ impl<'t> Target<'t> {
     /// The keys (`namespace/name`) of the Services holding the IP.
     pub fn service_keys(&self) -> impl Iterator<Item = &'t str> + '_ {
         self.holders.iter().map(|(_, key, _)| *key)
+    }
+
+    /// Whether an advertisement's `scope` selects one of the Services holding the IP (its
+    /// pool is checked apart: every holder's IP is in the same pool).
+    pub fn selected_by(&self, scope: &Scope) -> bool {
+        scope.service_selectors.is_empty()
+            || self
+                .holders
+                .iter()
+                .any(|(_, _, svc)| scope.selects_service(svc.labels.as_deref()))
     }
 }
 

@@ -354,6 +354,79 @@ async fn one_pool_announced_by_l2_and_bgp_at_once() {
     }
 }
 
+/// Labels choose the way out for the Services of one pool: the L2Advertisement selects
+/// `announce: l2`, the BGPAdvertisement `announce: bgp`. Each Service is announced its way
+/// only, neither gets a NotAdvertised Warning, and a Service relabelled moves from the
+/// router to one ARP answer on the LAN.
+#[tokio::test]
+async fn service_labels_choose_l2_or_bgp_within_one_pool() {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let (router, router_ip) = router_on(&mut lan, Frr::start);
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    apply(&client, &format!("apiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{myASN: {CLUSTER_ASN}, peerASN: {ROUTER_ASN}, peerAddress: {router_ip}}}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: lan}}\nspec: {{ipPools: [lan], serviceSelectors: [{{matchLabels: {{announce: bgp}}}}]}}\n---\napiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {{name: lan}}\nspec: {{serviceSelectors: [{{matchLabels: {{announce: l2}}}}]}}")).await;
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
+    let labelled = |name: &str, way: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, labels: {{announce: {way}}}}}\nspec: {{type: LoadBalancer, ports: [{{port: 8080}}]}}"
+        )
+    };
+    apply(&client, &labelled("on-lan", "l2")).await;
+    apply(&client, &labelled("routed", "bgp")).await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let mut ip_of = std::collections::BTreeMap::new();
+    for name in ["on-lan", "routed"] {
+        let ip: IpAddr = wait_for(&svcs, name, "an IP", |s| ips(s).first().cloned())
+            .await
+            .parse()
+            .expect("ip");
+        endpoints_on(&client, name, &[("n1", true)]).await;
+        ip_of.insert(name, ip);
+    }
+    let (on_lan_ip, routed_ip) = (ip_of["on-lan"], ip_of["routed"]);
+    let answers =
+        |ip: IpAddr| netns::resolve(&lan.client, ip, Duration::from_millis(150)).expect("resolve");
+    wait_next_hops(&router, &format!("{routed_ip}/32"), &[n1, n2]);
+    eventually("one ARP answer for the L2 Service", || {
+        (answers(on_lan_ip).len() == 1).then_some(())
+    });
+    for _ in 0..5 {
+        assert_eq!(answers(on_lan_ip).len(), 1, "one answer for {on_lan_ip}");
+        assert!(answers(routed_ip).is_empty(), "{routed_ip} is BGP's only");
+    }
+    assert!(
+        router
+            .kernel_next_hops(&format!("{on_lan_ip}/32"))
+            .is_empty(),
+        "{on_lan_ip} is L2's only"
+    );
+    for name in ["on-lan", "routed"] {
+        let warned: Vec<String> = events_in(&client, "default", name)
+            .await
+            .into_iter()
+            .filter(|e| e.reason == "NotAdvertised")
+            .map(|e| e.message)
+            .collect();
+        assert!(warned.is_empty(), "{name}: {warned:?}");
+    }
+
+    // Relabelled: off the router, onto the LAN.
+    apply(&client, &labelled("routed", "l2")).await;
+    wait_next_hops(&router, &format!("{routed_ip}/32"), &[]);
+    eventually("one ARP answer for the relabelled Service", || {
+        (answers(routed_ip).len() == 1).then_some(())
+    });
+    // Labelled for neither: nobody announces it, and the Service is told why.
+    apply(&client, &labelled("routed", "none")).await;
+    let warning = wait_for_event(&client, "routed", |e| e.reason == "NotAdvertised")
+        .await
+        .message;
+    assert!(
+        warning.contains("selects the Service by its serviceSelectors"),
+        "{warning}"
+    );
+}
+
 /// Point 6 against `R`: with graceful restart, a speaker's SIGTERM leaves its routes at the
 /// router; a Service deleted while it is away is gone once it is back (End-of-RIB), the
 /// others are its again.

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::election::Exclusion;
-use crate::service::{ServiceIps, allocated};
+use crate::service::{ServiceIps, allocated, labelled};
 
 fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
     serde_yaml_ng::from_str(s).expect("yaml")
@@ -268,6 +268,47 @@ fn aggregation_announces_the_prefix_holding_the_ips() {
         aggregate.local_pref, None,
         "the host routes' advertisement is not the aggregate's"
     );
+}
+
+#[test]
+fn service_selectors_choose_the_services_an_advertisement_announces() {
+    let mut f = Fixture::new();
+    f.services.extend([labelled(
+        allocated("shop", "api", &["198.51.100.77"], false),
+        &[("bgp", "yes")],
+    )]);
+    f.ads = vec![yaml(
+        "metadata: {name: chosen}\nspec: {ipPools: [routed], serviceSelectors: [{matchLabels: {bgp: 'yes'}}], communities: ['64500:1']}",
+    )];
+    assert_eq!(f.routes("tor"), ["198.51.100.77/32"]);
+    // Another advertisement for every Service: all are announced, the community only on
+    // the Service the first one selects.
+    f.ads
+        .push(yaml("metadata: {name: all}\nspec: {ipPools: [routed]}"));
+    assert_eq!(
+        f.routes("tor"),
+        [
+            "198.51.100.10/32",
+            "198.51.100.77/32",
+            "2001:db8:100::10/128"
+        ]
+    );
+    let decision = f.decide();
+    let routes = &decision.sessions["tor"].routes.routes;
+    assert_eq!(
+        routes[&"198.51.100.77/32".parse().expect("net")].communities,
+        [(64500 << 16) | 1]
+    );
+    assert!(
+        routes[&"198.51.100.10/32".parse().expect("net")]
+            .communities
+            .is_empty()
+    );
+    // A label removed: its route goes with it when only the selecting advertisement is left.
+    f.ads.pop();
+    f.services
+        .extend([allocated("shop", "api", &["198.51.100.77"], false)]);
+    assert!(f.routes("tor").is_empty());
 }
 
 #[test]

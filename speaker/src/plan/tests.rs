@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::service::ServiceIps;
+use crate::service::{ServiceIps, labelled};
 
 fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
     serde_yaml_ng::from_str(s).expect("yaml")
@@ -39,6 +39,7 @@ struct Fixture {
     nodes: BTreeMap<String, NodeFacts>,
     pools: Vec<IPPool>,
     ads: Vec<L2Advertisement>,
+    bgp_ads: Vec<BGPAdvertisement>,
     endpoints: BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// Nodes whose heartbeats say they are on another subnet than the pool's.
     off_subnet: BTreeSet<&'static str>,
@@ -62,6 +63,7 @@ impl Fixture {
                 "metadata: {name: lan, labels: {site: one}}\nspec: {addresses: [192.0.2.0/24]}",
             )],
             ads: vec![yaml("metadata: {name: all}\nspec: {}")],
+            bgp_ads: Vec::new(),
             endpoints: BTreeMap::new(),
             off_subnet: BTreeSet::new(),
             remembered: BTreeSet::new(),
@@ -75,6 +77,7 @@ impl Fixture {
     fn view_as<R>(&self, me: &str, f: impl FnOnce(&View) -> R) -> R {
         let pools: Vec<&IPPool> = self.pools.iter().collect();
         let ads: Vec<&L2Advertisement> = self.ads.iter().collect();
+        let bgp_ads: Vec<&BGPAdvertisement> = self.bgp_ads.iter().collect();
         let snap = snapshot();
         let subnets: BTreeMap<String, Vec<IpNetwork>> = self
             .nodes
@@ -101,6 +104,7 @@ impl Fixture {
             remembered_subnets: &remembered,
             pools: &pools,
             advertisements: &ads,
+            bgp_advertisements: &bgp_ads,
             interfaces: &snap,
             joining: &self.joining,
             announcing: &self.announcing,
@@ -195,6 +199,47 @@ fn no_advertisement_excluded_nodes_and_node_selectors() {
     assert_eq!(f.owner(), Ok("d".into()));
     f.nodes.get_mut("d").unwrap().excluded = true;
     assert_eq!(f.owner(), Err(NoOwner::AllExcluded));
+}
+
+#[test]
+fn service_selectors_choose_the_services_an_advertisement_announces() {
+    let mut f = Fixture::new();
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    f.ads = vec![
+        yaml(
+            "metadata: {name: l2}\nspec: {serviceSelectors: [{matchLabels: {l2: 'yes'}}], interfaces: [eth0]}",
+        ),
+        yaml(
+            "metadata: {name: other}\nspec: {serviceSelectors: [{matchLabels: {app: other}}], interfaces: [\"nothing*\"]}",
+        ),
+    ];
+    assert_eq!(
+        f.owner(),
+        Err(NoOwner::ServiceNotSelected("lan".into())),
+        "an unlabelled Service is selected by neither"
+    );
+    // A Service sharing the IP that one advertisement selects brings the IP in, on the
+    // interfaces of that advertisement only.
+    f.services.extend([labelled(
+        service("web-udp", "192.0.2.10", false),
+        &[("l2", "yes")],
+    )]);
+    let owner = f.owner().expect("an owner");
+    assert_eq!(
+        f.decide_as(&owner).ips[&ip].outcome,
+        Ok(vec!["eth0".to_owned()])
+    );
+
+    // Not selected by L2 but by a BGPAdvertisement: not L2's to warn about.
+    f.services.remove("default/web-udp");
+    f.bgp_ads = vec![yaml("metadata: {name: routed}\nspec: {}")];
+    assert!(f.decide_as("a").ips.is_empty());
+    f.bgp_ads = vec![yaml(
+        "metadata: {name: routed}\nspec: {serviceSelectors: [{matchLabels: {bgp: 'yes'}}]}",
+    )];
+    assert_eq!(f.owner(), Err(NoOwner::ServiceNotSelected("lan".into())));
+    f.ads.clear();
+    assert_eq!(f.owner(), Err(NoOwner::NotAdvertised("lan".into())));
 }
 
 #[test]
