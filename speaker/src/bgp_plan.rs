@@ -11,7 +11,7 @@ use herald_api::bgp::{Community, DynamicAsn, parse_duration};
 use herald_api::selector::any_or_none;
 use herald_api::{BGPAdvertisement, BGPPeer, IPPool, IpRange};
 use herald_bgp::bfd;
-use herald_bgp::peer::Peer;
+use herald_bgp::peer::{Peer, Stop};
 use herald_bgp::rib::{RibOut, Route, Routes, Speaker};
 use herald_bgp::session;
 use herald_bgp::tcp_md5::Password;
@@ -111,6 +111,21 @@ pub fn decide(view: &BgpView) -> BgpDecision {
         }
     }
     decision
+}
+
+/// How this node's sessions end when its speaker stops, and why. A stop on a node that stays
+/// in service (Ready and schedulable: a rolling upgrade, a pod deleted) is a restart: routers
+/// that negotiated graceful restart keep its routes until it is back. A stop on a node
+/// leaving service (cordoned by `kubectl drain`, not Ready as kubelet's graceful node
+/// shutdown makes it, or gone) withdraws them with Cease: nothing comes back to take the
+/// stale routes over, and the router would send traffic to the node until they expire.
+pub fn stop_of(node: Option<&NodeView>) -> (Stop, &'static str) {
+    match node {
+        None => (Stop::Cease, "its Node is gone"),
+        Some(n) if n.unschedulable => (Stop::Cease, "its Node is cordoned (drained)"),
+        Some(n) if !n.ready => (Stop::Cease, "its Node is not Ready (shutting down)"),
+        Some(_) => (Stop::Restart, "its Node stays in service (a restart)"),
+    }
 }
 
 /// The routes for the peer `peer_name`: nothing while this node may not announce (not

@@ -277,11 +277,16 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let peers = pass::peers_of(&stores.nodes.read(), &config.node, None);
     gossip.leave(&peers.all).await;
     drop(announcer);
-    // A SIGTERM is a restart (a rolling upgrade) as far as the routers can tell: those that
-    // negotiated graceful restart keep this node's routes until it is back; the others are
-    // told Cease and withdraw them. (A node being drained withdrew its routes already, when
-    // it was excluded.)
-    sessions.stop_all(Stop::Restart).await;
+    // A SIGTERM on a node that stays in service is a restart (a rolling upgrade): routers
+    // that negotiated graceful restart keep this node's routes until it is back, the others
+    // are told Cease. On a node leaving service (drained, shutting down) every router is
+    // told Cease: nothing would come back for the routes it kept.
+    let node = stores
+        .nodes
+        .get(&ObjectKey::cluster(&config.node).to_string());
+    let (how, why) = crate::bgp_plan::stop_of(node.as_deref());
+    tracing::info!(withdraw = how == Stop::Cease, "closing BGP sessions: {why}");
+    sessions.stop_all(how).await;
     Ok(())
 }
 

@@ -70,6 +70,19 @@ fn bgp_config(router_ip: &str, peer_extra: &str) -> String {
     )
 }
 
+/// Cordons `node` (`kubectl cordon`, the first step of `kubectl drain`), or uncordons it.
+async fn cordon(client: &kube::Client, node: &str, on: bool) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"unschedulable": on}})),
+        )
+        .await
+        .expect("cordon");
+}
+
 /// `node`'s BGPSession with the peer `tor`, once `check` holds for it.
 async fn session_record(
     client: &kube::Client,
@@ -429,7 +442,7 @@ async fn service_labels_choose_l2_or_bgp_within_one_pool() {
 
 /// Point 6 against `R`: with graceful restart, a speaker's SIGTERM leaves its routes at the
 /// router; a Service deleted while it is away is gone once it is back (End-of-RIB), the
-/// others are its again.
+/// others are its again. A SIGTERM on a drained node withdraws them.
 async fn keeps_routes_across_a_restart<R: Router>(
     start: fn(&str, &RouterConfig) -> anyhow::Result<R>,
 ) {
@@ -481,6 +494,19 @@ async fn keeps_routes_across_a_restart<R: Router>(
     });
     wait_next_hops(&router, &deleted, &[]);
     wait_next_hops(&router, &kept, &[n1, n2]);
+
+    // Drained, then stopped (a node leaving for maintenance): the cordon alone keeps the
+    // route (these speakers do not exclude cordoned nodes), the stop withdraws it at once
+    // instead of leaving the router a stale route to a node that is not coming back.
+    cordon(&client, "n2", true).await;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        router.kernel_next_hops(&kept),
+        [n1, n2].iter().map(ToString::to_string).collect(),
+        "a cordon alone keeps the route"
+    );
+    speakers[1].signal(libc::SIGTERM);
+    wait_next_hops(&router, &kept, &[n1]);
 }
 
 #[tokio::test]
@@ -639,25 +665,12 @@ async fn exclusion_follows_the_speakers_settings() {
     });
 
     // Cordoning n2 withdraws its route; its session stays up. Uncordoning brings it back.
-    let cordon = |on: bool| {
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-        async move {
-            nodes
-                .patch(
-                    "n2",
-                    &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(serde_json::json!({"spec": {"unschedulable": on}})),
-                )
-                .await
-                .expect("cordon");
-        }
-    };
-    cordon(true).await;
+    cordon(&client, "n2", true).await;
     wait_next_hops(&router, &ip, &[n1]);
     assert!(
         router.established().contains(&n2.to_string()),
         "n2's session stays up"
     );
-    cordon(false).await;
+    cordon(&client, "n2", false).await;
     wait_next_hops(&router, &ip, &[n1, n2]);
 }

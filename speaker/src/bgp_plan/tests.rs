@@ -511,3 +511,15 @@ fn a_password_comes_from_its_secret_and_a_secret_that_cannot_serve_refuses_the_p
         decision.sessions["tor"].peer
     );
 }
+
+#[test]
+fn a_stop_keeps_routes_only_on_a_node_that_stays_in_service() {
+    let mut n = node("a", &[], true);
+    assert_eq!(stop_of(Some(&n)).0, Stop::Restart);
+    n.unschedulable = true;
+    assert_eq!(stop_of(Some(&n)).0, Stop::Cease, "drained");
+    n.unschedulable = false;
+    n.ready = false;
+    assert_eq!(stop_of(Some(&n)).0, Stop::Cease, "shutting down");
+    assert_eq!(stop_of(None).0, Stop::Cease, "deleted");
+}
