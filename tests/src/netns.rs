@@ -508,7 +508,10 @@ fn answer_mac(f: &[u8], target: IpAddr) -> Option<[u8; 6]> {
     match target {
         IpAddr::V4(t) if ethertype == 0x0806 => {
             let arp = f.get(14..42)?;
-            (arp[7] == 2 && arp[14..18] == t.octets()).then(|| arp[8..14].try_into().ok())?
+            // Only answers: a gratuitous reply (its target the address itself, as MetalLB
+            // sends on takeover) is an announcement, not an answer to the request.
+            (arp[7] == 2 && arp[14..18] == t.octets() && arp[24..28] != t.octets())
+                .then(|| arp[8..14].try_into().ok())?
         }
         IpAddr::V6(t) if ethertype == 0x86dd => {
             let icmp = f.get(54..)?;

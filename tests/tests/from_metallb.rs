@@ -18,17 +18,6 @@ use kube::api::Api;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// MetalLB's configuration as its docs write it: a pool of the LAN in each family and an
-/// L2Advertisement of it.
-const METALLB_CONFIG: &str = "apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata: {name: lan, namespace: metallb-system}
-spec: {addresses: [192.0.2.100-192.0.2.119, '2001:db8::100-2001:db8::11f']}
----
-apiVersion: metallb.io/v1beta1
-kind: L2Advertisement
-metadata: {name: lan, namespace: metallb-system}";
-
 /// MetalLB serves the Service (one answer per VIP, the app reached); then, requests going on,
 /// the switch as the migration guide tells it: MetalLB's configuration converted, Herald
 /// installed with default values (it leaves MetalLB's Service as it is, with a `ForeignIPs`
@@ -47,25 +36,8 @@ async fn journey_from_metallb_to_herald_every_ip_kept() {
     .expect("cluster");
     let client = cluster.client();
 
-    // MetalLB as its docs install it: the manifest, then the configuration, once its webhook
-    // serves (the controller makes the webhook's certificate first).
-    let manifest = metallb_manifest().expect("MetalLB's manifest");
-    cluster
-        .kubectl_apply(&manifest)
-        .expect("kubectl apply MetalLB");
-    for rollout in ["deployment/controller", "daemonset/speaker"] {
-        cluster
-            .rollout_status("metallb-system", rollout, "180s")
-            .unwrap_or_else(|e| panic!("MetalLB's {rollout}: {e:#}\n{}", cluster.diagnose()));
-    }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while let Err(e) = cluster.kubectl_apply(METALLB_CONFIG) {
-        assert!(
-            Instant::now() < deadline,
-            "MetalLB's configuration refused: {e:#}\n{}",
-            cluster.diagnose()
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Err(e) = cluster.install_metallb().await {
+        panic!("installing MetalLB: {e:#}\n{}", cluster.diagnose());
     }
     deploy_web(&client, 2, Traffic::Cluster).await;
     web_ready_on(&client, 2, SETTLE).await;
@@ -150,6 +122,7 @@ async fn journey_from_metallb_to_herald_every_ip_kept() {
     );
     let adopted = started.elapsed();
     let file = std::env::temp_dir().join(format!("metallb-native-{}.yaml", std::process::id()));
+    let manifest = metallb_manifest().expect("MetalLB's manifest");
     std::fs::write(&file, &manifest).expect("writing the manifest");
     cluster
         .kubectl(&[

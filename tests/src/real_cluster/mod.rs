@@ -502,6 +502,38 @@ fn peer_dir() -> Result<PathBuf> {
     image_dir(&DIR, &["peers"])
 }
 
+/// MetalLB's configuration as its docs write it: a pool of the LAN in each family (the
+/// ranges of Herald's `journey::LAN_POOL`) and an L2Advertisement of it.
+pub const METALLB_L2_CONFIG: &str = "apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: lan, namespace: metallb-system}
+spec: {addresses: [192.0.2.100-192.0.2.119, '2001:db8::100-2001:db8::11f']}
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: lan, namespace: metallb-system}";
+
+impl Cluster {
+    /// MetalLB as its docs install it (the cluster started with `peers`): its manifest, its
+    /// controller and speakers rolled out, then `METALLB_L2_CONFIG`, once its webhook serves
+    /// (the controller makes the webhook's certificate first).
+    pub async fn install_metallb(&self) -> Result<()> {
+        self.kubectl_apply(&metallb_manifest()?)?;
+        for rollout in ["deployment/controller", "daemonset/speaker"] {
+            self.rollout_status("metallb-system", rollout, "180s")
+                .with_context(|| format!("MetalLB's {rollout}"))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while let Err(e) = self.kubectl_apply(METALLB_L2_CONFIG) {
+            if Instant::now() > deadline {
+                return Err(e.context("MetalLB's configuration refused"));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Ok(())
+    }
+}
+
 /// MetalLB's own manifest (`config/manifests/metallb-native.yaml` of the pinned module), its
 /// images renamed to the ones built here, as a user mirroring them would.
 pub fn metallb_manifest() -> Result<String> {

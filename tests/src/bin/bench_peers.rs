@@ -1,0 +1,511 @@
+//! `herald-bench-peers`: Herald and MetalLB side by side on the real cluster, L2 mode, each
+//! installed alone on a fresh 3-node cluster as its users install it (Herald: `helm install`
+//! with default values and a pool with an L2Advertisement; MetalLB: its own manifest and an
+//! IPAddressPool with an L2Advertisement), the same app (`web`, 2 replicas behind a
+//! dual-stack LoadBalancer Service), the same client and the same faults, the systems
+//! interleaved round by round. Run through `bench/peers` (needs root).
+//!
+//! Per round and system, against the node answering for the Service's IPv4 address:
+//! 1. at rest: RSS and CPU of every speaker and controller process over 20 s;
+//! 2. the speaker's pod on that node deleted (the DaemonSet makes a new one);
+//! 3. the speaker's process on that node killed with SIGKILL (kubelet restarts it);
+//! 4. every speaker restarted (`kubectl rollout restart` of the DaemonSet);
+//! 5. gossip blocked inbound on that node for 30 s (its speaker's memberlist or heartbeat
+//!    port dropped by nftables), then let through again;
+//! 6. the node dies (kubelet, containerd and its pods killed, its link down), the app's pods
+//!    elsewhere.
+//!
+//! CPU starvation of one node is not measured: the nodes share this machine's cores.
+//!
+//! For each fault, a client sends requests through the VIP all along (the longest gap
+//! between two answered requests and the failed ones), and a second one asks for the VIP's
+//! MAC every 100 ms or so (the asks with two answering MACs, and with none).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use herald_lab::netns::{self, Host};
+use herald_lab::objects::apply;
+use herald_lab::real_cluster::journey::{
+    LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on,
+    web_vips,
+};
+use herald_lab::real_cluster::{Cluster, ClusterOptions, NAMESPACE};
+
+const SETTLE: Duration = Duration::from_secs(60);
+/// How long the client goes on once a fault is over (the system recovered as it says).
+const AFTER: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum System {
+    Herald,
+    Metallb,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Herald => "Herald",
+            System::Metallb => "MetalLB",
+        }
+    }
+
+    fn namespace(self) -> &'static str {
+        match self {
+            System::Herald => NAMESPACE,
+            System::Metallb => "metallb-system",
+        }
+    }
+
+    fn speaker_daemonset(self) -> &'static str {
+        match self {
+            System::Herald => "daemonset/herald-speaker",
+            System::Metallb => "daemonset/speaker",
+        }
+    }
+
+    /// What its speakers hear each other on: an nftables match.
+    fn gossip(self) -> &'static str {
+        match self {
+            System::Herald => "udp dport 9474",
+            System::Metallb => "meta l4proto { tcp, udp } th dport 7946",
+        }
+    }
+
+    fn speaker_pods(self) -> &'static str {
+        match self {
+            System::Herald => "app.kubernetes.io/component=speaker",
+            System::Metallb => "app=metallb,component=speaker",
+        }
+    }
+
+    /// The speaker's and the controller's binaries, as their images start them.
+    fn binaries(self) -> [&'static str; 2] {
+        match self {
+            System::Herald => ["/herald-speaker", "/herald-controller"],
+            System::Metallb => ["/speaker", "/controller"],
+        }
+    }
+
+    /// Installs it as its docs tell users to, and waits until it runs.
+    async fn install(self, cluster: &Cluster) -> Result<()> {
+        match self {
+            System::Herald => {
+                cluster.install_herald(&[])?;
+                apply(&cluster.client(), LAN_POOL).await;
+            }
+            System::Metallb => cluster.install_metallb().await?,
+        }
+        Ok(())
+    }
+}
+
+/// What a client saw through one fault.
+#[derive(Debug, Clone)]
+struct Seen {
+    gap: Duration,
+    failed: usize,
+    requests: usize,
+    two_macs: usize,
+    no_mac: usize,
+    asks: usize,
+}
+
+/// Asks for the VIP's MAC from the client, over and over, on a thread.
+struct Asker {
+    stop: Arc<AtomicBool>,
+    worker: JoinHandle<(usize, usize, usize)>,
+}
+
+impl Asker {
+    fn start(client: &Host, ip: IpAddr) -> Self {
+        let client = client.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let worker = std::thread::spawn(move || {
+            let (mut two, mut none, mut asks) = (0, 0, 0);
+            while !stopped.load(Ordering::Relaxed) {
+                let answers =
+                    netns::resolve(&client, ip, Duration::from_millis(100)).unwrap_or_default();
+                let mut macs = answers.clone();
+                macs.sort_unstable();
+                macs.dedup();
+                asks += 1;
+                match macs.len() {
+                    0 => none += 1,
+                    1 => {}
+                    _ => two += 1,
+                }
+            }
+            (two, none, asks)
+        });
+        Self { stop, worker }
+    }
+
+    fn finish(self) -> (usize, usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.worker.join().unwrap_or_default()
+    }
+}
+
+/// Requests and asks through a VIP, from before a fault until after it.
+struct Watch {
+    requests: Requests,
+    asker: Asker,
+}
+
+impl Watch {
+    /// Starts both, and lets them run 2 s before the fault.
+    async fn start(cluster: &Cluster, ip: IpAddr) -> Self {
+        let watch = Self {
+            requests: Requests::start(cluster, ip),
+            asker: Asker::start(&cluster.lan().client, ip),
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        watch
+    }
+
+    /// Lets them run `after` more (the fault is over), then says what they saw.
+    async fn finish(self, after: Duration) -> Seen {
+        tokio::time::sleep(after).await;
+        let outcomes = self.requests.finish();
+        let (two_macs, no_mac, asks) = self.asker.finish();
+        Seen {
+            gap: longest_gap(&outcomes),
+            failed: failed(&outcomes),
+            requests: outcomes.len(),
+            two_macs,
+            no_mac,
+            asks,
+        }
+    }
+}
+
+/// The processes running `binary` (by the first word of their command line), optionally
+/// only those in the network namespace of `node`.
+fn processes(binary: &str, node_ns: Option<&str>) -> Vec<u32> {
+    let wanted_ns = node_ns.and_then(|ns| {
+        std::fs::metadata(format!("/run/netns/{ns}"))
+            .ok()
+            .map(|m| m.ino())
+    });
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            if first != binary.as_bytes() {
+                return false;
+            }
+            wanted_ns.is_none_or(|ino| {
+                std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ino)
+            })
+        })
+        .collect()
+}
+
+/// CPU ticks (user + system) and RSS in KiB of `pid`.
+fn usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((ticks, rss))
+}
+
+/// Mean RSS (MiB) and CPU (% of a core) per process of each binary, over `window`.
+async fn resources(system: System, window: Duration) -> Vec<(String, f64, f64, usize)> {
+    let ticks_per_second = 100.0; // USER_HZ on Linux.
+    let before: Vec<BTreeMap<u32, (u64, u64)>> = system
+        .binaries()
+        .iter()
+        .map(|b| {
+            processes(b, None)
+                .into_iter()
+                .filter_map(|p| Some((p, usage(p)?)))
+                .collect()
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    system
+        .binaries()
+        .iter()
+        .zip(before)
+        .map(|(binary, before)| {
+            let mut cpu = 0.0;
+            let mut rss = 0.0;
+            let mut count = 0;
+            for (pid, (ticks0, _)) in before {
+                if let Some((ticks1, kib)) = usage(pid) {
+                    cpu += (ticks1 - ticks0) as f64 / ticks_per_second / window.as_secs_f64();
+                    rss += kib as f64 / 1024.0;
+                    count += 1;
+                }
+            }
+            let n = count.max(1) as f64;
+            (
+                binary.trim_start_matches('/').to_owned(),
+                rss / n,
+                100.0 * cpu / n,
+                count,
+            )
+        })
+        .collect()
+}
+
+/// Runs an nft script in the network namespace `ns`.
+fn nft(ns: &str, script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("nft")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(script.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("nft failed in {ns}");
+    }
+    Ok(())
+}
+
+/// Waits until the speaker on `node` runs again under another pid than `old`.
+async fn speaker_back(system: System, node_ns: &str, old: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = processes(system.binaries()[0], Some(node_ns));
+        if now.iter().any(|p| *p != old) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the speaker on {node_ns} did not come back");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One round of one system on a fresh cluster; one line per measure.
+async fn round(system: System, number: usize, results: &mut Results) -> Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        peers: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.client();
+    system
+        .install(&cluster)
+        .await
+        .with_context(|| format!("installing {}\n{}", system.name(), cluster.diagnose()))?;
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    let (v4, _) = web_vips(&client).await;
+    cluster.one_answer(v4, SETTLE, |_| true);
+
+    for (binary, rss, cpu, count) in resources(system, Duration::from_secs(20)).await {
+        println!(
+            "{} round {number} at rest: {binary} x{count}: RSS {rss:.1} MiB, CPU {cpu:.2}% of a core (mean per process)",
+            system.name()
+        );
+        results.rest(system, &binary, rss, cpu);
+    }
+
+    let ns = system.namespace();
+    // The speaker's pod on the answering node deleted.
+    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    let watch = Watch::start(&cluster, v4).await;
+    cluster.kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pod",
+        "-l",
+        system.speaker_pods(),
+        "--field-selector",
+        &format!("spec.nodeName={owner}"),
+        "--wait=false",
+    ])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.rollout_status(ns, system.speaker_daemonset(), "180s")?;
+    let seen = watch.finish(AFTER).await;
+    results.seen(system, number, "speaker pod deleted", seen);
+
+    // The speaker's process on the answering node killed with SIGKILL.
+    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    let owner_ns = cluster.node(&owner).host.ns.clone();
+    let pids = processes(system.binaries()[0], Some(&owner_ns));
+    let [pid] = pids.as_slice() else {
+        bail!("speakers on {owner}: {pids:?}");
+    };
+    let watch = Watch::start(&cluster, v4).await;
+    // SAFETY: kill(2) with a pid read from /proc just now and a valid signal.
+    if unsafe { libc::kill(*pid as i32, libc::SIGKILL) } != 0 {
+        bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
+    }
+    speaker_back(system, &owner_ns, *pid).await?;
+    let seen = watch.finish(AFTER).await;
+    results.seen(system, number, "speaker killed (-9)", seen);
+
+    // Every speaker restarted, one node after another.
+    cluster.one_answer(v4, SETTLE, |_| true);
+    let watch = Watch::start(&cluster, v4).await;
+    cluster.kubectl(&["-n", ns, "rollout", "restart", system.speaker_daemonset()])?;
+    cluster.rollout_status(ns, system.speaker_daemonset(), "300s")?;
+    let seen = watch.finish(AFTER).await;
+    results.seen(system, number, "rolling restart", seen);
+
+    // Gossip blocked inbound on the answering node for 30 s.
+    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    let owner_ns = cluster.node(&owner).host.ns.clone();
+    let watch = Watch::start(&cluster, v4).await;
+    nft(
+        &owner_ns,
+        &format!(
+            "add table inet herald_bench\nadd chain inet herald_bench input {{ type filter hook input priority 0; }}\nadd rule inet herald_bench input {} drop\n",
+            system.gossip()
+        ),
+    )?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    nft(&owner_ns, "delete table inet herald_bench\n")?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let seen = watch.finish(AFTER).await;
+    results.seen(system, number, "gossip blocked 30 s", seen);
+
+    // The answering node dies; the app runs elsewhere, so the gap is the load balancer's.
+    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    keep_web_off(&client, &owner).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    let watch = Watch::start(&cluster, v4).await;
+    cluster.kill_node(&owner)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Several frames from one node (a reply and its gratuitous ARPs) are one answer.
+        let mut answers = cluster.answers(v4);
+        answers.dedup();
+        if matches!(answers.as_slice(), [one] if *one != owner) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no other node answers for {v4} within 60 s: {answers:?}");
+        }
+    }
+    let seen = watch.finish(AFTER).await;
+    results.seen(system, number, "node death", seen);
+    drop(cluster);
+    Ok(())
+}
+
+/// Every measure, for the summary.
+#[derive(Default)]
+struct Results {
+    faults: BTreeMap<(&'static str, System), Vec<Seen>>,
+    rest: BTreeMap<(String, System), Vec<(f64, f64)>>,
+}
+
+impl Results {
+    fn seen(&mut self, system: System, number: usize, fault: &'static str, seen: Seen) {
+        println!(
+            "{} round {number} {fault}: longest gap {} ms, {} of {} requests failed, {} of {} asks answered by two MACs, {} by none",
+            system.name(),
+            seen.gap.as_millis(),
+            seen.failed,
+            seen.requests,
+            seen.two_macs,
+            seen.asks,
+            seen.no_mac
+        );
+        self.faults.entry((fault, system)).or_default().push(seen);
+    }
+
+    fn rest(&mut self, system: System, binary: &str, rss: f64, cpu: f64) {
+        self.rest
+            .entry((binary.to_owned(), system))
+            .or_default()
+            .push((rss, cpu));
+    }
+
+    fn summary(&self) {
+        println!(
+            "\n| fault | system | longest gap, median (worst) | failed requests, median (worst) | asks answered by two MACs, worst | asks answered by none, worst | runs |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for ((fault, system), runs) in &self.faults {
+            let mut gaps: Vec<u128> = runs.iter().map(|s| s.gap.as_millis()).collect();
+            let mut fails: Vec<usize> = runs.iter().map(|s| s.failed).collect();
+            gaps.sort_unstable();
+            fails.sort_unstable();
+            let two = runs.iter().map(|s| s.two_macs).max().unwrap_or(0);
+            let none = runs.iter().map(|s| s.no_mac).max().unwrap_or(0);
+            println!(
+                "| {fault} | {} | {} ms ({} ms) | {} ({}) | {two} | {none} | {} |",
+                system.name(),
+                gaps[gaps.len() / 2],
+                gaps[gaps.len() - 1],
+                fails[fails.len() / 2],
+                fails[fails.len() - 1],
+                runs.len()
+            );
+        }
+        println!(
+            "\n| process | system | RSS MiB, median | CPU % of a core at rest, median | runs |"
+        );
+        println!("|---|---|---|---|---|");
+        for ((binary, system), runs) in &self.rest {
+            let mut rss: Vec<f64> = runs.iter().map(|r| r.0).collect();
+            let mut cpu: Vec<f64> = runs.iter().map(|r| r.1).collect();
+            rss.sort_by(f64::total_cmp);
+            cpu.sort_by(f64::total_cmp);
+            println!(
+                "| {binary} | {} | {:.1} | {:.2} | {} |",
+                system.name(),
+                rss[rss.len() / 2],
+                cpu[cpu.len() / 2],
+                runs.len()
+            );
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    herald_lab::init_tracing();
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()
+        .context("ROUNDS must be a number")?
+        .unwrap_or(3);
+    let mut results = Results::default();
+    for number in 1..=rounds {
+        for system in [System::Herald, System::Metallb] {
+            round(system, number, &mut results)
+                .await
+                .with_context(|| format!("{} round {number}", system.name()))?;
+        }
+    }
+    results.summary();
+    Ok(())
+}
