@@ -156,12 +156,27 @@ fn follow(
             watcher::Config::default().fields(&format!("metadata.name={}", args.lease_name));
         let mut lease_events = std::pin::pin!(watcher(api, config).default_backoff());
         loop {
-            let woke = tokio::select! {
-                biased;
-                _ = sender.closed() => Woke::Closed,
-                result = manager.changed() => Woke::Changed(result),
-                Some(event) = lease_events.next() => {
-                    Woke::Lease(matches!(&event, Ok(watcher::Event::Apply(l)) if released(l)))
+            // `changed()` is not cancel-safe: dropped between its renewal's PATCH and its
+            // re-read of the Lease, it leaves the manager an expiry in the past, and the next
+            // call renews at once. Every renewal is a Lease event, so dropping it for each
+            // event renewed the Lease 20 times a second at rest. It is dropped only for a
+            // fresh manager or the end.
+            let woke = {
+                let mut changed = std::pin::pin!(manager.changed());
+                loop {
+                    let woke = tokio::select! {
+                        biased;
+                        _ = sender.closed() => Woke::Closed,
+                        result = &mut changed => Woke::Changed(result),
+                        Some(event) = lease_events.next() => Woke::Lease(
+                            matches!(&event, Ok(watcher::Event::Apply(l)) if released(l)),
+                        ),
+                    };
+                    match woke {
+                        Woke::Lease(true) if !*sender.borrow() => break woke,
+                        Woke::Lease(_) => continue,
+                        other => break other,
+                    }
                 }
             };
             match woke {

@@ -236,6 +236,47 @@ async fn two_replicas_one_writer_and_the_standby_takes_over() {
     assert_eq!(new_ips.len(), 10);
 }
 
+/// At rest the leader renews its Lease when a third of its life is left (every 10 s with the
+/// default 15 s), not in a loop: each renewal is a write to the API server and etcd, and
+/// the standby's watch hears each.
+#[tokio::test]
+async fn the_leader_renews_its_lease_every_few_seconds_not_in_a_loop() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    let _replicas = two_replicas(&cp, &[]);
+    let leases = Api::<Lease>::namespaced(client.clone(), "default");
+    let renewed = || async {
+        leases
+            .get_opt("herald-controller")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time.zip(s.acquire_time))
+            .map(|(renew, acquire)| (renew.0 != acquire.0, renew.0))
+    };
+    // The first renewal comes about 10 s after the Lease is taken.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !renewed().await.is_some_and(|(once, _)| once) {
+        assert!(Instant::now() < deadline, "the Lease was never renewed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut seen = BTreeSet::new();
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        if let Some((_, renew)) = renewed().await {
+            seen.insert(renew.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.len() <= 2,
+        "{} renewals in 5 s: {seen:?}",
+        seen.len() - 1
+    );
+}
+
 /// A rolling upgrade stops the leader with SIGTERM: it releases the Lease, and the standby,
 /// which watches the Lease, takes it at once instead of when it would have expired (15 s,
 /// the default users run), so a Service created meanwhile waits well under the Lease's life.
