@@ -581,19 +581,33 @@ spec:
             (router.kernel_next_hops(&prefix) == every_node).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
-    let body = netns::http_get(
-        &far.ns,
-        SocketAddr::new(vip, 80),
-        "/",
-        Duration::from_secs(2),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "GET {vip} from behind the router: {e:#}\n{}",
-            cluster.diagnose()
-        )
-    });
-    assert!(body.contains("pod=web-"), "{body}");
+    // The routes reach the router within milliseconds of the Service's IP, which can be
+    // before every node's kube-proxy has programmed that IP: the client is served once each
+    // has (ten requests in a row, each hashed by the router to some node, all answered).
+    let deadline = std::time::Instant::now() + SETTLE;
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        let get = netns::http_get(
+            &far.ns,
+            SocketAddr::new(vip, 80),
+            "/",
+            Duration::from_secs(2),
+        );
+        match get {
+            Ok(body) => {
+                assert!(body.contains("pod=web-"), "{body}");
+                in_a_row += 1;
+            }
+            Err(e) if std::time::Instant::now() > deadline => panic!(
+                "GET {vip} from behind the router: {e:#}\n{}",
+                cluster.diagnose()
+            ),
+            Err(_) => {
+                in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 
     let (rolled, outcomes) = roll_speakers_under(&cluster, Requests::start_in(&far.ns, vip)).await;
     let gap = longest_gap(&outcomes);
