@@ -27,7 +27,9 @@ pub use bgp::{BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec};
 pub use bgp_session::{BGPSession, BGPSessionSpec};
 pub use key::ObjectKey;
 pub use l2::{L2Advertisement, L2AdvertisementSpec};
-pub use pool::{FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, ServiceAllocation};
+pub use pool::{
+    FamilyUsage, IPPool, IPPoolSpec, IPPoolStatus, Reservation, Retained, ServiceAllocation,
+};
 pub use service::{LbService, ServiceObject};
 
 /// A 64-bit fingerprint of anything hashable, for equality checks within one process (what

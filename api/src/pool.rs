@@ -1,12 +1,12 @@
 //! `IPPool`: addresses Herald may give to LoadBalancer Services, and which Services may get them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A pool of external addresses. Cluster-scoped: pools are infrastructure, not tenants' objects.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "herald.dev",
     version = "v1alpha1",
@@ -46,6 +46,48 @@ pub struct IPPoolSpec {
     /// Which Services may be given addresses from this pool, and in which order pools are tried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_allocation: Option<ServiceAllocation>,
+
+    /// Addresses kept for one Service each, by `namespace/name`: only that Service gets
+    /// them (automatically or by asking), whenever it is created, also after being deleted
+    /// and created again. A Service holding a reserved address before the reservation keeps
+    /// it until it gives it up; the `Reservations` condition names it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub reservations: Vec<Reservation>,
+
+    /// How long an address a Service gave up (deleted, no longer a LoadBalancer, or asking
+    /// for something it cannot get) stays kept for a Service of the same `namespace/name`
+    /// ("1h", "24h"; Go's duration syntax). The same Service created again in that time
+    /// gets its address back; nobody else gets it. Listed in `status.retained`, so a
+    /// controller restart or a new leader keeps it. Unset: an address is free at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("retainFor must be between 1s and 8760h (a year), in Go's duration syntax (\"30m\", \"24h\")"))]
+    #[schemars(length(max = 64))]
+    pub retain_for: Option<String>,
+}
+
+/// Addresses kept for one Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    /// The Service, as `namespace/name`.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("service must be namespace/name, as in shop/web"))]
+    #[schemars(length(min = 3, max = 317))]
+    pub service: String,
+    /// At most one address of each family, inside the pool's addresses.
+    #[schemars(schema_with = "crate::schema::reserved_addresses")]
+    pub addresses: Vec<String>,
+}
+
+impl IPPoolSpec {
+    /// How long a given-up address stays kept for its Service, when `retainFor` is set and
+    /// parses (the API server refuses what does not).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        self.retain_for
+            .as_deref()
+            .and_then(crate::bgp::parse_duration)
+            .filter(|d| !d.is_zero())
+    }
 }
 
 impl IPPool {
@@ -116,4 +158,19 @@ pub struct IPPoolStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Addresses Services gave up, kept for them until `until` (`spec.retainFor`). The
+    /// controller's record: a restarted controller or a new leader reads it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained: Vec<Retained>,
+}
+
+/// An address kept for the Service that gave it up.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retained {
+    pub address: String,
+    /// `namespace/name`.
+    pub service: String,
+    /// When it is free for anyone (RFC 3339).
+    pub until: String,
 }

@@ -73,6 +73,24 @@ pub fn address_list(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Schema of `IPPool.spec.reservations[].addresses`: one or two IP addresses.
+pub fn reserved_addresses(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 2,
+        "items": {
+            "type": "string",
+            // The longest IPv6 text form.
+            "maxLength": 45,
+            "x-kubernetes-validations": [{
+                "rule": "isIP(self)",
+                "messageExpression": "'\"' + self + '\" is not an IP address (192.0.2.10, 2001:db8::10)'",
+            }],
+        },
+    })
+}
+
 /// Most communities one advertisement may attach: far more than any real route carries, and
 /// a bound the API server's CEL cost estimate needs.
 const MAX_COMMUNITIES: u32 = 64;

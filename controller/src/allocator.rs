@@ -13,6 +13,7 @@ use herald_api::IpRange;
 use herald_api::address::to_u128;
 use herald_api::events::quote;
 use herald_api::service::IpFamily;
+use k8s_openapi::jiff::Timestamp;
 
 /// `namespace/name` of a Service: one allocation per Service, shared by every map that
 /// names it (at 100,000 Services each copy of the names is ~3 MB).
@@ -31,6 +32,10 @@ pub struct Pool {
     pub terminating: bool,
     /// Drained (`spec.disabled`): the same as terminating, the pool staying.
     pub disabled: bool,
+    /// Addresses only one Service may get (`spec.reservations`), inside `ranges`.
+    pub reservations: Vec<(IpAddr, ServiceKey)>,
+    /// How long an address a Service gave up stays kept for it (`spec.retainFor`).
+    pub retain_for: Option<std::time::Duration>,
 }
 
 impl Pool {
@@ -245,6 +250,8 @@ pub enum AllocError {
     },
     #[error("requested IP {ip} cannot be used: {why}")]
     InUse { ip: IpAddr, why: String },
+    #[error("requested IP {ip} cannot be used: {why}")]
+    Kept { ip: IpAddr, why: String },
     #[error(
         "requested IPs {0} are of the same family: ask for at most one IPv4 and one IPv6 address"
     )]
@@ -291,6 +298,7 @@ impl AllocError {
             AllocError::NotInPool { .. } => "NotInPool",
             AllocError::WrongPool { .. } => "WrongPool",
             AllocError::InUse { .. } => "IPInUse",
+            AllocError::Kept { .. } => "IPReserved",
             AllocError::SameFamilyTwice(_) => "InvalidRequest",
             AllocError::NoSuchPool(_) => "NoSuchPool",
             AllocError::PoolNotAllowed(_) => "PoolNotAllowed",
@@ -325,6 +333,20 @@ pub struct Allocator {
     /// ... by the Service whose status holds them, so they free up when it changes or goes.
     foreign: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
     by_service: BTreeMap<ServiceKey, Vec<Assigned>>,
+    /// Addresses the pools reserve for one Service each: nobody else gets them while free.
+    reserved: BTreeMap<IpAddr, ServiceKey>,
+    /// Addresses kept for the Service that gave them up, until when: nobody else gets them
+    /// while free. The clock stays outside: `expire` is told the time.
+    retained: BTreeMap<IpAddr, (ServiceKey, Timestamp)>,
+}
+
+/// Why a free address is kept for a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// A pool's `spec.reservations`.
+    Reserved,
+    /// It gave the address up less than the pool's `retainFor` ago.
+    Retained(Timestamp),
 }
 
 impl Allocator {
@@ -351,6 +373,14 @@ impl Allocator {
             })
             .collect();
         self.pools = pools;
+        // The first pool (by name) reserving an address decides for whom; the pools' own
+        // condition reports the clash.
+        self.reserved.clear();
+        for pool in self.pools.values() {
+            for (ip, service) in &pool.reservations {
+                self.reserved.entry(*ip).or_insert_with(|| service.clone());
+            }
+        }
         let assigned: Vec<(ServiceKey, Vec<Assigned>)> =
             std::mem::take(&mut self.by_service).into_iter().collect();
         for (service, ips) in assigned {
@@ -678,6 +708,10 @@ impl Allocator {
         pools: &[&Pool],
         family: IpFamily,
     ) -> Result<Assigned, AllocError> {
+        // Its own address first: reserved for it, or one it gave up and comes back for.
+        if let Some(kept) = self.kept_for_request(req, family) {
+            return Ok(kept);
+        }
         let with_family: Vec<&Pool> = pools
             .iter()
             .copied()
@@ -743,6 +777,9 @@ impl Allocator {
             }
             if let Some(why) = self.why_unusable(ip, &req.service, &req.sharing) {
                 return Err(AllocError::InUse { ip, why });
+            }
+            if let Some(why) = self.kept_against(ip, &req.service) {
+                return Err(AllocError::Kept { ip, why });
             }
             picked.push(Assigned {
                 ip,
@@ -819,8 +856,132 @@ impl Allocator {
         found
     }
 
+    /// Nobody holds it and it is kept for nobody: anyone may get it.
     fn is_free(&self, ip: IpAddr) -> bool {
+        self.is_unheld(ip) && self.kept_for(ip).is_none()
+    }
+
+    /// Nobody holds it (it may be kept for a Service).
+    fn is_unheld(&self, ip: IpAddr) -> bool {
         !self.used.contains_key(&ip) && !self.foreign.contains_key(&ip)
+    }
+
+    /// The Service a free `ip` is kept for, and why: a reservation before a retention.
+    pub fn kept_for(&self, ip: IpAddr) -> Option<(&ServiceKey, Kept)> {
+        if let Some(service) = self.reserved.get(&ip) {
+            return Some((service, Kept::Reserved));
+        }
+        self.retained
+            .get(&ip)
+            .map(|(service, until)| (service, Kept::Retained(*until)))
+    }
+
+    /// Keeps `ip`, which `service` gave up, for it until `until`; not when someone holds it
+    /// or `limit` addresses of its pool are kept already. Returns whether it is kept.
+    pub fn retain(&mut self, ip: IpAddr, service: &str, until: Timestamp, limit: usize) -> bool {
+        let Some(pool) = self.pool_of(ip) else {
+            return false;
+        };
+        if !self.is_unheld(ip) || self.retained_in(pool).count() >= limit {
+            return false;
+        }
+        self.retained.insert(ip, (service.into(), until));
+        true
+    }
+
+    /// Ends the retentions due by `now`; returns whether any ended (addresses freed).
+    pub fn expire(&mut self, now: Timestamp) -> bool {
+        let before = self.retained.len();
+        self.retained.retain(|_, (_, until)| *until > now);
+        self.retained.len() != before
+    }
+
+    /// When the next retention ends.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.retained.values().map(|(_, until)| *until).min()
+    }
+
+    /// The retentions in `pool`'s ranges, by address: `(address, Service, until)`.
+    pub fn retained_in<'a>(
+        &'a self,
+        pool: &'a Pool,
+    ) -> impl Iterator<Item = (IpAddr, &'a ServiceKey, Timestamp)> + 'a {
+        pool.ranges
+            .iter()
+            .flat_map(|r| self.retained.range(r.start()..=r.end()))
+            .filter(|(ip, _)| pool.contains(**ip))
+            .map(|(ip, (service, until))| (*ip, service, *until))
+    }
+
+    /// Addresses of `family` in `pool` kept for a Service and free: not available to others.
+    pub fn kept_in(&self, pool: &Pool, family: IpFamily) -> u128 {
+        let reserved = pool
+            .reservations
+            .iter()
+            .map(|(ip, _)| *ip)
+            .filter(|ip| self.reserved.contains_key(ip));
+        let retained = self.retained_in(pool).map(|(ip, _, _)| ip);
+        let kept: BTreeSet<IpAddr> = reserved
+            .chain(retained)
+            .filter(|ip| IpFamily::of(*ip) == family && pool.contains(*ip) && self.is_unheld(*ip))
+            .collect();
+        kept.len() as u128
+    }
+
+    /// The reserved addresses of `pool` that another Service holds (it had them before the
+    /// reservation): `(address, reserved for, held by)`.
+    pub fn reservations_taken(&self, pool: &Pool) -> Vec<(IpAddr, ServiceKey, ServiceKey)> {
+        pool.reservations
+            .iter()
+            .filter_map(|(ip, owner)| {
+                let holders = self.used.get(ip)?;
+                if holders.iter().any(|(k, _)| k == owner) {
+                    return None;
+                }
+                let (other, _) = holders.iter().next()?;
+                Some((*ip, owner.clone(), other.clone()))
+            })
+            .collect()
+    }
+
+    /// Why `service` may not have the free `ip` kept for another Service, or `None`.
+    fn kept_against(&self, ip: IpAddr, service: &str) -> Option<String> {
+        if !self.is_unheld(ip) {
+            return None;
+        }
+        let (owner, kept) = self
+            .kept_for(ip)
+            .filter(|(owner, _)| &***owner != service)?;
+        let pool = self
+            .pool_of(ip)
+            .map(|p| p.name.to_string())
+            .unwrap_or_default();
+        Some(match kept {
+            Kept::Reserved => format!("IPPool {pool} reserves it for Service {owner}"),
+            Kept::Retained(until) => format!(
+                "it is kept for Service {owner}, which gave it up, until {until} (IPPool {pool} retainFor)"
+            ),
+        })
+    }
+
+    /// A free address of `family` kept for the requesting Service in a pool it may use: its
+    /// reservation first, then one it gave up.
+    fn kept_for_request(&self, req: &Request, family: IpFamily) -> Option<Assigned> {
+        let pools: Vec<&Pool> = self.allowed_pools(req).filter(|p| !p.closed()).collect();
+        let reserved = self.reserved.iter();
+        let retained = self.retained.iter().map(|(ip, (k, _))| (ip, k));
+        reserved
+            .chain(retained)
+            .filter(|(ip, owner)| {
+                ***owner == *req.service && IpFamily::of(**ip) == family && self.is_unheld(**ip)
+            })
+            .find_map(|(ip, _)| {
+                let pool = live_first(pools.iter().copied().filter(|p| p.contains(*ip)))?;
+                Some(Assigned {
+                    ip: *ip,
+                    pool: Some(pool.name.clone()),
+                })
+            })
     }
 
     /// Lowest free address of `family` in `pool`. Below a cursor only `freed` needs looking
@@ -868,6 +1029,8 @@ impl Allocator {
             entry.push(Assigned { ip, pool });
         }
         self.used.entry(ip).or_default().insert(key, sharing);
+        // Given to the Service it was kept for (or to one that held it before).
+        self.retained.remove(&ip);
         self.take_from_cursor(ip);
     }
 

@@ -2,11 +2,14 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
+use herald_api::events::quote;
 use herald_api::selector::matches;
-use herald_api::{AddressEntry, IPPool};
+use herald_api::service::IpFamily;
+use herald_api::{AddressEntry, IPPool, Reservation};
 
-use crate::allocator::Pool;
+use crate::allocator::{Pool, ServiceKey};
 
 /// A pool as configured, with the entries the controller could not use.
 #[derive(Debug, Clone)]
@@ -29,14 +32,17 @@ pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
                     Err(e) => invalid.push(e.to_string()),
                 }
             }
-            let pool = Pool {
+            let mut pool = Pool {
                 name: p.metadata.name.clone().unwrap_or_default().into(),
                 ranges,
                 auto_assign: p.spec.auto_assign,
                 avoid_buggy_ips: p.spec.avoid_buggy_ips,
                 terminating: p.metadata.deletion_timestamp.is_some(),
                 disabled: p.spec.disabled,
+                reservations: Vec::new(),
+                retain_for: p.spec.retention(),
             };
+            pool.reservations = reservations(&pool, &p.spec.reservations, &mut invalid);
             ParsedPool {
                 pool,
                 invalid,
@@ -60,6 +66,47 @@ pub fn parse(pools: &[IPPool]) -> Vec<ParsedPool> {
         }
     }
     parsed
+}
+
+/// The usable reservations of `pool`; what cannot be used is described in `invalid`.
+fn reservations(
+    pool: &Pool,
+    spec: &[Reservation],
+    invalid: &mut Vec<String>,
+) -> Vec<(IpAddr, ServiceKey)> {
+    let mut usable: Vec<(IpAddr, ServiceKey)> = Vec::new();
+    for r in spec {
+        // Bounded: the names come from the pool's author, but statuses stay small.
+        let service = quote(&r.service);
+        let mut families = Vec::new();
+        for text in &r.addresses {
+            let Ok(ip) = text.parse::<IpAddr>() else {
+                invalid.push(format!(
+                    "reservation {} for {service} is not an IP address",
+                    quote(text)
+                ));
+                continue;
+            };
+            if !pool.contains(ip) {
+                invalid.push(format!(
+                    "reservation {ip} for {service} is outside the pool's addresses"
+                ));
+            } else if let Some((_, other)) = usable.iter().find(|(kept, _)| *kept == ip) {
+                invalid.push(format!(
+                    "reservation {ip} for {service} is already reserved for {}",
+                    quote(other)
+                ));
+            } else if families.contains(&IpFamily::of(ip)) {
+                invalid.push(format!(
+                    "reservation {ip} for {service}: a Service is reserved at most one address of each family"
+                ));
+            } else {
+                families.push(IpFamily::of(ip));
+                usable.push((ip, r.service.as_str().into()));
+            }
+        }
+    }
+    usable
 }
 
 /// Names of the pools whose `serviceAllocation` admits the Service, in the order to try them:
@@ -146,6 +193,46 @@ spec:
         assert_eq!(
             eligible(&p, "x", &labels(&[("env", "prod")]), &labels(&[])),
             ["prod", "zz-default"]
+        );
+    }
+
+    #[test]
+    fn reservations_that_cannot_be_kept_are_named() {
+        let p = pools(
+            r#"
+apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {name: lan}
+spec:
+  addresses: [192.0.2.0/28, "2001:db8::/120"]
+  reservations:
+  - {service: shop/web, addresses: [192.0.2.1, "2001:db8::1"]}
+  - {service: shop/api, addresses: [192.0.2.1]}
+  - {service: shop/db, addresses: [198.51.100.1, 192.0.2.2, 192.0.2.3]}
+"#,
+        );
+        let parsed = parse(&p);
+        let kept: Vec<(String, &str)> = parsed[0]
+            .pool
+            .reservations
+            .iter()
+            .map(|(ip, s)| (ip.to_string(), &**s))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("192.0.2.1".into(), "shop/web"),
+                ("2001:db8::1".into(), "shop/web"),
+                ("192.0.2.2".into(), "shop/db")
+            ]
+        );
+        assert_eq!(
+            parsed[0].invalid,
+            [
+                "reservation 192.0.2.1 for \"shop/api\" is already reserved for \"shop/web\"",
+                "reservation 198.51.100.1 for \"shop/db\" is outside the pool's addresses",
+                "reservation 192.0.2.3 for \"shop/db\": a Service is reserved at most one address of each family",
+            ]
         );
     }
 

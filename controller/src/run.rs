@@ -231,6 +231,8 @@ pub async fn run(
                 None
             }
             _ = tokio::time::sleep_until(controller.pool_status_due()), if controller.pool_status_pending => None,
+            // A retention ends: its address is free for the Services waiting.
+            _ = tokio::time::sleep_until(controller.next_expiry()), if controller.state.next_expiry().is_some() => None,
         };
         // Drain what is queued so a burst of events is handled in one pass.
         let mut keys = Vec::new();
@@ -329,6 +331,7 @@ impl Controller {
     /// up, and performs the writes that follow.
     async fn pass(&mut self, keys: Vec<String>, all: bool) {
         let started = tokio::time::Instant::now();
+        self.state.expire(Timestamp::now());
         let mut keys = keys;
         if all {
             self.state.sync_pools(&self.caches);
@@ -424,6 +427,17 @@ impl Controller {
         self.metrics
             .services_waiting
             .set(self.state.waiting_count() as i64);
+    }
+
+    /// When the next retention ends, on the monotonic clock.
+    fn next_expiry(&self) -> tokio::time::Instant {
+        let now = Timestamp::now();
+        let wait = self
+            .state
+            .next_expiry()
+            .and_then(|until| Duration::try_from(now.duration_until(until)).ok())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::Instant::now() + wait
     }
 
     fn pool_status_due(&self) -> tokio::time::Instant {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use herald_api::events::Note;
+use herald_api::events::{Note, bounded};
 use herald_api::fingerprint;
 use herald_api::{IPPool, IPPoolStatus, LbService};
 use k8s_openapi::api::core::v1::Service;
@@ -21,6 +21,10 @@ use crate::status::{self, ServiceOutcome};
 /// Marks pools Herald protects: a pool Services hold addresses of is deleted only once they
 /// have released them.
 pub const POOL_FINALIZER: &str = "herald.dev/pool-protection";
+
+/// Most addresses one pool keeps for Services that gave them up: `status.retained` lists
+/// them all and must stay far below the API server's object size limit (about 100 KiB).
+pub const RETAINED_PER_POOL: usize = 1024;
 
 /// What the controller's caches show. The run loop implements it over its watches; tests
 /// over plain maps.
@@ -132,7 +136,46 @@ impl State {
                     .for_each(|ip| state.allocator.reserve_foreign(&key, *ip)),
             }
         }
+        // What the pools' statuses keep for Services that gave their addresses up (those
+        // due are dropped on the first pass).
+        for pool in world.pools() {
+            for kept in pool.status.iter().flat_map(|s| &s.retained) {
+                let (Ok(ip), Ok(until)) = (kept.address.parse(), kept.until.parse()) else {
+                    tracing::warn!(pool = ?pool.metadata.name, address = %bounded(&kept.address, 64), "ignoring an unreadable status.retained entry");
+                    continue;
+                };
+                state
+                    .allocator
+                    .retain(ip, &kept.service, until, RETAINED_PER_POOL);
+            }
+        }
         state
+    }
+
+    /// Ends the retentions due by `now`: their addresses are free for anyone.
+    pub fn expire(&mut self, now: Timestamp) {
+        self.freed |= self.allocator.expire(now);
+    }
+
+    /// When the next retention ends (the shell wakes then to `expire`).
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.allocator.next_expiry()
+    }
+
+    /// Keeps the addresses `key` gave up for it, where their pool says to (`retainFor`).
+    fn retain(&mut self, key: &str, released: &[IpAddr], now: Timestamp) {
+        for &ip in released {
+            let Some(keep) = self.allocator.pool_of(ip).and_then(|p| p.retain_for) else {
+                continue;
+            };
+            let until = now
+                .checked_add(keep)
+                .map(|t| t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t))
+                .unwrap_or(Timestamp::MAX);
+            if self.allocator.retain(ip, key, until, RETAINED_PER_POOL) {
+                tracing::info!(service = %key, %ip, %until, "address kept for the Service");
+            }
+        }
     }
 
     /// Takes the pools as the caches show them now.
@@ -227,6 +270,7 @@ impl State {
             if !freed.is_empty() {
                 self.freed = true;
                 tracing::info!(service = %key, ?freed, "Service deleted; IPs released");
+                self.retain(key, &freed, now);
             }
             self.last_note.remove(key);
             self.waiting.remove(key);
@@ -234,7 +278,9 @@ impl State {
         };
         match service::intent(&svc, &self.config) {
             Intent::NotOurs => {
-                self.freed |= !self.allocator.release(key).is_empty();
+                let freed = self.allocator.release(key);
+                self.freed |= !freed.is_empty();
+                self.retain(key, &freed, now);
                 self.waiting.remove(key);
                 self.last_note.remove(key);
                 if svc.status_is_ours() {
@@ -245,7 +291,9 @@ impl State {
                 }
             }
             Intent::Invalid { reason, message } => {
-                self.freed |= !self.allocator.release(key).is_empty();
+                let freed = self.allocator.release(key);
+                self.freed |= !freed.is_empty();
+                self.retain(key, &freed, now);
                 self.failure(&svc, reason, &message, now)
             }
             Intent::Wants(wants) => {
@@ -298,6 +346,7 @@ impl State {
                     }
                     Err(e) => {
                         self.freed |= !before.is_empty();
+                        self.retain(key, &before, now);
                         self.failure(&svc, e.reason(), &e.to_string(), now)
                     }
                 }
@@ -836,6 +885,80 @@ mod tests {
         world.add_service(&WEB.replace("name: web", "name: api"));
         state.decide(&world, "shop/api", now());
         assert_eq!(reasons(&state.take_events()), ["IPAllocated"]);
+    }
+
+    /// A Service deleted and created again (a Helm reinstall, a GitOps prune) gets its
+    /// address back within the pool's retainFor, also from a controller that restarted in
+    /// between; nobody else gets it meanwhile; once the time is over it is anyone's.
+    #[test]
+    fn a_deleted_services_address_is_kept_for_it_across_a_restart_until_retain_for_ends() {
+        let mut world = Maps::default();
+        let pool = "metadata: {name: lan}\nspec: {addresses: [192.0.2.1-192.0.2.2], retainFor: 1h}";
+        world.add_pool(pool);
+        world.add_service(WEB);
+        let mut state = State::rebuild(config(), &world);
+        assert_eq!(
+            assigned_ips(&state.decide(&world, "shop/web", now())),
+            ["192.0.2.1"]
+        );
+        world.services.remove("shop/web");
+        let deleted: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        state.decide(&world, "shop/web", deleted);
+        let (reports, _) = state.pools(&world, deleted);
+        let retained = &reports[0].status.retained;
+        assert_eq!(retained.len(), 1, "{retained:?}");
+        assert_eq!(
+            (
+                retained[0].address.as_str(),
+                retained[0].service.as_str(),
+                retained[0].until.as_str()
+            ),
+            ("192.0.2.1", "shop/web", "2026-01-01T01:00:00Z")
+        );
+        assert_eq!(
+            reports[0].status.available, "1",
+            "the kept address is not available"
+        );
+
+        // The controller restarts: the pool's status is all it has of the retention.
+        let mut written: IPPool = (*world.pools["lan"]).clone();
+        written.status = Some(reports[0].status.clone());
+        world.pools.insert("lan".into(), Arc::new(written));
+        let mut state = State::rebuild(config(), &world);
+        let api = WEB.replace("name: web", "name: api");
+        world.add_service(&api);
+        world.add_service(&WEB.replace("name: web", "name: db"));
+        assert_eq!(
+            assigned_ips(&state.decide(&world, "shop/api", deleted)),
+            ["192.0.2.2"]
+        );
+        assert_eq!(reasons(&state.take_events()), ["IPAllocated"],);
+        state.decide(&world, "shop/db", deleted);
+        assert_eq!(reasons(&state.take_events()), ["PoolExhausted"]);
+        // web comes back: its address.
+        world.add_service(WEB);
+        assert_eq!(
+            assigned_ips(&state.decide(&world, "shop/web", deleted)),
+            ["192.0.2.1"]
+        );
+        assert!(state.pools(&world, deleted).0[0].status.retained.is_empty());
+
+        // Deleted again and left: at the hour the address is free and db, waiting, gets it.
+        world.services.remove("shop/web");
+        state.decide(&world, "shop/web", deleted);
+        let due = state.next_expiry().expect("a retention");
+        state.take_freed();
+        state.expire(
+            due.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1))
+                .expect("time"),
+        );
+        assert!(!state.take_freed(), "not yet");
+        state.expire(due);
+        assert!(state.take_freed(), "waiting Services are looked at again");
+        assert_eq!(
+            assigned_ips(&state.decide(&world, "shop/db", due)),
+            ["192.0.2.1"]
+        );
     }
 
     #[test]

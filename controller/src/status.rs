@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use herald_api::events::{MESSAGE_LIMIT, bounded};
-use herald_api::{FamilyUsage, IPPoolStatus, LbService};
+use herald_api::{FamilyUsage, IPPoolStatus, LbService, Retained};
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -138,7 +138,9 @@ pub fn pool_status(
     let usage = |family| {
         let capacity = Allocator::capacity(&parsed.pool, family);
         let assigned = allocator.assigned_in(&parsed.pool, family);
-        (capacity > 0).then(|| (assigned, capacity.saturating_sub(assigned)))
+        // Kept for one Service (reserved or retained): not available to the others.
+        let kept = allocator.kept_in(&parsed.pool, family);
+        (capacity > 0).then(|| (assigned, capacity.saturating_sub(assigned + kept)))
     };
     let (v4, v6) = (usage(IpFamily::V4), usage(IpFamily::V6));
     let total = |pick: fn((u128, u128)) -> u128| {
@@ -235,6 +237,23 @@ pub fn pool_status(
             String::new()
         },
     ));
+    let taken = allocator.reservations_taken(&parsed.pool);
+    conditions.push(condition(
+        "ReservationsTaken",
+        !taken.is_empty(),
+        if taken.is_empty() {
+            "NoneTaken"
+        } else {
+            "HeldByOthers"
+        },
+        taken
+            .iter()
+            .map(|(ip, owner, holder)| {
+                format!("{ip} is reserved for {owner} but held by {holder}, which keeps it until it gives it up")
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    ));
     if parsed.pool.terminating {
         conditions.push(condition(
             "Terminating",
@@ -252,6 +271,14 @@ pub fn pool_status(
         ipv6: family_usage(v6),
         conditions,
         observed_generation: generation,
+        retained: allocator
+            .retained_in(&parsed.pool)
+            .map(|(ip, service, until)| Retained {
+                address: ip.to_string(),
+                service: service.to_string(),
+                until: until.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -336,6 +363,8 @@ status:
             avoid_buggy_ips: false,
             terminating: false,
             disabled: false,
+            reservations: Vec::new(),
+            retain_for: None,
         };
         let parsed = ParsedPool {
             pool,

@@ -194,3 +194,24 @@ pub async fn wait_for_event_in(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until `check` finds what it wants in the IPPool `name` (`None`: it does not exist).
+pub async fn wait_for_pool<T>(
+    pools: &Api<herald_api::IPPool>,
+    name: &str,
+    what: &str,
+    check: impl Fn(Option<&herald_api::IPPool>) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pool = pools.get_opt(name).await.expect("get pool");
+        if let Some(v) = check(pool.as_ref()) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "IPPool {name}: timed out waiting for {what}: {pool:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use herald_lab::ControlPlane;
-use herald_lab::objects::{apply, condition, events, ingress, lb, wait_for, wait_for_event};
+use herald_lab::objects::{
+    apply, condition, events, ingress, ips, lb, wait_for, wait_for_event, wait_for_pool,
+};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -224,4 +226,129 @@ async fn impossible_requests_are_explained_and_fixed_without_restart() {
         foreign.status
     );
     assert_eq!(foreign.name_any(), "foreign");
+}
+
+/// A Service deleted and created again (a Helm reinstall, a GitOps prune, a changed
+/// immutable field) gets the same IP: reserved for it in the pool, or kept for it for the
+/// pool's retainFor after it went, also across a controller killed in between. Nobody else
+/// gets those IPs meanwhile, whatever it asks for; a short retention frees its IP for a
+/// waiting Service when it ends.
+#[tokio::test]
+async fn deleted_and_recreated_services_keep_their_ips_across_a_controller_restart() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let client = cp.client();
+    let mut first = herald_lab::controller::spawn(&cp, "controller-1", &["--leader-elect=false"]);
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.20-192.0.2.23], retainFor: 1h, reservations: [{service: default/pinned, addresses: [192.0.2.23]}]}").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pools = Api::<herald_api::IPPool>::all(client.clone());
+    let ip_of = |name: &'static str, ip: &'static str| {
+        let services = services.clone();
+        async move {
+            wait_for(&services, name, ip, |s| {
+                ingress(s).first().filter(|i| i.0 == ip).cloned()
+            })
+            .await
+        }
+    };
+
+    apply(&client, &lb("web", "", "")).await;
+    ip_of("web", "192.0.2.20").await;
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete web");
+    // The pool records what it keeps, and until when.
+    let retained = wait_for_pool(&pools, "lan", "web's IP retained", |p| {
+        p?.status
+            .clone()?
+            .retained
+            .into_iter()
+            .find(|r| r.address == "192.0.2.20" && r.service == "default/web")
+    })
+    .await;
+    let until: k8s_openapi::jiff::Timestamp = retained.until.parse().expect("until");
+    let left = until.duration_since(k8s_openapi::jiff::Timestamp::now());
+    assert!(
+        left.as_secs() > 3500 && left.as_secs() <= 3600,
+        "kept for the pool's retainFor: {retained:?}"
+    );
+
+    // The controller dies; the one after it knows only what the API says.
+    first.process.kill();
+    let _second = herald_lab::controller::spawn(&cp, "controller-2", &["--leader-elect=false"]);
+    apply(&client, &lb("other", "", "")).await;
+    ip_of("other", "192.0.2.21").await;
+    apply(&client, &lb("third", "", "")).await;
+    ip_of("third", "192.0.2.22").await;
+    apply(&client, &lb("fourth", "", "")).await;
+    let waiting = wait_for(&services, "fourth", "no IP left for it", |s| {
+        condition(s).filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(waiting.1, "PoolExhausted", "{waiting:?}");
+    // Asked for by name, by another Service: refused, saying for whom.
+    apply(
+        &client,
+        &lb(
+            "squatter",
+            ", annotations: {herald.dev/ips: 192.0.2.20}",
+            "",
+        ),
+    )
+    .await;
+    let refused = wait_for(&services, "squatter", "a refusal", |s| {
+        condition(s).filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(refused.1, "IPReserved");
+    assert!(
+        refused.2.starts_with(
+            "requested IP 192.0.2.20 cannot be used: it is kept for Service default/web, which gave it up, until "
+        ),
+        "{refused:?}"
+    );
+    apply(
+        &client,
+        &lb(
+            "squatter",
+            ", annotations: {herald.dev/ips: 192.0.2.23}",
+            "",
+        ),
+    )
+    .await;
+    wait_for(&services, "squatter", "the reservation's refusal", |s| {
+        condition(s).filter(|c| c.2 == "requested IP 192.0.2.23 cannot be used: IPPool lan reserves it for Service default/pinned")
+    })
+    .await;
+
+    // Both come back to their own IPs.
+    apply(&client, &lb("web", "", "")).await;
+    ip_of("web", "192.0.2.20").await;
+    apply(&client, &lb("pinned", "", "")).await;
+    ip_of("pinned", "192.0.2.23").await;
+    wait_for_pool(&pools, "lan", "the retention over", |p| {
+        p?.status.as_ref()?.retained.is_empty().then_some(())
+    })
+    .await;
+
+    // A short retention ends on its own: the Service waiting gets the IP when it does.
+    let pool = "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: lan}\nspec: {addresses: [192.0.2.20-192.0.2.23], retainFor: 3s, reservations: [{service: default/pinned, addresses: [192.0.2.23]}]}";
+    apply(&client, pool).await;
+    services
+        .delete("third", &DeleteParams::default())
+        .await
+        .expect("delete third");
+    let deleted = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        ips(&services.get("fourth").await.expect("fourth")).is_empty(),
+        "the kept IP went to another Service at once"
+    );
+    ip_of("fourth", "192.0.2.22").await;
+    let waited = deleted.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(8),
+        "given when the 3 s retention ended, not at a later retry: {waited:?}"
+    );
 }

@@ -18,6 +18,8 @@ fn pool(name: &str, addresses: &[&str]) -> IPPool {
             avoid_buggy_ips: false,
             disabled: false,
             service_allocation: None,
+            reservations: Vec::new(),
+            retain_for: None,
         },
         status: None,
     }
@@ -249,6 +251,48 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
     for (i, (kind, yaml, reason)) in refused.iter().enumerate() {
         let yaml = format!("metadata: {{name: bad-{i}}}\n{yaml}");
         let message = refusal(&cp, kind, &yaml)
+            .await
+            .unwrap_or_else(|| panic!("{yaml} must be refused"));
+        assert!(
+            message.contains(reason),
+            "{yaml}: message does not say why: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pool_reservations_and_retention_are_checked_by_the_api_server() {
+    herald_lab::init_tracing();
+    let cp = ControlPlane::start().await.expect("control plane");
+    let good = "metadata: {name: kept}\nspec: {addresses: [192.0.2.0/24, '2001:db8::/64'], retainFor: 24h, reservations: [{service: shop/web, addresses: [192.0.2.10, '2001:db8::10']}]}";
+    assert_eq!(refusal(&cp, "IPPool", good).await, None);
+    let refused = [
+        (
+            "retainFor: forever",
+            "retainFor must be between 1s and 8760h",
+        ),
+        ("retainFor: 9000h", "retainFor must be between 1s and 8760h"),
+        (
+            "reservations: [{service: web, addresses: [192.0.2.10]}]",
+            "service must be namespace/name",
+        ),
+        (
+            "reservations: [{service: Shop/Web, addresses: [192.0.2.10]}]",
+            "service must be namespace/name",
+        ),
+        (
+            "reservations: [{service: shop/web, addresses: [192.0.2.300]}]",
+            "\"192.0.2.300\" is not an IP address",
+        ),
+        (
+            "reservations: [{service: shop/web, addresses: []}]",
+            "should have at least 1 items",
+        ),
+    ];
+    for (i, (field, reason)) in refused.iter().enumerate() {
+        let yaml =
+            format!("metadata: {{name: bad-{i}}}\nspec: {{addresses: [192.0.2.0/24], {field}}}");
+        let message = refusal(&cp, "IPPool", &yaml)
             .await
             .unwrap_or_else(|| panic!("{yaml} must be refused"));
         assert!(

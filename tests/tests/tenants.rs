@@ -9,7 +9,9 @@ use herald_api::IPPool;
 use herald_lab::ControlPlane;
 use herald_lab::control_plane::Options;
 use herald_lab::controller::http_get;
-use herald_lab::objects::{self, apply, condition, ips, wait_for, wait_for_event_in};
+use herald_lab::objects::{
+    self, apply, condition, ips, wait_for, wait_for_event_in, wait_for_pool,
+};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
@@ -494,26 +496,6 @@ fn pool_condition(pool: &IPPool, type_: &str) -> Option<(String, String, String)
         .iter()
         .find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_for_pool<T>(
-    pools: &Api<IPPool>,
-    name: &str,
-    what: &str,
-    check: impl Fn(Option<&IPPool>) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + herald_lab::objects::WAIT;
-    loop {
-        let pool = pools.get_opt(name).await.expect("get pool");
-        if let Some(v) = check(pool.as_ref()) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "IPPool {name}: timed out waiting for {what}: {pool:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until the pool carries Herald's finalizer.

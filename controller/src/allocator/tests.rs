@@ -17,6 +17,8 @@ fn pool(name: &str, entries: &[&str]) -> Pool {
         avoid_buggy_ips: false,
         terminating: false,
         disabled: false,
+        reservations: Vec::new(),
+        retain_for: None,
     }
 }
 
@@ -713,4 +715,161 @@ fn a_requested_pool_name_is_quoted_bounded_in_every_message_that_names_it() {
         assert!(message.contains(&quoted), "{reason}: {message}");
         assert!(message.ends_with(ending), "{reason}: {message}");
     }
+}
+
+fn reserving(mut pool: Pool, reservations: &[(&str, &str)]) -> Pool {
+    pool.reservations = reservations
+        .iter()
+        .map(|(a, s)| (ip(a), ServiceKey::from(*s)))
+        .collect();
+    pool
+}
+
+fn at(s: &str) -> Timestamp {
+    s.parse().expect("timestamp")
+}
+
+#[test]
+fn a_reserved_address_goes_only_to_its_service_however_it_asks() {
+    let mut a = Allocator::new();
+    a.set_pools([reserving(
+        pool("lan", &["192.0.2.10-192.0.2.12"]),
+        &[("192.0.2.10", "shop/web")],
+    )]);
+    // Others skip it, automatically and by asking for it.
+    assert_eq!(
+        ips(&a.allocate(&request("ns/a", &["lan"])).unwrap()),
+        ["192.0.2.11"]
+    );
+    let mut asks = request("ns/b", &["lan"]);
+    asks.requested_ips = vec![ip("192.0.2.10")];
+    let err = a.allocate(&asks).unwrap_err();
+    assert_eq!(err.reason(), "IPReserved");
+    assert_eq!(
+        err.to_string(),
+        "requested IP 192.0.2.10 cannot be used: IPPool lan reserves it for Service shop/web"
+    );
+    assert_eq!(
+        ips(&a.allocate(&request("ns/c", &["lan"])).unwrap()),
+        ["192.0.2.12"]
+    );
+    assert_eq!(
+        a.allocate(&request("ns/d", &["lan"])).unwrap_err().reason(),
+        "PoolExhausted",
+        "the reserved address is not for anyone else"
+    );
+    // Its Service gets it, deleted and created again as often as it likes.
+    for _ in 0..2 {
+        assert_eq!(
+            ips(&a.allocate(&request("shop/web", &["lan"])).unwrap()),
+            ["192.0.2.10"]
+        );
+        assert_eq!(a.release("shop/web"), [ip("192.0.2.10")]);
+    }
+    // Only from a pool it may use.
+    assert_eq!(
+        a.allocate(&request("shop/web", &["other"]))
+            .unwrap_err()
+            .reason(),
+        "NoEligiblePool"
+    );
+}
+
+#[test]
+fn a_service_holding_an_address_reserved_later_keeps_it() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.10-192.0.2.11"])]);
+    a.allocate(&request("ns/a", &["lan"])).unwrap();
+    let lan = reserving(
+        pool("lan", &["192.0.2.10-192.0.2.11"]),
+        &[("192.0.2.10", "shop/web")],
+    );
+    a.set_pools([lan.clone()]);
+    assert_eq!(
+        ips(&a.allocate(&request("ns/a", &["lan"])).unwrap()),
+        ["192.0.2.10"],
+        "never taken from the Service holding it"
+    );
+    assert_eq!(
+        a.reservations_taken(&lan),
+        [(ip("192.0.2.10"), "shop/web".into(), "ns/a".into())]
+    );
+    // Once it gives it up, it is the reserved Service's.
+    a.release("ns/a");
+    assert!(a.reservations_taken(&lan).is_empty());
+    assert_eq!(
+        ips(&a.allocate(&request("ns/x", &["lan"])).unwrap()),
+        ["192.0.2.11"]
+    );
+    assert_eq!(
+        ips(&a.allocate(&request("shop/web", &["lan"])).unwrap()),
+        ["192.0.2.10"]
+    );
+}
+
+#[test]
+fn a_retained_address_waits_for_its_service_until_it_expires() {
+    let mut a = Allocator::new();
+    a.set_pools([pool("lan", &["192.0.2.10-192.0.2.11"])]);
+    a.allocate(&request("shop/web", &["lan"])).unwrap();
+    let freed = a.release("shop/web");
+    let until = at("2026-01-01T01:00:00Z");
+    assert!(a.retain(freed[0], "shop/web", until, 10));
+    assert_eq!(a.next_expiry(), Some(until));
+    // Someone else: the next address; asking for it: refused, saying until when.
+    assert_eq!(
+        ips(&a.allocate(&request("ns/a", &["lan"])).unwrap()),
+        ["192.0.2.11"]
+    );
+    a.release("ns/a");
+    let mut asks = request("ns/b", &["lan"]);
+    asks.requested_ips = vec![ip("192.0.2.10")];
+    let err = a.allocate(&asks).unwrap_err();
+    assert_eq!(err.reason(), "IPReserved");
+    assert!(
+        err.to_string()
+            .contains("kept for Service shop/web, which gave it up, until 2026-01-01T01:00:00Z"),
+        "{err}"
+    );
+    // Created again: its address back, and the retention is over.
+    assert_eq!(
+        ips(&a.allocate(&request("shop/web", &["lan"])).unwrap()),
+        ["192.0.2.10"]
+    );
+    assert_eq!(a.next_expiry(), None);
+    // Given up again and left to expire: anyone's.
+    a.release("shop/web");
+    assert!(a.retain(ip("192.0.2.10"), "shop/web", until, 10));
+    assert!(!a.expire(at("2026-01-01T00:59:59Z")));
+    assert!(a.expire(until));
+    assert_eq!(
+        ips(&a.allocate(&request("ns/c", &["lan"])).unwrap()),
+        ["192.0.2.10"]
+    );
+}
+
+#[test]
+fn retention_is_bounded_per_pool_and_never_of_an_address_in_use() {
+    let mut a = Allocator::new();
+    let lan = pool("lan", &["192.0.2.0/24"]);
+    a.set_pools([lan.clone()]);
+    let until = at("2026-01-01T01:00:00Z");
+    assert!(a.retain(ip("192.0.2.1"), "ns/a", until, 2));
+    assert!(a.retain(ip("192.0.2.2"), "ns/b", until, 2));
+    assert!(
+        !a.retain(ip("192.0.2.3"), "ns/c", until, 2),
+        "over the bound"
+    );
+    assert!(
+        !a.retain(ip("198.51.100.1"), "ns/c", until, 2),
+        "in no pool"
+    );
+    a.allocate(&request("ns/x", &["lan"])).unwrap();
+    assert!(
+        !a.retain(ip("192.0.2.0"), "ns/c", until, 10),
+        "held by ns/x"
+    );
+    assert_eq!(a.retained_in(&lan).count(), 2);
+    // Kept addresses are not available to others, and counted so.
+    assert_eq!(a.kept_in(&lan, IpFamily::V4), 2);
 }
