@@ -355,12 +355,14 @@ impl Allocator {
     }
 
     /// Replaces the pool set. Assignments are kept, also of IPs no pool holds any more:
-    /// an IP in use is never silently taken from a Service.
-    pub fn set_pools(&mut self, pools: impl IntoIterator<Item = Pool>) {
+    /// an IP in use is never silently taken from a Service. Retentions end where no pool
+    /// keeps given-up addresses any more (`retainFor` removed, the pool gone); returns
+    /// whether any did.
+    pub fn set_pools(&mut self, pools: impl IntoIterator<Item = Pool>) -> bool {
         let pools: BTreeMap<String, Pool> =
             pools.into_iter().map(|p| (p.name.to_string(), p)).collect();
         if pools == self.pools {
-            return;
+            return false;
         }
         self.cursors = pools
             .iter()
@@ -390,6 +392,13 @@ impl Allocator {
             });
             self.by_service.insert(service, ips.collect());
         }
+        let before = self.retained.len();
+        let retained = std::mem::take(&mut self.retained);
+        self.retained = retained
+            .into_iter()
+            .filter(|(ip, _)| self.pool_of(*ip).is_some_and(|p| p.retain_for.is_some()))
+            .collect();
+        self.retained.len() != before
     }
 
     #[cfg(test)]
@@ -511,6 +520,11 @@ impl Allocator {
         let picked = self.pick(req, &held)?;
         for a in &picked {
             self.take(&req.service, a.ip, &req.sharing);
+        }
+        // It came back and has its addresses: what was kept for it and not taken (it asked
+        // for other ones) is free for others.
+        if !self.retained.is_empty() {
+            self.retained.retain(|_, (k, _)| **k != *req.service);
         }
         self.by_service.insert(req.service.clone(), picked.clone());
         Ok(picked)

@@ -139,6 +139,9 @@ impl State {
         // What the pools' statuses keep for Services that gave their addresses up (those
         // due are dropped on the first pass).
         for pool in world.pools() {
+            if pool.spec.retention().is_none() {
+                continue;
+            }
             for kept in pool.status.iter().flat_map(|s| &s.retained) {
                 let (Ok(ip), Ok(until)) = (kept.address.parse(), kept.until.parse()) else {
                     tracing::warn!(pool = ?pool.metadata.name, address = %bounded(&kept.address, 64), "ignoring an unreadable status.retained entry");
@@ -182,7 +185,8 @@ impl State {
     pub fn sync_pools(&mut self, world: &impl World) {
         let objects: Vec<IPPool> = world.pools().iter().map(|p| (**p).clone()).collect();
         self.parsed_pools = pools::parse(&objects);
-        self.allocator
+        self.freed |= self
+            .allocator
             .set_pools(self.parsed_pools.iter().map(|p| p.pool.clone()));
     }
 

@@ -873,3 +873,32 @@ fn retention_is_bounded_per_pool_and_never_of_an_address_in_use() {
     // Kept addresses are not available to others, and counted so.
     assert_eq!(a.kept_in(&lan, IpFamily::V4), 2);
 }
+
+#[test]
+fn a_retention_ends_when_its_service_comes_back_with_other_addresses_or_the_pool_stops_retaining() {
+    let mut a = Allocator::new();
+    let mut lan = pool("lan", &["192.0.2.10-192.0.2.12"]);
+    lan.retain_for = Some(std::time::Duration::from_secs(3600));
+    a.set_pools([lan.clone()]);
+    let until = at("2026-01-01T01:00:00Z");
+    assert!(a.retain(ip("192.0.2.10"), "shop/web", until, 10));
+    // Back, asking for another address: the kept one is anyone's again.
+    let mut asks = request("shop/web", &["lan"]);
+    asks.requested_ips = vec![ip("192.0.2.11")];
+    assert_eq!(ips(&a.allocate(&asks).unwrap()), ["192.0.2.11"]);
+    assert_eq!(a.next_expiry(), None);
+    assert_eq!(
+        ips(&a.allocate(&request("ns/a", &["lan"])).unwrap()),
+        ["192.0.2.10"]
+    );
+    // retainFor removed from the pool: what it kept is free.
+    a.release("ns/a");
+    assert!(a.retain(ip("192.0.2.10"), "ns/a", until, 10));
+    assert!(!a.set_pools([lan.clone()]), "nothing changed");
+    lan.retain_for = None;
+    assert!(a.set_pools([lan]));
+    assert_eq!(
+        ips(&a.allocate(&request("ns/b", &["lan"])).unwrap()),
+        ["192.0.2.10"]
+    );
+}
