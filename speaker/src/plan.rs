@@ -98,10 +98,14 @@ struct Applied<'p, 'a> {
 impl Applied<'_, '_> {
     /// Whether one of the advertisements lets `node` announce.
     fn allows(&self, node: &NodeFacts) -> bool {
-        self.advertisements
-            .iter()
-            .any(|ad| ad.spec.scope.selects_node(&node.labels))
+        any_selects(&self.advertisements, node)
     }
+}
+
+/// Whether one of `ads` lets `node` announce.
+fn any_selects(ads: &[&L2Advertisement], node: &NodeFacts) -> bool {
+    ads.iter()
+        .any(|ad| ad.spec.scope.selects_node(&node.labels))
 }
 
 /// The union of the interfaces the advertisements name.
@@ -136,9 +140,7 @@ impl<'a> PoolFacts<'a> {
     /// Whether one of the pool's advertisements (whatever Services they select) lets `node`
     /// announce: who competes with whom, for segments.
     fn allows(&self, node: &NodeFacts) -> bool {
-        self.advertisements
-            .iter()
-            .any(|ad| ad.spec.scope.selects_node(&node.labels))
+        any_selects(&self.advertisements, node)
     }
 
     /// The advertisements that apply to `target`, or why none does.

@@ -34,19 +34,25 @@ fn gossip_rules(hooks: &[&str]) -> String {
 
 /// Runs an nft script in `node`'s namespace.
 fn nft(lan: &Lan, node: &str, script: &str) {
+    nft_in(&lan.node(node).ns, script).expect("nft (scripts/setup installs nftables)");
+}
+
+/// Runs an nft script in the network namespace `ns`.
+pub fn nft_in(ns: &str, script: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
     use std::io::Write;
     let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &lan.node(node).ns, "nft", "-f", "-"])
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()
-        .expect("nft (scripts/setup installs nftables)");
+        .context("nft")?;
     child
         .stdin
         .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("nft script");
-    assert!(child.wait().expect("nft").success(), "nft failed");
+        .context("stdin")?
+        .write_all(script.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "nft failed in {ns}");
+    Ok(())
 }
 
 /// A speaker whose wall clock runs an hour behind (libfaketime; its monotonic clock is the

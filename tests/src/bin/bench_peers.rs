@@ -30,8 +30,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use herald_lab::faults::nft_in;
 use herald_lab::netns::{self, Host};
 use herald_lab::objects::apply;
+use herald_lab::process::{cpu_seconds, memory_mib};
 use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on,
     web_vips,
@@ -215,34 +217,15 @@ fn processes(binary: &str, node_ns: Option<&str>) -> Vec<u32> {
         .collect()
 }
 
-/// CPU ticks (user + system) and RSS in KiB of `pid`.
-fn usage(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some((ticks, rss))
-}
-
 /// Mean RSS (MiB) and CPU (% of a core) per process of each binary, over `window`.
 async fn resources(system: System, window: Duration) -> Vec<(String, f64, f64, usize)> {
-    let ticks_per_second = 100.0; // USER_HZ on Linux.
-    let before: Vec<BTreeMap<u32, (u64, u64)>> = system
+    let before: Vec<BTreeMap<u32, f64>> = system
         .binaries()
         .iter()
         .map(|b| {
             processes(b, None)
                 .into_iter()
-                .filter_map(|p| Some((p, usage(p)?)))
+                .filter_map(|p| Some((p, cpu_seconds(p).ok()?)))
                 .collect()
         })
         .collect();
@@ -255,10 +238,10 @@ async fn resources(system: System, window: Duration) -> Vec<(String, f64, f64, u
             let mut cpu = 0.0;
             let mut rss = 0.0;
             let mut count = 0;
-            for (pid, (ticks0, _)) in before {
-                if let Some((ticks1, kib)) = usage(pid) {
-                    cpu += (ticks1 - ticks0) as f64 / ticks_per_second / window.as_secs_f64();
-                    rss += kib as f64 / 1024.0;
+            for (pid, cpu0) in before {
+                if let (Ok(cpu1), Ok(mib)) = (cpu_seconds(pid), memory_mib(pid, "VmRSS:")) {
+                    cpu += (cpu1 - cpu0) / window.as_secs_f64();
+                    rss += mib;
                     count += 1;
                 }
             }
@@ -271,25 +254,6 @@ async fn resources(system: System, window: Duration) -> Vec<(String, f64, f64, u
             )
         })
         .collect()
-}
-
-/// Runs an nft script in the network namespace `ns`.
-fn nft(ns: &str, script: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("nft")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(script.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("nft failed in {ns}");
-    }
-    Ok(())
 }
 
 /// Waits until the speaker on `node` runs again under another pid than `old`.
@@ -380,7 +344,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     let owner = cluster.one_answer(v4, SETTLE, |_| true);
     let owner_ns = cluster.node(&owner).host.ns.clone();
     let watch = Watch::start(&cluster, v4).await;
-    nft(
+    nft_in(
         &owner_ns,
         &format!(
             "add table inet herald_bench\nadd chain inet herald_bench input {{ type filter hook input priority 0; }}\nadd rule inet herald_bench input {} drop\n",
@@ -388,7 +352,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
         ),
     )?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    nft(&owner_ns, "delete table inet herald_bench\n")?;
+    nft_in(&owner_ns, "delete table inet herald_bench\n")?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let seen = watch.finish(AFTER).await;
     results.seen(system, number, "gossip blocked 30 s", seen);
