@@ -1,6 +1,11 @@
 //! `IPPool`: addresses Herald may give to LoadBalancer Services, and which Services may get them.
 
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+
+use crate::selector::matches;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -173,4 +178,38 @@ pub struct Retained {
     pub service: String,
     /// When it is free for anyone (RFC 3339).
     pub until: String,
+}
+
+/// Names of the pools whose `serviceAllocation` admits the Service, in the order to try them:
+/// by priority (lower first; none last), then by name.
+pub fn eligible<P: Borrow<IPPool>>(
+    pools: &[P],
+    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
+    service_labels: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut admitted: Vec<(i64, String)> = pools
+        .iter()
+        .map(Borrow::borrow)
+        .filter_map(|p: &IPPool| {
+            let name = p.metadata.name.clone()?;
+            let Some(alloc) = &p.spec.service_allocation else {
+                return Some((i64::MAX, name));
+            };
+            let ns_ok = (alloc.namespaces.is_empty() && alloc.namespace_selectors.is_empty())
+                || alloc.namespaces.iter().any(|n| n == namespace)
+                || alloc
+                    .namespace_selectors
+                    .iter()
+                    .any(|s| matches(s, namespace_labels));
+            let svc_ok = alloc.service_selectors.is_empty()
+                || alloc
+                    .service_selectors
+                    .iter()
+                    .any(|s| matches(s, service_labels));
+            (ns_ok && svc_ok).then(|| (alloc.priority.map(i64::from).unwrap_or(i64::MAX), name))
+        })
+        .collect();
+    admitted.sort();
+    admitted.into_iter().map(|(_, n)| n).collect()
 }

@@ -198,6 +198,19 @@ impl LbCondition {
     }
 }
 
+/// Herald's condition (`herald.dev/IPAllocated`) on a full Service object, as clients that
+/// read Services with k8s-openapi's type see it.
+pub fn allocated_condition(
+    svc: &k8s_openapi::api::core::v1::Service,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == keys::IP_ALLOCATED_CONDITION)
+}
+
 impl LbService {
     /// `namespace/name`.
     pub fn key(&self) -> String {

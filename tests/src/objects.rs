@@ -115,14 +115,7 @@ pub fn ips(svc: &Service) -> Vec<String> {
 
 /// Herald's condition `(status, reason, message)`.
 pub fn condition(svc: &Service) -> Option<(String, String, String)> {
-    let c = svc
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "herald.dev/IPAllocated")?
-        .clone();
+    let c = herald_api::service::allocated_condition(svc)?.clone();
     Some((c.status, c.reason, c.message))
 }
 

@@ -84,6 +84,7 @@ async fn journey_local_traffic_keeps_the_client_address_and_follows_the_pod() {
     for vip in [v4, v6] {
         assert_eq!(cluster.one_answer(vip, SETTLE, |n| n == "n2"), "n2");
     }
+    kubectl_herald_says_what_the_client_sees(&cluster, &[v4, v6]).await;
     // Every request lands on the node with the pod, and the pod sees the client itself.
     for _ in 0..20 {
         let body = cluster
@@ -123,6 +124,80 @@ async fn journey_local_traffic_keeps_the_client_address_and_follows_the_pod() {
             assert_eq!(cluster.answers(vip), vec![owner.clone()]);
         }
     }
+}
+
+/// `kubectl herald` (the plugin on the PATH, as users install it) names the node the
+/// client's ARP and NDP asks are answered by, and says why the others may not announce; its
+/// pools and nodes reports agree.
+async fn kubectl_herald_says_what_the_client_sees(cluster: &Cluster, vips: &[IpAddr]) {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = cluster
+            .kubectl_herald(&[args, &["-o", "json"]].concat())
+            .unwrap_or_else(|e| panic!("kubectl herald {args:?}: {e:#}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let explained = json(&["explain", "svc/web"]);
+    for vip in vips {
+        let on_the_wire = cluster.answers(*vip);
+        let address = explained["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["ip"] == vip.to_string())
+            .unwrap_or_else(|| panic!("{vip} not explained: {explained:#}"));
+        assert_eq!(
+            [address["answeredBy"].as_str().unwrap_or("nobody")],
+            on_the_wire.as_slice(),
+            "{vip}: {address:#}"
+        );
+        assert_eq!(address["pool"], "lan", "{address:#}");
+    }
+    for node in ["n1", "n3"] {
+        let verdict = explained["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node"] == node)
+            .unwrap_or_else(|| panic!("{node} not listed: {explained:#}"));
+        assert_eq!(
+            verdict["whyNot"][0],
+            "no ready endpoint of the Service on it (externalTrafficPolicy: Local)",
+            "{verdict:#}"
+        );
+    }
+    let text = cluster
+        .kubectl_herald(&["explain", "svc/web"])
+        .expect("kubectl herald explain");
+    assert!(
+        text.contains(&format!("{}: IPPool lan", vips[0])) && text.contains("by node n2 on "),
+        "{text}"
+    );
+    let pools = json(&["pools"]);
+    let lan = &pools["pools"][0];
+    assert_eq!(
+        (&lan["name"], &lan["assigned"]),
+        (&"lan".into(), &2.into()),
+        "{pools:#}"
+    );
+    let nodes = json(&["nodes"]);
+    let n2 = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == "n2")
+        .unwrap_or_else(|| panic!("n2: {nodes:#}"));
+    assert_eq!(n2["speakerReady"], true, "{n2:#}");
+    let answers: Vec<&str> = n2["answersFor"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(answers.len(), 2, "{n2:#}");
+    assert!(
+        answers.iter().all(|a| a.starts_with("default/web ")),
+        "{n2:#}"
+    );
 }
 
 /// Nodes whose address sits on a bridge or a macvlan announce with the default

@@ -307,8 +307,33 @@ impl Cluster {
         self.tool("kubectl", args)
     }
 
+    /// Runs `kubectl herald ARGS` as the admin: kubectl finds the plugin on the PATH, as
+    /// users install it.
+    pub fn kubectl_herald(&self, args: &[&str]) -> Result<String> {
+        let plugin = crate::bins::herald_binary("kubectl-herald")?;
+        let dir = plugin.parent().context("the plugin's directory")?;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)),
+        )?;
+        self.tool_with("kubectl", &[&["herald"], args].concat(), Some(&path))
+    }
+
     fn tool(&self, name: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new(go_binary(name)?)
+        self.tool_with(name, args, None)
+    }
+
+    fn tool_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        path: Option<&std::ffi::OsStr>,
+    ) -> Result<String> {
+        let mut command = Command::new(go_binary(name)?);
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        let out = command
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
             .env("KUBECACHEDIR", self.claim.base().join("kube-cache"))
