@@ -1,5 +1,6 @@
 //! `L2Advertisement`: which pools are announced with ARP/NDP, from which nodes, on which interfaces.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -33,4 +34,36 @@ pub struct L2AdvertisementSpec {
     /// interface of the default route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<String>,
+
+    /// Nodes to announce from while they may (MetalLB's field and shape, as Kubernetes'
+    /// preferred scheduling terms): a node scores the sum of the weights of the preferences
+    /// its labels match, and the election picks among the eligible nodes with the highest
+    /// score; when none of them may announce, among the next. Empty: every eligible node
+    /// is as good as another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub preferred_node_selectors: Vec<PreferredNodeSelector>,
+}
+
+/// A weighted preference for some nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferredNodeSelector {
+    /// 1 to 100: how much a node matching `preference` is preferred.
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: u32,
+    /// The nodes preferred, by their labels.
+    pub preference: LabelSelector,
+}
+
+impl L2AdvertisementSpec {
+    /// How much this advertisement prefers a node with `labels`: the sum of the weights of
+    /// the preferences they match (0 when none does, or there are none).
+    pub fn preference(&self, labels: &std::collections::BTreeMap<String, String>) -> u32 {
+        self.preferred_node_selectors
+            .iter()
+            .filter(|p| crate::selector::matches(&p.preference, labels))
+            .map(|p| p.weight.min(100))
+            .sum()
+    }
 }

@@ -132,7 +132,12 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
             "L2Advertisement" => {
                 rename(spec, &mut new, "ipAddressPools", "ipPools");
                 rename(spec, &mut new, "ipAddressPoolSelectors", "ipPoolSelectors");
-                copy(spec, &mut new, &["nodeSelectors", "interfaces"]);
+                // preferredNodeSelectors: MetalLB's newer field, in the same shape.
+                copy(
+                    spec,
+                    &mut new,
+                    &["nodeSelectors", "interfaces", "preferredNodeSelectors"],
+                );
                 "L2Advertisement"
             }
             "BGPPeer" => {
@@ -384,6 +389,9 @@ spec:
   nodeSelectors:
   - matchLabels: {kubernetes.io/hostname: kind-worker}
   interfaces: [eth0, eth1]
+  preferredNodeSelectors:
+  - weight: 50
+    preference: {matchLabels: {node-role.example/edge: "true"}}
 ---
 apiVersion: metallb.io/v1beta2
 kind: BGPPeer
@@ -423,6 +431,8 @@ metadata: {name: bgp, namespace: metallb-system}
         assert_eq!(ad.spec.scope.ip_pool_selectors.len(), 1);
         assert_eq!(ad.spec.scope.node_selectors.len(), 1);
         assert_eq!(ad.spec.interfaces, ["eth0", "eth1"]);
+        assert_eq!(ad.spec.preferred_node_selectors.len(), 1);
+        assert_eq!(ad.spec.preferred_node_selectors[0].weight, 50);
         // Every entry of the converted pool is one Herald accepts.
         for entry in &pool.spec.addresses {
             herald_api::AddressEntry::parse(entry).expect(entry);

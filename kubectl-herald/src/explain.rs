@@ -80,6 +80,10 @@ pub struct Route {
 pub struct NodeVerdict {
     pub node: String,
     pub may_announce: bool,
+    /// How much the L2Advertisements prefer it (`preferredNodeSelectors`): the highest
+    /// score among the nodes that may announce wins.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub preference: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub why_not: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -87,6 +91,10 @@ pub struct NodeVerdict {
     /// The Service's IPs this node answers for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub answers_for: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How many of Herald's Warnings are shown.
@@ -161,6 +169,7 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
             let node_name = facts::name(node);
             let node_labels = node.metadata.labels.clone().unwrap_or_default();
             let mut why_not = facts::blockers(snapshot, node);
+            let mut preference = 0;
             for pool in &pools {
                 let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
                 let l2: Vec<_> = snapshot
@@ -175,6 +184,16 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
                     .map(|a| &a.spec.scope)
                     .filter(|s| s.selects_pool(pool) && s.selects_service(Some(&labels)))
                     .collect();
+                let preferred = snapshot
+                    .l2_advertisements
+                    .iter()
+                    .filter(|a| {
+                        a.spec.scope.selects_pool(pool)
+                            && a.spec.scope.selects_service(Some(&labels))
+                            && a.spec.scope.selects_node(&node_labels)
+                    })
+                    .map(|a| a.spec.preference(&node_labels));
+                preference = preference.max(preferred.max().unwrap_or(0));
                 let advertised = !(l2.is_empty() && bgp.is_empty());
                 let selects_node = l2.iter().chain(&bgp).any(|s| s.selects_node(&node_labels));
                 if advertised && !selects_node {
@@ -197,6 +216,7 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
             NodeVerdict {
                 node: node_name.to_owned(),
                 may_announce: why_not.is_empty(),
+                preference,
                 why_not,
                 notes: facts::notes(node),
                 answers_for,
@@ -543,7 +563,12 @@ pub fn text(e: &Explanation) -> String {
         } else {
             format!("may not: {}", n.why_not.join("; "))
         };
-        let _ = writeln!(out, "    {}: {state}", n.node);
+        let preferred = if n.preference > 0 {
+            format!(" (preferred, score {})", n.preference)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "    {}{preferred}: {state}", n.node);
         for note in &n.notes {
             let _ = writeln!(out, "      note: {note}");
         }

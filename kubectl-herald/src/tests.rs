@@ -197,6 +197,24 @@ fn an_address_asked_for_or_reserved_says_so() {
 }
 
 #[test]
+fn explain_shows_how_much_each_node_is_preferred() {
+    let mut c = cluster();
+    c.l2_advertisements = many(
+        "metadata: {name: all}\nspec: {preferredNodeSelectors: [{weight: 30, preference: {matchLabels: {kubernetes.io/hostname: n2}}}]}",
+    );
+    c.nodes[1].metadata.labels =
+        Some([("kubernetes.io/hostname".to_owned(), "n2".to_owned())].into());
+    let e = explain::explain(&c, "default", "web").expect("web");
+    let scores: Vec<(&str, u32)> = e
+        .nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.preference))
+        .collect();
+    assert_eq!(scores, [("n1", 0), ("n2", 30), ("n3", 0), ("n4", 0)]);
+    assert!(explain::text(&e).contains("n2 (preferred, score 30): answers for"));
+}
+
+#[test]
 fn pools_show_usage_drains_and_who_waits_for_which_pool() {
     let r = pools::pools(&cluster());
     let lan = &r.pools[0];

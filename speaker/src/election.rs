@@ -15,15 +15,23 @@ pub struct Candidate<'a> {
     /// The node has an interface in a subnet containing the IP. Such nodes are preferred:
     /// an off-subnet node can answer ARP only if the announcing interface is forced.
     pub on_subnet: bool,
+    /// How much the advertisements prefer the node (`preferredNodeSelectors`): among the
+    /// on-subnet nodes, those with the highest score compete.
+    pub preference: u32,
 }
 
 /// The owner of `ip` among `candidates`: the on-subnet nodes if there are any, else all;
-/// among those the one with the highest weight for (node, ip).
+/// of those the most preferred; among those the one with the highest weight for (node, ip).
 pub fn owner<'a>(ip: IpAddr, candidates: &[Candidate<'a>]) -> Option<&'a str> {
     let any_on_subnet = candidates.iter().any(|c| c.on_subnet);
-    candidates
-        .iter()
-        .filter(|c| c.on_subnet || !any_on_subnet)
+    let near = || {
+        candidates
+            .iter()
+            .filter(move |c| c.on_subnet || !any_on_subnet)
+    };
+    let best = near().map(|c| c.preference).max()?;
+    near()
+        .filter(|c| c.preference == best)
         // Ties are impossible in practice (64-bit weights); the name breaks them anyway.
         .max_by_key(|c| (weight(c.node, ip), c.node))
         .map(|c| c.node)
@@ -261,6 +269,7 @@ mod tests {
             .map(|n| Candidate {
                 node: n,
                 on_subnet: true,
+                preference: 0,
             })
             .collect()
     }
@@ -312,14 +321,17 @@ mod tests {
                 Candidate {
                     node: "far-1",
                     on_subnet: false,
+                    preference: 0,
                 },
                 Candidate {
                     node: "near",
                     on_subnet: true,
+                    preference: 0,
                 },
                 Candidate {
                     node: "far-2",
                     on_subnet: false,
+                    preference: 0,
                 },
             ];
             assert_eq!(owner(ip, &mixed), Some("near"));
@@ -328,8 +340,45 @@ mod tests {
         let far = [Candidate {
             node: "far",
             on_subnet: false,
+            preference: 0,
         }];
         assert_eq!(owner(ip("192.0.2.1"), &far), Some("far"));
+    }
+
+    /// The most preferred eligible nodes win, on every IP; without them the next most
+    /// preferred, then anyone; never an off-subnet node over an on-subnet one.
+    #[test]
+    fn the_most_preferred_node_wins_and_failover_goes_to_the_next() {
+        let node = |node, on_subnet, preference| Candidate {
+            node,
+            on_subnet,
+            preference,
+        };
+        for i in 0..50u8 {
+            let ip: IpAddr = format!("192.0.2.{i}").parse().expect("ip");
+            let all = [
+                node("edge-1", true, 100),
+                node("edge-2", true, 100),
+                node("zone-a", true, 10),
+                node("zone-b", true, 0),
+                node("far", false, 1000),
+            ];
+            let first = owner(ip, &all).expect("owner");
+            assert!(first.starts_with("edge-"), "{ip}: {first}");
+            let no_edge: Vec<Candidate> = all
+                .iter()
+                .filter(|c| !c.node.starts_with("edge-"))
+                .cloned()
+                .collect();
+            assert_eq!(owner(ip, &no_edge), Some("zone-a"));
+            assert_eq!(owner(ip, &no_edge[1..]), Some("zone-b"));
+        }
+        // Between equally preferred nodes, IPs still spread.
+        let both = [node("edge-1", true, 5), node("edge-2", true, 5)];
+        let owners: BTreeSet<&str> = (0..50u8)
+            .filter_map(|i| owner(format!("192.0.2.{i}").parse().expect("ip"), &both))
+            .collect();
+        assert_eq!(owners.len(), 2);
     }
 
     #[test]

@@ -100,6 +100,17 @@ impl Applied<'_, '_> {
     fn allows(&self, node: &NodeFacts) -> bool {
         any_selects(&self.advertisements, node)
     }
+
+    /// How much the advertisements letting `node` announce prefer it: the most any does.
+    fn preference(&self, node: Option<&NodeFacts>) -> u32 {
+        let Some(node) = node else { return 0 };
+        self.advertisements
+            .iter()
+            .filter(|ad| ad.spec.scope.selects_node(&node.labels))
+            .map(|ad| ad.spec.preference(&node.labels))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Whether one of `ads` lets `node` announce.
@@ -328,6 +339,7 @@ fn owner<'v, 'p>(
                 .map(|node| Candidate {
                     node,
                     on_subnet: true,
+                    preference: pool.preference(view.nodes.get(*node)),
                 })
                 .collect();
             if let Some(owner) = election::owner(ip, &candidates) {
@@ -344,6 +356,7 @@ fn owner<'v, 'p>(
                 .node_subnets
                 .get(*node)
                 .is_some_and(|nets| nets.iter().any(|n| n.contains(ip))),
+            preference: pool.preference(view.nodes.get(*node)),
         })
         .collect();
     let owner = election::owner(ip, &candidates).ok_or(NoOwner::NoLiveNode)?;

@@ -71,6 +71,7 @@ async fn crds_install_and_accept_valid_objects() {
                 ..Default::default()
             },
             interfaces: vec!["eth0".into()],
+            preferred_node_selectors: Vec::new(),
         },
     };
     let created = l2

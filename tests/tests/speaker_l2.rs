@@ -236,3 +236,61 @@ async fn interface_patterns_choose_where_an_ip_is_announced() {
         .message;
     assert_eq!(message, format!("{ip} is announced by node n1 on eth0"));
 }
+
+/// `preferredNodeSelectors`: the IPs the hash spreads over the nodes all go to the preferred
+/// node, one answer each; when its speaker dies they move to the others and come back when
+/// it returns.
+#[tokio::test]
+async fn preferred_nodes_answer_while_they_live_and_take_their_ips_back() {
+    let (cp, lan, _controller) = setup(3).await;
+    let client = cp.client();
+    let mut speakers: Vec<Process> = speakers(&cp, &lan);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let mut vips = Vec::new();
+    for i in 0..6 {
+        let name = format!("web-{i}");
+        apply(&client, &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 8080}}]}}")).await;
+        let ip: IpAddr = wait_for(&svcs, &name, "an IP", |s| ips(s).first().cloned())
+            .await
+            .parse()
+            .expect("ip");
+        vips.push(ip);
+    }
+    accept_locally(&lan, &vips);
+    let owners = |not: Option<&str>| -> Vec<String> {
+        vips.iter()
+            .map(|ip| owner(&lan, *ip, not, Duration::from_secs(15)))
+            .collect()
+    };
+    let spread = owners(None);
+    assert!(
+        spread.iter().any(|n| n != "n3"),
+        "the hash alone must put some IP elsewhere than n3 for this test to prove anything: {spread:?}"
+    );
+
+    ready_node(&client, "n3", &lan.node("n3").v4.to_string(), "role: edge").await;
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {preferredNodeSelectors: [{weight: 100, preference: {matchLabels: {role: edge}}}]}").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while owners(None).iter().any(|n| n != "n3") {
+        assert!(
+            Instant::now() < deadline,
+            "not all on n3: {:?}",
+            owners(None)
+        );
+    }
+
+    // The preferred node's speaker dies: every IP is answered by one other node.
+    speakers[2].kill();
+    let moved = owners(Some("n3"));
+    assert!(moved.iter().all(|n| n != "n3"), "{moved:?}");
+    // It comes back: it takes them back.
+    speakers[2] = speaker(&cp, &lan, "n3", KEY, "speaker-n3-again");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while owners(None).iter().any(|n| n != "n3") {
+        assert!(
+            Instant::now() < deadline,
+            "not back on n3: {:?}",
+            owners(None)
+        );
+    }
+}

@@ -134,6 +134,7 @@ fn winner<'a>(nodes: &[&'a str], ip: IpAddr) -> &'a str {
         .map(|node| crate::election::Candidate {
             node,
             on_subnet: true,
+            preference: 0,
         })
         .collect();
     crate::election::owner(ip, &candidates).expect("a winner")

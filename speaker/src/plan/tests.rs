@@ -388,10 +388,46 @@ proptest::proptest! {
         let reference = election::eligible(&f.nodes, &|_| true, None).ok().and_then(|e| {
             let candidates: Vec<Candidate> = e
                 .iter()
-                .map(|node| Candidate { node, on_subnet: !f.off_subnet.contains(node) })
+                .map(|node| Candidate { node, on_subnet: !f.off_subnet.contains(node), preference: 0 })
                 .collect();
             election::owner(ip, &candidates).map(str::to_owned)
         });
         proptest::prop_assert_eq!(f.owner().ok(), reference);
     }
+}
+
+/// `preferredNodeSelectors`: every speaker elects the most preferred eligible node, the next
+/// most preferred when it may not announce, and the advertisement must select the node for
+/// its preference to count.
+#[test]
+fn preferred_nodes_win_while_eligible_and_failover_goes_to_the_next() {
+    let mut f = Fixture::new();
+    let hashed = f.owner().expect("an owner");
+    // Prefer another node than the one the hash picks, and a third one a little.
+    let others: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| n.to_string())
+        .filter(|n| *n != hashed)
+        .collect();
+    let (edge, backup) = (&others[0], &others[1]);
+    f.nodes.insert(edge.clone(), node("edge"));
+    f.nodes.insert(backup.clone(), node("backup"));
+    f.ads = vec![yaml(
+        "metadata: {name: all}\nspec: {preferredNodeSelectors: [{weight: 50, preference: {matchLabels: {zone: edge}}}, {weight: 10, preference: {matchLabels: {zone: backup}}}]}",
+    )];
+    assert_eq!(f.owner(), Ok(edge.clone()));
+    f.nodes.get_mut(edge.as_str()).expect("edge").ready = false;
+    assert_eq!(f.owner(), Ok(backup.clone()));
+    f.nodes.get_mut(backup.as_str()).expect("backup").live = false;
+    assert_eq!(f.owner(), Ok(hashed.clone()), "nobody preferred is left");
+    f.nodes.get_mut(edge.as_str()).expect("edge").ready = true;
+    assert_eq!(f.owner(), Ok(edge.clone()), "back to the preferred node");
+    // A preference in an advertisement that does not select the node gives it nothing.
+    f.ads = vec![
+        yaml("metadata: {name: all}\nspec: {}"),
+        yaml(
+            "metadata: {name: elsewhere}\nspec: {nodeSelectors: [{matchLabels: {zone: nowhere}}], preferredNodeSelectors: [{weight: 50, preference: {matchLabels: {zone: edge}}}]}",
+        ),
+    ];
+    assert_eq!(f.owner(), Ok(hashed));
 }
