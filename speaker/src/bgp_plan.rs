@@ -37,6 +37,8 @@ pub struct BgpView<'a> {
     /// This node's Node (`None` before the cache has it: nothing is announced).
     pub node: Option<&'a NodeView>,
     pub targets: &'a Targets<'a>,
+    /// Per Local Service, the nodes that announce it now (`settle`).
+    pub local_announcing: &'a BTreeMap<&'a str, BTreeSet<&'a str>>,
     pub pools: &'a [&'a IPPool],
     pub peers: &'a [&'a BGPPeer],
     pub advertisements: &'a [&'a BGPAdvertisement],
@@ -164,12 +166,18 @@ fn routes(view: &BgpView, node: &NodeFacts, peer_name: &str) -> Routes {
         if !target.served {
             continue;
         }
-        // externalTrafficPolicy Local: only from a node with a serving endpoint.
-        if target
-            .serving_nodes
-            .as_ref()
-            .is_some_and(|nodes| !nodes.contains(view.me))
-        {
+        // externalTrafficPolicy Local: only from a node serving every Local holder, once its
+        // kube-proxy had time to program the endpoint (`settle`).
+        let local_here = target
+            .holders
+            .iter()
+            .filter(|(_, _, svc)| svc.local_traffic)
+            .all(|(_, key, _)| {
+                view.local_announcing
+                    .get(key)
+                    .is_some_and(|nodes| nodes.contains(view.me))
+            });
+        if !local_here {
             continue;
         }
         let Some((_, pool_ads)) = pools

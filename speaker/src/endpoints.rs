@@ -9,8 +9,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub struct ServingNodes {
     /// The Service the slice belongs to, `namespace/name`.
     pub service: String,
-    /// Nodes with an endpoint that serves, sorted, each once.
+    /// Nodes with a ready endpoint, sorted, each once.
     pub nodes: Vec<String>,
+    /// Nodes whose endpoints all terminate but still serve (a pod in its preStop delay),
+    /// sorted, each once: announced only while no node has a ready endpoint, as kube-proxy
+    /// sends traffic to terminating endpoints only then.
+    pub draining: Vec<String>,
     /// Some endpoint serves, with or without a node (a slice written by hand often names
     /// none): the Service can take traffic at all.
     pub any_serving: bool,
@@ -24,26 +28,33 @@ impl ServingNodes {
             .labels?
             .remove("kubernetes.io/service-name")?;
         let namespace = slice.metadata.namespace.unwrap_or_default();
-        let serving: Vec<_> = slice
-            .endpoints
-            .into_iter()
-            .flatten()
-            .filter(|ep| {
-                // `serving` says it all when set; older API servers set only `ready`
-                // (absent counts as ready).
-                ep.conditions
-                    .as_ref()
-                    .is_none_or(|c| c.serving.unwrap_or(c.ready != Some(false)))
-            })
-            .collect();
-        let any_serving = !serving.is_empty();
-        let mut nodes: Vec<String> = serving.into_iter().filter_map(|ep| ep.node_name).collect();
-        nodes.sort();
-        nodes.dedup();
-        nodes.shrink_to_fit();
+        let mut nodes = Vec::new();
+        let mut draining = Vec::new();
+        let mut any_serving = false;
+        for ep in slice.endpoints.into_iter().flatten() {
+            let c = ep.conditions.unwrap_or_default();
+            // Absent conditions count as ready (older API servers, slices written by hand);
+            // `serving` is unset where only `ready` is known.
+            let ready = c.ready != Some(false) && c.terminating != Some(true);
+            let serving = c.serving.unwrap_or(c.ready != Some(false));
+            any_serving |= ready || serving;
+            match (ep.node_name, ready, serving) {
+                (Some(node), true, _) => nodes.push(node),
+                (Some(node), false, true) => draining.push(node),
+                _ => {}
+            }
+        }
+        for list in [&mut nodes, &mut draining] {
+            list.sort();
+            list.dedup();
+            list.shrink_to_fit();
+        }
+        // A node with a ready endpoint is not draining, whatever else it runs.
+        draining.retain(|n| nodes.binary_search(n).is_err());
         Some(Self {
             service: ObjectKey::new(&namespace, &service).to_string(),
             nodes,
+            draining,
             any_serving,
         })
     }
@@ -54,7 +65,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_the_nodes_of_serving_endpoints() {
+    fn keeps_the_nodes_of_ready_endpoints_and_of_terminating_ones_still_serving() {
         let slice: EndpointSlice = serde_yaml_ng::from_str(
             "metadata: {name: web-abc12, namespace: shop, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
@@ -72,7 +83,8 @@ endpoints:
             ServingNodes::of(slice),
             Some(ServingNodes {
                 service: "shop/web".into(),
-                nodes: vec!["a".into(), "b".into(), "e".into()],
+                nodes: vec!["b".into(), "e".into()],
+                draining: vec!["a".into()],
                 any_serving: true,
             })
         );

@@ -26,6 +26,7 @@ mod plan;
 mod prose;
 mod run;
 mod service;
+mod settle;
 mod targets;
 
 use std::net::SocketAddr;
@@ -116,6 +117,12 @@ struct RunArgs {
         default_values_t = interfaces::DEFAULT_IGNORED.map(str::to_owned)
     )]
     ignored_interfaces: Vec<String>,
+    /// Milliseconds a node newly serving an externalTrafficPolicy Local Service waits before
+    /// its BGP route draws that Service's traffic, so its kube-proxy has programmed the new
+    /// endpoint (it syncs at most once a second by default). Not when it is the only node
+    /// serving; withdrawals never wait. 0: announce at once.
+    #[arg(long, env = "HERALD_LOCAL_SETTLE_MS", default_value_t = pass::LOCAL_SETTLE.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    local_settle_ms: u64,
 }
 
 fn main() -> Result<()> {
@@ -142,6 +149,7 @@ fn main() -> Result<()> {
         records_owner: args.records_owner,
         segmented_liveness: args.segmented_liveness,
         ignored_interfaces: args.ignored_interfaces,
+        local_settle: Duration::from_millis(args.local_settle_ms),
         exclusion: election::Exclusion {
             by_label: !args.ignore_exclude_lb,
             cordoned: args.exclude_cordoned,

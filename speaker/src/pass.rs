@@ -28,6 +28,7 @@ use crate::metrics::Departure;
 use crate::node::NodeView;
 use crate::plan::{self, Decision, View};
 use crate::service::ServiceIps;
+use crate::settle::Settle;
 use crate::targets::Targets;
 
 /// How long after a peer's departure a gain of IPs counts as taking over from it.
@@ -94,7 +95,15 @@ pub struct Pass {
     owned: BTreeSet<IpAddr>,
     /// Departures that gave this node no IP yet (a held-over IP may still come).
     departures: Vec<(Departure, Instant)>,
+    /// When this node started serving each Local Service: BGP routes wait for its
+    /// kube-proxy.
+    settle: Settle,
 }
+
+/// How long a node newly serving a Local Service waits before its BGP route draws traffic
+/// (`settle`): kube-proxy programs a new local endpoint within its one-second minimum sync
+/// period, plus the sync itself.
+pub const LOCAL_SETTLE: Duration = Duration::from_secs(2);
 
 /// What one pass decided.
 #[derive(Debug)]
@@ -154,7 +163,14 @@ impl Pass {
             was_isolated: false,
             owned: BTreeSet::new(),
             departures: Vec::new(),
+            settle: Settle::new(LOCAL_SETTLE),
         }
+    }
+
+    /// How long a node newly serving a Local Service waits before announcing it over BGP.
+    pub fn settling_local(mut self, wait: Duration) -> Self {
+        self.settle = Settle::new(wait);
+        self
     }
 
     /// Which nodes count as excluded (default: those labelled, not those cordoned).
@@ -175,7 +191,9 @@ impl Pass {
             verdict.clone()
         });
         let standing_by = settling || verdict.isolated;
-        let (l2, bgp, segment) = self.decide(&inputs, standing_by);
+        let targets = Targets::new(inputs.stores.services, inputs.stores.slices);
+        let (local_announcing, settled_by) = self.settle.update(now, targets.local_endpoints());
+        let (l2, bgp, segment) = self.decide(&inputs, standing_by, &targets, &local_announcing);
         let peers = peers_of(inputs.stores.nodes, &self.me, segment.as_ref());
 
         let now_owned: BTreeSet<IpAddr> = l2.announced().collect();
@@ -215,6 +233,8 @@ impl Pass {
             // Proof of an unheard peer counts once its grace is over; a joining peer gets
             // its IPs once it has settled.
             (verdict.pending || joining).then_some(now + self.heartbeat),
+            // A Local Service this node serves may go out over BGP.
+            settled_by,
         ]
         .into_iter()
         .flatten()
@@ -269,6 +289,8 @@ impl Pass {
         &self,
         inputs: &Inputs,
         standing_by: bool,
+        targets: &Targets,
+        local_announcing: &BTreeMap<&str, BTreeSet<&str>>,
     ) -> (Decision, BgpDecision, Option<BTreeSet<String>>) {
         let Inputs {
             stores, gossiped, ..
@@ -282,13 +304,12 @@ impl Pass {
                 (n.name.to_string(), facts)
             })
             .collect();
-        let targets = Targets::new(stores.services, stores.slices);
         let view = View {
             me: &self.me,
             // The alphabetically first live speaker reports IPs nobody may announce: one
             // Warning per Service, not one per node.
             reports_unannounced: node_subnets.keys().next() == Some(&self.me),
-            targets: &targets,
+            targets,
             nodes: &nodes,
             node_subnets,
             remembered_subnets: &gossiped.remembered,
@@ -311,7 +332,8 @@ impl Pass {
                 .nodes
                 .get(&ObjectKey::cluster(&self.me).to_string())
                 .map(|n| &**n),
-            targets: &targets,
+            targets,
+            local_announcing,
             pools: stores.pools,
             peers: stores.bgp_peers,
             advertisements: stores.bgp_advertisements,

@@ -60,6 +60,8 @@ pub struct Config {
     pub exclusion: Exclusion,
     /// Interfaces never chosen unless an L2Advertisement names them (patterns with `*`).
     pub ignored_interfaces: Vec<String>,
+    /// How long a node newly serving a Local Service waits before announcing it over BGP.
+    pub local_settle: Duration,
 }
 
 const MIN_COALESCE: Duration = Duration::from_millis(10);
@@ -173,7 +175,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         settle,
         Instant::now(),
     )
-    .excluding(config.exclusion);
+    .excluding(config.exclusion)
+    .settling_local(config.local_settle);
     // Passes over many Services cost milliseconds: bursts of watch events are coalesced for
     // twice the last pass's time (at least 10 ms), so a speaker spends at most a third of a
     // core deciding while thousands of Services change.

@@ -24,8 +24,19 @@ pub struct Targets<'a> {
     /// Nodes with a serving endpoint, for the Services with `externalTrafficPolicy: Local`
     /// only (the others may be announced from any node).
     serving: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// For those Services, the nodes with a ready endpoint and those whose endpoints all
+    /// terminate but still serve (BGP's `settle` works from both).
+    ready: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    draining: BTreeMap<&'a str, BTreeSet<&'a str>>,
     /// The Services with some serving endpoint (`None`: take every Service as served).
     served: Option<BTreeSet<&'a str>>,
+}
+
+/// Per `Local` Service key, where its endpoints are.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalEndpoints<'t, 'a> {
+    pub ready: &'t BTreeMap<&'a str, BTreeSet<&'a str>>,
+    pub draining: &'t BTreeMap<&'a str, BTreeSet<&'a str>>,
 }
 
 /// One IP and what it asks for.
@@ -65,7 +76,8 @@ impl<'a> Targets<'a> {
         services: &'a HashMap<String, Arc<ServiceIps>>,
         slices: &'a HashMap<String, Arc<ServingNodes>>,
     ) -> Self {
-        let mut serving: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut ready: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut draining: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         let mut served = BTreeSet::new();
         for slice in slices.values() {
             let Some((key, svc)) = services.get_key_value(&slice.service) else {
@@ -75,14 +87,31 @@ impl<'a> Targets<'a> {
                 served.insert(key.as_str());
             }
             if svc.local_traffic {
-                serving
+                ready
                     .entry(key.as_str())
                     .or_default()
                     .extend(slice.nodes.iter().map(String::as_str));
+                draining
+                    .entry(key.as_str())
+                    .or_default()
+                    .extend(slice.draining.iter().map(String::as_str));
+            }
+        }
+        // The nodes with a ready endpoint; only while there are none, those whose
+        // terminating endpoints still serve (where kube-proxy then sends the traffic). A node
+        // whose last endpoint starts terminating stops announcing while others are ready.
+        let mut serving = ready.clone();
+        for (key, nodes) in serving.iter_mut() {
+            if nodes.is_empty()
+                && let Some(draining) = draining.get(key)
+            {
+                nodes.clone_from(draining);
             }
         }
         let mut targets = Self::with_serving(services, serving);
         targets.served = Some(served);
+        targets.ready = ready;
+        targets.draining = draining;
         targets
     }
 
@@ -99,7 +128,18 @@ impl<'a> Targets<'a> {
         Self {
             held,
             serving,
+            ready: BTreeMap::new(),
+            draining: BTreeMap::new(),
             served: None,
+        }
+    }
+
+    /// Per `Local` Service key, the nodes with a ready endpoint, and those whose endpoints
+    /// all terminate but still serve.
+    pub fn local_endpoints(&self) -> LocalEndpoints<'_, 'a> {
+        LocalEndpoints {
+            ready: &self.ready,
+            draining: &self.draining,
         }
     }
 
@@ -145,11 +185,38 @@ mod tests {
 
     fn slice(service: &str, nodes: &[&str]) -> (String, Arc<ServingNodes>) {
         let slice = ServingNodes {
+            draining: Vec::new(),
             service: service.into(),
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             any_serving: !nodes.is_empty(),
         };
         (format!("{service}-{}", nodes.join("")), Arc::new(slice))
+    }
+
+    /// A node whose last endpoint terminates stops being a place to announce from while
+    /// another node has a ready one; when none has, the terminating ones still serving are.
+    #[test]
+    fn ready_endpoints_first_terminating_ones_only_when_none_is_ready() {
+        let services = HashMap::from([service("shop", "web", &["192.0.2.10"], true)]);
+        let draining_on = |ready: &[&str], draining: &[&str]| {
+            let (key, slice) = slice("shop/web", ready);
+            let mut slice = (*slice).clone();
+            slice.draining = draining.iter().map(|n| n.to_string()).collect();
+            slice.any_serving = true;
+            HashMap::from([(key, Arc::new(slice))])
+        };
+        let nodes = |slices: &HashMap<String, Arc<ServingNodes>>| -> Vec<String> {
+            let targets = Targets::new(&services, slices);
+            let target = targets.iter().next().expect("a target");
+            target
+                .serving_nodes
+                .expect("Local")
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(nodes(&draining_on(&["b"], &["a"])), ["b"]);
+        assert_eq!(nodes(&draining_on(&[], &["a"])), ["a"]);
     }
 
     #[test]

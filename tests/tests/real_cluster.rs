@@ -588,45 +588,9 @@ async fn journey_side_by_side_with_a_memberlist_on_7946() {
 /// router keeps each restarting node's route until its new speaker has sent it again.
 #[tokio::test]
 async fn journey_bgp_serves_a_client_behind_the_router_through_a_rolling_upgrade() {
-    let mut cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let routed = Routed::start().await;
+    let (cluster, router, far) = (&routed.cluster, &routed.router, &routed.far);
     let client = cluster.client();
-    let (router, router_host) =
-        on_lan(cluster.lan_mut(), Frr::start, Peering::default()).expect("FRR");
-    let far = Behind::create(&router_host.ns).expect("a client behind the router");
-    for node in &cluster.nodes {
-        // The nodes' way back to the client: the router, as their gateway would be.
-        netns::ip(&[
-            "-n",
-            &node.host.ns,
-            "route",
-            "add",
-            BEHIND,
-            "via",
-            &router_host.v4.to_string(),
-        ])
-        .expect("route to the client's network");
-    }
-    apply(
-        &client,
-        &format!(
-            "apiVersion: herald.dev/v1alpha1
-kind: IPPool
-metadata: {{name: routed}}
-spec: {{addresses: [198.51.100.0/24], autoAssign: false}}
----
-apiVersion: herald.dev/v1alpha1
-kind: BGPPeer
-metadata: {{name: tor}}
-spec: {{myASN: 64512, peerASN: {LAN_ROUTER_ASN}, peerAddress: {}, enableGracefulRestart: true}}
----
-apiVersion: herald.dev/v1alpha1
-kind: BGPAdvertisement
-metadata: {{name: routed}}
-spec: {{ipPools: [routed]}}",
-            router_host.v4
-        ),
-    )
-    .await;
     deploy_web(&client, 2, Traffic::Cluster).await;
     web_ready_on(&client, 2, SETTLE).await;
     apply(
@@ -640,11 +604,7 @@ spec:
   ports: [{port: 80, targetPort: 8080}]",
     )
     .await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let vip: IpAddr = wait_for(&svcs, "web-routed", "its IP", |s| ips(s).first().cloned())
-        .await
-        .parse()
-        .expect("an IP");
+    let vip = routed.vip_of("web-routed").await;
     let prefix = format!("{vip}/32");
     let every_node: BTreeSet<String> = cluster
         .nodes
@@ -656,35 +616,9 @@ spec:
             (router.kernel_next_hops(&prefix) == every_node).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
-    // The routes reach the router within milliseconds of the Service's IP, which can be
-    // before every node's kube-proxy has programmed that IP: the client is served once each
-    // has (ten requests in a row, each hashed by the router to some node, all answered).
-    let deadline = std::time::Instant::now() + SETTLE;
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        let get = netns::http_get(
-            &far.ns,
-            SocketAddr::new(vip, 80),
-            "/",
-            Duration::from_secs(2),
-        );
-        match get {
-            Ok(body) => {
-                assert!(body.contains("pod=web-"), "{body}");
-                in_a_row += 1;
-            }
-            Err(e) if std::time::Instant::now() > deadline => panic!(
-                "GET {vip} from behind the router: {e:#}\n{}",
-                cluster.diagnose()
-            ),
-            Err(_) => {
-                in_a_row = 0;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    routed.until_served(vip).await;
 
-    let (rolled, outcomes) = roll_speakers_under(&cluster, Requests::start_in(&far.ns, vip)).await;
+    let (rolled, outcomes) = roll_speakers_under(cluster, Requests::start_in(&far.ns, vip)).await;
     let gap = longest_gap(&outcomes);
     println!(
         "BGP rolling upgrade ({}): longest gap {} ms, {} of {} requests from behind the router failed",
@@ -699,4 +633,360 @@ spec:
             (router.kernel_next_hops(&prefix) == every_node).then_some(())
         })
         .expect("routes after the upgrade");
+}
+
+/// `helm upgrade` that rolls the controller (default values: two replicas, one leading)
+/// while Services keep being created: the Lease changes hands, every Service gets an IP,
+/// none twice, none renumbered, and none waits for a leader to appear: a released Lease is
+/// taken at once, not after the 15 s it would take to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_helm_upgrade_of_the_controller_keeps_allocating() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::time::Instant;
+
+    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let client = cluster.client();
+    let holder = || {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(client.clone(), herald_lab::real_cluster::NAMESPACE);
+        async move {
+            leases
+                .get("herald-controller")
+                .await
+                .ok()
+                .and_then(|l| l.spec?.holder_identity)
+        }
+    };
+    // Room for every Service created meanwhile (198.18.0.0/15 is for benchmarks: only the
+    // lab's namespaces see it).
+    apply(
+        &client,
+        "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: bulk}\nspec: {addresses: [198.18.0.0/22], autoAssign: false}",
+    )
+    .await;
+    let before = holder().await.expect("a leader before the upgrade");
+    let creating = Arc::new(AtomicBool::new(true));
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    // One Service every 250 ms, and the first time each is seen with an IP.
+    let creator = tokio::spawn({
+        let (services, creating) = (services.clone(), creating.clone());
+        async move {
+            let mut created = BTreeMap::new();
+            let mut i = 0;
+            while creating.load(Ordering::Relaxed) {
+                let name = format!("during-{i:03}");
+                let svc: Service = serde_yaml_ng::from_str(&format!(
+                    "metadata: {{name: {name}, annotations: {{herald.dev/pool: bulk}}}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}"
+                ))
+                .expect("service");
+                services
+                    .create(&Default::default(), &svc)
+                    .await
+                    .expect("create");
+                created.insert(name, Instant::now());
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            created
+        }
+    });
+    let watcher = tokio::spawn({
+        let (services, creating) = (services.clone(), creating.clone());
+        async move {
+            let mut seen: BTreeMap<String, (Instant, Vec<String>)> = BTreeMap::new();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let list = services.list(&Default::default()).await.expect("list");
+                let now = Instant::now();
+                let mut waiting = 0;
+                for svc in &list.items {
+                    let name = svc.metadata.name.clone().unwrap_or_default();
+                    if !name.starts_with("during-") {
+                        continue;
+                    }
+                    match ips(svc) {
+                        got if got.is_empty() => waiting += 1,
+                        got => {
+                            let first = seen.entry(name.clone()).or_insert((now, got.clone()));
+                            assert_eq!(first.1, got, "{name} was renumbered");
+                        }
+                    }
+                }
+                if !creating.load(Ordering::Relaxed) && waiting == 0 {
+                    return seen;
+                }
+                assert!(Instant::now() < deadline, "{waiting} Services still wait");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let upgraded = tokio::task::block_in_place(|| {
+        cluster.upgrade_herald(&["--set", "controller.podAnnotations.rolled=again"])
+    });
+    if let Err(e) = upgraded {
+        panic!("helm upgrade: {e:#}\n{}", cluster.diagnose());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    creating.store(false, Ordering::Relaxed);
+    let created = creator.await.expect("creator");
+    let seen = watcher.await.expect("watcher");
+    let after = holder().await.expect("a leader after the upgrade");
+    assert_ne!(before, after, "the upgrade did not move the Lease");
+
+    let mut waits: Vec<(Duration, &String)> = created
+        .iter()
+        .map(|(name, at)| {
+            let (got, _) = seen
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} never got an IP"));
+            (got.saturating_duration_since(*at), name)
+        })
+        .collect();
+    waits.sort();
+    let all: BTreeSet<&String> = seen.values().flat_map(|(_, ips)| ips).collect();
+    assert_eq!(all.len(), seen.len(), "an IP was given twice");
+    let (longest, which) = waits.last().expect("Services were created");
+    tracing::info!(
+        services = waits.len(),
+        median_ms = waits[waits.len() / 2].0.as_millis() as u64,
+        longest_ms = longest.as_millis() as u64,
+        %which,
+        %before,
+        %after,
+        "Services created during helm upgrade of the controller"
+    );
+    // With a standby sleeping until the Lease expired, Services waited 6.9 s; a released
+    // Lease is taken within a second. 3 s leaves room for a loaded machine.
+    assert!(
+        *longest < Duration::from_secs(3),
+        "{which} waited {longest:?} for an IP during the upgrade"
+    );
+}
+
+/// A real cluster with Herald, FRR on its LAN peering with every node (graceful restart on),
+/// a client behind the router, and a pool `routed` (not auto-assigned) announced by BGP.
+struct Routed {
+    cluster: Cluster,
+    router: Frr,
+    far: Behind,
+}
+
+impl Routed {
+    async fn start() -> Self {
+        let mut cluster = cluster_with_herald(ClusterOptions::default()).await;
+        let client = cluster.client();
+        let (router, router_host) =
+            on_lan(cluster.lan_mut(), Frr::start, Peering::default()).expect("FRR");
+        let far = Behind::create(&router_host.ns).expect("a client behind the router");
+        for node in &cluster.nodes {
+            // The nodes' way back to the client: the router, as their gateway would be.
+            netns::ip(&[
+                "-n",
+                &node.host.ns,
+                "route",
+                "add",
+                BEHIND,
+                "via",
+                &router_host.v4.to_string(),
+            ])
+            .expect("route to the client's network");
+        }
+        apply(
+            &client,
+            &format!(
+                "apiVersion: herald.dev/v1alpha1
+kind: IPPool
+metadata: {{name: routed}}
+spec: {{addresses: [198.51.100.0/24], autoAssign: false}}
+---
+apiVersion: herald.dev/v1alpha1
+kind: BGPPeer
+metadata: {{name: tor}}
+spec: {{myASN: 64512, peerASN: {LAN_ROUTER_ASN}, peerAddress: {}, enableGracefulRestart: true}}
+---
+apiVersion: herald.dev/v1alpha1
+kind: BGPAdvertisement
+metadata: {{name: routed}}
+spec: {{ipPools: [routed]}}",
+                router_host.v4
+            ),
+        )
+        .await;
+        Self {
+            cluster,
+            router,
+            far,
+        }
+    }
+
+    /// The IP of the Service `name` in `default`.
+    async fn vip_of(&self, name: &str) -> IpAddr {
+        let svcs: Api<Service> = Api::namespaced(self.cluster.client(), "default");
+        wait_for(&svcs, name, "its IP", |s| ips(s).first().cloned())
+            .await
+            .parse()
+            .expect("an IP")
+    }
+
+    /// Waits until the client behind the router is served through `vip`. The routes reach
+    /// the router within milliseconds of the Service's IP, which can be before every node's
+    /// kube-proxy has programmed that IP: ten requests in a row, each hashed by the router to
+    /// some node, all answered.
+    async fn until_served(&self, vip: IpAddr) {
+        let deadline = std::time::Instant::now() + SETTLE;
+        let mut in_a_row = 0;
+        while in_a_row < 10 {
+            let get = netns::http_get(
+                &self.far.ns,
+                SocketAddr::new(vip, 80),
+                "/",
+                Duration::from_secs(2),
+            );
+            match get {
+                Ok(body) => {
+                    assert!(body.contains("pod=web-"), "{body}");
+                    in_a_row += 1;
+                }
+                Err(e) if std::time::Instant::now() > deadline => panic!(
+                    "GET {vip} from behind the router: {e:#}\n{}",
+                    self.cluster.diagnose()
+                ),
+                Err(_) => {
+                    in_a_row = 0;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// The LAN addresses of `nodes`, as the router sees them as next hops.
+    fn next_hops(&self, nodes: &[String]) -> BTreeSet<String> {
+        nodes
+            .iter()
+            .map(|n| self.cluster.node(n).host.v4.to_string())
+            .collect()
+    }
+}
+
+/// `externalTrafficPolicy: Local` over BGP: the router's next hops are the nodes with a
+/// ready pod; a rolling update of the app (with a preStop delay, as users configure it)
+/// under steady requests from behind the router loses none; the pods see the client's own
+/// address; the next hops follow the new pods.
+#[tokio::test]
+async fn journey_bgp_local_traffic_follows_a_rolling_update_without_a_failed_request() {
+    let routed = Routed::start().await;
+    let (cluster, router, far) = (&routed.cluster, &routed.router, &routed.far);
+    let client = cluster.client();
+    deploy_web(&client, 2, Traffic::Cluster).await;
+    herald_lab::real_cluster::journey::patch_web(
+        &client,
+        serde_json::json!({"spec": {"template": {"spec": {"terminationGracePeriodSeconds": 15,
+            "containers": [{"name": "app", "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}}]}}}}),
+    )
+    .await;
+    let serving = web_ready_on(&client, 2, SETTLE).await;
+    apply(
+        &client,
+        "apiVersion: v1
+kind: Service
+metadata: {name: web-local, namespace: default, annotations: {herald.dev/pool: routed}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]",
+    )
+    .await;
+    let vip = routed.vip_of("web-local").await;
+    let prefix = format!("{vip}/32");
+    let expected = routed.next_hops(&serving);
+    router
+        .wait_for("a route through each node with a pod", SETTLE, || {
+            (router.kernel_next_hops(&prefix) == expected).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
+    routed.until_served(vip).await;
+
+    let requests = Requests::start_in(&far.ns, vip);
+    let started = std::time::Instant::now();
+    // The router's next hops as they change, for the timeline a failure prints.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = std::thread::spawn({
+        let (ns, prefix, sampling) = (router.ns().to_owned(), prefix.clone(), sampling.clone());
+        move || {
+            let mut changes: Vec<(Duration, String)> = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &ns, "route", "show", &prefix])
+                    .output()
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                if changes.last().is_none_or(|(_, last)| *last != out) {
+                    changes.push((started.elapsed(), out));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            changes
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    herald_lab::real_cluster::journey::patch_web(
+        &client,
+        serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"rolled": "once"}}}}}),
+    )
+    .await;
+    let now_serving = web_ready_on(&client, 2, Duration::from_secs(120)).await;
+    // The old pods' preStop delay, then their exit.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let outcomes = requests.finish();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let routes = sampler.join().expect("sampler");
+    let timeline: Vec<String> = routes
+        .iter()
+        .map(|(t, r)| format!("{:>6} ms route {r}", t.as_millis()))
+        .chain(
+            outcomes
+                .iter()
+                .filter(|o| o.answer.is_none())
+                .map(|o| format!("{:>6} ms request failed", (o.at - started).as_millis())),
+        )
+        .collect();
+    let mut timeline = timeline;
+    timeline.sort();
+    let gap = longest_gap(&outcomes);
+    println!(
+        "BGP, externalTrafficPolicy Local, rolling update of the app: longest gap {} ms, {} of {} requests failed",
+        gap.as_millis(),
+        failed(&outcomes),
+        outcomes.len()
+    );
+    assert_eq!(
+        failed(&outcomes),
+        0,
+        "longest gap {gap:?}; timeline:\n{}\n{}",
+        timeline.join("\n"),
+        cluster.diagnose()
+    );
+    let client_ip = far.v4.to_string();
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.answer.as_deref())
+            .all(|a| a.ends_with(&format!("client={client_ip}"))),
+        "a pod saw another address than the client's {client_ip}"
+    );
+    let expected = routed.next_hops(&now_serving);
+    router
+        .wait_for("the routes through the new pods' nodes", SETTLE, || {
+            (router.kernel_next_hops(&prefix) == expected).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
 }

@@ -32,6 +32,7 @@ fn lan() -> Snapshot {
 
 struct Fixture {
     services: HashMap<String, Arc<ServiceIps>>,
+    /// Per Local Service, the nodes announcing it (`settle`'s answer).
     serving: BTreeMap<&'static str, BTreeSet<&'static str>>,
     node: NodeView,
     pools: Vec<IPPool>,
@@ -71,6 +72,7 @@ impl Fixture {
         let peers: Vec<&BGPPeer> = self.peers.iter().collect();
         let ads: Vec<&BGPAdvertisement> = self.ads.iter().collect();
         decide(&BgpView {
+            local_announcing: &self.serving,
             me: "a",
             node: Some(&self.node),
             targets: &targets,
@@ -319,6 +321,7 @@ fn a_service_is_announced_only_while_it_has_a_serving_endpoint() {
         Arc::new(crate::endpoints::ServingNodes {
             service: "shop/web".into(),
             nodes: vec!["b".into()],
+            draining: Vec::new(),
             any_serving: true,
         }),
     )];
@@ -328,6 +331,7 @@ fn a_service_is_announced_only_while_it_has_a_serving_endpoint() {
         let peers: Vec<&BGPPeer> = f.peers.iter().collect();
         let ads: Vec<&BGPAdvertisement> = vec![&f.ads[0]];
         decide(&BgpView {
+            local_announcing: &BTreeMap::new(),
             me: "a",
             node: Some(&f.node),
             targets: &targets,
@@ -442,6 +446,7 @@ fn nothing_is_decided_before_the_node_is_known() {
     let f = Fixture::new();
     let targets = Targets::with_serving(&f.services, BTreeMap::new());
     let decision = decide(&BgpView {
+        local_announcing: &BTreeMap::new(),
         me: "a",
         node: None,
         targets: &targets,

@@ -402,6 +402,7 @@ status:
     let serving = |nodes: &[&str]| ServingNodes {
         service: "default/web".into(),
         nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        draining: Vec::new(),
         any_serving: !nodes.is_empty(),
     };
     lan.slices = HashMap::from([("default/web-x".to_owned(), Arc::new(serving(&["c"])))]);

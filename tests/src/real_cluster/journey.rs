@@ -137,13 +137,14 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Patches `web`'s Deployment spec (JSON merge patch).
+/// Patches `web`'s Deployment spec (a strategic merge patch, as `kubectl patch` makes:
+/// a container named in it is changed, not replaced).
 pub async fn patch_web(client: &Client, patch: serde_json::Value) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
     api.patch(
         "web",
         &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
+        &kube::api::Patch::Strategic(&patch),
     )
     .await
     .expect("patching web");
