@@ -204,6 +204,10 @@ impl Gossip {
                 .joining(settle, Instant::now())
                 .map(str::to_owned)
                 .collect(),
+            restarting: members
+                .restarting(settle, Instant::now())
+                .map(str::to_owned)
+                .collect(),
             heard: members.heard().map(str::to_owned).collect(),
             rejecting: members.rejecting().collect(),
         }

@@ -246,6 +246,10 @@ struct Member {
     standby: bool,
     /// Heard at the segment's pace (its last two heartbeats within a timeout).
     fast: bool,
+    /// This incarnation replaced one that was a live candidate, with no silence long enough
+    /// to count it dead between them (killed and restarted at once): the IPs it owned were
+    /// answered until the moment it died, and a stand-in answers them while it settles.
+    replaced: bool,
 }
 
 /// What a receiver knows of one sender's incarnations, to refuse replays.
@@ -343,7 +347,10 @@ impl Members {
             Kind::Alive | Kind::Standby => {
                 let standby = hb.kind == Kind::Standby;
                 let known = self.members.get(&hb.node);
-                let changed = subnets_changed || known.is_none_or(|m| m.standby != standby);
+                // A restart changes who answers too: the restarted speaker settles before it
+                // answers, and a stand-in answers for it meanwhile (`plan`).
+                let changed =
+                    subnets_changed || restarted || known.is_none_or(|m| m.standby != standby);
                 // A new incarnation joins anew.
                 let since = match known {
                     Some(m) if !restarted => m.since,
@@ -354,6 +361,11 @@ impl Members {
                 let fast = known.is_some_and(|m| {
                     !restarted && now.saturating_duration_since(m.last_seen) <= self.timeout
                 });
+                let replaced = match known {
+                    Some(m) if restarted => !m.standby,
+                    Some(m) => m.replaced,
+                    None => false,
+                };
                 self.members.insert(
                     hb.node,
                     Member {
@@ -361,6 +373,7 @@ impl Members {
                         last_seen: now,
                         standby,
                         fast,
+                        replaced,
                     },
                 );
                 changed
@@ -434,6 +447,16 @@ impl Members {
         self.members
             .iter()
             .filter(move |(_, m)| !m.standby && now.saturating_duration_since(m.since) < settle)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Joining members that replaced a live incarnation of themselves (`Member::replaced`).
+    pub fn restarting(&self, settle: Duration, now: Instant) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(move |(_, m)| {
+                m.replaced && !m.standby && now.saturating_duration_since(m.since) < settle
+            })
             .map(|(n, _)| n.as_str())
     }
 
@@ -603,6 +626,38 @@ mod tests {
         restarted.incarnation = 2;
         assert!(m.receive(restarted, t0 + ms(900)));
         assert!(m.hears("a"));
+    }
+
+    /// A speaker killed and restarted within a failure timeout is never silent long enough
+    /// to count as dead: its new incarnation must still change the view (it joins anew and
+    /// settles, and a stand-in answers for it meanwhile).
+    #[test]
+    fn a_restart_within_a_failure_timeout_changes_the_view_and_joins_anew() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = Members::new(ms(500));
+        assert!(m.receive(hb("a", 1, Kind::Alive), t0));
+        assert!(
+            !m.receive(hb("a", 2, Kind::Alive), t0 + ms(100)),
+            "nothing new"
+        );
+        assert_eq!(m.joining(ms(600), t0 + ms(700)).count(), 0, "settled");
+        let mut restarted = hb("a", 1, Kind::Alive);
+        restarted.incarnation = 2;
+        assert!(m.receive(restarted, t0 + ms(800)), "a restart is a change");
+        assert_eq!(m.joining(ms(600), t0 + ms(900)).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            m.restarting(ms(600), t0 + ms(900)).collect::<Vec<_>>(),
+            ["a"]
+        );
+        // A speaker heard for the first time joins without having replaced anyone.
+        assert!(m.receive(hb("b", 1, Kind::Alive), t0 + ms(900)));
+        assert_eq!(m.joining(ms(600), t0 + ms(1000)).count(), 2);
+        assert_eq!(
+            m.restarting(ms(600), t0 + ms(1000)).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(m.restarting(ms(600), t0 + ms(1400)).count(), 0, "settled");
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Gossiped {
     pub remembered: BTreeMap<String, Vec<IpNetwork>>,
     /// Candidates heard for less than a settle time.
     pub joining: BTreeSet<String>,
+    /// Of those, the ones that replaced a live incarnation of themselves (killed and
+    /// restarted at once): a stand-in answers for them.
+    pub restarting: BTreeSet<String>,
     /// Every speaker heard (on standby too), this one not included.
     pub heard: BTreeSet<String>,
     /// Addresses whose datagrams failed authentication lately.
@@ -318,6 +321,7 @@ impl Pass {
             bgp_advertisements: stores.bgp_advertisements,
             interfaces: inputs.interfaces,
             joining: &gossiped.joining,
+            restarting: &gossiped.restarting,
             announcing: &self.owned,
         };
         let decision = if standing_by {

@@ -34,8 +34,13 @@ pub struct View<'a> {
     /// Only to know which IPs BGP announces: L2 does not warn that it does not.
     pub bgp_advertisements: &'a [&'a BGPAdvertisement],
     pub interfaces: &'a Snapshot,
-    /// Speakers heard for less than their settle time: they do not answer yet.
+    /// Speakers heard for less than their settle time: they do not answer yet. Their IPs
+    /// are answered meanwhile by this node where it answers already (make before break).
     pub joining: &'a BTreeSet<String>,
+    /// Of those, the speakers killed and restarted at once (never counted dead): the IPs
+    /// they owned are answered meanwhile by the node owning them without the joining ones
+    /// (the stand-in), which did not answer them before.
+    pub restarting: &'a BTreeSet<String>,
     /// The IPs this node announces now. One whose owner becomes a joining node stays with
     /// this node until that node has settled and answers (make before break).
     pub announcing: &'a BTreeSet<IpAddr>,
@@ -201,12 +206,17 @@ pub fn decide(view: &View) -> Decision {
     };
     for target in view.targets.iter() {
         let ip = target.ip;
-        let owner = owner(view, &index, &pools, &target);
+        let owner = owner(view, &index, &pools, &target, None);
         let outcome = match owner {
-            // Held over: the new owner has not settled yet, so it does not answer yet.
+            // Held over, or stood in for: the owner has not settled yet, so it does not
+            // answer yet. A stand-in answers for a speaker killed and restarted within a
+            // failure timeout: never counted dead, its IPs would go unanswered until it
+            // settled.
             Ok((owner, forced))
                 if owner == view.me
-                    || (view.joining.contains(owner) && view.announcing.contains(&ip)) =>
+                    || (view.joining.contains(owner) && view.announcing.contains(&ip))
+                    || (view.restarting.contains(owner)
+                        && stand_in(view, &index, &pools, &target) == Some(view.me)) =>
             {
                 let mut names = Vec::new();
                 for iface in view.interfaces.announce_on(ip, &forced) {
@@ -312,14 +322,29 @@ pub fn segment(view: &View) -> BTreeSet<String> {
     peers
 }
 
-/// The owner of the target's IP and the interfaces forced by the advertisements that select
-/// its pool.
+/// Who answers for the target's IP while its owner settles: its owner among the nodes that
+/// are not joining.
+fn stand_in<'v>(
+    view: &View<'v>,
+    index: &SubnetIndex<'v>,
+    pools: &[PoolFacts],
+    target: &Target,
+) -> Option<&'v str> {
+    owner(view, index, pools, target, Some(view.joining))
+        .ok()
+        .map(|(node, _)| node)
+}
+
+/// The owner of the target's IP (among the nodes not in `skip`) and the interfaces forced by
+/// the advertisements that select its pool.
 fn owner<'v, 'p>(
     view: &View<'v>,
     index: &SubnetIndex<'v>,
     pools: &'p [PoolFacts],
     target: &Target,
+    skip: Option<&BTreeSet<String>>,
 ) -> Result<(&'v str, Cow<'p, [String]>), NoOwner> {
+    let skipped = |node: &str| skip.is_some_and(|s| s.contains(node));
     let ip = target.ip;
     let pool = pools
         .iter()
@@ -332,7 +357,10 @@ fn owner<'v, 'p>(
     // owner is among them, and the rest of the cluster need not be looked at.
     let near = index.on_subnet(ip);
     if !near.is_empty() {
-        let subset = near.iter().filter_map(|n| view.nodes.get_key_value(*n));
+        let subset = near
+            .iter()
+            .filter(|n| !skipped(n))
+            .filter_map(|n| view.nodes.get_key_value(*n));
         if let Ok(eligible) = election::eligible(subset, &|n| pool.allows(n), local) {
             let candidates: Vec<Candidate> = eligible
                 .iter()
@@ -350,6 +378,7 @@ fn owner<'v, 'p>(
     let eligible = election::eligible(view.nodes, &|n| pool.allows(n), local)?;
     let candidates: Vec<Candidate> = eligible
         .iter()
+        .filter(|node| !skipped(node))
         .map(|node| Candidate {
             node,
             on_subnet: view

@@ -294,3 +294,52 @@ async fn preferred_nodes_answer_while_they_live_and_take_their_ips_back() {
         );
     }
 }
+
+/// The owner's speaker killed with -9 and restarted at once (as kubelet restarts a
+/// container) is never silent for a failure timeout, so it is never counted dead: while the
+/// restarted speaker settles, the node that owns the IP without it answers (a stand-in), then
+/// the owner again. Before, nobody answered until the restarted speaker settled.
+#[tokio::test]
+async fn an_owner_killed_and_restarted_at_once_is_stood_in_for_while_it_settles() {
+    let (cp, lan, _controller) = setup(3).await;
+    let client = cp.client();
+    let mut speakers: Vec<Process> = speakers(&cp, &lan);
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let ip: IpAddr = wait_for(&svcs, "web", "an IP", |s| ips(s).first().cloned())
+        .await
+        .parse()
+        .expect("ip");
+    accept_locally(&lan, &[ip]);
+    let first = owner(&lan, ip, None, Duration::from_secs(15));
+    let i = first
+        .trim_start_matches('n')
+        .parse::<usize>()
+        .expect("n<i>")
+        - 1;
+    speakers[i].kill();
+    speakers[i] = speaker(&cp, &lan, &first, KEY, "speaker-restarted");
+    // Answers as the client sees them, every ~80 ms for 3 s.
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        let answers = resolve(&lan.client, ip, Duration::from_millis(60)).expect("resolve");
+        let nodes: Vec<String> = answers
+            .iter()
+            .map(|mac| lan.node_of_mac(*mac).unwrap_or_else(|| format!("{mac:?}")))
+            .collect();
+        seen.push((started.elapsed().as_millis(), nodes));
+    }
+    let stood_in = seen
+        .iter()
+        .position(|(_, nodes)| nodes.len() == 1 && nodes[0] != first);
+    let back = stood_in.and_then(|at| {
+        seen[at..]
+            .iter()
+            .position(|(_, nodes)| *nodes == [first.clone()])
+    });
+    assert!(
+        stood_in.is_some() && back.is_some(),
+        "no stand-in answered, then {first} again: {seen:?}"
+    );
+}

@@ -47,6 +47,7 @@ struct Fixture {
     /// their subnets are remembered, not live.
     remembered: BTreeSet<&'static str>,
     joining: BTreeSet<String>,
+    restarting: BTreeSet<String>,
     /// What every deciding node announces now (the same set for all, for brevity).
     announcing: BTreeSet<IpAddr>,
 }
@@ -68,6 +69,7 @@ impl Fixture {
             off_subnet: BTreeSet::new(),
             remembered: BTreeSet::new(),
             joining: BTreeSet::new(),
+            restarting: BTreeSet::new(),
             announcing: BTreeSet::new(),
         }
     }
@@ -107,6 +109,7 @@ impl Fixture {
             bgp_advertisements: &bgp_ads,
             interfaces: &snap,
             joining: &self.joining,
+            restarting: &self.restarting,
             announcing: &self.announcing,
         })
     }
@@ -281,7 +284,7 @@ fn every_node_judges_itself_on_subnet_as_its_peers_judge_it() {
 }
 
 #[test]
-fn a_joining_owner_gets_the_ip_only_once_it_has_settled() {
+fn a_joining_owner_gets_the_ip_only_once_it_has_settled_and_a_stand_in_answers_meanwhile() {
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
     let mut f = Fixture::new();
     let owner = f.owner().expect("an owner");
@@ -293,12 +296,28 @@ fn a_joining_owner_gets_the_ip_only_once_it_has_settled() {
     f.joining.insert(owner.clone());
     f.announcing.insert(ip);
     assert!(f.decide_as(&stand_in).announced().any(|a| a == ip));
-    // ...while a node that does not announce it gives nothing to the joining one either.
+    // ...while a node that does not announce it gives nothing to the joining one either
+    // (a speaker starting for the first time)...
     f.announcing.clear();
     assert!(!f.decide_as(&stand_in).announced().any(|a| a == ip));
+    // ...unless it was killed and restarted within a failure timeout, never counted dead:
+    // then the stand-in answers, and nobody else would.
+    f.restarting.insert(owner.clone());
+    assert!(f.decide_as(&stand_in).announced().any(|a| a == ip));
+    let third = f
+        .nodes
+        .keys()
+        .find(|n| **n != owner && **n != stand_in)
+        .cloned()
+        .expect("a third node");
+    assert!(
+        !f.decide_as(&third).announced().any(|a| a == ip),
+        "only the stand-in"
+    );
     // Settled: the IP is its owner's again, and only its owner's.
     f.announcing.insert(ip);
     f.joining.clear();
+    f.restarting.clear();
     assert_eq!(f.owner(), Ok(owner));
 }
 
