@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use herald_api::keys::{DEFAULT_LOAD_BALANCER_CLASS, IPS_KEYS, POOL_KEYS, SHARING_KEYS};
+use herald_api::selector::Scope;
 use herald_api::service::allocated_condition;
-use herald_api::{IPPool, pool::eligible};
+use herald_api::{BGPAdvertisement, IPPool, L2Advertisement, pool::eligible};
 use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 
@@ -161,7 +162,11 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
         .filter_map(|e| e.node_name.as_deref())
         .collect();
-    let pools: Vec<&IPPool> = pools_of.iter().flatten().copied().collect();
+    // The advertisements announcing each IP's pool for this Service, worked out once.
+    let ads_of: Vec<Option<PoolAds>> = pools_of
+        .iter()
+        .map(|pool| pool.map(|p| PoolAds::of(snapshot, p, &labels)))
+        .collect();
     let mut nodes: Vec<NodeVerdict> = snapshot
         .nodes
         .iter()
@@ -170,35 +175,19 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
             let node_labels = node.metadata.labels.clone().unwrap_or_default();
             let mut why_not = facts::blockers(snapshot, node);
             let mut preference = 0;
-            for pool in &pools {
-                let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
-                let l2: Vec<_> = snapshot
-                    .l2_advertisements
+            for ads in ads_of.iter().flatten() {
+                let preferred = ads
+                    .l2
                     .iter()
-                    .map(|a| &a.spec.scope)
-                    .filter(|s| s.selects_pool(pool) && s.selects_service(Some(&labels)))
-                    .collect();
-                let bgp: Vec<_> = snapshot
-                    .bgp_advertisements
-                    .iter()
-                    .map(|a| &a.spec.scope)
-                    .filter(|s| s.selects_pool(pool) && s.selects_service(Some(&labels)))
-                    .collect();
-                let preferred = snapshot
-                    .l2_advertisements
-                    .iter()
-                    .filter(|a| {
-                        a.spec.scope.selects_pool(pool)
-                            && a.spec.scope.selects_service(Some(&labels))
-                            && a.spec.scope.selects_node(&node_labels)
-                    })
+                    .filter(|a| a.spec.scope.selects_node(&node_labels))
                     .map(|a| a.spec.preference(&node_labels));
                 preference = preference.max(preferred.max().unwrap_or(0));
-                let advertised = !(l2.is_empty() && bgp.is_empty());
-                let selects_node = l2.iter().chain(&bgp).any(|s| s.selects_node(&node_labels));
+                let advertised = !(ads.l2.is_empty() && ads.bgp.is_empty());
+                let selects_node = ads.scopes().any(|s| s.selects_node(&node_labels));
                 if advertised && !selects_node {
                     why_not.push(format!(
-                        "no advertisement of IPPool {pool_name} selects it (their nodeSelectors)"
+                        "no advertisement of IPPool {} selects it (their nodeSelectors)",
+                        ads.pool
                     ));
                 }
             }
@@ -232,11 +221,11 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
 
     let addresses = ips
         .iter()
-        .zip(&pools_of)
-        .map(|(ip, pool)| {
+        .zip(pools_of.iter().zip(&ads_of))
+        .map(|(ip, (pool, ads))| {
             let seen = announcing.get(&ip.to_string());
-            let l2_announced = pool.is_some_and(|p| advertised(snapshot, p, &labels, Kind::L2));
-            let bgp_announced = pool.is_some_and(|p| advertised(snapshot, p, &labels, Kind::Bgp));
+            let l2_announced = ads.as_ref().is_some_and(|a| !a.l2.is_empty());
+            let bgp_announced = ads.as_ref().is_some_and(|a| !a.bgp.is_empty());
             let answered_by = seen.map(|s| s.0.clone()).filter(|n| !n.is_empty());
             let not_answered = match (l2_announced, &answered_by) {
                 (true, None) => Some(
@@ -306,30 +295,35 @@ pub fn explain(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<Expla
     })
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    L2,
-    Bgp,
+/// The advertisements of one pool that select a Service (by `serviceSelectors`).
+struct PoolAds<'s> {
+    pool: &'s str,
+    l2: Vec<&'s L2Advertisement>,
+    bgp: Vec<&'s BGPAdvertisement>,
 }
 
-/// Whether an advertisement of `kind` announces the pool's IPs of a Service with `labels`.
-fn advertised(
-    snapshot: &Snapshot,
-    pool: &IPPool,
-    labels: &BTreeMap<String, String>,
-    kind: Kind,
-) -> bool {
-    let selects =
-        |s: &herald_api::selector::Scope| s.selects_pool(pool) && s.selects_service(Some(labels));
-    match kind {
-        Kind::L2 => snapshot
-            .l2_advertisements
-            .iter()
-            .any(|a| selects(&a.spec.scope)),
-        Kind::Bgp => snapshot
-            .bgp_advertisements
-            .iter()
-            .any(|a| selects(&a.spec.scope)),
+impl<'s> PoolAds<'s> {
+    fn of(snapshot: &'s Snapshot, pool: &'s IPPool, labels: &BTreeMap<String, String>) -> Self {
+        let selects = |s: &Scope| s.selects_pool(pool) && s.selects_service(Some(labels));
+        Self {
+            pool: pool.metadata.name.as_deref().unwrap_or_default(),
+            l2: snapshot
+                .l2_advertisements
+                .iter()
+                .filter(|a| selects(&a.spec.scope))
+                .collect(),
+            bgp: snapshot
+                .bgp_advertisements
+                .iter()
+                .filter(|a| selects(&a.spec.scope))
+                .collect(),
+        }
+    }
+
+    /// Every selecting advertisement's scope, L2 and BGP.
+    fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        let l2 = self.l2.iter().map(|a| &a.spec.scope);
+        l2.chain(self.bgp.iter().map(|a| &a.spec.scope))
     }
 }
 
