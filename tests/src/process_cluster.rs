@@ -198,3 +198,18 @@ pub async fn static_service(
     .await?;
     Ok(())
 }
+
+/// A LoadBalancer Service `web` (port 8080) in `default`, served by the controller: waits
+/// for its IP and makes the nodes accept traffic to it; returns the IP.
+pub async fn web_service(client: &Client, lan: &Lan) -> IpAddr {
+    apply(client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    let ip: IpAddr = crate::objects::wait_for(&svcs, "web", "an IP", |s| {
+        crate::objects::ips(s).first().cloned()
+    })
+    .await
+    .parse()
+    .expect("an IP");
+    accept_locally(lan, &[ip]);
+    ip
+}

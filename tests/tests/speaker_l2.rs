@@ -14,6 +14,7 @@ use kube::api::Api;
 
 use herald_lab::process_cluster::{
     KEY, PORT, accept_locally, endpoints_on, ready_node, setup, speaker, speaker_in, speakers,
+    web_service,
 };
 
 /// Polls until exactly one node answers for `ip`; returns its name.
@@ -214,13 +215,7 @@ async fn interface_patterns_choose_where_an_ip_is_announced() {
     let client = cp.client();
     apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {interfaces: [\"nothing*\"]}").await;
     let _speaker = speaker(&cp, &lan, "n1", KEY, "speaker-n1");
-    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let ip: IpAddr = wait_for(&svcs, "web", "an IP", |s| ips(s).first().cloned())
-        .await
-        .parse()
-        .unwrap();
-    accept_locally(&lan, &[ip]);
+    let ip = web_service(&client, &lan).await;
     let nowhere = wait_for_event(&client, "web", |e| e.reason == "NoInterface")
         .await
         .message;
@@ -304,13 +299,7 @@ async fn an_owner_killed_and_restarted_at_once_is_stood_in_for_while_it_settles(
     let (cp, lan, _controller) = setup(3).await;
     let client = cp.client();
     let mut speakers: Vec<Process> = speakers(&cp, &lan);
-    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let ip: IpAddr = wait_for(&svcs, "web", "an IP", |s| ips(s).first().cloned())
-        .await
-        .parse()
-        .expect("ip");
-    accept_locally(&lan, &[ip]);
+    let ip = web_service(&client, &lan).await;
     let first = owner(&lan, ip, None, Duration::from_secs(15));
     let i = first
         .trim_start_matches('n')

@@ -14,11 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use herald_lab::netns::{Lan, in_ns, resolve, tcp_hello};
-use herald_lab::process_cluster::{KEY, PORT, accept_locally, setup, speaker, speakers};
-
-use herald_lab::objects::{apply, ips, wait_for};
+use herald_lab::process_cluster::{KEY, PORT, setup, speaker, speakers, web_service};
 use herald_lab::{ControlPlane, Process};
-use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 
 fn owner_now(lan: &Lan, ip: IpAddr) -> Option<String> {
@@ -183,12 +180,7 @@ async fn main() -> Result<()> {
     let (cp, lan, mut controller) = setup(3).await;
     let client = cp.client();
     let mut speakers: Vec<Process> = speakers(&cp, &lan);
-    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let ip: IpAddr = wait_for(&svcs, "web", "an IP", |s| ips(s).first().cloned())
-        .await
-        .parse()?;
-    accept_locally(&lan, &[ip]);
+    let ip = web_service(&client, &lan).await;
 
     // ROUNDS 0 skips the failover rounds (footprint only).
     if rounds > 0 {
