@@ -61,15 +61,30 @@ impl Settle {
             .collect();
         for service in services {
             let ready = local.ready.get(service);
-            let since = self.since.entry(service.to_owned()).or_default();
             let mut settled = BTreeSet::new();
-            for node in ready.into_iter().flatten() {
-                let at = *since.entry((*node).to_owned()).or_insert(start);
-                let until = at + self.wait;
-                if now >= until {
-                    settled.insert(*node);
-                } else {
-                    next = Some(next.map_or(until, |n| n.min(until)));
+            // Every pass looks at every Local Service: names are copied only the first
+            // time a node serves one.
+            if let Some(ready) = ready.filter(|r| !r.is_empty()) {
+                if !self.since.contains_key(service) {
+                    self.since.insert(service.to_owned(), HashMap::new());
+                }
+                let Some(since) = self.since.get_mut(service) else {
+                    continue;
+                };
+                for node in ready {
+                    let at = match since.get(*node) {
+                        Some(at) => *at,
+                        None => {
+                            since.insert((*node).to_owned(), start);
+                            start
+                        }
+                    };
+                    let until = at + self.wait;
+                    if now >= until {
+                        settled.insert(*node);
+                    } else {
+                        next = Some(next.map_or(until, |n| n.min(until)));
+                    }
                 }
             }
             let draining = local.draining.get(service).filter(|d| !d.is_empty());
@@ -80,7 +95,6 @@ impl Settle {
             };
             announcing.insert(service, nodes);
         }
-        self.since.retain(|_, nodes| !nodes.is_empty());
         (announcing, next)
     }
 }
