@@ -1,9 +1,11 @@
-//! `herald-bench-peers`: Herald and MetalLB side by side on the real cluster, L2 mode, each
-//! installed alone on a fresh 3-node cluster as its users install it (Herald: `helm install`
-//! with default values and a pool with an L2Advertisement; MetalLB: its own manifest and an
-//! IPAddressPool with an L2Advertisement), the same app (`web`, 2 replicas behind a
-//! dual-stack LoadBalancer Service), the same client and the same faults, the systems
-//! interleaved round by round. Run through `bench/peers` (needs root).
+//! `herald-bench-peers`: Herald, MetalLB and kube-vip side by side on the real cluster, L2
+//! mode, each installed alone on a fresh 3-node cluster as its users install it (Herald:
+//! `helm install` with default values and a pool with an L2Advertisement; MetalLB: its own
+//! manifest and an IPAddressPool with an L2Advertisement; kube-vip: its RBAC, the DaemonSet
+//! its manifest generator writes for Services in ARP mode with an election per Service, and
+//! its cloud provider with a ConfigMap of the same ranges), the same app (`web`, 2 replicas
+//! behind a dual-stack LoadBalancer Service), the same client and the same faults, the
+//! systems interleaved round by round. Run through `bench/peers` (needs root).
 //!
 //! Per round and system, against the node answering for the Service's IPv4 address:
 //! 1. at rest: RSS and CPU of every speaker and controller process over 20 s;
@@ -11,11 +13,13 @@
 //! 3. the speaker's process on that node killed with SIGKILL (kubelet restarts it);
 //! 4. every speaker restarted (`kubectl rollout restart` of the DaemonSet);
 //! 5. gossip blocked inbound on that node for 30 s (its speaker's memberlist or heartbeat
-//!    port dropped by nftables), then let through again;
-//! 6. the node dies (kubelet, containerd and its pods killed, its link down), the app's pods
+//!    port dropped by nftables; for kube-vip, whose speakers agree through Leases, the API
+//!    server's answers to that node), then let through again;
+//! 6. the node's CPUs starved for 20 s, the app's pods elsewhere: every pod on it held to
+//!    2 ms of CPU per 100 ms (a CFS quota on its pod cgroup: the nodes share this machine's
+//!    cores, so busy loops would starve every node alike);
+//! 7. the node dies (kubelet, containerd and its pods killed, its link down), the app's pods
 //!    elsewhere.
-//!
-//! CPU starvation of one node is not measured: the nodes share this machine's cores.
 //!
 //! For each fault, a client sends requests through the VIP all along (the longest gap
 //! between two answered requests and the failed ones), and a second one asks for the VIP's
@@ -30,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use herald_lab::control_plane::NAMESPACE_PORT;
 use herald_lab::faults::nft_in;
 use herald_lab::netns::{self, Host};
 use herald_lab::objects::apply;
@@ -48,6 +53,7 @@ const AFTER: Duration = Duration::from_secs(3);
 enum System {
     Herald,
     Metallb,
+    KubeVip,
 }
 
 impl System {
@@ -55,6 +61,7 @@ impl System {
         match self {
             System::Herald => "Herald",
             System::Metallb => "MetalLB",
+            System::KubeVip => "kube-vip",
         }
     }
 
@@ -62,6 +69,7 @@ impl System {
         match self {
             System::Herald => NAMESPACE,
             System::Metallb => "metallb-system",
+            System::KubeVip => "kube-system",
         }
     }
 
@@ -69,14 +77,17 @@ impl System {
         match self {
             System::Herald => "daemonset/herald-speaker",
             System::Metallb => "daemonset/speaker",
+            System::KubeVip => "daemonset/kube-vip-ds",
         }
     }
 
-    /// What its speakers hear each other on: an nftables match.
-    fn gossip(self) -> &'static str {
+    /// What its speakers hear each other on: an nftables match. kube-vip's speakers agree
+    /// through Leases: the API server's answers (its port on the LAN).
+    fn gossip(self) -> String {
         match self {
-            System::Herald => "udp dport 9474",
-            System::Metallb => "meta l4proto { tcp, udp } th dport 7946",
+            System::Herald => "udp dport 9474".into(),
+            System::Metallb => "meta l4proto { tcp, udp } th dport 7946".into(),
+            System::KubeVip => format!("tcp sport {NAMESPACE_PORT}"),
         }
     }
 
@@ -84,6 +95,7 @@ impl System {
         match self {
             System::Herald => "app.kubernetes.io/component=speaker",
             System::Metallb => "app=metallb,component=speaker",
+            System::KubeVip => "app.kubernetes.io/name=kube-vip-ds",
         }
     }
 
@@ -92,6 +104,7 @@ impl System {
         match self {
             System::Herald => ["/herald-speaker", "/herald-controller"],
             System::Metallb => ["/speaker", "/controller"],
+            System::KubeVip => ["/kube-vip", "/kube-vip-cloud-provider"],
         }
     }
 
@@ -103,6 +116,7 @@ impl System {
                 apply(&cluster.client(), LAN_POOL).await;
             }
             System::Metallb => cluster.install_metallb().await?,
+            System::KubeVip => cluster.install_kube_vip().await?,
         }
         Ok(())
     }
@@ -117,6 +131,8 @@ struct Seen {
     two_macs: usize,
     no_mac: usize,
     asks: usize,
+    /// Several nodes still answered the VIP a minute after the fault was over.
+    stuck: bool,
 }
 
 /// Asks for the VIP's MAC from the client, over and over, on a thread.
@@ -185,6 +201,65 @@ impl Watch {
             two_macs,
             no_mac,
             asks,
+            stuck: false,
+        }
+    }
+}
+
+/// The node answering for `ip` once one does; when several still answer a minute later
+/// (the system never settled after the last fault), says so with what their nodes hold,
+/// and goes on with the first (the next faults are still measured).
+fn owner(cluster: &Cluster, system: System, ip: IpAddr) -> (String, bool) {
+    let deadline = Instant::now() + SETTLE;
+    let mut streak = 0;
+    loop {
+        let mut answers = cluster.answers(ip);
+        answers.dedup();
+        streak = if answers.len() == 1 { streak + 1 } else { 0 };
+        if streak == 3 {
+            return (answers[0].clone(), false);
+        }
+        if Instant::now() > deadline && !answers.is_empty() {
+            println!(
+                "{}: {answers:?} still answer {ip} {}s after the fault",
+                system.name(),
+                SETTLE.as_secs()
+            );
+            for node in &answers {
+                let ns = &cluster.node(node).host.ns;
+                let addresses = std::process::Command::new("ip")
+                    .args(["-n", ns, "-brief", "address", "show", "eth0"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default();
+                println!("  {node}: {addresses}");
+                let logs = cluster
+                    .kubectl(&[
+                        "-n",
+                        system.namespace(),
+                        "get",
+                        "pod",
+                        "-l",
+                        system.speaker_pods(),
+                        "--field-selector",
+                        &format!("spec.nodeName={node}"),
+                        "-o",
+                        "name",
+                    ])
+                    .and_then(|pod| {
+                        cluster.kubectl(&[
+                            "-n",
+                            system.namespace(),
+                            "logs",
+                            pod.trim(),
+                            "--tail",
+                            "15",
+                        ])
+                    })
+                    .unwrap_or_else(|e| e.to_string());
+                println!("{logs}");
+            }
+            return (answers[0].clone(), true);
         }
     }
 }
@@ -274,7 +349,8 @@ async fn speaker_back(system: System, node_ns: &str, old: u32) -> Result<()> {
 /// One round of one system on a fresh cluster; one line per measure.
 async fn round(system: System, number: usize, results: &mut Results) -> Result<()> {
     let mut cluster = Cluster::start(ClusterOptions {
-        peers: true,
+        peers: system == System::Metallb,
+        kube_vip: system == System::KubeVip,
         ..ClusterOptions::default()
     })
     .await?;
@@ -298,7 +374,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
 
     let ns = system.namespace();
     // The speaker's pod on the answering node deleted.
-    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    let (owner, _) = self::owner(&cluster, system, v4);
     let watch = Watch::start(&cluster, v4).await;
     cluster.kubectl(&[
         "-n",
@@ -314,10 +390,15 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.rollout_status(ns, system.speaker_daemonset(), "180s")?;
     let seen = watch.finish(AFTER).await;
-    results.seen(system, number, "speaker pod deleted", seen);
+    let (owner, stuck) = self::owner(&cluster, system, v4);
+    results.seen(
+        system,
+        number,
+        "speaker pod deleted",
+        Seen { stuck, ..seen },
+    );
 
     // The speaker's process on the answering node killed with SIGKILL.
-    let owner = cluster.one_answer(v4, SETTLE, |_| true);
     let owner_ns = cluster.node(&owner).host.ns.clone();
     let pids = processes(system.binaries()[0], Some(&owner_ns));
     let [pid] = pids.as_slice() else {
@@ -330,18 +411,23 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     }
     speaker_back(system, &owner_ns, *pid).await?;
     let seen = watch.finish(AFTER).await;
-    results.seen(system, number, "speaker killed (-9)", seen);
+    let (_, stuck) = self::owner(&cluster, system, v4);
+    results.seen(
+        system,
+        number,
+        "speaker killed (-9)",
+        Seen { stuck, ..seen },
+    );
 
     // Every speaker restarted, one node after another.
-    cluster.one_answer(v4, SETTLE, |_| true);
     let watch = Watch::start(&cluster, v4).await;
     cluster.kubectl(&["-n", ns, "rollout", "restart", system.speaker_daemonset()])?;
     cluster.rollout_status(ns, system.speaker_daemonset(), "300s")?;
     let seen = watch.finish(AFTER).await;
-    results.seen(system, number, "rolling restart", seen);
+    let (owner, stuck) = self::owner(&cluster, system, v4);
+    results.seen(system, number, "rolling restart", Seen { stuck, ..seen });
 
     // Gossip blocked inbound on the answering node for 30 s.
-    let owner = cluster.one_answer(v4, SETTLE, |_| true);
     let owner_ns = cluster.node(&owner).host.ns.clone();
     let watch = Watch::start(&cluster, v4).await;
     nft_in(
@@ -355,13 +441,35 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     nft_in(&owner_ns, "delete table inet herald_bench\n")?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let seen = watch.finish(AFTER).await;
-    results.seen(system, number, "gossip blocked 30 s", seen);
+    let (_, stuck) = self::owner(&cluster, system, v4);
+    results.seen(
+        system,
+        number,
+        "gossip blocked 30 s",
+        Seen { stuck, ..seen },
+    );
 
-    // The answering node dies; the app runs elsewhere, so the gap is the load balancer's.
-    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    // The answering node's CPUs starved for 20 s; the app runs elsewhere, so the gap is the
+    // load balancer's.
+    let (owner, _) = self::owner(&cluster, system, v4);
     keep_web_off(&client, &owner).await;
     web_ready_on(&client, 2, SETTLE).await;
-    let owner = cluster.one_answer(v4, SETTLE, |_| true);
+    let (owner, _) = self::owner(&cluster, system, v4);
+    let watch = Watch::start(&cluster, v4).await;
+    cluster
+        .node(&owner)
+        .hold_pods_cpu(Some(Duration::from_millis(2)))?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    cluster.node(&owner).hold_pods_cpu(None)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = watch.finish(AFTER).await;
+    let (owner, stuck) = self::owner(&cluster, system, v4);
+    results.seen(system, number, "CPU starved 20 s", Seen { stuck, ..seen });
+
+    // The answering node dies (it may be another one now: the app is kept off it too).
+    keep_web_off(&client, &owner).await;
+    web_ready_on(&client, 2, SETTLE).await;
+    let (owner, _) = self::owner(&cluster, system, v4);
     let watch = Watch::start(&cluster, v4).await;
     cluster.kill_node(&owner)?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -392,14 +500,19 @@ struct Results {
 impl Results {
     fn seen(&mut self, system: System, number: usize, fault: &'static str, seen: Seen) {
         println!(
-            "{} round {number} {fault}: longest gap {} ms, {} of {} requests failed, {} of {} asks answered by two MACs, {} by none",
+            "{} round {number} {fault}: longest gap {} ms, {} of {} requests failed, {} of {} asks answered by two MACs, {} by none{}",
             system.name(),
             seen.gap.as_millis(),
             seen.failed,
             seen.requests,
             seen.two_macs,
             seen.asks,
-            seen.no_mac
+            seen.no_mac,
+            if seen.stuck {
+                "; several nodes still answer a minute later"
+            } else {
+                ""
+            }
         );
         self.faults.entry((fault, system)).or_default().push(seen);
     }
@@ -413,9 +526,9 @@ impl Results {
 
     fn summary(&self) {
         println!(
-            "\n| fault | system | longest gap, median (worst) | failed requests, median (worst) | asks answered by two MACs, worst | asks answered by none, worst | runs |"
+            "\n| fault | system | longest gap, median (worst) | failed requests, median (worst) | asks answered by two MACs, worst | asks answered by none, worst | runs | runs with several nodes answering a minute later |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for ((fault, system), runs) in &self.faults {
             let mut gaps: Vec<u128> = runs.iter().map(|s| s.gap.as_millis()).collect();
             let mut fails: Vec<usize> = runs.iter().map(|s| s.failed).collect();
@@ -423,8 +536,9 @@ impl Results {
             fails.sort_unstable();
             let two = runs.iter().map(|s| s.two_macs).max().unwrap_or(0);
             let none = runs.iter().map(|s| s.no_mac).max().unwrap_or(0);
+            let stuck = runs.iter().filter(|s| s.stuck).count();
             println!(
-                "| {fault} | {} | {} ms ({} ms) | {} ({}) | {two} | {none} | {} |",
+                "| {fault} | {} | {} ms ({} ms) | {} ({}) | {two} | {none} | {} | {stuck} |",
                 system.name(),
                 gaps[gaps.len() / 2],
                 gaps[gaps.len() - 1],
@@ -462,9 +576,19 @@ async fn main() -> Result<()> {
         .transpose()
         .context("ROUNDS must be a number")?
         .unwrap_or(3);
+    // Then the systems to run, by name (default: all).
+    let named: Vec<String> = std::env::args().skip(2).collect();
+    let all = [System::Herald, System::Metallb, System::KubeVip];
+    let systems: Vec<System> = all
+        .into_iter()
+        .filter(|s| named.is_empty() || named.iter().any(|n| n.eq_ignore_ascii_case(s.name())))
+        .collect();
+    if systems.is_empty() {
+        bail!("no system named {named:?}: Herald, MetalLB, kube-vip");
+    }
     let mut results = Results::default();
     for number in 1..=rounds {
-        for system in [System::Herald, System::Metallb] {
+        for system in systems.iter().copied() {
             round(system, number, &mut results)
                 .await
                 .with_context(|| format!("{} round {number}", system.name()))?;

@@ -59,6 +59,8 @@ pub struct ClusterOptions {
     pub links: Vec<NodeLink>,
     /// Load the peers' images too (MetalLB's, `scripts/images peers`).
     pub peers: bool,
+    /// Load kube-vip's images too (`scripts/images kube-vip`).
+    pub kube_vip: bool,
 }
 
 impl Default for ClusterOptions {
@@ -68,6 +70,7 @@ impl Default for ClusterOptions {
             proxy_mode: ProxyMode::Nftables,
             links: Vec::new(),
             peers: false,
+            kube_vip: false,
         }
     }
 }
@@ -90,6 +93,9 @@ impl Cluster {
         let mut images = images()?;
         if options.peers {
             images.extend(peer_images()?);
+        }
+        if options.kube_vip {
+            images.extend(kube_vip_images()?);
         }
         let mut lan = Lan::create(options.nodes)?;
         let claim = host::Claim::take(lan.prefix())?;
@@ -522,6 +528,20 @@ fn peer_images() -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// kube-vip's images (`scripts/images kube-vip`).
+fn kube_vip_images() -> Result<Vec<PathBuf>> {
+    let dir = kube_vip_dir()?;
+    Ok(["kube-vip", "kube-vip-cloud-provider"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.tar")))
+        .collect())
+}
+
+fn kube_vip_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    image_dir(&DIR, &["kube-vip"])
+}
+
 fn peer_dir() -> Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     image_dir(&DIR, &["peers"])
@@ -557,7 +577,70 @@ impl Cluster {
         }
         Ok(())
     }
+
+    /// kube-vip as its docs install it for Services (the cluster started with `kube_vip`):
+    /// its RBAC, the DaemonSet its `manifest daemonset` command generates (ARP, an election
+    /// per Service, `eth0`), its cloud provider from that module's manifest, and the
+    /// cloud provider's ConfigMap with the ranges of Herald's `journey::LAN_POOL`.
+    pub async fn install_kube_vip(&self) -> Result<()> {
+        let dir = kube_vip_dir()?;
+        let version = node::versions("KUBE_VIP_VERSION")?;
+        let provider = node::versions("KUBE_VIP_CLOUD_PROVIDER_VERSION")?;
+        self.kubectl_apply(KUBE_VIP_RBAC)?;
+        let daemonset = std::fs::read_to_string(dir.join("kube-vip-ds.yaml"))?.replace(
+            &format!("ghcr.io/kube-vip/kube-vip:{version}"),
+            &format!("herald.local/kube-vip:{version}"),
+        );
+        self.kubectl_apply(&daemonset)?;
+        // Its manifest pulls on every start (`Always`): a mirror of the image would serve
+        // that; here the image is only in each node's containerd.
+        let cloud_provider = std::fs::read_to_string(dir.join("kube-vip-cloud-controller.yaml"))?
+            .replace(
+                &format!("ghcr.io/kube-vip/kube-vip-cloud-provider:{provider}"),
+                &format!("herald.local/kube-vip-cloud-provider:{provider}"),
+            )
+            .replace("imagePullPolicy: Always", "imagePullPolicy: IfNotPresent");
+        self.kubectl_apply(&cloud_provider)?;
+        self.kubectl(&[
+            "-n",
+            "kube-system",
+            "create",
+            "configmap",
+            "kubevip",
+            "--from-literal",
+            "range-global=192.0.2.100-192.0.2.119,2001:db8::100-2001:db8::11f",
+        ])?;
+        for rollout in [
+            "daemonset/kube-vip-ds",
+            "deployment/kube-vip-cloud-provider",
+        ] {
+            self.rollout_status("kube-system", rollout, "180s")
+                .with_context(|| format!("kube-vip's {rollout}"))?;
+        }
+        Ok(())
+    }
 }
+
+/// kube-vip's RBAC for its DaemonSet: the rules of the `rbac.yaml` its docs apply first
+/// (kube-vip.io/manifests/rbac.yaml, not part of its Go module).
+const KUBE_VIP_RBAC: &str = "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: kube-vip, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: 'system:kube-vip-role'}
+rules:
+  - {apiGroups: [''], resources: [services/status], verbs: [update]}
+  - {apiGroups: [''], resources: [services, endpoints], verbs: [list, get, watch, update]}
+  - {apiGroups: [''], resources: [nodes], verbs: [list, get, watch, update, patch]}
+  - {apiGroups: [coordination.k8s.io], resources: [leases], verbs: [list, get, watch, update, create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: 'system:kube-vip-binding'}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'system:kube-vip-role'}
+subjects: [{kind: ServiceAccount, name: kube-vip, namespace: kube-system}]";
 
 /// MetalLB's own manifest (`config/manifests/metallb-native.yaml` of the pinned module), its
 /// images renamed to the ones built here, as a user mirroring them would.

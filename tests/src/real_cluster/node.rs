@@ -303,6 +303,17 @@ conntrack:
         self.containerd = None;
     }
 
+    /// Holds every pod of the node to `quota` of CPU time per 100 ms (a CFS quota on the
+    /// node's pod cgroup), or lets them run freely again (`None`): the node's CPUs starved
+    /// by something else. The node's own daemons are not held.
+    pub fn hold_pods_cpu(&self, quota: Option<Duration>) -> Result<()> {
+        let dir = Path::new("/sys/fs/cgroup/cpu").join(&self.cgroup);
+        let value = quota.map_or("-1".to_owned(), |q| q.as_micros().max(1000).to_string());
+        std::fs::write(dir.join("cpu.cfs_period_us"), "100000")
+            .and_then(|()| std::fs::write(dir.join("cpu.cfs_quota_us"), &value))
+            .with_context(|| format!("CPU quota {value} on {}", dir.display()))
+    }
+
     /// Last lines of one daemon's log (containerd, kubelet, kube-proxy), for failure messages.
     pub fn log_tail(&self, daemon: &str, lines: usize) -> String {
         let text =
