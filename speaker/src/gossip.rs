@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, watch};
 
+use crate::lapse::Lapse;
 use crate::membership::{DecodeError, Heartbeat, Keys, Kind, MAX_MESSAGE, Members};
 use crate::metrics::Departure;
 use crate::pass::Gossiped;
@@ -61,6 +62,8 @@ pub struct Gossip {
     timeout: Duration,
     /// Set by `leave`: the heartbeat thread sends nothing more.
     leaving: std::sync::atomic::AtomicBool,
+    /// Whether this speaker ran too late for its peers to hear it (`lapse`).
+    lapse: Mutex<Lapse>,
 }
 
 /// Who heartbeats this node: every sender's last heartbeat, and those at the segment's pace.
@@ -172,6 +175,7 @@ impl Gossip {
             senders: Mutex::new(Senders::default()),
             timeout,
             leaving: std::sync::atomic::AtomicBool::new(false),
+            lapse: Mutex::new(Lapse::default()),
         }))
     }
 
@@ -187,8 +191,9 @@ impl Gossip {
     /// The peers gone since the last call, with when each was last heard.
     /// What the heartbeats say now, for a pass: `me` with `own_subnets` (what its heartbeats
     /// tell the others) among the candidates, and the peers heard for less than `settle`
-    /// counted as joining.
+    /// counted as joining; `me` too, for `settle` after its heartbeats lapsed.
     pub fn view(&self, me: &str, own_subnets: Vec<IpNetwork>, settle: Duration) -> Gossiped {
+        let rejoining = self.lapse.lock().rejoining(Instant::now(), settle);
         let members = self.members.lock();
         Gossiped {
             node_subnets: members
@@ -202,6 +207,7 @@ impl Gossip {
                 .collect(),
             joining: members
                 .joining(settle, Instant::now())
+                .chain(rejoining.then_some(me))
                 .map(str::to_owned)
                 .collect(),
             restarting: members
@@ -335,6 +341,14 @@ impl Gossip {
                     targets.extend(self.reciprocal(now));
                     let targets: Vec<IpAddr> = targets.into_iter().collect();
                     self.send_all(kind(&standby), subnets.borrow().clone(), &targets).await;
+                    let lapsed = self.lapse.lock().sent(now, self.timeout);
+                    if let Some(gap) = lapsed {
+                        tracing::warn!(
+                            silent_ms = gap.as_millis() as u64,
+                            "this speaker was not scheduled for longer than the failure timeout (CPU starvation, a paused machine): its peers took its IPs over, and it answers for them again once it has settled"
+                        );
+                        changed.notify_one();
+                    }
                     // Whatever arrived while this thread was not running counts first.
                     while let Ok((n, from)) = self.socket.try_recv_from(&mut buf) {
                         if let Some(new) = self.handle(&buf[..n], from, &changed, &mut log) {
@@ -343,6 +357,9 @@ impl Gossip {
                     }
                     let (dead, rejecting) = {
                         let mut m = self.members.lock();
+                        if lapsed.is_some() {
+                            m.excuse(Instant::now());
+                        }
                         let before = m.rejecting().count();
                         let dead = m.expire(Instant::now());
                         (dead, before != m.rejecting().count())

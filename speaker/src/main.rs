@@ -14,6 +14,7 @@ mod gossip;
 mod gossip_secret;
 mod interfaces;
 mod isolation;
+mod lapse;
 mod link_socket;
 mod logs;
 mod membership;

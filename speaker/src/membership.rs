@@ -418,6 +418,15 @@ impl Members {
         dead
     }
 
+    /// This node itself was not running for a while (`lapse`): silence it could not hear
+    /// is no proof of death, and its peers, which counted it dead meanwhile, send to it only
+    /// once they hear it again. Every member gets a timeout from `now` to be heard.
+    pub fn excuse(&mut self, now: Instant) {
+        for member in self.members.values_mut() {
+            member.last_seen = member.last_seen.max(now);
+        }
+    }
+
     /// Whether `node` is heard (a candidate or on standby).
     #[cfg(test)]
     pub fn hears(&self, node: &str) -> bool {
@@ -505,6 +514,22 @@ mod tests {
 
     const OLD: &[u8] = b"the old key 0123456789";
     const NEW: &[u8] = b"the new key 0123456789";
+
+    #[test]
+    fn peers_are_not_counted_dead_for_silence_this_node_could_not_hear() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut members = Members::new(Duration::from_millis(500));
+        members.receive(hb("a", 1, Kind::Alive), at(0));
+        members.receive(hb("a", 2, Kind::Alive), at(100));
+        // This node was stopped for two seconds: "a" sent nothing it could hear.
+        members.excuse(at(2100));
+        assert!(members.expire(at(2100)).is_empty());
+        assert!(members.hears("a"));
+        // A timeout later, still unheard: dead after all.
+        assert!(members.expire(at(2500)).is_empty());
+        assert_eq!(members.expire(at(2700)), vec![("a".to_owned(), at(2100))]);
+    }
 
     #[test]
     fn round_trip_and_authentication() {

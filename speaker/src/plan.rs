@@ -36,6 +36,7 @@ pub struct View<'a> {
     pub interfaces: &'a Snapshot,
     /// Speakers heard for less than their settle time: they do not answer yet. Their IPs
     /// are answered meanwhile by this node where it answers already (make before break).
+    /// This node itself, after its heartbeats lapsed (`lapse`).
     pub joining: &'a BTreeSet<String>,
     /// Of those, the speakers killed and restarted at once (never counted dead): the IPs
     /// they owned are answered meanwhile by the node owning them without the joining ones
@@ -211,10 +212,16 @@ pub fn decide(view: &View) -> Decision {
             // Held over, or stood in for: the owner has not settled yet, so it does not
             // answer yet. A stand-in answers for a speaker killed and restarted within a
             // failure timeout: never counted dead, its IPs would go unanswered until it
-            // settled.
+            // settled. This node counts itself as joining when it ran too late for its
+            // peers to hear it (its heartbeats lapsed): they took its IPs over and hold
+            // them until it settles, so it answers only where nobody else can.
             Ok((owner, forced))
-                if owner == view.me
-                    || (view.joining.contains(owner) && view.announcing.contains(&ip))
+                if (owner == view.me
+                    && !(view.joining.contains(view.me)
+                        && stand_in(view, &index, &pools, &target).is_some()))
+                    || (owner != view.me
+                        && view.joining.contains(owner)
+                        && view.announcing.contains(&ip))
                     || (view.restarting.contains(owner)
                         && stand_in(view, &index, &pools, &target) == Some(view.me)) =>
             {

@@ -172,8 +172,7 @@ async fn announcements_name_the_node_that_answers_and_go_with_the_ip() {
     assert_ne!(during[&vips[0]], first);
     shows(0, during[&vips[0]].clone()).await;
     all[idx].signal(libc::SIGCONT);
-    let back = settled(&lan, &vips[..1], Duration::from_secs(10));
-    assert_eq!(back[&vips[0]], first);
+    settles_on(&lan, vips[0], &first, Duration::from_secs(10));
     shows(0, first.clone()).await;
 
     // vip1 asks for another address: the object of the old one goes, the new one is written.
@@ -398,4 +397,64 @@ async fn speakers_wait_for_the_controllers_gossip_secret_and_rotate_its_key_with
         ready(&lan, "n3") && metric(&lan, "n1", "herald_speaker_members") == Some(3.0)
     });
     settled(&lan, &vips, Duration::from_secs(10));
+}
+
+/// A node not scheduled for longer than the failure timeout (a paused machine, a node
+/// starved of CPU) is counted dead by its peers and its IP taken over. When it runs again it
+/// does not answer beside the node that took the IP over: that node keeps it until the
+/// paused one has settled, then hands it back.
+#[tokio::test]
+async fn a_paused_owner_does_not_answer_beside_its_stand_in_when_it_resumes() {
+    let (cp, lan, _controller) = setup(3).await;
+    let client = cp.client();
+    let all = speakers(&cp, &lan, &["n1", "n2", "n3"]);
+    let vips = vips(&client, &lan, 3).await;
+    let ip = vips[0];
+    let first = settled(&lan, &vips, Duration::from_secs(20))[&ip].clone();
+    let idx: usize = first.trim_start_matches('n').parse::<usize>().expect("n") - 1;
+    all[idx].signal(libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stand_in = settled(&lan, &[ip], Duration::from_secs(5))[&ip].clone();
+    assert_ne!(stand_in, first);
+    all[idx].signal(libc::SIGCONT);
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut asks = 0;
+    let mut doubled = Vec::new();
+    while Instant::now() < until {
+        let mut nodes = round(&lan, &[ip]).remove(&ip).unwrap_or_default();
+        nodes.sort();
+        nodes.dedup();
+        asks += 1;
+        if nodes.len() > 1 {
+            doubled.push(nodes);
+        }
+    }
+    println!(
+        "{} of {asks} asks answered by two nodes after {first} resumed",
+        doubled.len()
+    );
+    // The hand-back (make before break) and a late reply to an ask queued while it was
+    // stopped may each get both; before it rejoined, 5 or 6 of 17 did (600 ms of both).
+    assert!(
+        doubled.len() <= 2,
+        "{} of {asks} asks answered by two nodes after {first} resumed: {doubled:?}",
+        doubled.len()
+    );
+    settles_on(&lan, ip, &first, Duration::from_secs(10));
+}
+
+/// Waits until `ip` has one answer, from `node`: a paused owner takes its IP back from the
+/// node standing in once it has settled.
+fn settles_on(lan: &Lan, ip: IpAddr, node: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let owner = settled(lan, &[ip], within)[&ip].clone();
+        if owner == node {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ip} stays with {owner}, not {node}"
+        );
+    }
 }

@@ -321,6 +321,35 @@ fn a_joining_owner_gets_the_ip_only_once_it_has_settled_and_a_stand_in_answers_m
     assert_eq!(f.owner(), Ok(owner));
 }
 
+#[test]
+fn an_owner_whose_heartbeats_lapsed_leaves_its_ip_to_the_stand_in_until_it_settles() {
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let mut f = Fixture::new();
+    let owner = f.owner().expect("an owner");
+    let away = f.nodes.remove(&owner).expect("owner");
+    let stand_in = f.owner().expect("a stand-in");
+    f.nodes.insert(owner.clone(), away);
+    // The owner was not scheduled for longer than a failure timeout (a stopped VM, CPU
+    // starvation): its peers counted it dead and the stand-in took the IP over; both had
+    // been announcing it. Back, each sees the owner joining: the stand-in keeps the IP and
+    // the owner does not answer beside it.
+    f.joining.insert(owner.clone());
+    f.announcing.insert(ip);
+    assert!(f.decide_as(&stand_in).announced().any(|a| a == ip));
+    assert!(
+        !f.decide_as(&owner).announced().any(|a| a == ip),
+        "the lapsed owner answers beside its stand-in"
+    );
+    // Settled: its own again.
+    f.joining.clear();
+    assert!(f.decide_as(&owner).announced().any(|a| a == ip));
+    assert!(!f.decide_as(&stand_in).announced().any(|a| a == ip));
+    // Alone, a lapsed node answers at once: nobody else would.
+    f.nodes.retain(|n, _| *n == owner);
+    f.joining.insert(owner.clone());
+    assert_eq!(f.owner(), Ok(owner));
+}
+
 fn names(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| (*n).to_owned()).collect()
 }
