@@ -16,8 +16,9 @@
 //!    port dropped by nftables; for kube-vip, whose speakers agree through Leases, the API
 //!    server's answers to that node), then let through again;
 //! 6. the node's CPUs starved for 20 s, the app's pods elsewhere: every pod on it held to
-//!    2 ms of CPU per 100 ms (a CFS quota on its pod cgroup: the nodes share this machine's
-//!    cores, so busy loops would starve every node alike);
+//!    2 ms of CPU per 100 ms together (a CFS quota on its pod cgroup), and one busy loop per
+//!    core in that cgroup competing for it (the nodes share this machine's cores, so busy
+//!    loops alone would starve every node alike);
 //! 7. the node dies (kubelet, containerd and its pods killed, its link down), the app's pods
 //!    elsewhere.
 //!
@@ -456,11 +457,9 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     web_ready_on(&client, 2, SETTLE).await;
     let (owner, _) = self::owner(&cluster, system, v4);
     let watch = Watch::start(&cluster, v4).await;
-    cluster
-        .node(&owner)
-        .hold_pods_cpu(Some(Duration::from_millis(2)))?;
+    let starved = cluster.node(&owner).starve(Duration::from_millis(2))?;
     tokio::time::sleep(Duration::from_secs(20)).await;
-    cluster.node(&owner).hold_pods_cpu(None)?;
+    drop(starved);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let seen = watch.finish(AFTER).await;
     let (owner, stuck) = self::owner(&cluster, system, v4);

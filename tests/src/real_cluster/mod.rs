@@ -547,33 +547,47 @@ fn peer_dir() -> Result<PathBuf> {
     image_dir(&DIR, &["peers"])
 }
 
-/// MetalLB's configuration as its docs write it: a pool of the LAN in each family (the
-/// ranges of Herald's `journey::LAN_POOL`) and an L2Advertisement of it.
-pub const METALLB_L2_CONFIG: &str = "apiVersion: metallb.io/v1beta1
+/// MetalLB's pool as its docs write it: the LAN in each family (the ranges of Herald's
+/// `journey::LAN_POOL`).
+pub const METALLB_POOL: &str = "apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
 metadata: {name: lan, namespace: metallb-system}
-spec: {addresses: [192.0.2.100-192.0.2.119, '2001:db8::100-2001:db8::11f']}
----
-apiVersion: metallb.io/v1beta1
+spec: {addresses: [192.0.2.100-192.0.2.119, '2001:db8::100-2001:db8::11f']}";
+
+/// MetalLB's L2Advertisement of every pool: with it, its speakers announce.
+pub const METALLB_L2_ADVERTISEMENT: &str = "apiVersion: metallb.io/v1beta1
 kind: L2Advertisement
 metadata: {name: lan, namespace: metallb-system}";
 
 impl Cluster {
-    /// MetalLB as its docs install it (the cluster started with `peers`): its manifest, its
-    /// controller and speakers rolled out, then `METALLB_L2_CONFIG`, once its webhook serves
-    /// (the controller makes the webhook's certificate first).
+    /// MetalLB as its docs install it (the cluster started with `peers`), serving the LAN:
+    /// `METALLB_POOL` and `METALLB_L2_ADVERTISEMENT`.
     pub async fn install_metallb(&self) -> Result<()> {
+        self.install_metallb_with(&[METALLB_POOL, METALLB_L2_ADVERTISEMENT])
+            .await
+    }
+
+    /// MetalLB's manifest, its controller and speakers rolled out, then each of `config`,
+    /// once its webhook serves (the controller makes the webhook's certificate first).
+    pub async fn install_metallb_with(&self, config: &[&str]) -> Result<()> {
         self.kubectl_apply(&metallb_manifest()?)?;
         for rollout in ["deployment/controller", "daemonset/speaker"] {
             self.rollout_status("metallb-system", rollout, "180s")
                 .with_context(|| format!("MetalLB's {rollout}"))?;
         }
+        self.apply_metallb(config).await
+    }
+
+    /// Applies MetalLB objects, each retried while its webhook does not serve yet.
+    pub async fn apply_metallb(&self, config: &[&str]) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(90);
-        while let Err(e) = self.kubectl_apply(METALLB_L2_CONFIG) {
-            if Instant::now() > deadline {
-                return Err(e.context("MetalLB's configuration refused"));
+        for object in config {
+            while let Err(e) = self.kubectl_apply(object) {
+                if Instant::now() > deadline {
+                    return Err(e.context("MetalLB's configuration refused"));
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
         }
         Ok(())
     }
@@ -656,6 +670,23 @@ pub fn metallb_manifest() -> Result<String> {
             &format!("quay.io/metallb/speaker:{version}"),
             &format!("herald.local/metallb-speaker:{version}"),
         ))
+}
+
+/// Of MetalLB's manifest, its namespace and CustomResourceDefinitions alone: what a user
+/// applies first to create MetalLB's pools before its controller starts.
+pub fn metallb_namespace_and_crds() -> Result<String> {
+    let manifest = metallb_manifest()?;
+    let wanted = manifest
+        .split("\n---\n")
+        .filter(|doc| {
+            doc.lines()
+                .any(|l| l == "kind: CustomResourceDefinition" || l == "kind: Namespace")
+        })
+        .collect::<Vec<_>>();
+    if wanted.len() < 2 {
+        bail!("no namespace and CRDs in MetalLB's manifest");
+    }
+    Ok(wanted.join("\n---\n"))
 }
 
 /// `scripts/images ARGS...`, once per process: the directory it printed last.

@@ -303,15 +303,35 @@ conntrack:
         self.containerd = None;
     }
 
-    /// Holds every pod of the node to `quota` of CPU time per 100 ms (a CFS quota on the
-    /// node's pod cgroup), or lets them run freely again (`None`): the node's CPUs starved
-    /// by something else. The node's own daemons are not held.
-    pub fn hold_pods_cpu(&self, quota: Option<Duration>) -> Result<()> {
+    /// Starves the node's pods of CPU until the guard is dropped: together they may use
+    /// `quota` of CPU time per 100 ms (a CFS quota on the node's pod cgroup), and one busy
+    /// loop per core in that cgroup competes with them for it. The node's own daemons are
+    /// not held. (The nodes share this machine's cores: busy loops alone would starve every
+    /// node alike, and a quota alone would not bite a process that needs little.)
+    pub fn starve(&self, quota: Duration) -> Result<Starved> {
         let dir = Path::new("/sys/fs/cgroup/cpu").join(&self.cgroup);
-        let value = quota.map_or("-1".to_owned(), |q| q.as_micros().max(1000).to_string());
-        std::fs::write(dir.join("cpu.cfs_period_us"), "100000")
-            .and_then(|()| std::fs::write(dir.join("cpu.cfs_quota_us"), &value))
-            .with_context(|| format!("CPU quota {value} on {}", dir.display()))
+        let write = |file: &str, value: &str| {
+            std::fs::write(dir.join(file), value)
+                .with_context(|| format!("{value} into {}", dir.join(file).display()))
+        };
+        write("cpu.cfs_period_us", "100000")?;
+        write("cpu.cfs_quota_us", &quota.as_micros().max(1000).to_string())?;
+        let mut starved = Starved {
+            quota_file: dir.join("cpu.cfs_quota_us"),
+            loops: Vec::new(),
+        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let procs = dir.join("cgroup.procs");
+        for _ in 0..cores {
+            // The loop joins the cgroup before it spins.
+            let script = format!("echo $$ > '{}' && while :; do :; done", procs.display());
+            let child = Command::new("sh")
+                .args(["-c", &script])
+                .spawn()
+                .context("starting a busy loop")?;
+            starved.loops.push(child);
+        }
+        Ok(starved)
     }
 
     /// Last lines of one daemon's log (containerd, kubelet, kube-proxy), for failure messages.
@@ -406,4 +426,22 @@ pub fn pod_routes(ns: &str, nodes: &[(usize, IpAddr, IpAddr)]) -> Result<()> {
         crate::netns::ip(&["-n", ns, "-6", "route", "add", &p6, "via", &v6.to_string()])?;
     }
     Ok(())
+}
+
+/// A node's pods starved of CPU (`Node::starve`): dropping it ends that.
+pub struct Starved {
+    quota_file: PathBuf,
+    loops: Vec<std::process::Child>,
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        for child in &mut self.loops {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Err(e) = std::fs::write(&self.quota_file, "-1") {
+            tracing::warn!("lifting the CPU quota {}: {e}", self.quota_file.display());
+        }
+    }
 }
