@@ -310,8 +310,11 @@ impl Gossip {
         let mut all: BTreeSet<IpAddr> = BTreeSet::new();
         let mut segment: Vec<IpAddr> = Vec::new();
         let mut fresh: Vec<IpAddr> = Vec::new();
+        // As long as it holds back after a lapse, this speaker is on standby for its peers:
+        // they keep its IPs (`lapse`).
+        let settle = self.timeout + interval;
         let kind = |standby: &watch::Receiver<bool>| {
-            if *standby.borrow() {
+            if *standby.borrow() || self.lapse.lock().rejoining(Instant::now(), settle) {
                 Kind::Standby
             } else {
                 Kind::Alive
@@ -343,9 +346,11 @@ impl Gossip {
                     self.send_all(kind(&standby), subnets.borrow().clone(), &targets).await;
                     let lapsed = self.lapse.lock().sent(now, self.timeout);
                     if let Some(gap) = lapsed {
+                        let hold = self.lapse.lock().hold(settle);
                         tracing::warn!(
                             silent_ms = gap.as_millis() as u64,
-                            "this speaker was not scheduled for longer than the failure timeout (CPU starvation, a paused machine): its peers took its IPs over, and it answers for them again once it has settled"
+                            hold_ms = hold.as_millis() as u64,
+                            "this speaker was not scheduled for longer than the failure timeout (CPU starvation, a paused machine): its peers took its IPs over, and it leaves them there until it has run on time for the hold"
                         );
                         changed.notify_one();
                     }
