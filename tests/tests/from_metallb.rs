@@ -21,6 +21,17 @@ use kube::api::Api;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// A real cluster whose nodes hold MetalLB's images.
+async fn cluster_with_metallb_images() -> Cluster {
+    herald_lab::init_tracing();
+    Cluster::start(ClusterOptions {
+        peers: true,
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("cluster")
+}
+
 /// MetalLB serves the Service (one answer per VIP, the app reached); then, requests going on,
 /// the switch as the migration guide tells it: MetalLB's configuration converted, Herald
 /// installed with default values (it leaves MetalLB's Service as it is, with a `ForeignIPs`
@@ -30,13 +41,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// saw and how many requests failed.
 #[tokio::test]
 async fn journey_from_metallb_to_herald_every_ip_kept() {
-    herald_lab::init_tracing();
-    let cluster = Cluster::start(ClusterOptions {
-        peers: true,
-        ..ClusterOptions::default()
-    })
-    .await
-    .expect("cluster");
+    let cluster = cluster_with_metallb_images().await;
     let client = cluster.client();
 
     if let Err(e) = cluster.install_metallb().await {
@@ -176,13 +181,7 @@ async fn journey_from_metallb_to_herald_every_ip_kept() {
 /// waits a second. Prints the longest gap each client saw.
 #[tokio::test]
 async fn journey_from_herald_back_to_metallb_every_ip_kept() {
-    herald_lab::init_tracing();
-    let cluster = Cluster::start(ClusterOptions {
-        peers: true,
-        ..ClusterOptions::default()
-    })
-    .await
-    .expect("cluster");
+    let cluster = cluster_with_metallb_images().await;
     let client = cluster.client();
     if let Err(e) = cluster.install_herald(&[]) {
         panic!("helm install: {e:#}\n{}", cluster.diagnose());

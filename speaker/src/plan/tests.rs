@@ -283,15 +283,21 @@ fn every_node_judges_itself_on_subnet_as_its_peers_judge_it() {
     }
 }
 
+/// The owner of 192.0.2.10, and the node that owns it while the owner is away.
+fn owner_and_stand_in(f: &mut Fixture) -> (String, String) {
+    let owner = f.owner().expect("an owner");
+    let away = f.nodes.remove(&owner).expect("owner");
+    let stand_in = f.owner().expect("a stand-in");
+    f.nodes.insert(owner.clone(), away);
+    (owner, stand_in)
+}
+
 #[test]
 fn a_joining_owner_gets_the_ip_only_once_it_has_settled_and_a_stand_in_answers_meanwhile() {
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
     let mut f = Fixture::new();
-    let owner = f.owner().expect("an owner");
     // The owner restarts: while it is away, the next in rank announces the IP.
-    let away = f.nodes.remove(&owner).expect("owner");
-    let stand_in = f.owner().expect("a stand-in");
-    f.nodes.insert(owner.clone(), away);
+    let (owner, stand_in) = owner_and_stand_in(&mut f);
     // Back but still settling (it does not answer yet): the stand-in keeps the IP...
     f.joining.insert(owner.clone());
     f.announcing.insert(ip);
@@ -325,14 +331,12 @@ fn a_joining_owner_gets_the_ip_only_once_it_has_settled_and_a_stand_in_answers_m
 fn an_owner_whose_heartbeats_lapsed_leaves_its_ip_to_the_stand_in_until_it_settles() {
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
     let mut f = Fixture::new();
-    let owner = f.owner().expect("an owner");
-    let away = f.nodes.remove(&owner).expect("owner");
-    let stand_in = f.owner().expect("a stand-in");
-    f.nodes.insert(owner.clone(), away);
+    let (owner, stand_in) = owner_and_stand_in(&mut f);
     // The owner was not scheduled for longer than a failure timeout (a stopped VM, CPU
     // starvation): its peers counted it dead and the stand-in took the IP over; both had
-    // been announcing it. Back, each sees the owner joining: the stand-in keeps the IP and
-    // the owner does not answer beside it.
+    // been announcing it. Back, the owner counts itself as joining (its peers hear it
+    // joining, or on standby while it holds back): the stand-in keeps the IP and the owner
+    // does not answer beside it.
     f.joining.insert(owner.clone());
     f.announcing.insert(ip);
     assert!(f.decide_as(&stand_in).announced().any(|a| a == ip));
