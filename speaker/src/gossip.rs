@@ -60,6 +60,9 @@ pub struct Gossip {
     /// pace while it keeps it.
     senders: Mutex<Senders>,
     timeout: Duration,
+    /// How long a speaker heard anew counts as joining: a timeout and a heartbeat. Its
+    /// peers and the speaker itself after a lapse use the same.
+    settle: Duration,
     /// Set by `leave`: the heartbeat thread sends nothing more.
     leaving: std::sync::atomic::AtomicBool,
     /// Whether this speaker ran too late for its peers to hear it (`lapse`).
@@ -112,7 +115,7 @@ pub async fn start(
                 }
             };
             runtime.block_on(async move {
-                match Gossip::bind(port, keys, me, timeout).await {
+                match Gossip::bind(port, keys, me, timeout, heartbeat).await {
                     Ok(gossip) => {
                         let _ = started_tx.send(Ok(gossip.clone()));
                         gossip
@@ -146,6 +149,7 @@ impl Gossip {
         keys: Arc<Keys>,
         me: String,
         timeout: Duration,
+        heartbeat: Duration,
     ) -> Result<Arc<Self>> {
         // Dual-stack where the kernel allows it; IPv4 only otherwise.
         let (socket, dual_stack) = match UdpSocket::bind(("::", port)).await {
@@ -174,6 +178,7 @@ impl Gossip {
             departures: Mutex::new(Vec::new()),
             senders: Mutex::new(Senders::default()),
             timeout,
+            settle: timeout + heartbeat,
             leaving: std::sync::atomic::AtomicBool::new(false),
             lapse: Mutex::new(Lapse::default()),
         }))
@@ -189,10 +194,16 @@ impl Gossip {
     }
 
     /// The peers gone since the last call, with when each was last heard.
+    /// How long a speaker heard anew counts as joining (`settle`).
+    pub fn settle(&self) -> Duration {
+        self.settle
+    }
+
     /// What the heartbeats say now, for a pass: `me` with `own_subnets` (what its heartbeats
-    /// tell the others) among the candidates, and the peers heard for less than `settle`
-    /// counted as joining; `me` too, for `settle` after its heartbeats lapsed.
-    pub fn view(&self, me: &str, own_subnets: Vec<IpNetwork>, settle: Duration) -> Gossiped {
+    /// tell the others) among the candidates, and the peers heard for less than the settle
+    /// time counted as joining; `me` too, while it holds back after its heartbeats lapsed.
+    pub fn view(&self, me: &str, own_subnets: Vec<IpNetwork>) -> Gossiped {
+        let settle = self.settle;
         let rejoining = self.lapse.lock().rejoining(Instant::now(), settle);
         let members = self.members.lock();
         Gossiped {
@@ -312,9 +323,8 @@ impl Gossip {
         let mut fresh: Vec<IpAddr> = Vec::new();
         // As long as it holds back after a lapse, this speaker is on standby for its peers:
         // they keep its IPs (`lapse`).
-        let settle = self.timeout + interval;
         let kind = |standby: &watch::Receiver<bool>| {
-            if *standby.borrow() || self.lapse.lock().rejoining(Instant::now(), settle) {
+            if *standby.borrow() || self.lapse.lock().rejoining(Instant::now(), self.settle) {
                 Kind::Standby
             } else {
                 Kind::Alive
@@ -344,9 +354,12 @@ impl Gossip {
                     targets.extend(self.reciprocal(now));
                     let targets: Vec<IpAddr> = targets.into_iter().collect();
                     self.send_all(kind(&standby), subnets.borrow().clone(), &targets).await;
-                    let lapsed = self.lapse.lock().sent(now, self.timeout);
-                    if let Some(gap) = lapsed {
-                        let hold = self.lapse.lock().hold(settle);
+                    let lapsed = {
+                        let mut lapse = self.lapse.lock();
+                        let gap = lapse.sent(now, self.timeout);
+                        gap.map(|gap| (gap, lapse.hold(self.settle)))
+                    };
+                    if let Some((gap, hold)) = lapsed {
                         tracing::warn!(
                             silent_ms = gap.as_millis() as u64,
                             hold_ms = hold.as_millis() as u64,

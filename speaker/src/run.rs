@@ -167,7 +167,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             decision_rx,
         ),
     );
-    let settle = config.failure_timeout + config.heartbeat;
+    let settle = gossip.settle();
     let mut pass = Pass::new(
         &config.node,
         config.segmented_liveness,
@@ -196,7 +196,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         // Peers gone, taken before the members are read: the first pass that takes IPs over
         // after a departure counts the takeover, from the last heartbeat (or leave) to now.
         let departures = gossip.take_departures();
-        let gossiped = gossip.view(&config.node, own_subnets, settle);
+        let gossiped = gossip.view(&config.node, own_subnets);
         // The pass's time (its metric, and the coalescing after it) counts from here: what
         // the heartbeats say is copied out above, under the gossip thread's lock.
         let started = Instant::now();
