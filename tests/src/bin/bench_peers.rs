@@ -347,6 +347,23 @@ async fn speaker_back(system: System, node_ns: &str, old: u32) -> Result<()> {
     }
 }
 
+/// Ends `watch` once a fault is over and records what it saw, with whether the system
+/// settled on one answer afterwards; returns the node answering now.
+async fn record(
+    watch: Watch,
+    cluster: &Cluster,
+    system: System,
+    ip: IpAddr,
+    number: usize,
+    fault: &'static str,
+    results: &mut Results,
+) -> String {
+    let seen = watch.finish(AFTER).await;
+    let (owner, stuck) = owner(cluster, system, ip);
+    results.seen(system, number, fault, Seen { stuck, ..seen });
+    owner
+}
+
 /// One round of one system on a fresh cluster; one line per measure.
 async fn round(system: System, number: usize, results: &mut Results) -> Result<()> {
     let mut cluster = Cluster::start(ClusterOptions {
@@ -390,14 +407,16 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     ])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.rollout_status(ns, system.speaker_daemonset(), "180s")?;
-    let seen = watch.finish(AFTER).await;
-    let (owner, stuck) = self::owner(&cluster, system, v4);
-    results.seen(
+    let owner = record(
+        watch,
+        &cluster,
         system,
+        v4,
         number,
         "speaker pod deleted",
-        Seen { stuck, ..seen },
-    );
+        results,
+    )
+    .await;
 
     // The speaker's process on the answering node killed with SIGKILL.
     let owner_ns = cluster.node(&owner).host.ns.clone();
@@ -411,22 +430,31 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
         bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
     }
     speaker_back(system, &owner_ns, *pid).await?;
-    let seen = watch.finish(AFTER).await;
-    let (_, stuck) = self::owner(&cluster, system, v4);
-    results.seen(
+    record(
+        watch,
+        &cluster,
         system,
+        v4,
         number,
         "speaker killed (-9)",
-        Seen { stuck, ..seen },
-    );
+        results,
+    )
+    .await;
 
     // Every speaker restarted, one node after another.
     let watch = Watch::start(&cluster, v4).await;
     cluster.kubectl(&["-n", ns, "rollout", "restart", system.speaker_daemonset()])?;
     cluster.rollout_status(ns, system.speaker_daemonset(), "300s")?;
-    let seen = watch.finish(AFTER).await;
-    let (owner, stuck) = self::owner(&cluster, system, v4);
-    results.seen(system, number, "rolling restart", Seen { stuck, ..seen });
+    let owner = record(
+        watch,
+        &cluster,
+        system,
+        v4,
+        number,
+        "rolling restart",
+        results,
+    )
+    .await;
 
     // Gossip blocked inbound on the answering node for 30 s.
     let owner_ns = cluster.node(&owner).host.ns.clone();
@@ -441,14 +469,16 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     tokio::time::sleep(Duration::from_secs(30)).await;
     nft_in(&owner_ns, "delete table inet herald_bench\n")?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let seen = watch.finish(AFTER).await;
-    let (_, stuck) = self::owner(&cluster, system, v4);
-    results.seen(
+    record(
+        watch,
+        &cluster,
         system,
+        v4,
         number,
         "gossip blocked 30 s",
-        Seen { stuck, ..seen },
-    );
+        results,
+    )
+    .await;
 
     // The answering node's CPUs starved for 20 s; the app runs elsewhere, so the gap is the
     // load balancer's.
@@ -461,9 +491,16 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     tokio::time::sleep(Duration::from_secs(20)).await;
     drop(starved);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let seen = watch.finish(AFTER).await;
-    let (owner, stuck) = self::owner(&cluster, system, v4);
-    results.seen(system, number, "CPU starved 20 s", Seen { stuck, ..seen });
+    let owner = record(
+        watch,
+        &cluster,
+        system,
+        v4,
+        number,
+        "CPU starved 20 s",
+        results,
+    )
+    .await;
 
     // The answering node dies (it may be another one now: the app is kept off it too).
     keep_web_off(&client, &owner).await;

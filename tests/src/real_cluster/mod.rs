@@ -512,29 +512,22 @@ const LOCAL_IMAGE: [&str; 4] = [
 /// The image tars (scripts/images, built once per test process): pause, Herald, the app.
 fn images() -> Result<Vec<PathBuf>> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = image_dir(&DIR, &[])?;
-    Ok(["pause", "herald", "app"]
-        .iter()
-        .map(|n| dir.join(format!("{n}.tar")))
-        .collect())
+    tars(image_dir(&DIR, &[])?, &["pause", "herald", "app"])
 }
 
 /// The peers' images (`scripts/images peers`).
 fn peer_images() -> Result<Vec<PathBuf>> {
-    let dir = peer_dir()?;
-    Ok(["metallb-controller", "metallb-speaker"]
-        .iter()
-        .map(|n| dir.join(format!("{n}.tar")))
-        .collect())
+    tars(peer_dir()?, &["metallb-controller", "metallb-speaker"])
 }
 
 /// kube-vip's images (`scripts/images kube-vip`).
 fn kube_vip_images() -> Result<Vec<PathBuf>> {
-    let dir = kube_vip_dir()?;
-    Ok(["kube-vip", "kube-vip-cloud-provider"]
-        .iter()
-        .map(|n| dir.join(format!("{n}.tar")))
-        .collect())
+    tars(kube_vip_dir()?, &["kube-vip", "kube-vip-cloud-provider"])
+}
+
+/// The tar of each image in `names`, as scripts/images saves them in `dir`.
+fn tars(dir: PathBuf, names: &[&str]) -> Result<Vec<PathBuf>> {
+    Ok(names.iter().map(|n| dir.join(format!("{n}.tar"))).collect())
 }
 
 fn kube_vip_dir() -> Result<PathBuf> {
