@@ -668,6 +668,9 @@ async fn journey_helm_upgrade_of_the_controller_keeps_allocating() {
     .await;
     let before = holder().await.expect("a leader before the upgrade");
     let creating = Arc::new(AtomicBool::new(true));
+    // Set only once the creator has returned: a create still in flight when `creating` drops
+    // is not in a list the watcher made before it, so the watcher must not stop on `creating`.
+    let all_created = Arc::new(AtomicBool::new(false));
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     // One Service every 250 ms, and the first time each is seen with an IP.
     let creator = tokio::spawn({
@@ -693,11 +696,14 @@ async fn journey_helm_upgrade_of_the_controller_keeps_allocating() {
         }
     });
     let watcher = tokio::spawn({
-        let (services, creating) = (services.clone(), creating.clone());
+        let (services, all_created) = (services.clone(), all_created.clone());
         async move {
             let mut seen: BTreeMap<String, (Instant, Vec<String>)> = BTreeMap::new();
             let deadline = Instant::now() + Duration::from_secs(300);
             loop {
+                // Read before the list: a list started after the creator returned holds
+                // every Service it made.
+                let finished = all_created.load(Ordering::Acquire);
                 let list = services.list(&Default::default()).await.expect("list");
                 let now = Instant::now();
                 let mut waiting = 0;
@@ -714,7 +720,7 @@ async fn journey_helm_upgrade_of_the_controller_keeps_allocating() {
                         }
                     }
                 }
-                if !creating.load(Ordering::Relaxed) && waiting == 0 {
+                if finished && waiting == 0 {
                     return seen;
                 }
                 assert!(Instant::now() < deadline, "{waiting} Services still wait");
@@ -732,6 +738,7 @@ async fn journey_helm_upgrade_of_the_controller_keeps_allocating() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     creating.store(false, Ordering::Relaxed);
     let created = creator.await.expect("creator");
+    all_created.store(true, Ordering::Release);
     let seen = watcher.await.expect("watcher");
     let after = holder().await.expect("a leader after the upgrade");
     assert_ne!(before, after, "the upgrade did not move the Lease");
