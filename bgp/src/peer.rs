@@ -53,6 +53,23 @@ pub enum Status {
     Down(session::Down),
 }
 
+/// What the peer should be told, and when the change that made it so was first seen
+/// (`None`: nothing to time, such as the first table or a change made on purpose later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub routes: RibOut,
+    pub changed_at: Option<std::time::Instant>,
+}
+
+impl From<RibOut> for Desired {
+    fn from(routes: RibOut) -> Self {
+        Self {
+            routes,
+            changed_at: None,
+        }
+    }
+}
+
 /// Whether the session should end, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -67,12 +84,15 @@ pub enum Stop {
 }
 
 /// Runs the session until `stop` says otherwise, then closes it as it says. `routes`:
-/// what the peer should be told (next hops included), followed as it changes.
+/// what the peer should be told (next hops included), followed as it changes. `delivered`
+/// is told, for each change with a `changed_at` sent to an Established peer, how long it
+/// took from then until its last UPDATE was written to the connection.
 pub async fn run(
     peer: Peer,
-    mut routes: watch::Receiver<RibOut>,
+    mut routes: watch::Receiver<Desired>,
     status: watch::Sender<Status>,
     mut stop: watch::Receiver<Stop>,
+    mut delivered: impl FnMut(Duration),
 ) {
     let mut state = State::Idle;
     let mut timers = Timers::default();
@@ -122,7 +142,7 @@ pub async fn run(
                     Action::Disarm(timer) => timers.disarm(timer),
                     Action::Up(negotiated) => {
                         told = RibOut::default();
-                        let desired = routes.borrow_and_update().clone();
+                        let desired = routes.borrow_and_update().routes.clone();
                         let mut updates = rib::updates(&negotiated.families, &told, &desired);
                         // End-of-RIB per family once the whole table is out (RFC 4724):
                         // a peer holding stale routes from before a restart drops the
@@ -185,9 +205,16 @@ pub async fn run(
                 let State::Established(negotiated) = &state else {
                     continue;
                 };
-                let desired = routes.borrow_and_update().clone();
+                let Desired {
+                    routes: desired,
+                    changed_at,
+                } = routes.borrow_and_update().clone();
                 let updates = rib::updates(&negotiated.families, &told, &desired);
+                let sending = !updates.is_empty();
                 if send_all(&mut conn, updates).await {
+                    if let Some(at) = changed_at.filter(|_| sending) {
+                        delivered(at.elapsed());
+                    }
                     told = desired;
                     let _ = status.send(Status::Established {
                         advertised: count(&told),

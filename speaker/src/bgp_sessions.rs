@@ -4,10 +4,10 @@
 //! UPDATEs as soon as it sees them. Thin: the decisions are `bgp_plan`'s.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald_bgp::bfd_link::Health;
-use herald_bgp::peer::{self, Peer, Status, Stop};
+use herald_bgp::peer::{self, Desired, Peer, Status, Stop};
 use herald_bgp::rib::RibOut;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,7 +27,7 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 
 struct Running {
     peer: Peer,
-    routes: watch::Sender<RibOut>,
+    routes: watch::Sender<Desired>,
     stop: watch::Sender<Stop>,
     task: JoinHandle<()>,
 }
@@ -64,7 +64,9 @@ impl Sessions {
     /// changed are closed with Cease (a changed one then connects anew), and every session
     /// is given its routes.
     /// `node_uid`: this node's Node, the subject of the Warnings about refused peers.
-    pub fn apply(&mut self, decision: BgpDecision, node_uid: &str) {
+    /// `changed_at`: when the watches first saw the change this decision follows, timed to
+    /// the UPDATEs it brings (`None`: nothing to time).
+    pub fn apply(&mut self, decision: BgpDecision, node_uid: &str, changed_at: Option<Instant>) {
         let BgpDecision {
             sessions,
             refused,
@@ -114,9 +116,12 @@ impl Sessions {
             match self.running.get(&name) {
                 Some(r) => {
                     r.routes.send_if_modified(|old| {
-                        let differs = *old != plan.routes;
+                        let differs = old.routes != plan.routes;
                         if differs {
-                            *old = plan.routes;
+                            *old = Desired {
+                                routes: plan.routes,
+                                changed_at,
+                            };
                         }
                         differs
                     });
@@ -139,10 +144,23 @@ impl Sessions {
         after: Option<JoinHandle<()>>,
     ) -> Running {
         tracing::info!(peer = %name, address = %peer.address, "opening a BGP session");
-        let (routes_tx, routes_rx) = watch::channel(routes);
+        let (routes_tx, routes_rx) = watch::channel(Desired::from(routes));
         let (status_tx, status_rx) = watch::channel(Status::Connecting);
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
-        let run = peer::run(peer.clone(), routes_rx, status_tx, stop_rx.clone());
+        let update_delay = self
+            .metrics
+            .bgp_update_delay
+            .get_or_create(&BgpPeerLabels {
+                peer: name.to_owned(),
+            })
+            .clone();
+        let run = peer::run(
+            peer.clone(),
+            routes_rx,
+            status_tx,
+            stop_rx.clone(),
+            move |took| update_delay.observe(took.as_secs_f64()),
+        );
         let task = tokio::spawn(async move {
             // The router sees the old connection end (its Cease) before the new one opens:
             // one still holding the old session could take the new one for a collision.
@@ -178,6 +196,9 @@ impl Sessions {
             .remove(&BgpPeerLabels { peer: peer.clone() });
         self.metrics
             .bfd_up
+            .remove(&BgpPeerLabels { peer: peer.clone() });
+        self.metrics
+            .bgp_update_delay
             .remove(&BgpPeerLabels { peer: peer.clone() });
         for family in ["ipv4", "ipv6"] {
             self.metrics.bgp_prefixes.remove(&BgpPrefixLabels {

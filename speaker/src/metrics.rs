@@ -104,6 +104,7 @@ pub struct Metrics {
     pub bgp_session_up: Family<BgpPeerLabels, Gauge>,
     pub bgp_prefixes: Family<BgpPrefixLabels, Gauge>,
     pub bfd_up: Family<BgpPeerLabels, Gauge>,
+    pub bgp_update_delay: Family<BgpPeerLabels, Histogram>,
 }
 
 impl Metrics {
@@ -127,6 +128,10 @@ impl Metrics {
             bgp_session_up: Family::default(),
             bgp_prefixes: Family::default(),
             bfd_up: Family::default(),
+            // 1 ms to ~8 s: a watch event, the coalescing and a pass, then the socket.
+            bgp_update_delay: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
         };
         // Series that exist from the start (at 0), so dashboards and rate() see them before
         // the first ARP request or takeover.
@@ -204,6 +209,12 @@ impl Metrics {
             "herald_speaker_bfd_up",
             "1 while the BFD session beside this node's BGP session with the peer is Up, 0 while it is not (peers with BFD only)",
             m.bfd_up.clone(),
+        );
+        registry.register_with_unit(
+            "herald_speaker_bgp_update_delay",
+            "From a change this speaker's watches saw (a Service, its endpoints, a Node, a pool, an advertisement) to the last UPDATE it brought written to the peer (changes delayed on purpose, such as --local-settle-ms, are not timed)",
+            Unit::Seconds,
+            m.bgp_update_delay.clone(),
         );
         m
     }

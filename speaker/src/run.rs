@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -77,6 +77,24 @@ struct Stores {
     ads: Store<L2Advertisement>,
     bgp_peers: Store<BGPPeer>,
     bgp_ads: Store<BGPAdvertisement>,
+    /// When the watches that feed the pass first saw a change no pass has read yet.
+    first_unread: FirstUnread,
+}
+
+/// The first instant of a run of watch events not yet read by a pass: where the time a
+/// change takes to reach the routers starts (`herald_speaker_bgp_update_delay`).
+#[derive(Clone, Default)]
+struct FirstUnread(Arc<Mutex<Option<Instant>>>);
+
+impl FirstUnread {
+    fn mark(&self) {
+        let mut first = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        first.get_or_insert_with(Instant::now);
+    }
+
+    fn take(&self) -> Option<Instant> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -197,6 +215,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         // after a departure counts the takeover, from the last heartbeat (or leave) to now.
         let departures = gossip.take_departures();
         let gossiped = gossip.view(&config.node, own_subnets);
+        // Taken before the caches are read: a change seen later is timed by the next pass.
+        let changed_at = stores.first_unread.take();
         // The pass's time (its metric, and the coalescing after it) counts from here: what
         // the heartbeats say is copied out above, under the gossip thread's lock.
         let started = Instant::now();
@@ -253,7 +273,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             .get(&ObjectKey::cluster(&config.node).to_string())
             .map(|n| n.uid.to_string())
             .unwrap_or_default();
-        sessions.apply(std::mem::take(&mut outcome.bgp), &node_uid);
+        sessions.apply(std::mem::take(&mut outcome.bgp), &node_uid, changed_at);
         coalesce = (started.elapsed() * 2).clamp(MIN_COALESCE, MAX_COALESCE);
         record(&metrics, &outcome);
         health.set_ready(!outcome.standing_by);
@@ -344,50 +364,63 @@ async fn follow_key_rotation(
 
 impl Stores {
     fn watch(client: &Client, changed: Arc<Notify>, me: &str) -> Self {
+        let first_unread = FirstUnread::default();
+        let feed = Some(first_unread.clone());
         let (pools, pool_writer) = reflector::store();
         let (ads, ad_writer) = reflector::store();
         let (services, service_changes) = projected_from(
             service_watch::events(client.clone(), watcher::Config::default()),
             |o: ServiceObject| ServiceIps::of(o.service),
         );
-        spawn_watch(service_changes, changed.clone(), "Services");
+        spawn_watch(service_changes, changed.clone(), feed.clone(), "Services");
         let (nodes, node_changes) =
             projected(client.clone(), watcher::Config::default(), NodeView::of);
-        spawn_watch(node_changes, changed.clone(), "Nodes");
+        spawn_watch(node_changes, changed.clone(), feed.clone(), "Nodes");
         let me = me.to_owned();
         let (announcements, announcement_changes) =
             projected(client.clone(), watcher::Config::default(), move |a| {
                 Seen::mine(a, &me)
             });
         let announcements_changed = Arc::new(Notify::new());
+        // Not a change the pass acts on: not timed.
         spawn_watch(
             announcement_changes,
             announcements_changed.clone(),
+            None,
             "L2Announcements",
         );
         let (slices, slice_changes) =
             projected(client.clone(), watcher::Config::default(), ServingNodes::of);
-        spawn_watch(slice_changes, changed.clone(), "EndpointSlices");
+        spawn_watch(
+            slice_changes,
+            changed.clone(),
+            feed.clone(),
+            "EndpointSlices",
+        );
         spawn_watch(
             cached(client.clone(), pool_writer, |_: &mut IPPool| {}),
             changed.clone(),
+            feed.clone(),
             "IPPools",
         );
         spawn_watch(
             cached(client.clone(), ad_writer, |_: &mut L2Advertisement| {}),
             changed.clone(),
+            feed.clone(),
             "L2Advertisements",
         );
         let (bgp_peers, bgp_peer_writer) = reflector::store();
         spawn_watch(
             cached(client.clone(), bgp_peer_writer, |_: &mut BGPPeer| {}),
             changed.clone(),
+            feed.clone(),
             "BGPPeers",
         );
         let (bgp_ads, bgp_ad_writer) = reflector::store();
         spawn_watch(
             cached(client.clone(), bgp_ad_writer, |_: &mut BGPAdvertisement| {}),
             changed,
+            feed,
             "BGPAdvertisements",
         );
         Self {
@@ -399,6 +432,7 @@ impl Stores {
             ads,
             bgp_peers,
             bgp_ads,
+            first_unread,
         }
     }
 
@@ -424,16 +458,24 @@ impl Stores {
     }
 }
 
+/// Follows a watch, notifying `changed` of each event (and marking `first_unread`, if given,
+/// before it: the cache already holds the change).
 fn spawn_watch<E: Send + 'static>(
     stream: impl Stream<Item = Result<E, watcher::Error>> + Send + 'static,
     changed: Arc<Notify>,
+    first_unread: Option<FirstUnread>,
     what: &'static str,
 ) {
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(e) = stream.next().await {
             match e {
-                Ok(_) => changed.notify_one(),
+                Ok(_) => {
+                    if let Some(f) = &first_unread {
+                        f.mark();
+                    }
+                    changed.notify_one();
+                }
                 Err(e) => tracing::warn!("watching {what}: {e}"),
             }
         }

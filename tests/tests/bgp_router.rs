@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use herald_bgp::peer::{self, Peer, Status, Stop};
+use herald_bgp::peer::{self, Desired, Peer, Status, Stop};
 use herald_bgp::rib::{RibOut, Route, Routes, Speaker};
 use herald_bgp::session;
 use herald_bgp::wire::Family;
@@ -25,8 +25,10 @@ fn net(s: &str) -> IpNetwork {
 
 /// A node speaking to the router, until the returned stop sender says so.
 struct Node {
-    routes: watch::Sender<RibOut>,
+    routes: watch::Sender<Desired>,
     status: watch::Receiver<Status>,
+    /// What the session said each timed change took to be written.
+    delivered: std::sync::mpsc::Receiver<Duration>,
     stop: watch::Sender<Stop>,
     thread: std::thread::JoinHandle<anyhow::Result<anyhow::Result<()>>>,
 }
@@ -39,7 +41,8 @@ impl Node {
             next_hop_v4: Some(node),
             next_hop_v6: Some(node_v6),
         };
-        let (routes_tx, routes_rx) = watch::channel(RibOut { speaker, routes });
+        let (routes_tx, routes_rx) = watch::channel(Desired::from(RibOut { speaker, routes }));
+        let (delivered_tx, delivered) = std::sync::mpsc::channel();
         let (status_tx, status) = watch::channel(Status::Connecting);
         let (stop, stop_rx) = watch::channel(Stop::Run);
         let peer = Peer {
@@ -64,13 +67,22 @@ impl Node {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(peer::run(peer, routes_rx, status_tx, stop_rx));
+                .block_on(peer::run(
+                    peer,
+                    routes_rx,
+                    status_tx,
+                    stop_rx,
+                    move |took| {
+                        let _ = delivered_tx.send(took);
+                    },
+                ));
             Ok(())
         })
         .expect("a thread in the node namespace");
         Self {
             routes: routes_tx,
             status,
+            delivered,
             stop,
             thread,
         }
@@ -194,11 +206,21 @@ fn frr_learns_both_families_with_their_attributes_installs_them_and_drops_a_with
     let hops = v6["nexthops"].to_string();
     assert!(hops.contains(&node.v6.to_string()), "{v6}");
 
-    // A withdrawal reaches the router's table and kernel at once (no debounce).
+    // The first table is not a change anyone timed.
+    assert!(
+        speaker.delivered.try_recv().is_err(),
+        "the first table timed"
+    );
+
+    // A withdrawal reaches the router's table and kernel at once (no debounce), and the
+    // session says how long it took to write.
     let mut fewer = routes.clone();
     fewer.remove(&net("198.51.100.11/32"));
     let sent = Instant::now();
-    speaker.routes.send_modify(|out| out.routes = fewer);
+    speaker.routes.send_modify(|out| {
+        out.routes.routes = fewer;
+        out.changed_at = Some(sent);
+    });
     router
         .wait_for("the withdrawal", Duration::from_secs(2), || {
             path(&router, "ipv4", "198.51.100.11/32")
@@ -206,7 +228,20 @@ fn frr_learns_both_families_with_their_attributes_installs_them_and_drops_a_with
                 .then_some(())
         })
         .expect("withdrawn");
-    eprintln!("withdrawal seen by the router after {:?}", sent.elapsed());
+    let seen = sent.elapsed();
+    eprintln!("withdrawal seen by the router after {seen:?}");
+    let written = speaker
+        .delivered
+        .recv_timeout(Duration::from_secs(1))
+        .expect("the session times the change it sent");
+    assert!(
+        written <= seen,
+        "written {written:?} after the router saw it"
+    );
+    assert!(
+        speaker.delivered.try_recv().is_err(),
+        "one change timed once"
+    );
     assert!(
         path(&router, "ipv4", "198.51.100.10/32").is_some(),
         "the other route stays"

@@ -533,13 +533,14 @@ async fn rendered_chart_is_accepted_and_its_rbac_is_exactly_what_the_binaries_us
     assert!(used_names.len() > 8, "{used_names:?}");
     // Series that only exist once something happened: a failure reason, a foreign answer,
     // a BGP session (the peer above is gone by now; tests/tests/speaker_bgp.rs reads these
-    // two from a speaker's /metrics by name).
+    // from a speaker's /metrics by name).
     names.extend(
         [
             "herald_controller_allocation_failures_total",
             "herald_speaker_foreign_answers",
             "herald_speaker_bgp_session_up",
             "herald_speaker_bgp_prefixes_advertised",
+            "herald_speaker_bgp_update_delay_seconds_bucket",
         ]
         .map(str::to_owned),
     );

@@ -183,6 +183,19 @@ async fn announces_and_withdraws<R: Router>(start: fn(&str, &RouterConfig) -> an
     wait_next_hops(&router, &local, &[n1]);
     endpoints_on(&client, "local", &[("n1", true), ("n2", true)]).await;
     wait_next_hops(&router, &local, &[n1, n2]);
+    // n1 withdrew and announced again, each timed from the endpoints' change to its UPDATE
+    // (the settle time before announcing a node's first ready pod is not counted).
+    let delay = |what: &str| {
+        metric(
+            &lan,
+            "n1",
+            &format!("herald_speaker_bgp_update_delay_seconds_{what}{{peer=\"tor\"}}"),
+        )
+        .unwrap_or_default()
+    };
+    let (count, sum) = (delay("count"), delay("sum"));
+    assert!(count >= 2.0, "n1 timed {count} changes");
+    assert!(sum / count < 0.5, "{count} changes took {sum} s");
 
     // A node excluded from load balancers (before a drain) withdraws its routes; its session
     // stays up.
