@@ -91,6 +91,13 @@ pub struct BGPPeerSpec {
     #[schemars(length(max = 64))]
     pub keepalive_time: Option<String>,
 
+    /// How long to wait between attempts to connect to the router ("5s", "30s"; MetalLB's
+    /// and FRR's `connectTime`, the ConnectRetry timer). Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('65535s')").message("connectTime must be between 1s and 65535s"))]
+    #[schemars(length(max = 64))]
+    pub connect_time: Option<String>,
+
     /// Offer graceful restart (RFC 4724): when a speaker restarts (a rolling upgrade), the
     /// router keeps its routes for 120 s until the new speaker has sent them again. Without
     /// it, a restarting speaker's routes are withdrawn and traffic moves to other nodes.

@@ -28,6 +28,8 @@ pub struct Config {
     pub graceful_restart: Option<Duration>,
     /// This speaker restarted and the peer may still hold its routes (the R bit).
     pub restarting: bool,
+    /// Between connection attempts (the ConnectRetry timer; MetalLB's `connectTime`).
+    pub connect_retry: Duration,
 }
 
 /// What both sides agreed on when the session came up.
@@ -137,8 +139,8 @@ pub enum Action {
 
 /// The hold time proposed while waiting for the peer's OPEN (RFC 4271: 4 minutes).
 const LARGE_HOLD: Duration = Duration::from_secs(240);
-/// Between connection attempts. Short: a router restarting comes back within seconds, and
-/// a refused connection costs nothing.
+/// Between connection attempts by default. Short: a router restarting comes back within
+/// seconds, and a refused connection costs nothing.
 pub const CONNECT_RETRY: Duration = Duration::from_secs(5);
 
 /// This side's OPEN.
@@ -260,26 +262,29 @@ pub fn step(config: &Config, state: State, event: Event) -> (State, Vec<Action>)
             State::Idle,
             vec![
                 Action::Down(Down::Connection),
-                Action::Arm(Timer::ConnectRetry, CONNECT_RETRY),
+                Action::Arm(Timer::ConnectRetry, config.connect_retry),
             ],
         ),
         (State::Connect, Event::Stop(_)) => (State::Idle, vec![Action::Disconnect]),
         (State::Connect, _) => (State::Connect, Vec::new()),
         (state, Event::PathDown) if !matches!(state, State::Established(_)) => (state, Vec::new()),
         (_, Event::PathDown) => close(
+            config,
             Notification::new(error::CEASE, error::CEASE_BFD_DOWN, &[]),
             true,
         ),
 
-        (_, Event::Stop(why)) => close(why, false),
-        (_, Event::Malformed(why)) => close(why, true),
-        (_, Event::TcpClosed) => (State::Idle, drop_session(Down::Connection)),
+        (_, Event::Stop(why)) => close(config, why, false),
+        (_, Event::Malformed(why)) => close(config, why, true),
+        (_, Event::TcpClosed) => (State::Idle, drop_session(config, Down::Connection)),
         (_, Event::Received(Message::Notification(n))) => {
-            (State::Idle, drop_session(Down::Received(n)))
+            (State::Idle, drop_session(config, Down::Received(n)))
         }
-        (_, Event::Expired(Timer::Hold)) => {
-            close(Notification::new(error::HOLD_TIMER_EXPIRED, 0, &[]), true)
-        }
+        (_, Event::Expired(Timer::Hold)) => close(
+            config,
+            Notification::new(error::HOLD_TIMER_EXPIRED, 0, &[]),
+            true,
+        ),
 
         (State::OpenSent, Event::Received(Message::Open(peer))) => match negotiate(config, &peer) {
             Ok(agreed) => {
@@ -287,7 +292,7 @@ pub fn step(config: &Config, state: State, event: Event) -> (State, Vec<Action>)
                 actions.extend(timers(&agreed));
                 (State::OpenConfirm(agreed), actions)
             }
-            Err(why) => close(why, true),
+            Err(why) => close(config, why, true),
         },
         (State::OpenConfirm(agreed), Event::Received(Message::Keepalive)) => {
             let mut actions = timers(&agreed);
@@ -317,16 +322,18 @@ pub fn step(config: &Config, state: State, event: Event) -> (State, Vec<Action>)
                 }
                 // A second OPEN (or anything else out of place).
                 _ => {
-                    return close(Notification::new(error::FSM, 3, &[]), true);
+                    return close(config, Notification::new(error::FSM, 3, &[]), true);
                 }
             }
             (State::Established(agreed), actions)
         }
         // Anything else arriving before Established is out of order (RFC 6608 subcodes:
         // 1 in OpenSent, 2 in OpenConfirm).
-        (State::OpenSent, Event::Received(_)) => close(Notification::new(error::FSM, 1, &[]), true),
+        (State::OpenSent, Event::Received(_)) => {
+            close(config, Notification::new(error::FSM, 1, &[]), true)
+        }
         (State::OpenConfirm(_), Event::Received(_)) => {
-            close(Notification::new(error::FSM, 2, &[]), true)
+            close(config, Notification::new(error::FSM, 2, &[]), true)
         }
         (state, _) => (state, Vec::new()),
     }
@@ -355,8 +362,8 @@ fn timers(agreed: &Negotiated) -> Vec<Action> {
 }
 
 /// Sends `why` and closes; back to Idle, to connect again after a while when `retry`.
-fn close(why: Notification, retry: bool) -> (State, Vec<Action>) {
-    let mut actions = drop_session(Down::Sent(why.clone()));
+fn close(config: &Config, why: Notification, retry: bool) -> (State, Vec<Action>) {
+    let mut actions = drop_session(config, Down::Sent(why.clone()));
     actions.insert(0, Action::Send(Message::Notification(why)));
     if !retry {
         actions.retain(|a| !matches!(a, Action::Arm(Timer::ConnectRetry, _)));
@@ -365,13 +372,13 @@ fn close(why: Notification, retry: bool) -> (State, Vec<Action>) {
 }
 
 /// The session is gone: timers off, connection closed, connect again after a while.
-fn drop_session(why: Down) -> Vec<Action> {
+fn drop_session(config: &Config, why: Down) -> Vec<Action> {
     vec![
         Action::Disarm(Timer::Hold),
         Action::Disarm(Timer::Keepalive),
         Action::Disconnect,
         Action::Down(why),
-        Action::Arm(Timer::ConnectRetry, CONNECT_RETRY),
+        Action::Arm(Timer::ConnectRetry, config.connect_retry),
     ]
 }
 
@@ -389,6 +396,8 @@ mod tests {
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             graceful_restart: Some(Duration::from_secs(120)),
             restarting: false,
+            // Not the default: every retry must be the configured one.
+            connect_retry: Duration::from_secs(7),
         }
     }
 
@@ -506,7 +515,7 @@ mod tests {
         let n = refusal(&actions);
         assert_eq!((n.code, n.subcode), (error::OPEN, error::OPEN_BAD_PEER_AS));
         assert!(actions.contains(&Action::Disconnect));
-        assert!(actions.contains(&Action::Arm(Timer::ConnectRetry, CONNECT_RETRY)));
+        assert!(actions.contains(&Action::Arm(Timer::ConnectRetry, config.connect_retry)));
 
         // Without 4-octet AS numbers: the capability Herald needs is named.
         let (_, actions) = run(
@@ -544,7 +553,7 @@ mod tests {
         assert_eq!(state, State::Idle);
         let n = refusal(&actions);
         assert_eq!((n.code, n.subcode), (error::CEASE, error::CEASE_BFD_DOWN));
-        assert!(actions.contains(&Action::Arm(Timer::ConnectRetry, CONNECT_RETRY)));
+        assert!(actions.contains(&Action::Arm(Timer::ConnectRetry, config.connect_retry)));
         // Not yet up: nothing to end.
         let (state, actions) = step(&config, State::Connect, Event::PathDown);
         assert_eq!((state, actions), (State::Connect, Vec::new()));
@@ -558,7 +567,7 @@ mod tests {
         let n = refusal(&actions);
         assert_eq!(n.code, error::HOLD_TIMER_EXPIRED);
         assert!(actions.contains(&Action::Down(Down::Sent(n))));
-        assert!(actions.contains(&Action::Arm(Timer::ConnectRetry, CONNECT_RETRY)));
+        assert!(actions.contains(&Action::Arm(Timer::ConnectRetry, config.connect_retry)));
         let (state, actions) = step(&config, state, Event::Expired(Timer::ConnectRetry));
         assert_eq!((state, actions), (State::Connect, vec![Action::Connect]));
     }

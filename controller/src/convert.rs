@@ -36,11 +36,6 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
         "password",
         "Herald reads passwords from Secrets only: put it in a Secret in Herald's namespace, name it in spec.passwordSecret and in the chart's speaker.bgpPasswordSecrets",
     ),
-    (
-        "BGPPeer",
-        "connectTime",
-        "Herald retries a connection every 5 s",
-    ),
     ("BGPPeer", "vrf", "VRFs are not supported"),
     ("BGPPeer", "interface", "unnumbered BGP is not supported"),
     (
@@ -161,6 +156,7 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                         "nodeSelectors",
                         "holdTime",
                         "keepaliveTime",
+                        "connectTime",
                         "enableGracefulRestart",
                         "ebgpMultiHop",
                     ],
@@ -461,6 +457,7 @@ spec:
   sourceAddress: 10.0.0.5
   holdTime: 9s
   keepaliveTime: 3s
+  connectTime: 10s
   routerID: 10.10.10.10
   nodeSelectors:
   - matchLabels: {rack: r1}
@@ -515,6 +512,7 @@ spec:
             (s.hold_time.as_deref(), s.keepalive_time.as_deref()),
             (Some("9s"), Some("3s"))
         );
+        assert_eq!(s.connect_time.as_deref(), Some("10s"));
         assert_eq!(s.node_selectors.len(), 1);
         assert!(s.enable_graceful_restart);
         assert!(s.ebgp_multi_hop);

@@ -347,6 +347,11 @@ fn settings(
             .ok_or_else(|| format!("keepaliveTime {} is not a duration", quote(text)))?,
         None => hold_time / 3,
     };
+    let connect_retry = match &spec.connect_time {
+        Some(text) => parse_duration(text)
+            .ok_or_else(|| format!("connectTime {} is not a duration", quote(text)))?,
+        None => session::CONNECT_RETRY,
+    };
     let peer_asn = match (spec.peer_asn, spec.dynamic_asn) {
         (Some(asn), _) => Some(asn),
         (None, Some(DynamicAsn::Internal)) => Some(spec.my_asn),
@@ -370,8 +375,10 @@ fn settings(
             families: Family::ALL.to_vec(),
             graceful_restart: spec.enable_graceful_restart.then_some(RESTART_TIME),
             restarting: false,
+            connect_retry,
         },
-        connect_timeout: CONNECT_TIMEOUT,
+        // An attempt gives up before the next one is due.
+        connect_timeout: CONNECT_TIMEOUT.min(connect_retry),
         ttl: match (peer_asn != Some(spec.my_asn), spec.ebgp_multi_hop) {
             (false, _) => None,
             (true, false) => Some(1),

@@ -57,6 +57,7 @@ impl Node {
                 families: Family::ALL.to_vec(),
                 graceful_restart: Some(Duration::from_secs(120)),
                 restarting: false,
+                connect_retry: session::CONNECT_RETRY,
             },
             connect_timeout: Duration::from_secs(2),
             password: None,

@@ -225,6 +225,11 @@ async fn bgp_peers_and_advertisements_are_checked_by_the_api_server() {
         ),
         (
             "BGPPeer",
+            "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, connectTime: 500ms}",
+            "connectTime must be between 1s and 65535s",
+        ),
+        (
+            "BGPPeer",
             "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.1, routerID: '2001:db8::1'}",
             "routerID must be an IPv4 address",
         ),

@@ -404,7 +404,7 @@ fn routes_carry_the_advertisements_local_pref_and_communities() {
 fn peer_settings_follow_the_spec_and_unusable_peers_are_refused_with_a_reason() {
     let mut f = Fixture::new();
     f.peers = vec![yaml(
-        "metadata: {name: tor}\nspec: {myASN: 64512, dynamicASN: internal, peerAddress: '2001:db8::1', peerPort: 1179, holdTime: 9s, keepaliveTime: 3s, routerID: 10.9.9.9, enableGracefulRestart: true}",
+        "metadata: {name: tor}\nspec: {myASN: 64512, dynamicASN: internal, peerAddress: '2001:db8::1', peerPort: 1179, holdTime: 9s, keepaliveTime: 3s, connectTime: 30s, routerID: 10.9.9.9, enableGracefulRestart: true}",
     )];
     let plan = &f.decide().sessions["tor"];
     assert_eq!(
@@ -420,6 +420,7 @@ fn peer_settings_follow_the_spec_and_unusable_peers_are_refused_with_a_reason() 
         "10.9.9.9".parse::<Ipv4Addr>().expect("ip")
     );
     assert_eq!(plan.peer.session.graceful_restart, Some(RESTART_TIME));
+    assert_eq!(plan.peer.session.connect_retry, Duration::from_secs(30));
 
     // A router beyond the node's subnets: the InternalIP is the next hop.
     f.peers = vec![yaml(
@@ -427,6 +428,14 @@ fn peer_settings_follow_the_spec_and_unusable_peers_are_refused_with_a_reason() 
     )];
     let plan = &f.decide().sessions["far"];
     assert_eq!(plan.peer.session.peer_asn, None);
+    assert_eq!(plan.peer.session.connect_retry, session::CONNECT_RETRY);
+    // A retry sooner than an attempt may take cuts the attempt short.
+    f.peers[0].spec.connect_time = Some("1s".into());
+    let plan = &f.decide().sessions["far"];
+    assert_eq!(
+        (plan.peer.session.connect_retry, plan.peer.connect_timeout),
+        (Duration::from_secs(1), Duration::from_secs(1))
+    );
     assert!(plan.routes.speaker.external);
     assert_eq!(
         plan.routes.speaker.next_hop_v4,
