@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::selector::Scope;
 
 /// A BGP router the selected nodes connect to. Cluster-scoped. Every selected node opens
-/// its own session (active connect only: nothing listens on port 179, so Herald runs beside
-/// another BGP daemon on the node) and announces the routes its `BGPAdvertisement`s give
+/// its own session (active connect unless `passive`: nothing listens on port 179, so Herald
+/// runs beside another BGP daemon on the node) and announces the routes its `BGPAdvertisement`s give
 /// it. Originate-only: what the router sends is checked and dropped, never installed.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -97,6 +97,25 @@ pub struct BGPPeerSpec {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('65535s')").message("connectTime must be between 1s and 65535s"))]
     #[schemars(length(max = 64))]
     pub connect_time: Option<String>,
+
+    /// The address families the session carries: `[IPv4]`, `[IPv6]` or both. Default
+    /// both (MP-BGP, RFC 4760): one session, whatever `peerAddress`'s family, carries IPv4
+    /// and IPv6 routes, each with the node's address of that family as next hop. A router
+    /// with one session per family takes `[IPv4]` on its IPv4 peer and `[IPv6]` on its IPv6
+    /// one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g == f))").message("addressFamilies lists a family twice"))]
+    #[schemars(length(max = 2))]
+    pub address_families: Vec<crate::service::IpFamily>,
+
+    /// Wait for the router to connect instead of connecting to it: each node listens on
+    /// port 179 of its address facing the router (or `sourceAddress`) and takes only the
+    /// router's connections there. For routers configured with a neighbor per node that
+    /// open the sessions themselves. Binding port 179 needs the chart's
+    /// `speaker.bgpPassive=true`; another daemon listening on port 179 of every address of
+    /// the node (Calico's BIRD) makes it impossible, and the node's BGPSession says so.
+    #[serde(default)]
+    pub passive: bool,
 
     /// Offer graceful restart (RFC 4724): when a speaker restarts (a rolling upgrade), the
     /// router keeps its routes for 120 s until the new speaker has sent them again. Without

@@ -105,11 +105,27 @@ pub enum FamilyPolicy {
     RequireDualStack,
 }
 
-/// An IP family: of a Service (`spec.ipFamilies`), of an address, of a pool's range.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// An IP family: of a Service (`spec.ipFamilies`), of an address, of a pool's range, of the
+/// routes a BGP session carries. Written `IPv4` and `IPv6`, as Kubernetes writes them.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum IpFamily {
     #[default]
+    #[serde(rename = "IPv4")]
     V4,
+    #[serde(rename = "IPv6")]
     V6,
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -26,6 +26,9 @@ pub struct Peer {
     pub address: SocketAddr,
     /// Bind to this address before connecting (`None`: the kernel's choice).
     pub source: Option<SocketAddr>,
+    /// Passive: never connect out; wait for the peer to connect to this address (port 179
+    /// on the node), and take only connections from `address`'s IP.
+    pub listen: Option<SocketAddr>,
     pub session: session::Config,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
@@ -102,6 +105,12 @@ pub async fn run(
     let mut pending = VecDeque::from([Event::Start]);
     // The BFD session beside the Established session: it ends when dropped.
     let mut path: Option<Path> = None;
+    // Passive: the socket the peer connects to, kept for the session's life so that a
+    // peer connecting between attempts waits in its backlog instead of being refused.
+    let mut listener: Option<TcpListener> = None;
+    // Why the last attempt could not even start (the address to listen on is taken), said
+    // instead of a plain connection failure.
+    let mut cannot_listen: Option<String> = None;
     loop {
         while let Some(event) = pending.pop_front() {
             let (next, actions) = session::step(&peer.session, state, event);
@@ -112,9 +121,9 @@ pub async fn run(
                         let _ = status.send(Status::Connecting);
                         // A stop ends a connection attempt at once.
                         let attempt = tokio::select! {
-                            c = connect(&peer) => c,
+                            c = open(&peer, &mut listener) => c,
                             _ = stop.wait_for(|s| *s != Stop::Run) => {
-                                Err(std::io::ErrorKind::Interrupted.into())
+                                Err(Opening::Io(std::io::ErrorKind::Interrupted.into()))
                             }
                         };
                         match attempt {
@@ -123,7 +132,11 @@ pub async fn run(
                                 buf.clear();
                                 pending.push_back(Event::TcpConnected);
                             }
-                            Err(e) => {
+                            Err(Opening::Listen(e)) => {
+                                cannot_listen = Some(e);
+                                pending.push_back(Event::TcpClosed);
+                            }
+                            Err(Opening::Io(e)) => {
                                 tracing::debug!(peer = %peer.address, "connecting: {e}");
                                 pending.push_back(Event::TcpClosed);
                             }
@@ -152,7 +165,7 @@ pub async fn run(
                             told = desired;
                             path = start_bfd(&peer, &conn);
                             let _ = status.send(Status::Established {
-                                advertised: count(&told),
+                                advertised: count(&told, &negotiated.families),
                                 negotiated,
                                 bfd: path.as_ref().map(Path::health),
                             });
@@ -161,6 +174,10 @@ pub async fn run(
                         }
                     }
                     Action::Down(why) => {
+                        let why = match (why, cannot_listen.take()) {
+                            (session::Down::Connection, Some(e)) => session::Down::CannotListen(e),
+                            (why, _) => why,
+                        };
                         // Once per cause: a router that stays unreachable is not logged at
                         // every attempt.
                         let down = Status::Down(why);
@@ -217,7 +234,7 @@ pub async fn run(
                     }
                     told = desired;
                     let _ = status.send(Status::Established {
-                        advertised: count(&told),
+                        advertised: count(&told, &negotiated.families),
                         negotiated: negotiated.clone(),
                         bfd: path.as_ref().map(Path::health),
                     });
@@ -231,7 +248,7 @@ pub async fn run(
                     pending.push_back(Event::PathDown);
                 } else if let State::Established(negotiated) = &state {
                     let _ = status.send(Status::Established {
-                        advertised: count(&told),
+                        advertised: count(&told, &negotiated.families),
                         negotiated: negotiated.clone(),
                         bfd: Some(health),
                     });
@@ -323,15 +340,90 @@ async fn send_all(conn: &mut Option<TcpStream>, updates: Vec<Update>) -> bool {
     true
 }
 
-/// Prefixes the peer holds, per family.
-fn count(told: &RibOut) -> (usize, usize) {
-    told.announced().fold((0, 0), |(v4, v6), n| {
-        if n.is_ipv4() {
-            (v4 + 1, v6)
-        } else {
-            (v4, v6 + 1)
+/// Prefixes the peer holds, per family: of the families the session carries.
+fn count(told: &RibOut, families: &[wire::Family]) -> (usize, usize) {
+    told.announced()
+        .filter(|n| families.contains(&wire::Family::of(n)))
+        .fold((0, 0), |(v4, v6), n| {
+            if n.is_ipv4() {
+                (v4 + 1, v6)
+            } else {
+                (v4, v6 + 1)
+            }
+        })
+}
+
+/// Why a connection could not be had.
+enum Opening {
+    /// The address to listen on could not be taken (passive).
+    Listen(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Opening {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// A connection with the peer: made (active) or taken from the peer (passive).
+async fn open(peer: &Peer, listener: &mut Option<TcpListener>) -> Result<TcpStream, Opening> {
+    let Some(at) = peer.listen else {
+        return Ok(connect(peer).await?);
+    };
+    let listening = match listener {
+        Some(l) => l,
+        None => listener.insert(listen(peer, at).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    ": a port below 1024 needs the NET_BIND_SERVICE capability"
+                }
+                std::io::ErrorKind::AddrInUse => ": another process listens there",
+                _ => "",
+            };
+            Opening::Listen(format!("cannot listen on {at}: {e}{hint}"))
+        })?),
+    };
+    loop {
+        let (conn, from) = listening.accept().await?;
+        if from.ip() != peer.address.ip() {
+            // Not the router: closed at once (dropped).
+            tracing::debug!(peer = %peer.address, %from, "refused a connection from another address");
+            continue;
         }
-    })
+        set_ttl(&conn, peer)?;
+        conn.set_nodelay(true)?;
+        return Ok(conn);
+    }
+}
+
+/// The passive session's socket: only the peer's segments signed with its password (when
+/// it has one) get through.
+fn listen(peer: &Peer, at: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if at.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let Some(password) = &peer.password {
+        tcp_md5::set(&socket, peer.address.ip(), password)?;
+    }
+    socket.bind(at)?;
+    socket.listen(8)
+}
+
+/// The TTL the session's packets leave with, when it is not the kernel's default.
+fn set_ttl(socket: &impl std::os::fd::AsFd, peer: &Peer) -> std::io::Result<()> {
+    let Some(ttl) = peer.ttl else {
+        return Ok(());
+    };
+    let ttl = i32::from(ttl);
+    match peer.address {
+        SocketAddr::V4(_) => setsockopt(socket, sockopt::Ipv4Ttl, &ttl),
+        SocketAddr::V6(_) => setsockopt(socket, sockopt::Ipv6Ttl, &ttl),
+    }
+    .map_err(std::io::Error::from)
 }
 
 async fn connect(peer: &Peer) -> std::io::Result<TcpStream> {
@@ -346,14 +438,7 @@ async fn connect(peer: &Peer) -> std::io::Result<TcpStream> {
     if let Some(password) = &peer.password {
         tcp_md5::set(&socket, peer.address.ip(), password)?;
     }
-    if let Some(ttl) = peer.ttl {
-        let ttl = i32::from(ttl);
-        match peer.address {
-            SocketAddr::V4(_) => setsockopt(&socket, sockopt::Ipv4Ttl, &ttl),
-            SocketAddr::V6(_) => setsockopt(&socket, sockopt::Ipv6Ttl, &ttl),
-        }
-        .map_err(std::io::Error::from)?;
-    }
+    set_ttl(&socket, peer)?;
     socket.set_nodelay(true)?;
     tokio::time::timeout(peer.connect_timeout, socket.connect(peer.address))
         .await

@@ -94,6 +94,8 @@ pub enum Down {
     Received(Notification),
     /// The connection closed or could not be made.
     Connection,
+    /// Passive: the address the peer should connect to could not be listened on.
+    CannotListen(String),
 }
 
 impl std::fmt::Display for Down {
@@ -114,6 +116,7 @@ impl std::fmt::Display for Down {
             Down::Sent(n) => write!(f, "this node sent a NOTIFICATION: {}", said(n)),
             Down::Received(n) => write!(f, "the router sent a NOTIFICATION: {}", said(n)),
             Down::Connection => f.write_str("the TCP connection closed or could not be made"),
+            Down::CannotListen(why) => write!(f, "{why} (passive: the router connects there)"),
         }
     }
 }

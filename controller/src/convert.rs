@@ -7,6 +7,7 @@
 //! Pure.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
@@ -38,16 +39,6 @@ const NOT_CONVERTED: &[(&str, &str, &str)] = &[
     ),
     ("BGPPeer", "vrf", "VRFs are not supported"),
     ("BGPPeer", "interface", "unnumbered BGP is not supported"),
-    (
-        "BGPPeer",
-        "disableMP",
-        "Herald always offers IPv4 and IPv6 on one session (MP-BGP)",
-    ),
-    (
-        "BGPPeer",
-        "dualStackAddressFamily",
-        "Herald always offers IPv4 and IPv6 on one session (MP-BGP)",
-    ),
 ];
 
 /// The converted manifests (YAML, `---`-separated) and one warning per skipped document or
@@ -193,6 +184,18 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
                         "BGPPeer {name}: its password Secret {secret} must be in Herald's namespace (key `password`, as MetalLB's) and named in the chart's speaker.bgpPasswordSecrets"
                     ));
                 }
+                // MetalLB carries only the peer address's family unless
+                // dualStackAddressFamily says both (and the deprecated disableMP does not
+                // say otherwise); Herald carries both unless told.
+                if spec["dualStackAddressFamily"].as_bool() != Some(true)
+                    || spec["disableMP"].as_bool() == Some(true)
+                {
+                    let family = match spec["peerAddress"].as_str().map(str::parse::<IpAddr>) {
+                        Some(Ok(IpAddr::V6(_))) => "IPv6",
+                        _ => "IPv4",
+                    };
+                    new.insert("addressFamilies".into(), json!([family]));
+                }
                 "BGPPeer"
             }
             "BGPAdvertisement" => {
@@ -247,7 +250,9 @@ pub fn convert(input: &str) -> Result<Converted, ConvertError> {
             if new.contains_key(key)
                 || new.contains_key(&renamed)
                 || (kind == "BGPAdvertisement" && key == "communities")
-                || (kind == "BGPPeer" && key == "bfdProfile")
+                || (kind == "BGPPeer"
+                    && ["bfdProfile", "dualStackAddressFamily", "disableMP"]
+                        .contains(&key.as_str()))
             {
                 continue;
             }
@@ -348,6 +353,7 @@ pub(crate) fn object(kind: &str, source: &Value, spec: Map<String, Value>) -> Va
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_api::service::IpFamily;
     use herald_api::{BGPAdvertisement, BGPPeer, IPPool, L2Advertisement};
 
     /// As in MetalLB's documentation and typical installs.
@@ -513,6 +519,8 @@ spec:
             (Some("9s"), Some("3s"))
         );
         assert_eq!(s.connect_time.as_deref(), Some("10s"));
+        // MetalLB's default: only the peer address's family on the session.
+        assert_eq!(s.address_families, [IpFamily::V4]);
         assert_eq!(s.node_selectors.len(), 1);
         assert!(s.enable_graceful_restart);
         assert!(s.ebgp_multi_hop);
@@ -554,6 +562,23 @@ spec:
                 "no warning {expected:?} in {warnings:#?}"
             );
         }
+        // dualStackAddressFamily: both families, Herald's default; an IPv6 peer without it
+        // carries IPv6 only.
+        let dual =
+            METALLB_BGP.replace("  ebgpMultiHop: true\n", "  dualStackAddressFamily: true\n");
+        let (yaml, warnings) = convert(&dual).expect("converts");
+        let peer: BGPPeer = serde_json::from_value(documents(&yaml)[0].clone()).expect("BGPPeer");
+        assert!(peer.spec.address_families.is_empty(), "{yaml}");
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.contains("dualStackAddressFamily")),
+            "{warnings:?}"
+        );
+        let v6 = METALLB_BGP.replace("peerAddress: 10.0.0.1", "peerAddress: '2001:db8::1'");
+        let (yaml, _) = convert(&v6).expect("converts");
+        let peer: BGPPeer = serde_json::from_value(documents(&yaml)[0].clone()).expect("BGPPeer");
+        assert_eq!(peer.spec.address_families, [IpFamily::V6]);
         // A single-hop peer gets its profile's timers.
         let single_hop = METALLB_BGP.replace("  ebgpMultiHop: true\n", "");
         let (yaml, warnings) = convert(&single_hop).expect("converts");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use herald_api::bgp::{Community, DynamicAsn, parse_duration};
 use herald_api::selector::any_or_none;
+use herald_api::service::IpFamily;
 use herald_api::{BGPAdvertisement, BGPPeer, IPPool, IpRange};
 use herald_bgp::bfd;
 use herald_bgp::peer::{Peer, Stop};
@@ -30,6 +31,8 @@ const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
 const RESTART_TIME: Duration = Duration::from_secs(120);
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// BGP's TCP port (RFC 4271).
+const BGP_PORT: u16 = 179;
 
 /// Everything the BGP decision depends on.
 pub struct BgpView<'a> {
@@ -363,16 +366,45 @@ fn settings(
             "it asks for bfd and ebgpMultiHop: Herald runs BFD single hop only (RFC 5881); remove one of them".into(),
         );
     }
+    // Passive: listen where the router would see this node, on BGP's port.
+    let listen = if spec.passive {
+        let local = source.or(if address.is_ipv4() {
+            next_hop_v4.map(IpAddr::V4)
+        } else {
+            next_hop_v6
+        });
+        let local = local.ok_or(
+            "it is passive and the node has no address of the router's family to listen on",
+        )?;
+        Some(SocketAddr::new(local, BGP_PORT))
+    } else {
+        None
+    };
+    // The families the session carries; a family it does not carry has no next hop, so
+    // none of its routes is counted or sent.
+    let carries = |family: IpFamily| {
+        spec.address_families.is_empty() || spec.address_families.contains(&family)
+    };
+    let families: Vec<Family> = Family::ALL
+        .into_iter()
+        .filter(|f| {
+            carries(match f {
+                Family::Ipv4Unicast => IpFamily::V4,
+                Family::Ipv6Unicast => IpFamily::V6,
+            })
+        })
+        .collect();
     let peer = Peer {
-        address: SocketAddr::new(address, spec.peer_port.unwrap_or(179)),
+        address: SocketAddr::new(address, spec.peer_port.unwrap_or(BGP_PORT)),
         source: source.map(|ip| SocketAddr::new(ip, 0)),
+        listen,
         session: session::Config {
             local_asn: spec.my_asn,
             peer_asn,
             router_id,
             hold_time,
             keepalive,
-            families: Family::ALL.to_vec(),
+            families,
             graceful_restart: spec.enable_graceful_restart.then_some(RESTART_TIME),
             restarting: false,
             connect_retry,
@@ -398,8 +430,8 @@ fn settings(
     let speaker = Speaker {
         local_asn: spec.my_asn,
         external: peer_asn != Some(spec.my_asn),
-        next_hop_v4,
-        next_hop_v6,
+        next_hop_v4: next_hop_v4.filter(|_| carries(IpFamily::V4)),
+        next_hop_v6: next_hop_v6.filter(|_| carries(IpFamily::V6)),
     };
     Ok((peer, speaker))
 }

@@ -9,6 +9,7 @@ pub mod bins;
 pub mod client_view;
 pub mod control_plane;
 pub mod controller;
+pub mod docs;
 pub mod faults;
 pub mod netns;
 pub mod objects;

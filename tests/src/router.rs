@@ -130,8 +130,21 @@ pub struct RouterConfig<'a> {
 }
 
 impl Frr {
-    /// Starts FRR's `DAEMONS` in `ns`, in a pathspace named after it.
+    /// Starts FRR's `DAEMONS` in `ns`, in a pathspace named after it, peering as `config`
+    /// says.
     pub fn start(ns: &str, config: &RouterConfig) -> Result<Self> {
+        Self::start_with(ns, |router| router.frr_conf(config))
+    }
+
+    /// Starts FRR with `config` as written (a user's `frr.conf`; only where it logs is
+    /// added).
+    pub fn start_configured(ns: &str, config: &str) -> Result<Self> {
+        Self::start_with(ns, |router| {
+            format!("log file {}/frr.log\n!\n{config}", router.run_dir.display())
+        })
+    }
+
+    fn start_with(ns: &str, conf: impl FnOnce(&Self) -> String) -> Result<Self> {
         let name = ns.replace('-', "_");
         let config_dir = PathBuf::from(format!("/etc/frr/{name}"));
         let run_dir = PathBuf::from(format!("/var/run/frr/{name}"));
@@ -143,7 +156,7 @@ impl Frr {
         };
         std::fs::create_dir_all(&router.config_dir)?;
         std::fs::create_dir_all(&router.run_dir)?;
-        std::fs::write(router.config_dir.join("frr.conf"), router.frr_conf(config))?;
+        std::fs::write(router.config_dir.join("frr.conf"), conf(&router))?;
         std::fs::write(
             router.config_dir.join("vtysh.conf"),
             "service integrated-vtysh-config\n",
@@ -329,16 +342,32 @@ pub struct Bird {
 
 impl Bird {
     /// Starts `bird` in `ns` with its config, control socket and pid file in a directory
-    /// of its own.
+    /// of its own, peering as `config` says.
     pub fn start(ns: &str, config: &RouterConfig) -> Result<Self> {
+        Self::start_with(ns, |router| router.bird_conf(config))
+    }
+
+    /// Starts `bird` with `config` as written (a user's `bird.conf`; only where it logs is
+    /// added).
+    pub fn start_configured(ns: &str, config: &str) -> Result<Self> {
+        Self::start_with(ns, |router| {
+            format!(
+                "log \"{}\" all;\n{config}",
+                router.dir.join("bird.log").display()
+            )
+        })
+    }
+
+    fn start_with(ns: &str, conf: impl FnOnce(&Self) -> String) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("herald-bird-{ns}"));
         std::fs::create_dir_all(&dir)?;
         let router = Self {
             ns: ns.to_owned(),
             dir,
         };
+        let conf_text = conf(&router);
         let conf = router.dir.join("bird.conf");
-        std::fs::write(&conf, router.bird_conf(config))?;
+        std::fs::write(&conf, conf_text)?;
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "bird", "-c"])
             .arg(&conf)

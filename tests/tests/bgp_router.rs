@@ -48,6 +48,7 @@ impl Node {
         let peer = Peer {
             address: SocketAddr::new(IpAddr::V4(router), 179),
             source: Some(SocketAddr::new(IpAddr::V4(node), 0)),
+            listen: None,
             session: session::Config {
                 local_asn: NODE_ASN,
                 peer_asn: Some(ROUTER_ASN),

@@ -111,9 +111,10 @@ fn chart_lints_with_default_and_all_options() {
         "RuntimeDefault"
     );
     let container = &pod["spec"]["containers"][0];
+    // Passive BGP sessions listen on port 179.
     assert_eq!(
         container["securityContext"]["capabilities"]["add"],
-        serde_json::json!(["NET_RAW"])
+        serde_json::json!(["NET_RAW", "NET_BIND_SERVICE"])
     );
     assert!(
         container["args"]
@@ -198,6 +199,12 @@ fn chart_lints_with_default_and_all_options() {
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     let args = pod["containers"][0]["args"].to_string();
     assert!(args.contains("--gossip-secret=herald-gossip"), "{args}");
+    // The speaker gets raw frames and nothing else unless passive BGP asks for port 179.
+    let speaker = find(&defaults, "DaemonSet", "herald-speaker");
+    assert_eq!(
+        speaker["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_RAW"])
+    );
     // The default gossip port is not MetalLB's memberlist port (7946).
     let speaker = find(&defaults, "DaemonSet", "herald-speaker");
     let args = speaker["spec"]["template"]["spec"]["containers"][0]["args"].to_string();

@@ -89,8 +89,18 @@ async fn session_record(
     node: &str,
     check: impl Fn(&BGPSessionSpec) -> bool,
 ) -> BGPSessionSpec {
+    session_record_of(client, node, "tor", check).await
+}
+
+/// The BGPSession of `node` with `peer` once `check` holds (panics after `WITHIN`).
+async fn session_record_of(
+    client: &kube::Client,
+    node: &str,
+    peer: &str,
+    check: impl Fn(&BGPSessionSpec) -> bool,
+) -> BGPSessionSpec {
     let api: Api<BGPSession> = Api::all(client.clone());
-    let name = herald_api::bgp_session::name(node, "tor");
+    let name = herald_api::bgp_session::name(node, peer);
     let deadline = Instant::now() + WITHIN;
     loop {
         let got = api.get_opt(&name).await.ok().flatten().map(|s| s.spec);
@@ -237,6 +247,167 @@ async fn frr_gets_every_eligible_nodes_routes_and_their_withdrawals() {
 #[tokio::test]
 async fn bird_gets_every_eligible_nodes_routes_and_their_withdrawals() {
     announces_and_withdraws(Bird::start).await;
+}
+
+/// The router configuration docs/configuration.md shows for `R` and the quick start of
+/// docs/install.md, as written: both nodes' sessions Established with BFD Up, a dual-stack
+/// Service's routes through both nodes in the router's kernel, and a prefix outside the
+/// documented pool (announced by a second advertisement) refused by the router's filter.
+async fn documented_router_and_quick_start<R: Router>(
+    heading: &str,
+    start: fn(&str, &str) -> anyhow::Result<R>,
+) {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let host = lan.add_host("router", 1).expect("router host");
+    let config = herald_lab::docs::block_after("docs/configuration.md", heading).expect("docs");
+    let router = start(&host.ns, &config).expect("the documented router configuration");
+    let quick_start =
+        herald_lab::docs::block_after("docs/install.md", "## BGP quick start").expect("docs");
+    apply(&client, &quick_start).await;
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    let (n1_v6, n2_v6) = (IpAddr::V6(lan.nodes[0].v6), IpAddr::V6(lan.nodes[1].v6));
+
+    let got = routed_service(
+        &client,
+        "web",
+        ", ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6]",
+        2,
+    )
+    .await;
+    endpoints_on(&client, "web", &[("n1", true)]).await;
+    wait_next_hops(&router, &format!("{}/32", got[0]), &[n1, n2]);
+    wait_next_hops(&router, &format!("{}/128", got[1]), &[n1_v6, n2_v6]);
+    for node in ["n1", "n2"] {
+        session_record(&client, node, |s| {
+            s.state == "Established" && s.bfd.as_deref() == Some("Up")
+        })
+        .await;
+    }
+
+    // A pool the router's filter does not know, announced all the same: refused.
+    apply(&client, "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {name: stray}\nspec: {addresses: [100.64.0.0/24], autoAssign: false}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {name: stray}\nspec: {ipPools: [stray]}").await;
+    apply(&client, "apiVersion: v1\nkind: Service\nmetadata: {name: stray, namespace: default, annotations: {herald.dev/pool: stray}}\nspec: {type: LoadBalancer, ports: [{port: 8080}]}").await;
+    endpoints_on(&client, "stray", &[("n1", true)]).await;
+    // Sent: each node now announces two IPv4 prefixes.
+    for node in ["n1", "n2"] {
+        session_record(&client, node, |s| s.advertised_ipv4 == 2).await;
+    }
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let stray = wait_for(&svcs, "stray", "its IP", |s| ips(s).first().cloned()).await;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        router.kernel_next_hops(&format!("{stray}/32")).is_empty(),
+        "the router took a prefix outside the documented pool"
+    );
+    wait_next_hops(&router, &format!("{}/32", got[0]), &[n1, n2]);
+}
+
+#[tokio::test]
+async fn the_documented_routers_and_quick_start_work_together_frr() {
+    documented_router_and_quick_start("#### FRR", Frr::start_configured).await;
+}
+
+#[tokio::test]
+async fn the_documented_routers_and_quick_start_work_together_bird() {
+    documented_router_and_quick_start("#### BIRD 2", Bird::start_configured).await;
+}
+
+/// A router with a session per family (an IPv4 and an IPv6 neighbor per node): with
+/// `addressFamilies`, each session carries its own family only, and the router still
+/// forwards both families through every node.
+#[tokio::test]
+async fn a_session_per_family_carries_only_its_family() {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let host = lan.add_host("router", 1).expect("router host");
+    let router = Frr::start(
+        &host.ns,
+        &RouterConfig {
+            asn: ROUTER_ASN,
+            router_id: host.v4,
+            listen: &["192.0.2.0/24", "2001:db8::/64"],
+            password: None,
+            bfd: false,
+        },
+    )
+    .expect("FRR");
+    apply(&client, &format!("{}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor6}}\nspec: {{myASN: {CLUSTER_ASN}, peerASN: {ROUTER_ASN}, peerAddress: '{}', addressFamilies: [IPv6]}}",
+        bgp_config(&host.v4.to_string(), ", addressFamilies: [IPv4]"), host.v6)).await;
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
+    let got = routed_service(
+        &client,
+        "web",
+        ", ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6]",
+        2,
+    )
+    .await;
+    endpoints_on(&client, "web", &[("n1", true)]).await;
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    let (n1_v6, n2_v6) = (IpAddr::V6(lan.nodes[0].v6), IpAddr::V6(lan.nodes[1].v6));
+    wait_next_hops(&router, &format!("{}/32", got[0]), &[n1, n2]);
+    wait_next_hops(&router, &format!("{}/128", got[1]), &[n1_v6, n2_v6]);
+    for node in ["n1", "n2"] {
+        session_record_of(&client, node, "tor", |s| {
+            s.state == "Established" && (s.advertised_ipv4, s.advertised_ipv6) == (1, 0)
+        })
+        .await;
+        session_record_of(&client, node, "tor6", |s| {
+            s.state == "Established" && (s.advertised_ipv4, s.advertised_ipv6) == (0, 1)
+        })
+        .await;
+    }
+    // The router's own view: the IPv6 route came over the IPv6 sessions only.
+    let v6 = router
+        .vtysh(&format!("show bgp ipv6 unicast {}/128 json", got[1]))
+        .expect("vtysh");
+    let peers: BTreeSet<String> = v6["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["peer"]["peerId"].as_str().map(str::to_owned))
+        .collect();
+    let expected: BTreeSet<String> = [n1_v6, n2_v6].iter().map(ToString::to_string).collect();
+    assert_eq!(peers, expected, "{v6}");
+}
+
+/// `passive: true`: the nodes connect to nobody; a router with a neighbor per node that
+/// opens the sessions itself reaches each node on port 179 and learns its routes.
+#[tokio::test]
+async fn a_passive_peer_waits_for_the_router_to_connect() {
+    let (cp, mut lan, _controller) = setup(2).await;
+    let client = cp.client();
+    let host = lan.add_host("router", 1).expect("router host");
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    let neighbors: String = [n1, n2]
+        .iter()
+        .map(|n| format!(" neighbor {n} remote-as {CLUSTER_ASN}\n neighbor {n} timers connect 1\n"))
+        .collect();
+    let router = Frr::start_configured(
+        &host.ns,
+        &format!("router bgp {ROUTER_ASN}\n bgp router-id {}\n no bgp ebgp-requires-policy\n{neighbors} address-family ipv4 unicast\n  maximum-paths 16\n exit-address-family\nexit\n", host.v4),
+    )
+    .expect("FRR");
+    apply(
+        &client,
+        &bgp_config(&host.v4.to_string(), ", passive: true"),
+    )
+    .await;
+    let _speakers: Vec<Process> = speakers(&cp, &lan);
+    let prefix = format!("{}/32", routed_service(&client, "web", "", 1).await[0]);
+    endpoints_on(&client, "web", &[("n1", true)]).await;
+    wait_next_hops(&router, &prefix, &[n1, n2]);
+    // The router connected: the nodes' end of each session is port 179.
+    for node in [n1, n2] {
+        let neighbor = router
+            .vtysh(&format!("show bgp neighbors {node} json"))
+            .expect("vtysh");
+        assert_eq!(neighbor[node.to_string()]["portForeign"], 179, "{neighbor}");
+    }
+    for node in ["n1", "n2"] {
+        session_record(&client, node, |s| s.state == "Established").await;
+    }
 }
 
 /// BFD beside BGP against `R`: every node's BFD session comes Up (its BGPSession says so);

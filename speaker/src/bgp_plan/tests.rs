@@ -421,6 +421,40 @@ fn peer_settings_follow_the_spec_and_unusable_peers_are_refused_with_a_reason() 
     );
     assert_eq!(plan.peer.session.graceful_restart, Some(RESTART_TIME));
     assert_eq!(plan.peer.session.connect_retry, Duration::from_secs(30));
+    // Both families on one session by default.
+    assert_eq!(plan.peer.session.families, Family::ALL.to_vec());
+    assert!(plan.routes.speaker.next_hop_v4.is_some() && plan.routes.speaker.next_hop_v6.is_some());
+    // One family: offered alone, and the other's routes have no next hop (never sent).
+    for (only, family) in [("IPv4", Family::Ipv4Unicast), ("IPv6", Family::Ipv6Unicast)] {
+        f.peers[0].spec.address_families = vec![yaml(only)];
+        let plan = &f.decide().sessions["tor"];
+        assert_eq!(plan.peer.session.families, [family]);
+        let speaker = &plan.routes.speaker;
+        assert_eq!(
+            (speaker.next_hop_v4.is_some(), speaker.next_hop_v6.is_some()),
+            (only == "IPv4", only == "IPv6")
+        );
+    }
+
+    // Passive: listening on port 179 of the node's address facing the router (no
+    // connecting out), or of sourceAddress.
+    assert_eq!(plan.peer.listen, None);
+    f.peers[0].spec.address_families = Vec::new();
+    f.peers[0].spec.passive = true;
+    let plan = &f.decide().sessions["tor"];
+    let facing = plan
+        .routes
+        .speaker
+        .next_hop_v6
+        .expect("an IPv6 address facing the router");
+    assert_eq!(plan.peer.listen, Some(SocketAddr::new(facing, 179)));
+    f.peers[0].spec.source_address = Some("2001:db8::99".into());
+    assert_eq!(
+        f.decide().sessions["tor"].peer.listen,
+        Some("[2001:db8::99]:179".parse().expect("addr"))
+    );
+    f.peers[0].spec.source_address = None;
+    f.peers[0].spec.passive = false;
 
     // A router beyond the node's subnets: the InternalIP is the next hop.
     f.peers = vec![yaml(
