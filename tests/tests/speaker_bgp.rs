@@ -249,6 +249,28 @@ async fn bird_gets_every_eligible_nodes_routes_and_their_withdrawals() {
     announces_and_withdraws(Bird::start).await;
 }
 
+/// A dual-stack Service `web` from the routed pool with a ready pod on n1; once the router
+/// forwards both its IPs through both nodes, its IPs (IPv4 first).
+async fn dual_stack_web_through_both_nodes(
+    client: &kube::Client,
+    lan: &Lan,
+    router: &impl Router,
+) -> Vec<String> {
+    let got = routed_service(
+        client,
+        "web",
+        ", ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6]",
+        2,
+    )
+    .await;
+    endpoints_on(client, "web", &[("n1", true)]).await;
+    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    let (n1_v6, n2_v6) = (IpAddr::V6(lan.nodes[0].v6), IpAddr::V6(lan.nodes[1].v6));
+    wait_next_hops(router, &format!("{}/32", got[0]), &[n1, n2]);
+    wait_next_hops(router, &format!("{}/128", got[1]), &[n1_v6, n2_v6]);
+    got
+}
+
 /// The router configuration docs/configuration.md shows for `R` and the quick start of
 /// docs/install.md, as written: both nodes' sessions Established with BFD Up, a dual-stack
 /// Service's routes through both nodes in the router's kernel, and a prefix outside the
@@ -266,19 +288,8 @@ async fn documented_router_and_quick_start<R: Router>(
         herald_lab::docs::block_after("docs/install.md", "## BGP quick start").expect("docs");
     apply(&client, &quick_start).await;
     let _speakers: Vec<Process> = speakers(&cp, &lan);
+    let got = dual_stack_web_through_both_nodes(&client, &lan, &router).await;
     let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
-    let (n1_v6, n2_v6) = (IpAddr::V6(lan.nodes[0].v6), IpAddr::V6(lan.nodes[1].v6));
-
-    let got = routed_service(
-        &client,
-        "web",
-        ", ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6]",
-        2,
-    )
-    .await;
-    endpoints_on(&client, "web", &[("n1", true)]).await;
-    wait_next_hops(&router, &format!("{}/32", got[0]), &[n1, n2]);
-    wait_next_hops(&router, &format!("{}/128", got[1]), &[n1_v6, n2_v6]);
     for node in ["n1", "n2"] {
         session_record(&client, node, |s| {
             s.state == "Established" && s.bfd.as_deref() == Some("Up")
@@ -336,18 +347,8 @@ async fn a_session_per_family_carries_only_its_family() {
     apply(&client, &format!("{}\n---\napiVersion: herald.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor6}}\nspec: {{myASN: {CLUSTER_ASN}, peerASN: {ROUTER_ASN}, peerAddress: '{}', addressFamilies: [IPv6]}}",
         bgp_config(&host.v4.to_string(), ", addressFamilies: [IPv4]"), host.v6)).await;
     let _speakers: Vec<Process> = speakers(&cp, &lan);
-    let got = routed_service(
-        &client,
-        "web",
-        ", ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6]",
-        2,
-    )
-    .await;
-    endpoints_on(&client, "web", &[("n1", true)]).await;
-    let (n1, n2) = (IpAddr::V4(lan.nodes[0].v4), IpAddr::V4(lan.nodes[1].v4));
+    let got = dual_stack_web_through_both_nodes(&client, &lan, &router).await;
     let (n1_v6, n2_v6) = (IpAddr::V6(lan.nodes[0].v6), IpAddr::V6(lan.nodes[1].v6));
-    wait_next_hops(&router, &format!("{}/32", got[0]), &[n1, n2]);
-    wait_next_hops(&router, &format!("{}/128", got[1]), &[n1_v6, n2_v6]);
     for node in ["n1", "n2"] {
         session_record_of(&client, node, "tor", |s| {
             s.state == "Established" && (s.advertised_ipv4, s.advertised_ipv6) == (1, 0)
