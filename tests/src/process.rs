@@ -1,11 +1,14 @@
 //! Child processes that die with the test: killed on drop (also while a failed test unwinds)
 //! and, through `PR_SET_PDEATHSIG`, when the test process itself is killed.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -107,4 +110,70 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)
+}
+
+/// The processes running `binary` (by the first word of their command line), optionally
+/// only those in the network namespace of `node`.
+pub fn processes(binary: &str, node_ns: Option<&str>) -> Vec<u32> {
+    let wanted_ns = node_ns.and_then(|ns| {
+        std::fs::metadata(format!("/run/netns/{ns}"))
+            .ok()
+            .map(|m| m.ino())
+    });
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            if first != binary.as_bytes() {
+                return false;
+            }
+            wanted_ns.is_none_or(|ino| {
+                std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ino)
+            })
+        })
+        .collect()
+}
+
+/// Per binary of `binaries`: its name, the mean RSS (MiB) and CPU (% of a core) per process
+/// running it over `window`, and how many processes ran it.
+pub async fn usage(binaries: &[&str], window: Duration) -> Vec<(String, f64, f64, usize)> {
+    let before: Vec<BTreeMap<u32, f64>> = binaries
+        .iter()
+        .map(|b| {
+            processes(b, None)
+                .into_iter()
+                .filter_map(|p| Some((p, cpu_seconds(p).ok()?)))
+                .collect()
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    binaries
+        .iter()
+        .zip(before)
+        .map(|(binary, before)| {
+            let mut cpu = 0.0;
+            let mut rss = 0.0;
+            let mut count = 0;
+            for (pid, cpu0) in before {
+                if let (Ok(cpu1), Ok(mib)) = (cpu_seconds(pid), memory_mib(pid, "VmRSS:")) {
+                    cpu += (cpu1 - cpu0) / window.as_secs_f64();
+                    rss += mib;
+                    count += 1;
+                }
+            }
+            let n = count.max(1) as f64;
+            (
+                binary.trim_start_matches('/').to_owned(),
+                rss / n,
+                100.0 * cpu / n,
+                count,
+            )
+        })
+        .collect()
 }

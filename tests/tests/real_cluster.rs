@@ -4,17 +4,17 @@
 //! named `journey_*` (scripts/test runs them once, on the current Kubernetes).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use herald_lab::netns;
-use herald_lab::objects::{apply, ips, wait_for};
+use herald_lab::objects::{apply, ips};
 use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, pin_web_to,
     roll_speakers_under, web_ready_on, web_vips,
 };
+use herald_lab::real_cluster::routed::Routed;
 use herald_lab::real_cluster::{Cluster, ClusterOptions, NodeLink, ProxyMode};
-use herald_lab::router::{BEHIND, Behind, Frr, LAN_ROUTER_ASN, Peering, Router, on_lan};
+use herald_lab::router::{LAN_ROUTER_ASN, Peering, Router};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -588,7 +588,7 @@ async fn journey_side_by_side_with_a_memberlist_on_7946() {
 /// router keeps each restarting node's route until its new speaker has sent it again.
 #[tokio::test]
 async fn journey_bgp_serves_a_client_behind_the_router_through_a_rolling_upgrade() {
-    let routed = Routed::start().await;
+    let routed = routed_herald().await;
     let (cluster, router, far) = (&routed.cluster, &routed.router, &routed.far);
     let client = cluster.client();
     deploy_web(&client, 2, Traffic::Cluster).await;
@@ -606,17 +606,13 @@ spec:
     .await;
     let vip = routed.vip_of("web-routed").await;
     let prefix = format!("{vip}/32");
-    let every_node: BTreeSet<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.host.v4.to_string())
-        .collect();
+    let every_node = routed.every_node();
     router
         .wait_for("a route through every node", SETTLE, || {
             (router.kernel_next_hops(&prefix) == every_node).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
-    routed.until_served(vip).await;
+    until_served(&routed, vip).await;
 
     let (rolled, outcomes) = roll_speakers_under(cluster, Requests::start_in(&far.ns, vip)).await;
     let gap = longest_gap(&outcomes);
@@ -773,38 +769,15 @@ async fn journey_helm_upgrade_of_the_controller_keeps_allocating() {
     );
 }
 
-/// A real cluster with Herald, FRR on its LAN peering with every node (graceful restart on),
-/// a client behind the router, and a pool `routed` (not auto-assigned) announced by BGP.
-struct Routed {
-    cluster: Cluster,
-    router: Frr,
-    far: Behind,
-}
-
-impl Routed {
-    async fn start() -> Self {
-        let mut cluster = cluster_with_herald(ClusterOptions::default()).await;
-        let client = cluster.client();
-        let (router, router_host) =
-            on_lan(cluster.lan_mut(), Frr::start, Peering::default()).expect("FRR");
-        let far = Behind::create(&router_host.ns).expect("a client behind the router");
-        for node in &cluster.nodes {
-            // The nodes' way back to the client: the router, as their gateway would be.
-            netns::ip(&[
-                "-n",
-                &node.host.ns,
-                "route",
-                "add",
-                BEHIND,
-                "via",
-                &router_host.v4.to_string(),
-            ])
-            .expect("route to the client's network");
-        }
-        apply(
-            &client,
-            &format!(
-                "apiVersion: herald.dev/v1alpha1
+/// A real cluster with Herald behind FRR (`Routed`), graceful restart on, and a pool `routed`
+/// (not auto-assigned) announced by BGP.
+async fn routed_herald() -> Routed {
+    let cluster = cluster_with_herald(ClusterOptions::default()).await;
+    let routed = Routed::around(cluster, Peering::default()).expect("FRR and a client behind it");
+    apply(
+        &routed.cluster.client(),
+        &format!(
+            "apiVersion: herald.dev/v1alpha1
 kind: IPPool
 metadata: {{name: routed}}
 spec: {{addresses: [198.51.100.0/24], autoAssign: false}}
@@ -818,63 +791,18 @@ apiVersion: herald.dev/v1alpha1
 kind: BGPAdvertisement
 metadata: {{name: routed}}
 spec: {{ipPools: [routed]}}",
-                router_host.v4
-            ),
-        )
-        .await;
-        Self {
-            cluster,
-            router,
-            far,
-        }
-    }
+            routed.router_host.v4
+        ),
+    )
+    .await;
+    routed
+}
 
-    /// The IP of the Service `name` in `default`.
-    async fn vip_of(&self, name: &str) -> IpAddr {
-        let svcs: Api<Service> = Api::namespaced(self.cluster.client(), "default");
-        wait_for(&svcs, name, "its IP", |s| ips(s).first().cloned())
-            .await
-            .parse()
-            .expect("an IP")
-    }
-
-    /// Waits until the client behind the router is served through `vip`. The routes reach
-    /// the router within milliseconds of the Service's IP, which can be before every node's
-    /// kube-proxy has programmed that IP: ten requests in a row, each hashed by the router to
-    /// some node, all answered.
-    async fn until_served(&self, vip: IpAddr) {
-        let deadline = std::time::Instant::now() + SETTLE;
-        let mut in_a_row = 0;
-        while in_a_row < 10 {
-            let get = netns::http_get(
-                &self.far.ns,
-                SocketAddr::new(vip, 80),
-                "/",
-                Duration::from_secs(2),
-            );
-            match get {
-                Ok(body) => {
-                    assert!(body.contains("pod=web-"), "{body}");
-                    in_a_row += 1;
-                }
-                Err(e) if std::time::Instant::now() > deadline => panic!(
-                    "GET {vip} from behind the router: {e:#}\n{}",
-                    self.cluster.diagnose()
-                ),
-                Err(_) => {
-                    in_a_row = 0;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-
-    /// The LAN addresses of `nodes`, as the router sees them as next hops.
-    fn next_hops(&self, nodes: &[String]) -> BTreeSet<String> {
-        nodes
-            .iter()
-            .map(|n| self.cluster.node(n).host.v4.to_string())
-            .collect()
+/// Waits until the client behind the router is served through `vip`; says what the cluster
+/// looks like when it is not.
+async fn until_served(routed: &Routed, vip: IpAddr) {
+    if let Err(e) = routed.until_served(vip, SETTLE).await {
+        panic!("{e:#}\n{}", routed.cluster.diagnose());
     }
 }
 
@@ -884,7 +812,7 @@ spec: {{ipPools: [routed]}}",
 /// address; the next hops follow the new pods.
 #[tokio::test]
 async fn journey_bgp_local_traffic_follows_a_rolling_update_without_a_failed_request() {
-    let routed = Routed::start().await;
+    let routed = routed_herald().await;
     let (cluster, router, far) = (&routed.cluster, &routed.router, &routed.far);
     let client = cluster.client();
     deploy_web(&client, 2, Traffic::Cluster).await;
@@ -915,7 +843,7 @@ spec:
             (router.kernel_next_hops(&prefix) == expected).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
-    routed.until_served(vip).await;
+    until_served(&routed, vip).await;
 
     let requests = Requests::start_in(&far.ns, vip);
     let started = std::time::Instant::now();

@@ -273,8 +273,10 @@ async fn dual_stack_web_through_both_nodes(
 
 /// The router configuration docs/configuration.md shows for `R` and the quick start of
 /// docs/install.md, as written: both nodes' sessions Established with BFD Up, a dual-stack
-/// Service's routes through both nodes in the router's kernel, and a prefix outside the
-/// documented pool (announced by a second advertisement) refused by the router's filter.
+/// Service's routes through both nodes in the router's kernel, a prefix outside the
+/// documented pool (announced by a second advertisement) refused by the router's filter,
+/// and a node whose link goes taken off the router within BFD's time, graceful restart
+/// notwithstanding.
 async fn documented_router_and_quick_start<R: Router>(
     heading: &str,
     start: fn(&str, &str) -> anyhow::Result<R>,
@@ -313,6 +315,16 @@ async fn documented_router_and_quick_start<R: Router>(
         "the router took a prefix outside the documented pool"
     );
     wait_next_hops(&router, &format!("{}/32", got[0]), &[n1, n2]);
+
+    // n2's link goes: with graceful restart and BFD both on, BFD going down must end n2's
+    // routes at once, not keep them stale for the restart time (120 s) as for a restart.
+    let n2_ns = lan.node("n2").ns.clone();
+    netns::ip(&["-n", &n2_ns, "link", "set", "eth0", "down"]).expect("link down");
+    let took = wait_next_hops(&router, &format!("{}/32", got[0]), &[n1]);
+    assert!(
+        took < Duration::from_secs(3),
+        "a dead node's routes stayed {took:?} (BFD detects in 0.9 s)"
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -39,7 +38,7 @@ use herald_lab::control_plane::NAMESPACE_PORT;
 use herald_lab::faults::nft_in;
 use herald_lab::netns::{self, Host};
 use herald_lab::objects::apply;
-use herald_lab::process::{cpu_seconds, memory_mib};
+use herald_lab::process::{processes, usage};
 use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on,
     web_vips,
@@ -265,73 +264,6 @@ fn owner(cluster: &Cluster, system: System, ip: IpAddr) -> (String, bool) {
     }
 }
 
-/// The processes running `binary` (by the first word of their command line), optionally
-/// only those in the network namespace of `node`.
-fn processes(binary: &str, node_ns: Option<&str>) -> Vec<u32> {
-    let wanted_ns = node_ns.and_then(|ns| {
-        std::fs::metadata(format!("/run/netns/{ns}"))
-            .ok()
-            .map(|m| m.ino())
-    });
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            if first != binary.as_bytes() {
-                return false;
-            }
-            wanted_ns.is_none_or(|ino| {
-                std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ino)
-            })
-        })
-        .collect()
-}
-
-/// Mean RSS (MiB) and CPU (% of a core) per process of each binary, over `window`.
-async fn resources(system: System, window: Duration) -> Vec<(String, f64, f64, usize)> {
-    let before: Vec<BTreeMap<u32, f64>> = system
-        .binaries()
-        .iter()
-        .map(|b| {
-            processes(b, None)
-                .into_iter()
-                .filter_map(|p| Some((p, cpu_seconds(p).ok()?)))
-                .collect()
-        })
-        .collect();
-    tokio::time::sleep(window).await;
-    system
-        .binaries()
-        .iter()
-        .zip(before)
-        .map(|(binary, before)| {
-            let mut cpu = 0.0;
-            let mut rss = 0.0;
-            let mut count = 0;
-            for (pid, cpu0) in before {
-                if let (Ok(cpu1), Ok(mib)) = (cpu_seconds(pid), memory_mib(pid, "VmRSS:")) {
-                    cpu += (cpu1 - cpu0) / window.as_secs_f64();
-                    rss += mib;
-                    count += 1;
-                }
-            }
-            let n = count.max(1) as f64;
-            (
-                binary.trim_start_matches('/').to_owned(),
-                rss / n,
-                100.0 * cpu / n,
-                count,
-            )
-        })
-        .collect()
-}
-
 /// Waits until the speaker on `node` runs again under another pid than `old`.
 async fn speaker_back(system: System, node_ns: &str, old: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -382,7 +314,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     let (v4, _) = web_vips(&client).await;
     cluster.one_answer(v4, SETTLE, |_| true);
 
-    for (binary, rss, cpu, count) in resources(system, Duration::from_secs(20)).await {
+    for (binary, rss, cpu, count) in usage(&system.binaries(), Duration::from_secs(20)).await {
         println!(
             "{} round {number} at rest: {binary} x{count}: RSS {rss:.1} MiB, CPU {cpu:.2}% of a core (mean per process)",
             system.name()

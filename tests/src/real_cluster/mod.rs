@@ -12,6 +12,7 @@
 pub mod host;
 pub mod journey;
 pub mod node;
+pub mod routed;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -571,6 +572,17 @@ impl Cluster {
         self.apply_metallb(config).await
     }
 
+    /// MetalLB for BGP (its native mode): as `install_metallb_with`, but with its manifest's
+    /// one change that Kubernetes 1.36 requires (`metallb_manifest_for_bgp`).
+    pub async fn install_metallb_bgp(&self, config: &[&str]) -> Result<()> {
+        self.kubectl_apply(&metallb_manifest_for_bgp()?)?;
+        for rollout in ["deployment/controller", "daemonset/speaker"] {
+            self.rollout_status("metallb-system", rollout, "180s")
+                .with_context(|| format!("MetalLB's {rollout}"))?;
+        }
+        self.apply_metallb(config).await
+    }
+
     /// Applies MetalLB objects, each retried while its webhook does not serve yet.
     pub async fn apply_metallb(&self, config: &[&str]) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -663,6 +675,20 @@ pub fn metallb_manifest() -> Result<String> {
             &format!("quay.io/metallb/speaker:{version}"),
             &format!("herald.local/metallb-speaker:{version}"),
         ))
+}
+
+/// MetalLB's manifest with the schema of its `BGPPeer` AS numbers mended: v0.15.2 declares
+/// `myASN` and `peerASN` as `format: int32` with `maximum: 4294967295`, and Kubernetes 1.36
+/// refuses every `BGPPeer` against that schema ("Maximum boundary value must be of type
+/// integer with format int32"; 1.32 accepts them). Without the format the values are
+/// checked by their bounds alone, as MetalLB means them to be. Nothing else changes.
+pub fn metallb_manifest_for_bgp() -> Result<String> {
+    const DECLARED: &str = "format: int32\n                maximum: 4294967295";
+    let text = metallb_manifest()?;
+    if !text.contains(DECLARED) {
+        bail!("MetalLB's manifest no longer declares its AS numbers as it did: look again");
+    }
+    Ok(text.replace(DECLARED, "maximum: 4294967295"))
 }
 
 /// Of MetalLB's manifest, its namespace and CustomResourceDefinitions alone: what a user
