@@ -8,7 +8,7 @@
 //! which Kubernetes 1.36 refuses every `BGPPeer`: `metallb_manifest_for_bgp`) and the
 //! `IPAddressPool`, `BGPPeer` and `BGPAdvertisement` of its BGP docs; its native mode has
 //! neither BFD nor graceful restart. The same app
-//! (`web`, 2 replicas behind a LoadBalancer Service), the systems interleaved round by
+//! (`web`, 2 replicas behind an IPv4 LoadBalancer Service), the systems interleaved round by
 //! round. Run through `bench/peers-bgp` (needs root).
 //!
 //! Per round and system:
@@ -17,8 +17,8 @@
 //!    router's kernel forwards its IPv4 address to every node;
 //! 3. every speaker restarted (`kubectl rollout restart` of the DaemonSet) under steady
 //!    requests from the client behind the router: the longest gap and the failed requests;
-//! 4. a node without the app's pods dies (kubelet, containerd and its pods killed, its
-//!    link down) under steady requests: the time until the router stops forwarding to it,
+//! 4. a node without the app's pods dies (its link down first, as a machine losing power,
+//!    then kubelet, containerd and its pods killed) under steady requests: the time until the router stops forwarding to it,
 //!    the longest gap and the failed requests.
 
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use herald_lab::objects::{apply, ips, wait_for};
 use herald_lab::process::usage;
 use herald_lab::real_cluster::journey::{
-    Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on, web_vips,
+    Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on,
 };
 use herald_lab::real_cluster::routed::Routed;
 use herald_lab::real_cluster::{Cluster, ClusterOptions, NAMESPACE};
@@ -43,13 +43,14 @@ const AFTER: Duration = Duration::from_secs(3);
 /// Services created per round, one after another.
 const CREATED: usize = 5;
 
-/// MetalLB's BGP configuration as its docs write it: the pool of Herald's quick start, the
+/// MetalLB's BGP configuration as its docs write it: the IPv4 pool of Herald's quick start
+/// (its native BGP mode refuses an IPv6 pool: "native bgp mode does not support ipv6"), the
 /// router as a peer, every pool advertised.
 const METALLB_BGP: [&str; 3] = [
     "apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
 metadata: {name: routed, namespace: metallb-system}
-spec: {addresses: [198.51.100.0/24, '2001:db8:100::/64']}",
+spec: {addresses: [198.51.100.0/24]}",
     "apiVersion: metallb.io/v1beta2
 kind: BGPPeer
 metadata: {name: tor, namespace: metallb-system}
@@ -59,6 +60,15 @@ kind: BGPAdvertisement
 metadata: {name: routed, namespace: metallb-system}
 spec: {ipAddressPools: [routed]}",
 ];
+
+/// The app's Service for both systems: IPv4, every node serving it.
+const WEB_V4: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web-v4, namespace: default}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum System {
@@ -156,7 +166,13 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     })?;
     deploy_web(&client, 2, Traffic::Cluster).await;
     web_ready_on(&client, 2, SETTLE).await;
-    let (vip, _) = web_vips(&client).await;
+    // An IPv4 Service in front of the app (MetalLB's native BGP has no IPv6).
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    services.delete("web", &DeleteParams::default()).await?;
+    apply(&client, WEB_V4).await;
+    let vip: IpAddr = wait_for(&services, "web-v4", "its IP", |s| ips(s).first().cloned())
+        .await
+        .parse()?;
     let prefix = format!("{vip}/32");
     let every_node: Vec<String> = routed.every_node().into_iter().collect();
     router_forwards(&routed, &prefix, &every_node, SETTLE)
@@ -172,7 +188,6 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     }
 
     // Services created: from each create until the router forwards to every node.
-    let services: Api<Service> = Api::namespaced(client.clone(), "default");
     for i in 0..CREATED {
         let name = format!("probe-{i}");
         let svc: Service = serde_yaml_ng::from_str(&format!(
@@ -240,6 +255,10 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
         .collect();
     let requests = Requests::start_in(&routed.far.ns, vip);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // As a machine losing power: its link goes first, so that nothing it runs says
+    // goodbye (a killed process's sockets would send FINs the router acts on at once).
+    let dying_ns = routed.cluster.node(&dying).host.ns.clone();
+    herald_lab::netns::ip(&["-n", &dying_ns, "link", "set", "eth0", "down"])?;
     routed.cluster.kill_node(&dying)?;
     let moved = router_forwards(&routed, &prefix, &survivors, Duration::from_secs(300))?;
     tokio::time::sleep(AFTER).await;
