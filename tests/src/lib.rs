@@ -19,6 +19,7 @@ pub mod process_cluster;
 pub mod prometheus;
 pub mod real_cluster;
 pub mod router;
+pub mod side_by_side;
 
 pub use control_plane::{ControlPlane, Options};
 pub use process::Process;

@@ -92,9 +92,19 @@ async fn behind_a_proxy_without_protobuf_services_are_listed_in_json() {
     )
     .await;
     for proxy in [JsonOnly::Refuses, JsonOnly::Rewrites] {
-        let mut protobuf = service_watch::events(client.clone(), watcher::Config::default());
-        let direct = first_list(&mut protobuf).await;
-        assert!(direct.contains_key("default/web"), "{direct:?}");
+        // A watch's first list may be served from the API server's cache (resourceVersion
+        // 0), which can lag a write just made: listed again until it holds the Service.
+        // The cache only moves forward, so the JSON list made after it holds it too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let direct = loop {
+            let mut protobuf = service_watch::events(client.clone(), watcher::Config::default());
+            let listed = first_list(&mut protobuf).await;
+            if listed.contains_key("default/web") {
+                break listed;
+            }
+            assert!(std::time::Instant::now() < deadline, "{listed:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let mut events =
             service_watch::events(json_only(&client, proxy), watcher::Config::default());
         assert_eq!(first_list(&mut events).await, direct, "{proxy:?}");
@@ -170,8 +180,22 @@ spec: {ports: [{port: 8080}]}"#,
     )
     .await;
 
-    let mut protobuf = service_watch::events(client.clone(), watcher::Config::default());
-    let from_protobuf = first_list(&mut protobuf).await;
+    // Listed until the list holds both (the delete was the last write): a first list may
+    // come from the API server's cache, which can lag (see above).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (from_protobuf, mut protobuf) = loop {
+        let mut protobuf = service_watch::events(client.clone(), watcher::Config::default());
+        let listed = first_list(&mut protobuf).await;
+        if listed.contains_key("default/kubernetes")
+            && listed
+                .get("default/web")
+                .is_some_and(|web| web.metadata.deleting)
+        {
+            break (listed, protobuf);
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut json = watcher::watcher(
         Api::<ServiceObject>::all(client.clone()),
         watcher::Config::default(),

@@ -44,6 +44,7 @@ use herald_lab::real_cluster::journey::{
     web_vips,
 };
 use herald_lab::real_cluster::{Cluster, ClusterOptions, NAMESPACE};
+use herald_lab::side_by_side::{AtRest, rounds_and_systems};
 
 const SETTLE: Duration = Duration::from_secs(60);
 /// How long the client goes on once a fault is over (the system recovered as it says).
@@ -462,7 +463,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
 #[derive(Default)]
 struct Results {
     faults: BTreeMap<(&'static str, System), Vec<Seen>>,
-    rest: BTreeMap<(String, System), Vec<(f64, f64)>>,
+    rest: AtRest,
 }
 
 impl Results {
@@ -486,10 +487,7 @@ impl Results {
     }
 
     fn rest(&mut self, system: System, binary: &str, rss: f64, cpu: f64) {
-        self.rest
-            .entry((binary.to_owned(), system))
-            .or_default()
-            .push((rss, cpu));
+        self.rest.record(system.name(), binary, rss, cpu);
     }
 
     fn summary(&self) {
@@ -515,45 +513,17 @@ impl Results {
                 runs.len()
             );
         }
-        println!(
-            "\n| process | system | RSS MiB, median | CPU % of a core at rest, median | runs |"
-        );
-        println!("|---|---|---|---|---|");
-        for ((binary, system), runs) in &self.rest {
-            let mut rss: Vec<f64> = runs.iter().map(|r| r.0).collect();
-            let mut cpu: Vec<f64> = runs.iter().map(|r| r.1).collect();
-            rss.sort_by(f64::total_cmp);
-            cpu.sort_by(f64::total_cmp);
-            println!(
-                "| {binary} | {} | {:.1} | {:.2} | {} |",
-                system.name(),
-                rss[rss.len() / 2],
-                cpu[cpu.len() / 2],
-                runs.len()
-            );
-        }
+        self.rest.print();
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     herald_lab::init_tracing();
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()
-        .context("ROUNDS must be a number")?
-        .unwrap_or(3);
-    // Then the systems to run, by name (default: all).
-    let named: Vec<String> = std::env::args().skip(2).collect();
-    let all = [System::Herald, System::Metallb, System::KubeVip];
-    let systems: Vec<System> = all
-        .into_iter()
-        .filter(|s| named.is_empty() || named.iter().any(|n| n.eq_ignore_ascii_case(s.name())))
-        .collect();
-    if systems.is_empty() {
-        bail!("no system named {named:?}: Herald, MetalLB, kube-vip");
-    }
+    let (rounds, systems) = rounds_and_systems(
+        &[System::Herald, System::Metallb, System::KubeVip],
+        System::name,
+    )?;
     let mut results = Results::default();
     for number in 1..=rounds {
         for system in systems.iter().copied() {

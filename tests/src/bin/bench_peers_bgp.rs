@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use herald_lab::objects::{apply, ips, wait_for};
 use herald_lab::process::usage;
 use herald_lab::real_cluster::journey::{
@@ -34,6 +34,7 @@ use herald_lab::real_cluster::journey::{
 use herald_lab::real_cluster::routed::Routed;
 use herald_lab::real_cluster::{Cluster, ClusterOptions, NAMESPACE};
 use herald_lab::router::Router;
+use herald_lab::side_by_side::{AtRest, rounds_and_systems};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 
@@ -130,6 +131,20 @@ struct Seen {
     moved: Option<Duration>,
 }
 
+impl Seen {
+    /// Ends `requests` once the client has gone on for `AFTER`, with what the router did.
+    async fn of(requests: Requests, moved: Option<Duration>) -> Self {
+        tokio::time::sleep(AFTER).await;
+        let outcomes = requests.finish();
+        Self {
+            gap: longest_gap(&outcomes),
+            failed: failed(&outcomes),
+            requests: outcomes.len(),
+            moved,
+        }
+    }
+}
+
 /// Waits until the router forwards `prefix` to exactly `hops`; how long that took.
 fn router_forwards(
     routed: &Routed,
@@ -223,18 +238,11 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
         .cluster
         .rollout_status(ns, system.speaker_daemonset(), "300s")?;
     let moved = router_forwards(&routed, &prefix, &every_node, SETTLE).ok();
-    tokio::time::sleep(AFTER).await;
-    let outcomes = requests.finish();
     results.seen(
         system,
         number,
         "rolling restart",
-        Seen {
-            gap: longest_gap(&outcomes),
-            failed: failed(&outcomes),
-            requests: outcomes.len(),
-            moved,
-        },
+        Seen::of(requests, moved).await,
     );
 
     // A node without the app dies: the router must stop sending it flows.
@@ -261,18 +269,11 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     herald_lab::netns::ip(&["-n", &dying_ns, "link", "set", "eth0", "down"])?;
     routed.cluster.kill_node(&dying)?;
     let moved = router_forwards(&routed, &prefix, &survivors, Duration::from_secs(300))?;
-    tokio::time::sleep(AFTER).await;
-    let outcomes = requests.finish();
     results.seen(
         system,
         number,
         "node death",
-        Seen {
-            gap: longest_gap(&outcomes),
-            failed: failed(&outcomes),
-            requests: outcomes.len(),
-            moved: Some(moved),
-        },
+        Seen::of(requests, Some(moved)).await,
     );
     Ok(())
 }
@@ -282,7 +283,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
 struct Results {
     faults: BTreeMap<(&'static str, System), Vec<Seen>>,
     created: BTreeMap<System, Vec<Duration>>,
-    rest: BTreeMap<(String, System), Vec<(f64, f64)>>,
+    rest: AtRest,
 }
 
 fn median_and_worst<T: Ord + Copy>(mut values: Vec<T>) -> Option<(T, T)> {
@@ -309,10 +310,7 @@ impl Results {
     }
 
     fn rest(&mut self, system: System, binary: &str, rss: f64, cpu: f64) {
-        self.rest
-            .entry((binary.to_owned(), system))
-            .or_default()
-            .push((rss, cpu));
+        self.rest.record(system.name(), binary, rss, cpu);
     }
 
     fn summary(&self) {
@@ -354,43 +352,14 @@ impl Results {
                 );
             }
         }
-        println!(
-            "\n| process | system | RSS MiB, median | CPU % of a core at rest, median | runs |"
-        );
-        println!("|---|---|---|---|---|");
-        for ((binary, system), runs) in &self.rest {
-            let mut rss: Vec<f64> = runs.iter().map(|r| r.0).collect();
-            let mut cpu: Vec<f64> = runs.iter().map(|r| r.1).collect();
-            rss.sort_by(f64::total_cmp);
-            cpu.sort_by(f64::total_cmp);
-            println!(
-                "| {binary} | {} | {:.1} | {:.2} | {} |",
-                system.name(),
-                rss[rss.len() / 2],
-                cpu[cpu.len() / 2],
-                runs.len()
-            );
-        }
+        self.rest.print();
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     herald_lab::init_tracing();
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()
-        .context("ROUNDS must be a number")?
-        .unwrap_or(3);
-    let named: Vec<String> = std::env::args().skip(2).collect();
-    let systems: Vec<System> = [System::Herald, System::Metallb]
-        .into_iter()
-        .filter(|s| named.is_empty() || named.iter().any(|n| n.eq_ignore_ascii_case(s.name())))
-        .collect();
-    if systems.is_empty() {
-        bail!("no system named {named:?}: Herald, MetalLB");
-    }
+    let (rounds, systems) = rounds_and_systems(&[System::Herald, System::Metallb], System::name)?;
     let mut results = Results::default();
     for number in 1..=rounds {
         for system in systems.iter().copied() {

@@ -564,18 +564,19 @@ impl Cluster {
     /// MetalLB's manifest, its controller and speakers rolled out, then each of `config`,
     /// once its webhook serves (the controller makes the webhook's certificate first).
     pub async fn install_metallb_with(&self, config: &[&str]) -> Result<()> {
-        self.kubectl_apply(&metallb_manifest()?)?;
-        for rollout in ["deployment/controller", "daemonset/speaker"] {
-            self.rollout_status("metallb-system", rollout, "180s")
-                .with_context(|| format!("MetalLB's {rollout}"))?;
-        }
-        self.apply_metallb(config).await
+        self.install_metallb_manifest(&metallb_manifest()?, config)
+            .await
     }
 
     /// MetalLB for BGP (its native mode): as `install_metallb_with`, but with its manifest's
     /// one change that Kubernetes 1.36 requires (`metallb_manifest_for_bgp`).
     pub async fn install_metallb_bgp(&self, config: &[&str]) -> Result<()> {
-        self.kubectl_apply(&metallb_manifest_for_bgp()?)?;
+        self.install_metallb_manifest(&metallb_manifest_for_bgp()?, config)
+            .await
+    }
+
+    async fn install_metallb_manifest(&self, manifest: &str, config: &[&str]) -> Result<()> {
+        self.kubectl_apply(manifest)?;
         for rollout in ["deployment/controller", "daemonset/speaker"] {
             self.rollout_status("metallb-system", rollout, "180s")
                 .with_context(|| format!("MetalLB's {rollout}"))?;
