@@ -1,9 +1,58 @@
-//! What the side-by-side benches (`bench/peers`, `bench/peers-bgp`) share: their arguments
-//! and their table of what each system's processes take at rest.
+//! What the side-by-side benches (`bench/peers`, `bench/peers-bgp`) share: what each system
+//! looks like once installed, their arguments and their table of what each system's
+//! processes take at rest.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
+
+use crate::real_cluster::{Cluster, NAMESPACE};
+
+/// Where a system runs once installed as its docs say.
+pub struct Installed {
+    pub name: &'static str,
+    pub namespace: &'static str,
+    pub speaker_daemonset: &'static str,
+    /// The speaker's and the controller's binaries, as their images start them.
+    pub binaries: [&'static str; 2],
+}
+
+impl Installed {
+    /// Every speaker restarted, one node after another (`kubectl rollout restart` of its
+    /// DaemonSet), until the rollout is complete.
+    pub fn restart_speakers(&self, cluster: &Cluster) -> Result<()> {
+        cluster.kubectl(&[
+            "-n",
+            self.namespace,
+            "rollout",
+            "restart",
+            self.speaker_daemonset,
+        ])?;
+        cluster.rollout_status(self.namespace, self.speaker_daemonset, "300s")?;
+        Ok(())
+    }
+}
+
+pub const HERALD: Installed = Installed {
+    name: "Herald",
+    namespace: NAMESPACE,
+    speaker_daemonset: "daemonset/herald-speaker",
+    binaries: ["/herald-speaker", "/herald-controller"],
+};
+
+pub const METALLB: Installed = Installed {
+    name: "MetalLB",
+    namespace: "metallb-system",
+    speaker_daemonset: "daemonset/speaker",
+    binaries: ["/speaker", "/controller"],
+};
+
+pub const KUBE_VIP: Installed = Installed {
+    name: "kube-vip",
+    namespace: "kube-system",
+    speaker_daemonset: "daemonset/kube-vip-ds",
+    binaries: ["/kube-vip", "/kube-vip-cloud-provider"],
+};
 
 /// `[ROUNDS [SYSTEM...]]` from the command line: the rounds (default 3) and the systems of
 /// `all` named, by `name`, case aside (default: all of them).

@@ -43,8 +43,8 @@ use herald_lab::real_cluster::journey::{
     LAN_POOL, Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on,
     web_vips,
 };
-use herald_lab::real_cluster::{Cluster, ClusterOptions, NAMESPACE};
-use herald_lab::side_by_side::{AtRest, rounds_and_systems};
+use herald_lab::real_cluster::{Cluster, ClusterOptions};
+use herald_lab::side_by_side::{AtRest, HERALD, Installed, KUBE_VIP, METALLB, rounds_and_systems};
 
 const SETTLE: Duration = Duration::from_secs(60);
 /// How long the client goes on once a fault is over (the system recovered as it says).
@@ -58,28 +58,16 @@ enum System {
 }
 
 impl System {
+    fn facts(self) -> &'static Installed {
+        match self {
+            System::Herald => &HERALD,
+            System::Metallb => &METALLB,
+            System::KubeVip => &KUBE_VIP,
+        }
+    }
+
     fn name(self) -> &'static str {
-        match self {
-            System::Herald => "Herald",
-            System::Metallb => "MetalLB",
-            System::KubeVip => "kube-vip",
-        }
-    }
-
-    fn namespace(self) -> &'static str {
-        match self {
-            System::Herald => NAMESPACE,
-            System::Metallb => "metallb-system",
-            System::KubeVip => "kube-system",
-        }
-    }
-
-    fn speaker_daemonset(self) -> &'static str {
-        match self {
-            System::Herald => "daemonset/herald-speaker",
-            System::Metallb => "daemonset/speaker",
-            System::KubeVip => "daemonset/kube-vip-ds",
-        }
+        self.facts().name
     }
 
     /// What its speakers hear each other on: an nftables match. kube-vip's speakers agree
@@ -97,15 +85,6 @@ impl System {
             System::Herald => "app.kubernetes.io/component=speaker",
             System::Metallb => "app=metallb,component=speaker",
             System::KubeVip => "app.kubernetes.io/name=kube-vip-ds",
-        }
-    }
-
-    /// The speaker's and the controller's binaries, as their images start them.
-    fn binaries(self) -> [&'static str; 2] {
-        match self {
-            System::Herald => ["/herald-speaker", "/herald-controller"],
-            System::Metallb => ["/speaker", "/controller"],
-            System::KubeVip => ["/kube-vip", "/kube-vip-cloud-provider"],
         }
     }
 
@@ -237,7 +216,7 @@ fn owner(cluster: &Cluster, system: System, ip: IpAddr) -> (String, bool) {
                 let logs = cluster
                     .kubectl(&[
                         "-n",
-                        system.namespace(),
+                        system.facts().namespace,
                         "get",
                         "pod",
                         "-l",
@@ -250,7 +229,7 @@ fn owner(cluster: &Cluster, system: System, ip: IpAddr) -> (String, bool) {
                     .and_then(|pod| {
                         cluster.kubectl(&[
                             "-n",
-                            system.namespace(),
+                            system.facts().namespace,
                             "logs",
                             pod.trim(),
                             "--tail",
@@ -269,7 +248,7 @@ fn owner(cluster: &Cluster, system: System, ip: IpAddr) -> (String, bool) {
 async fn speaker_back(system: System, node_ns: &str, old: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let now = processes(system.binaries()[0], Some(node_ns));
+        let now = processes(system.facts().binaries[0], Some(node_ns));
         if now.iter().any(|p| *p != old) {
             return Ok(());
         }
@@ -315,7 +294,8 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     let (v4, _) = web_vips(&client).await;
     cluster.one_answer(v4, SETTLE, |_| true);
 
-    for (binary, rss, cpu, count) in usage(&system.binaries(), Duration::from_secs(20)).await {
+    for (binary, rss, cpu, count) in usage(&system.facts().binaries, Duration::from_secs(20)).await
+    {
         println!(
             "{} round {number} at rest: {binary} x{count}: RSS {rss:.1} MiB, CPU {cpu:.2}% of a core (mean per process)",
             system.name()
@@ -323,7 +303,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
         results.rest(system, &binary, rss, cpu);
     }
 
-    let ns = system.namespace();
+    let ns = system.facts().namespace;
     // The speaker's pod on the answering node deleted.
     let (owner, _) = self::owner(&cluster, system, v4);
     let watch = Watch::start(&cluster, v4).await;
@@ -339,7 +319,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
         "--wait=false",
     ])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.rollout_status(ns, system.speaker_daemonset(), "180s")?;
+    cluster.rollout_status(ns, system.facts().speaker_daemonset, "180s")?;
     let owner = record(
         watch,
         &cluster,
@@ -353,7 +333,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
 
     // The speaker's process on the answering node killed with SIGKILL.
     let owner_ns = cluster.node(&owner).host.ns.clone();
-    let pids = processes(system.binaries()[0], Some(&owner_ns));
+    let pids = processes(system.facts().binaries[0], Some(&owner_ns));
     let [pid] = pids.as_slice() else {
         bail!("speakers on {owner}: {pids:?}");
     };
@@ -376,8 +356,7 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
 
     // Every speaker restarted, one node after another.
     let watch = Watch::start(&cluster, v4).await;
-    cluster.kubectl(&["-n", ns, "rollout", "restart", system.speaker_daemonset()])?;
-    cluster.rollout_status(ns, system.speaker_daemonset(), "300s")?;
+    system.facts().restart_speakers(&cluster)?;
     let owner = record(
         watch,
         &cluster,

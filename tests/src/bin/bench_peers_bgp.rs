@@ -32,9 +32,9 @@ use herald_lab::real_cluster::journey::{
     Requests, Traffic, deploy_web, failed, keep_web_off, longest_gap, web_ready_on,
 };
 use herald_lab::real_cluster::routed::Routed;
-use herald_lab::real_cluster::{Cluster, ClusterOptions, NAMESPACE};
+use herald_lab::real_cluster::{Cluster, ClusterOptions};
 use herald_lab::router::Router;
-use herald_lab::side_by_side::{AtRest, rounds_and_systems};
+use herald_lab::side_by_side::{AtRest, HERALD, Installed, METALLB, rounds_and_systems};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 
@@ -78,33 +78,15 @@ enum System {
 }
 
 impl System {
+    fn facts(self) -> &'static Installed {
+        match self {
+            System::Herald => &HERALD,
+            System::Metallb => &METALLB,
+        }
+    }
+
     fn name(self) -> &'static str {
-        match self {
-            System::Herald => "Herald",
-            System::Metallb => "MetalLB",
-        }
-    }
-
-    fn namespace(self) -> &'static str {
-        match self {
-            System::Herald => NAMESPACE,
-            System::Metallb => "metallb-system",
-        }
-    }
-
-    fn speaker_daemonset(self) -> &'static str {
-        match self {
-            System::Herald => "daemonset/herald-speaker",
-            System::Metallb => "daemonset/speaker",
-        }
-    }
-
-    /// The speaker's and the controller's binaries, as their images start them.
-    fn binaries(self) -> [&'static str; 2] {
-        match self {
-            System::Herald => ["/herald-speaker", "/herald-controller"],
-            System::Metallb => ["/speaker", "/controller"],
-        }
+        self.facts().name
     }
 
     /// Installs and configures it as its docs tell users to, and waits until it runs.
@@ -194,7 +176,8 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
         .with_context(|| routed.cluster.diagnose())?;
     routed.until_served(vip, SETTLE).await?;
 
-    for (binary, rss, cpu, count) in usage(&system.binaries(), Duration::from_secs(20)).await {
+    for (binary, rss, cpu, count) in usage(&system.facts().binaries, Duration::from_secs(20)).await
+    {
         println!(
             "{} round {number} at rest: {binary} x{count}: RSS {rss:.1} MiB, CPU {cpu:.2}% of a core (mean per process)",
             system.name()
@@ -228,15 +211,9 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     }
 
     // Every speaker restarted, one node after another.
-    let ns = system.namespace();
     let requests = Requests::start_in(&routed.far.ns, vip);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    routed
-        .cluster
-        .kubectl(&["-n", ns, "rollout", "restart", system.speaker_daemonset()])?;
-    routed
-        .cluster
-        .rollout_status(ns, system.speaker_daemonset(), "300s")?;
+    system.facts().restart_speakers(&routed.cluster)?;
     let moved = router_forwards(&routed, &prefix, &every_node, SETTLE).ok();
     results.seen(
         system,
