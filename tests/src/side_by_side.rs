@@ -54,19 +54,23 @@ pub const KUBE_VIP: Installed = Installed {
     binaries: ["/kube-vip", "/kube-vip-cloud-provider"],
 };
 
-/// `[ROUNDS [SYSTEM...]]` from the command line: the rounds (default 3) and the systems of
-/// `all` named, by `name`, case aside (default: all of them).
+/// `[ROUNDS [SYSTEM...]]` from the command line, `--` options aside (`option`): the rounds
+/// (default 3) and the systems of `all` named, by `name`, case aside (default: all of them).
 pub fn rounds_and_systems<S: Copy>(
     all: &[S],
     name: impl Fn(S) -> &'static str,
 ) -> Result<(usize, Vec<S>)> {
-    let rounds: usize = std::env::args()
-        .nth(1)
+    let positional: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rounds: usize = positional
+        .first()
         .map(|a| a.parse())
         .transpose()
         .context("ROUNDS must be a number")?
         .unwrap_or(3);
-    let named: Vec<String> = std::env::args().skip(2).collect();
+    let named: Vec<String> = positional.into_iter().skip(1).collect();
     let systems: Vec<S> = all
         .iter()
         .copied()
@@ -77,6 +81,12 @@ pub fn rounds_and_systems<S: Copy>(
         bail!("no system named {named:?}: {}", known.join(", "));
     }
     Ok((rounds, systems))
+}
+
+/// The value of `--NAME=VALUE` on the command line, if given.
+pub fn option(name: &str) -> Option<String> {
+    let prefix = format!("--{name}=");
+    std::env::args().find_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
 }
 
 /// RSS and CPU at rest per process and system, one entry per round.

@@ -25,6 +25,12 @@
 //! For each fault, a client sends requests through the VIP all along (the longest gap
 //! between two answered requests and the failed ones), and a second one asks for the VIP's
 //! MAC every 100 ms or so (the asks with two answering MACs, and with none).
+//!
+//! With `--services=N`, each round measures at rest only, instead of the faults: with the one
+//! Service, then with N more (IPv6, from a range each system is given as its users add one):
+//! how long until every one has an IP, then, a minute later, whether sampled IPs are answered
+//! by one node, and the RSS and CPU of every speaker and controller, and of the API server
+//! and etcd, over 20 s.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -34,6 +40,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use herald_lab::bins::go_binary;
 use herald_lab::control_plane::NAMESPACE_PORT;
 use herald_lab::faults::nft_in;
 use herald_lab::netns::{self, Host};
@@ -44,7 +52,11 @@ use herald_lab::real_cluster::journey::{
     web_vips,
 };
 use herald_lab::real_cluster::{Cluster, ClusterOptions};
-use herald_lab::side_by_side::{AtRest, HERALD, Installed, KUBE_VIP, METALLB, rounds_and_systems};
+use herald_lab::side_by_side::{
+    AtRest, HERALD, Installed, KUBE_VIP, METALLB, option, rounds_and_systems,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
 const SETTLE: Duration = Duration::from_secs(60);
 /// How long the client goes on once a fault is over (the system recovered as it says).
@@ -277,7 +289,12 @@ async fn record(
 }
 
 /// One round of one system on a fresh cluster; one line per measure.
-async fn round(system: System, number: usize, results: &mut Results) -> Result<()> {
+async fn round(
+    system: System,
+    number: usize,
+    many: Option<usize>,
+    results: &mut Results,
+) -> Result<()> {
     let mut cluster = Cluster::start(ClusterOptions {
         peers: system == System::Metallb,
         kube_vip: system == System::KubeVip,
@@ -294,13 +311,10 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     let (v4, _) = web_vips(&client).await;
     cluster.one_answer(v4, SETTLE, |_| true);
 
-    for (binary, rss, cpu, count) in usage(&system.facts().binaries, Duration::from_secs(20)).await
-    {
-        println!(
-            "{} round {number} at rest: {binary} x{count}: RSS {rss:.1} MiB, CPU {cpu:.2}% of a core (mean per process)",
-            system.name()
-        );
-        results.rest(system, &binary, rss, cpu);
+    at_rest(system, number, "", results).await?;
+    if let Some(many) = many {
+        at_scale(&cluster, system, number, many, results).await?;
+        return Ok(());
     }
 
     let ns = system.facts().namespace;
@@ -438,11 +452,170 @@ async fn round(system: System, number: usize, results: &mut Results) -> Result<(
     Ok(())
 }
 
+/// RSS and CPU of the system's speakers and controllers and of the control plane over 20 s,
+/// recorded with `label` after each process's name.
+async fn at_rest(system: System, number: usize, label: &str, results: &mut Results) -> Result<()> {
+    let apiserver = go_binary("kube-apiserver")?;
+    let etcd = go_binary("etcd")?;
+    let control_plane = [
+        apiserver.to_str().context("path")?,
+        etcd.to_str().context("path")?,
+    ];
+    let binaries: Vec<&str> = system
+        .facts()
+        .binaries
+        .iter()
+        .copied()
+        .chain(control_plane)
+        .collect();
+    for (binary, rss, cpu, count) in usage(&binaries, Duration::from_secs(20)).await {
+        let name = binary.rsplit('/').next().unwrap_or(&binary);
+        let name = format!("{name}{label}");
+        println!(
+            "{} round {number} at rest: {name} x{count}: RSS {rss:.1} MiB, CPU {cpu:.2}% of a core (mean per process)",
+            system.name()
+        );
+        results.rest(system, &name, rss, cpu);
+    }
+    Ok(())
+}
+
+/// The range each system is given for the many Services: IPv6 in the LAN's subnet, so each
+/// announces it as it does its first range.
+const MANY_RANGE: &str = "2001:db8::1000-2001:db8::17ff";
+
+impl System {
+    /// Adds `MANY_RANGE` as its users add a range.
+    async fn add_range(self, cluster: &Cluster) -> Result<()> {
+        match self {
+            System::Herald => {
+                apply(
+                    &cluster.client(),
+                    &format!(
+                        "apiVersion: herald.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: many}}\nspec: {{addresses: ['{MANY_RANGE}']}}"
+                    ),
+                )
+                .await;
+            }
+            System::Metallb => {
+                cluster
+                    .apply_metallb(&[&format!(
+                        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: many, namespace: metallb-system}}\nspec: {{addresses: ['{MANY_RANGE}']}}"
+                    )])
+                    .await?;
+            }
+            System::KubeVip => {
+                let maps: Api<ConfigMap> = Api::namespaced(cluster.client(), "kube-system");
+                let map = maps.get("kubevip").await?;
+                let ranges = map
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("range-global"))
+                    .context("kube-vip's range-global")?;
+                let patch =
+                    serde_json::json!({"data": {"range-global": format!("{ranges},{MANY_RANGE}")}});
+                maps.patch("kubevip", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `many` more Services (IPv6, in front of `web`) created 16 at a time; the time until each
+/// has an IP in its status, then, a minute later, sampled IPs asked for and the processes at
+/// rest.
+async fn at_scale(
+    cluster: &Cluster,
+    system: System,
+    number: usize,
+    many: usize,
+    results: &mut Results,
+) -> Result<()> {
+    system.add_range(cluster).await?;
+    let svcs: Api<Service> = Api::namespaced(cluster.client(), "default");
+    let started = Instant::now();
+    let created: Vec<Result<Service>> = futures::stream::iter(0..many)
+        .map(|i| {
+            let svcs = svcs.clone();
+            async move {
+                let svc: Service = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("many-{i}"), "labels": {"bench": "many"}},
+                    "spec": {
+                        "type": "LoadBalancer",
+                        "ipFamilies": ["IPv6"],
+                        "selector": {"app": "web"},
+                        "ports": [{"port": 80, "targetPort": 8080}]
+                    }
+                }))?;
+                Ok(svcs.create(&PostParams::default(), &svc).await?)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    if let Some(Err(e)) = created.iter().find(|c| c.is_err()) {
+        bail!("creating {many} Services: {e:#}");
+    }
+    let created_in = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let listed = ListParams::default().labels("bench=many");
+    let ips = loop {
+        let list = svcs.list(&listed).await?;
+        let ips: Vec<IpAddr> = list
+            .items
+            .iter()
+            .filter_map(|s| {
+                let ingress = s
+                    .status
+                    .as_ref()?
+                    .load_balancer
+                    .as_ref()?
+                    .ingress
+                    .as_ref()?;
+                ingress.first()?.ip.as_ref()?.parse().ok()
+            })
+            .collect();
+        if ips.len() == many || Instant::now() > deadline {
+            break ips;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let allocated_in = started.elapsed();
+    // What follows an allocation (announcements, their records, Leases) has settled.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let sampled: Vec<IpAddr> = ips
+        .iter()
+        .step_by((ips.len() / 5).max(1))
+        .copied()
+        .collect();
+    let one_answer = sampled
+        .iter()
+        .filter(|ip| {
+            let mut answers = cluster.answers(**ip);
+            answers.dedup();
+            answers.len() == 1
+        })
+        .count();
+    println!(
+        "{} round {number}, {many} Services: created in {:.1} s, {} of {many} with an IP after {:.1} s; of {} sampled IPs, {one_answer} answered by one node",
+        system.name(),
+        created_in.as_secs_f64(),
+        ips.len(),
+        allocated_in.as_secs_f64(),
+        sampled.len()
+    );
+    results.scale(system, ips.len() == many, allocated_in);
+    at_rest(system, number, &format!(", {many} Services"), results).await
+}
+
 /// Every measure, for the summary.
 #[derive(Default)]
 struct Results {
     faults: BTreeMap<(&'static str, System), Vec<Seen>>,
     rest: AtRest,
+    /// With `--services`: per run, whether every Service got an IP and when the last did.
+    scale: BTreeMap<System, Vec<(bool, Duration)>>,
 }
 
 impl Results {
@@ -469,6 +642,10 @@ impl Results {
         self.rest.record(system.name(), binary, rss, cpu);
     }
 
+    fn scale(&mut self, system: System, all: bool, last: Duration) {
+        self.scale.entry(system).or_default().push((all, last));
+    }
+
     fn summary(&self) {
         println!(
             "\n| fault | system | longest gap, median (worst) | failed requests, median (worst) | asks answered by two MACs, worst | asks answered by none, worst | runs | runs with several nodes answering a minute later |"
@@ -493,6 +670,17 @@ impl Results {
             );
         }
         self.rest.print();
+        for (system, runs) in &self.scale {
+            let mut times: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+            times.sort_unstable();
+            println!(
+                "{}: every Service with an IP after {:.1} s, median ({:.1} s worst); runs where some never got one: {}",
+                system.name(),
+                times[times.len() / 2].as_secs_f64(),
+                times[times.len() - 1].as_secs_f64(),
+                runs.iter().filter(|r| !r.0).count()
+            );
+        }
     }
 }
 
@@ -503,10 +691,14 @@ async fn main() -> Result<()> {
         &[System::Herald, System::Metallb, System::KubeVip],
         System::name,
     )?;
+    let many: Option<usize> = option("services")
+        .map(|n| n.parse())
+        .transpose()
+        .context("--services=N: N must be a number")?;
     let mut results = Results::default();
     for number in 1..=rounds {
         for system in systems.iter().copied() {
-            round(system, number, &mut results)
+            round(system, number, many, &mut results)
                 .await
                 .with_context(|| format!("{} round {number}", system.name()))?;
         }
