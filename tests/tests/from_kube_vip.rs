@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use herald_lab::controller::convert;
 use herald_lab::objects::{apply, ips, wait_for, wait_for_event};
 use herald_lab::real_cluster::journey::{
-    Requests, Traffic, deploy_web, failed, longest_gap_from, web_ready_on, web_vips,
+    LATER, Requests, Traffic, deploy_web, judge_switch, web_ready_on, web_vips,
 };
 use herald_lab::real_cluster::{Cluster, ClusterOptions};
 use k8s_openapi::api::core::v1::Service;
@@ -216,40 +216,17 @@ async fn journey_from_kube_vip_to_herald_every_ip_kept() {
         ips(&svcs.get("pinned").await.expect("pinned")),
     ];
     assert_eq!(after, before, "the Services' IPs");
-    for (name, outcomes) in [
-        ("web", requests.finish()),
-        ("pinned", pinned_requests.finish()),
-    ] {
-        let (began, gap) = longest_gap_from(&outcomes).expect("answered requests");
-        println!(
-            "from kube-vip to Herald (answering from {herald_nodes:?}), {name}: Herald installed after {:.1} s, kube-vip gone after {:.1} s, the IPs adopted after {:.1} s; longest gap {} ms from {:.1} s, {} of {} requests failed",
-            installed.as_secs_f64(),
-            speakers_gone.as_secs_f64(),
-            adopted.as_secs_f64(),
-            gap.as_millis(),
-            began.saturating_duration_since(started).as_secs_f64(),
-            failed(&outcomes),
-            outcomes.len()
-        );
-        assert!(gap < Duration::from_secs(1), "{name}: longest gap {gap:?}");
-        assert!(
-            outcomes.last().is_some_and(|o| o.answer.is_some()),
-            "{name}: the client is served after the switch"
-        );
-    }
+    let steps = format!(
+        "from kube-vip to Herald (answering from {herald_nodes:?}): Herald installed after {:.1} s, kube-vip gone after {:.1} s, the IPs adopted after {:.1} s",
+        installed.as_secs_f64(),
+        speakers_gone.as_secs_f64(),
+        adopted.as_secs_f64()
+    );
+    judge_switch("web", &steps, started, &requests.finish());
+    judge_switch("pinned", &steps, started, &pinned_requests.finish());
     // Herald allocates for new Services from then on, from the converted pool, never an IP
     // a kube-vip Service holds.
-    apply(
-        &client,
-        "apiVersion: v1
-kind: Service
-metadata: {name: later, namespace: default}
-spec:
-  type: LoadBalancer
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]",
-    )
-    .await;
+    apply(&client, LATER).await;
     let later = wait_for(&svcs, "later", "an IP from Herald", herald_ips).await;
     assert!(
         later

@@ -308,6 +308,36 @@ pub fn longest_gap_from(outcomes: &[Outcome]) -> Option<(Instant, Duration)> {
         .max_by_key(|(_, gap)| *gap)
 }
 
+/// A Service `later` in front of `web`, created once a switch is over: whoever serves the
+/// Services then allocates it.
+pub const LATER: &str = "apiVersion: v1
+kind: Service
+metadata: {name: later, namespace: default}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]";
+
+/// What the client of `name` saw through a switch from one load balancer to another,
+/// printed after `steps` (what happened when): the longest gap, when it began after
+/// `started`, and the failed requests. No gap may reach a second, and the client is served
+/// at the end.
+pub fn judge_switch(name: &str, steps: &str, started: Instant, outcomes: &[Outcome]) {
+    let (began, gap) = longest_gap_from(outcomes).expect("answered requests");
+    println!(
+        "{steps}; {name}: longest gap {} ms from {:.1} s, {} of {} requests failed",
+        gap.as_millis(),
+        began.saturating_duration_since(started).as_secs_f64(),
+        failed(outcomes),
+        outcomes.len()
+    );
+    assert!(gap < Duration::from_secs(1), "{name}: longest gap {gap:?}");
+    assert!(
+        outcomes.last().is_some_and(|o| o.answer.is_some()),
+        "{name}: the client is served after the switch"
+    );
+}
+
 /// How many requests failed.
 pub fn failed(outcomes: &[Outcome]) -> usize {
     outcomes.iter().filter(|o| o.answer.is_none()).count()
