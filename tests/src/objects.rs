@@ -113,6 +113,11 @@ pub fn ips(svc: &Service) -> Vec<String> {
     ingress(svc).into_iter().map(|(ip, _)| ip).collect()
 }
 
+/// The Service's IPs once Herald's condition says it allocated them (status `True`).
+pub fn allocated_by_herald(svc: &Service) -> Option<Vec<String>> {
+    (herald_api::service::allocated_condition(svc)?.status == "True").then(|| ips(svc))
+}
+
 /// Herald's condition `(status, reason, message)`.
 pub fn condition(svc: &Service) -> Option<(String, String, String)> {
     let c = herald_api::service::allocated_condition(svc)?.clone();

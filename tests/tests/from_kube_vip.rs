@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use herald_lab::controller::convert;
-use herald_lab::objects::{apply, ips, wait_for, wait_for_event};
+use herald_lab::objects::{allocated_by_herald, apply, ips, wait_for, wait_for_event};
 use herald_lab::real_cluster::journey::{
     LATER, Requests, Traffic, deploy_web, judge_switch, web_ready_on, web_vips,
 };
@@ -51,19 +51,6 @@ fn vips_on_nodes(cluster: &Cluster, vips: &[IpAddr]) -> Vec<(String, IpAddr)> {
         }
     }
     held
-}
-
-/// Whether the Service carries Herald's condition saying its IPs are allocated, and which.
-fn herald_ips(s: &Service) -> Option<Vec<String>> {
-    let herald = s
-        .status
-        .as_ref()
-        .and_then(|st| st.conditions.as_ref())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == herald_api::keys::IP_ALLOCATED_CONDITION && c.status == "True")
-        });
-    herald.then(|| ips(s))
 }
 
 /// kube-vip serves a dual-stack Service from its ConfigMap's range and one that asked for its
@@ -139,12 +126,10 @@ async fn journey_from_kube_vip_to_herald_every_ip_kept() {
         panic!("helm install: {e:#}\n{}", cluster.diagnose());
     }
     let installed = started.elapsed();
-    for name in ["web", "pinned"] {
+    for (name, was) in ["web", "pinned"].iter().zip(&before) {
         let waiting = wait_for_event(&client, name, |e| e.reason == "ForeignIPs").await;
         assert!(
-            waiting
-                .message
-                .contains(&before[usize::from(name == "pinned")][0]),
+            waiting.message.contains(&was[0]),
             "{name}: {}",
             waiting.message
         );
@@ -182,7 +167,13 @@ async fn journey_from_kube_vip_to_herald_every_ip_kept() {
     // 4. The converted configuration: Herald adopts the IPs in the statuses.
     apply(&client, &converted).await;
     for (name, was) in ["web", "pinned"].iter().zip(&before) {
-        let kept = wait_for(&svcs, name, "Herald's condition on its IPs", herald_ips).await;
+        let kept = wait_for(
+            &svcs,
+            name,
+            "Herald's condition on its IPs",
+            allocated_by_herald,
+        )
+        .await;
         assert_eq!(&kept, was, "{name}: the IPs kube-vip had given it");
     }
     let adopted = started.elapsed();
@@ -227,7 +218,7 @@ async fn journey_from_kube_vip_to_herald_every_ip_kept() {
     // Herald allocates for new Services from then on, from the converted pool, never an IP
     // a kube-vip Service holds.
     apply(&client, LATER).await;
-    let later = wait_for(&svcs, "later", "an IP from Herald", herald_ips).await;
+    let later = wait_for(&svcs, "later", "an IP from Herald", allocated_by_herald).await;
     assert!(
         later
             .iter()

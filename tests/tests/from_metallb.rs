@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use herald_lab::controller::convert;
-use herald_lab::objects::{apply, condition, ips, wait_for, wait_for_event};
+use herald_lab::objects::{allocated_by_herald, apply, condition, ips, wait_for, wait_for_event};
 use herald_lab::real_cluster::journey::{
     LAN_POOL, LATER, Requests, Traffic, deploy_web, judge_switch, web_ready_on, web_vips,
 };
@@ -110,18 +110,12 @@ async fn journey_from_metallb_to_herald_every_ip_kept() {
     let speakers_gone = started.elapsed();
     apply(&client, &converted).await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let kept = wait_for(&svcs, "web", "Herald's condition on its IPs", |s| {
-        let herald = s
-            .status
-            .as_ref()
-            .and_then(|st| st.conditions.as_ref())
-            .is_some_and(|c| {
-                c.iter().any(|c| {
-                    c.type_ == herald_api::keys::IP_ALLOCATED_CONDITION && c.status == "True"
-                })
-            });
-        herald.then(|| ips(s))
-    })
+    let kept = wait_for(
+        &svcs,
+        "web",
+        "Herald's condition on its IPs",
+        allocated_by_herald,
+    )
     .await;
     let kept: Vec<IpAddr> = kept.iter().map(|ip| ip.parse().expect("ip")).collect();
     assert!(
