@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
@@ -36,6 +37,8 @@ where
 /// `ObjectRef` would cost more than what Herald reads of the object.
 pub struct Cache<T> {
     objects: Arc<RwLock<HashMap<String, Arc<T>>>>,
+    /// Counts the changes made to `objects` (see `generation`).
+    changes: Arc<AtomicU64>,
     ready: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -43,6 +46,7 @@ impl<T> Clone for Cache<T> {
     fn clone(&self) -> Self {
         Self {
             objects: self.objects.clone(),
+            changes: self.changes.clone(),
             ready: self.ready.clone(),
         }
     }
@@ -72,9 +76,30 @@ impl<T> Cache<T> {
         self.len() == 0
     }
 
+    /// A number that differs whenever an object was added, changed or removed since it was
+    /// last read (a relist counts as a change): a reader that acted on every object can tell
+    /// that nothing is new without looking at them all again.
+    pub fn generation(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// Waits for the first complete list; an error when the watch ended before it.
     pub async fn wait_until_ready(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
         self.ready.clone().wait_for(|r| *r).await.map(|_| ())
+    }
+}
+
+/// A watch's change, made by a unit test of a reader: `object` replaces the one at `key`
+/// (`None`: deleted), and the generation moves.
+#[cfg(feature = "testing")]
+impl<T> Cache<T> {
+    pub fn put(&self, key: &str, object: Option<T>) {
+        let mut objects = self.objects.write();
+        match object {
+            Some(object) => objects.insert(key.to_owned(), Arc::new(object)),
+            None => objects.remove(key),
+        };
+        self.changes.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -85,6 +110,7 @@ impl<T> FromIterator<(String, T)> for Cache<T> {
         let (_, ready) = tokio::sync::watch::channel(true);
         Self {
             objects: Arc::new(RwLock::new(objects)),
+            changes: Arc::default(),
             ready,
         }
     }
@@ -143,6 +169,7 @@ where
 /// Applies watch events to a `Cache`. Separate from the watch so it is testable without one.
 struct Filler<T, F> {
     objects: Arc<RwLock<HashMap<String, Arc<T>>>>,
+    changes: Arc<AtomicU64>,
     ready: tokio::sync::watch::Sender<bool>,
     /// A relist in progress: filled, then swapped in whole when complete (as a reflector
     /// does), so readers never see a half-listed cache.
@@ -156,13 +183,16 @@ impl<T, F> Filler<T, F> {
         F: Fn(K) -> Option<T>,
     {
         let objects = Arc::new(RwLock::new(HashMap::new()));
+        let changes = Arc::new(AtomicU64::new(0));
         let (ready, ready_rx) = tokio::sync::watch::channel(false);
         let cache = Cache {
             objects: objects.clone(),
+            changes: changes.clone(),
             ready: ready_rx,
         };
         let filler = Self {
             objects,
+            changes,
             ready,
             relisting: None,
             project,
@@ -171,6 +201,20 @@ impl<T, F> Filler<T, F> {
     }
 
     fn apply<K>(&mut self, event: watcher::Event<K>) -> Option<Change>
+    where
+        K: Resource,
+        T: PartialEq,
+        F: Fn(K) -> Option<T>,
+    {
+        let change = self.change(event);
+        if change.is_some() {
+            // After the write: a reader that sees the new number sees the new objects.
+            self.changes.fetch_add(1, Ordering::Release);
+        }
+        change
+    }
+
+    fn change<K>(&mut self, event: watcher::Event<K>) -> Option<Change>
     where
         K: Resource,
         T: PartialEq,
@@ -325,5 +369,30 @@ mod tests {
             Some(Change::Object("ns/skipped".into()))
         );
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_generation_moves_with_every_change_and_only_then() {
+        let (cache, mut f) = filler();
+        let mut last = cache.generation();
+        let mut moved = |cache: &Cache<String>| {
+            let now = cache.generation();
+            std::mem::replace(&mut last, now) != now
+        };
+        f.apply(Event::Init);
+        f.apply(Event::InitApply(cm("a", Some("1"))));
+        assert!(!moved(&cache), "a relist in progress is not visible");
+        f.apply(Event::<ConfigMap>::InitDone);
+        assert!(moved(&cache));
+        f.apply(Event::Apply(cm("a", Some("1"))));
+        f.apply(Event::Apply(cm("other", None)));
+        assert!(!moved(&cache), "writes that change nothing kept");
+        f.apply(Event::Apply(cm("a", Some("2"))));
+        assert!(moved(&cache));
+        f.apply(Event::Delete(cm("a", Some("2"))));
+        assert!(moved(&cache));
+        f.apply(Event::Init);
+        f.apply(Event::<ConfigMap>::InitDone);
+        assert!(moved(&cache), "a relist may have changed anything");
     }
 }

@@ -100,7 +100,9 @@ impl Announcer {
             if let Some((tx, _, _)) = self.links.get(index) {
                 tx.send_if_modified(|old| {
                     let changed = old != ips;
-                    *old = ips.clone();
+                    if changed {
+                        old.clone_from(ips);
+                    }
                     changed
                 });
                 continue;

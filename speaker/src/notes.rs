@@ -26,15 +26,24 @@ use crate::plan::{Decision, IpDecision};
 use crate::prose;
 use crate::service::ServiceIps;
 
-/// Objects are compared with what the API shows on every decision and every change of an
-/// object (so a wrong one is corrected at once), and besides every this long: a write the
-/// watch never showed, a back-off or a stale object's grace ends within it. (Every second
-/// cost 2% of a core at 10,000 IPs for nothing.)
+/// Objects are compared with what the API shows on every new decision and every change of
+/// an object (so a wrong one is corrected at once), and every this long when a Service
+/// changed (one created again under the same name, with the same IP, is a new owner) or
+/// something is left to do: a write the watch never showed, a back-off or a failed Event
+/// ends within it. A look that found everything as decided is not made again until
+/// one of those inputs changes: 3,377 records checked every 5 s for nothing cost a fifth of
+/// the idle speaker's CPU at 10,000 IPs (docs/benchmarks.md).
 const LOOK_EVERY: Duration = Duration::from_secs(5);
-/// How often the reporter lists every L2Announcement for records nobody deletes (their owner
-/// stopped before their IP went); one is deleted when stale in two sweeps in a row, so a
-/// record just written for an IP the reporter has not seen yet is left alone.
+/// How often at most the reporter lists every L2Announcement for records nobody deletes
+/// (their owner stopped before their IP went): after a Service changed (only an IP leaving
+/// its Service leaves a record stale), and again while some were stale in the last list;
+/// one is deleted when stale in two lists in a row, so a record just written for an IP the
+/// reporter has not seen yet is left alone.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// And at least this often, for a record written after the list that followed its
+/// Service's change. Listing 10,000 records every minute for nothing cost the reporter a
+/// third of its idle CPU (docs/benchmarks.md).
+const SWEEP_AT_REST: Duration = Duration::from_secs(600);
 /// After a failed write, no object is written for this long (the API server is down or
 /// refusing: 10,000 IPs must not mean 10,000 failing requests a second).
 const BACK_OFF: Duration = Duration::from_secs(5);
@@ -79,9 +88,31 @@ pub struct Notes {
     back_off_until: Option<Instant>,
     /// Records stale in the reporter's last sweep.
     stale_since: HashMap<String, Instant>,
-    next_sweep: Option<Instant>,
+    /// When the reporter last listed the records, and the Services' generation then.
+    swept: Option<(Instant, u64)>,
     /// Failed writes are logged at most once per interval, with a count.
     failures_logged: crate::logs::RateLimit,
+    /// What the last look was made from, when it left nothing to do.
+    settled: Option<Inputs>,
+}
+
+/// What a look reads: the decision and the generations of the two caches.
+#[derive(PartialEq)]
+struct Inputs {
+    decision: Arc<Decision>,
+    services: u64,
+    objects: u64,
+}
+
+/// Whether the reporter lists every record now, given when it last did and the Services'
+/// generation then (`swept`), the generation now, and whether the last list found some
+/// stale.
+fn sweep_due(swept: Option<(Instant, u64)>, services: u64, stale: bool, now: Instant) -> bool {
+    let Some((at, then)) = swept else {
+        return true;
+    };
+    let since = now.saturating_duration_since(at);
+    since >= SWEEP_AT_REST || (since >= SWEEP_EVERY && (then != services || stale))
 }
 
 /// Who publishes the speaker's Events: the speaker of `node`, announcing.
@@ -112,8 +143,9 @@ impl Notes {
             wake,
             back_off_until: None,
             stale_since: HashMap::new(),
-            next_sweep: None,
+            swept: None,
             failures_logged: crate::logs::RateLimit::new(Duration::from_secs(10)),
+            settled: None,
         }
     }
 
@@ -136,16 +168,48 @@ impl Notes {
                 _ = look.tick() => {}
             }
             let now = decisions.borrow_and_update().clone();
-            self.publish_all(&services, &objects, &now).await;
+            self.look(&services, &objects, now).await;
         }
     }
 
+    /// Publishes from `now` unless the last look was made from the same inputs and left
+    /// nothing to do; the reporter's sweep runs on its own clock either way.
+    async fn look(
+        &mut self,
+        services: &Cache<ServiceIps>,
+        objects: &Cache<Seen>,
+        now: Arc<Decision>,
+    ) {
+        // Read before the look: a change made while it runs moves them, and is looked at.
+        let inputs = Inputs {
+            decision: now,
+            services: services.generation(),
+            objects: objects.generation(),
+        };
+        let reporter = inputs.decision.reporter;
+        // Taken, not borrowed: an older decision is not kept alive while the look runs.
+        match self.settled.take() {
+            Some(settled) if settled == inputs => self.settled = Some(settled),
+            _ => {
+                let settled = self.publish_all(services, objects, &inputs.decision).await;
+                self.settled = settled.then_some(inputs);
+            }
+        }
+        if reporter {
+            self.sweep(services).await;
+        } else {
+            self.stale_since.clear();
+        }
+    }
+
+    /// Makes the Events and objects of every IP in `now` say what it does; true when they
+    /// all did already, or were written and nothing failed or waits.
     async fn publish_all(
         &mut self,
         services: &Cache<ServiceIps>,
         objects: &Cache<Seen>,
         now: &Decision,
-    ) {
+    ) -> bool {
         self.said.retain(|ip, _| now.ips.contains_key(ip));
         self.said.shrink_to(now.ips.len());
         // The records of IPs this speaker no longer speaks for: if no Service holds the IP
@@ -165,29 +229,30 @@ impl Notes {
             keep
         });
         self.delete(gone).await;
+        let mut settled = true;
         for (ip, d) in &now.ips {
             // What is logged about one IP carries it and its Services.
             let span = tracing::debug_span!("ip", %ip, services = ?d.services);
-            self.publish(services, objects, *ip, d)
+            settled &= self
+                .publish(services, objects, *ip, d)
                 .instrument(span)
                 .await;
         }
-        if now.reporter {
-            self.sweep(services).await;
-        } else {
-            self.stale_since.clear();
-        }
+        settled
     }
 
     /// The reporter's sweep for records nobody deletes (their owner stopped before its IP
-    /// went): every `SWEEP_EVERY`, a paged list of all L2Announcements; one stale in two
+    /// went): when `sweep_due`, a paged list of all L2Announcements; one stale in two
     /// sweeps in a row is deleted.
     async fn sweep(&mut self, services: &Cache<ServiceIps>) {
         let now = Instant::now();
-        if self.next_sweep.is_some_and(|t| now < t) {
+        let generation = services.generation();
+        if !sweep_due(self.swept, generation, !self.stale_since.is_empty(), now) {
             return;
         }
-        self.next_sweep = Some(now + SWEEP_EVERY);
+        // A failed list is made again after SWEEP_EVERY, as after a change.
+        let before = self.swept.map_or(generation.wrapping_add(1), |(_, g)| g);
+        self.swept = Some((now, before));
         let api = Api::<L2Announcement>::all(self.client.clone());
         let mut stale = Vec::new();
         let mut params = ListParams::default().limit(500);
@@ -212,6 +277,7 @@ impl Notes {
                 _ => break,
             }
         }
+        self.swept = Some((now, generation));
         let seen_before = std::mem::take(&mut self.stale_since);
         let (due, first): (Vec<String>, Vec<String>) = stale
             .into_iter()
@@ -247,13 +313,15 @@ impl Notes {
         }
     }
 
+    /// Makes the Events and objects of one IP say `d`: true when they did already, or were
+    /// written and nothing failed or waits.
     async fn publish(
         &mut self,
         services: &Cache<ServiceIps>,
         objects: &Cache<Seen>,
         ip: IpAddr,
         d: &IpDecision,
-    ) {
+    ) -> bool {
         // The IP's Services as cached now (one deleted since the decision is left out; it
         // leaves the next decision too). Their uids count: a Service deleted and created again
         // under the same name between two decisions is a new object to write about.
@@ -262,8 +330,9 @@ impl Notes {
             .iter()
             .filter_map(|key| Some((key, services.get(key)?)))
             .collect();
+        let mut settled = true;
         for (key, svc) in &current {
-            self.keep_true(objects, key, svc, ip, d).await;
+            settled &= self.keep_true(objects, key, svc, ip, d).await;
         }
         let me = self.events.reporter().instance.as_str();
         let said = self.said.entry(ip).or_default();
@@ -283,7 +352,7 @@ impl Notes {
             .map(|((key, svc), k)| (*key, &**svc, k))
             .collect();
         if untold.is_empty() {
-            return;
+            return settled;
         }
         let note = match &d.outcome {
             Ok(interfaces) => Some(prose::announced(ip, me, interfaces)),
@@ -296,16 +365,20 @@ impl Notes {
                 if let Some(suppressed) = self.failures_logged.allow(Instant::now()) {
                     tracing::warn!(service = %key, earlier_failures_not_logged = suppressed, "publishing event: {e}");
                 }
+                // Said again at the next look.
+                settled = false;
                 continue;
             }
             said.retain(|(s, _)| *s != k);
             said.push((k, told));
         }
+        settled
     }
 }
 
 impl Notes {
-    /// Makes the L2Announcement of one Service IP show the decision (see `announcements`).
+    /// Makes the L2Announcement of one Service IP show the decision (see `announcements`):
+    /// true when it did already (nothing to write, read or wait for).
     async fn keep_true(
         &mut self,
         objects: &Cache<Seen>,
@@ -313,7 +386,7 @@ impl Notes {
         svc: &ServiceIps,
         ip: IpAddr,
         d: &IpDecision,
-    ) {
+    ) -> bool {
         let me = self.events.reporter().instance.clone();
         let me = me.as_str();
         let about = svc.regarding(key);
@@ -331,6 +404,7 @@ impl Notes {
         let name = announcement::name(about.name, ip);
         let object_key = ObjectKey::new(about.namespace, &name).to_string();
         let mut seen = objects.get(&object_key);
+        let cached = seen.is_some();
         let now = Instant::now();
         let owner = fingerprint(&svc.uid);
         // The cache keeps only records naming this node or nobody: one this speaker wrote
@@ -369,8 +443,10 @@ impl Notes {
             self.written.get(&object_key),
             now,
         ) {
-            Step::Nothing | Step::Wait => {}
-            _ if self.back_off_until.is_some_and(|t| now < t) => {}
+            // Read past the cache: the watch has yet to show this object as it is.
+            Step::Nothing => cached,
+            Step::Wait => false,
+            _ if self.back_off_until.is_some_and(|t| now < t) => false,
             step @ (Step::Contested { .. } | Step::Write) => {
                 if let Step::Contested { node } = step {
                     tracing::debug!(%ip, %node, "another node claims an IP this speaker announces");
@@ -427,6 +503,8 @@ impl Notes {
                         }
                     }
                 }
+                // Written or not, looked at again: until the watch shows it as decided.
+                false
             }
         }
     }
@@ -566,5 +644,67 @@ mod tests {
             .publish_all(&services, &no_objects(), &decision(Ok(vec!["eth0".into()])))
             .await;
         assert_eq!(api.take(), [PATCH, EVENT]);
+    }
+
+    /// The record of shop/web's 192.0.2.10 as the watch shows it: naming n1, on `interfaces`.
+    fn shown(interfaces: &[&str], version: &str) -> Option<Seen> {
+        let spec = L2AnnouncementSpec {
+            service: "web".into(),
+            ip: "192.0.2.10".into(),
+            node: "n1".into(),
+            interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+            reason: None,
+        };
+        Some(Seen::new(&spec, Some(version)))
+    }
+
+    #[tokio::test]
+    async fn a_look_with_nothing_new_is_skipped_only_once_nothing_is_left_to_do() {
+        const RECORD: &str = "shop/web-192-0-2-10";
+        let api = FakeApi::default();
+        let mut notes = notes(&api);
+        let services = web("u1");
+        let eth0 = Arc::new(decision(Ok(vec!["eth0".into()])));
+        // The record is right already (a restarted speaker); the Event fails.
+        let objects = no_objects();
+        objects.put(RECORD, shown(&["eth0"], "1"));
+        api.fail_events(1);
+        notes.look(&services, &objects, eth0.clone()).await;
+        assert_eq!(api.take(), [EVENT]);
+        // The same inputs: the failed Event is said again; then nothing is left to do.
+        notes.look(&services, &objects, eth0.clone()).await;
+        assert_eq!(api.take(), [EVENT]);
+        notes.look(&services, &objects, eth0.clone()).await;
+        assert!(api.take().is_empty());
+        // Someone edits the record; the decision is the same: the record is written back.
+        objects.put(RECORD, shown(&["eth9"], "2"));
+        notes.look(&services, &objects, eth0.clone()).await;
+        assert_eq!(api.take(), [PATCH]);
+        // Someone deletes it later on: written again.
+        objects.put(RECORD, shown(&["eth0"], "3"));
+        notes.look(&services, &objects, eth0.clone()).await;
+        assert!(api.take().is_empty());
+        objects.put(RECORD, None);
+        notes.look(&services, &objects, eth0).await;
+        assert_eq!(api.take(), [PATCH]);
+    }
+
+    #[test]
+    fn the_reporter_lists_records_after_a_service_changed_and_rarely_at_rest() {
+        let t0 = Instant::now();
+        assert!(sweep_due(None, 7, false, t0), "the first look");
+        let swept = Some((t0, 7));
+        let later = t0 + SWEEP_EVERY;
+        assert!(
+            !sweep_due(swept, 8, true, t0 + Duration::from_secs(1)),
+            "spaced"
+        );
+        assert!(sweep_due(swept, 8, false, later), "a Service changed");
+        assert!(sweep_due(swept, 7, true, later), "stale ones to confirm");
+        assert!(!sweep_due(swept, 7, false, later), "nothing new");
+        assert!(
+            sweep_due(swept, 7, false, t0 + SWEEP_AT_REST),
+            "at rest, rarely"
+        );
     }
 }

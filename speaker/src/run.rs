@@ -281,7 +281,19 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
         let look_again = outcome.look_again.map(tokio::time::Instant::from_std);
-        decision_tx.send_replace(Arc::new(outcome.l2));
+        // Only a decision that differs wakes the writer of Events and records: the same one
+        // every safety-net pass would make it look at every IP again for nothing.
+        let decision = std::mem::take(&mut outcome.l2);
+        decision_tx.send_if_modified(move |last| {
+            let differs = **last != decision;
+            if differs {
+                *last = Arc::new(decision);
+            }
+            differs
+        });
+        // Not kept while waiting: a decision kept besides the one sent is a second copy of
+        // every IP this node speaks for.
+        drop(outcome);
 
         tokio::select! {
             _ = changed.notified() => {
