@@ -41,8 +41,8 @@ const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// reporter has not seen yet is left alone.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// And at least this often, for a record written after the list that followed its
-/// Service's change. Listing 10,000 records every minute for nothing cost the reporter a
-/// third of its idle CPU (docs/benchmarks.md).
+/// Service's change. Listing 10,000 records every minute for nothing cost the reporter about
+/// 0.35% of a core (docs/benchmarks.md).
 const SWEEP_AT_REST: Duration = Duration::from_secs(600);
 /// After a failed write, no object is written for this long (the API server is down or
 /// refusing: 10,000 IPs must not mean 10,000 failing requests a second).
@@ -255,7 +255,9 @@ impl Notes {
         self.swept = Some((now, before));
         let api = Api::<L2Announcement>::all(self.client.clone());
         let mut stale = Vec::new();
-        let mut params = ListParams::default().limit(500);
+        // Pages of 100: a page of 500 records, its text and its objects at once, raised the
+        // speaker's peak by 0.8 MiB at 10,000 records (docs/benchmarks.md); the list is rare.
+        let mut params = ListParams::default().limit(100);
         loop {
             let page = match api.list(&params).await {
                 Ok(page) => page,
